@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.prereq import conformance_dir, require  # noqa: F401  (re-exported)
 
-def corpus_dir() -> Path | None:
-    """The corpus folder, or None when absent (tests then skip, or fail under CI)."""
-    env = os.environ.get("USRVIEW_CONFORMANCE")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "conformance"
-    return path if (path / "MANIFEST.tsv").is_file() else None
+
+def corpus_dir() -> Path:
+    """The corpus folder; skips the test (fails it under CI) when absent."""
+    return conformance_dir()
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,3 @@ def package_files(root: Path) -> list[str]:
             seen.append(case.file)
     return seen
 
-
-def require(condition, reason: str) -> None:
-    """Skip the test when ``condition`` is false -- or fail it when
-    USRVIEW_REQUIRE_PRIVILEGED=1 (CI), where every prerequisite must be present."""
-    import pytest
-
-    if condition:
-        return
-    if os.environ.get("USRVIEW_REQUIRE_PRIVILEGED") == "1":
-        pytest.fail(f"prerequisite missing under USRVIEW_REQUIRE_PRIVILEGED=1: {reason}")
-    pytest.skip(reason)

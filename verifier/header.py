@@ -66,6 +66,8 @@ COUNT_LIMIT_MASK = 0xFF000000
 #: The lowest tag a data entry may carry (HEADER_I18NTABLE).
 MIN_DATA_TAG = Tag.HEADERI18NTABLE
 
+_TAG_TYPES = tuple(TagType)  # index by the raw type number
+_MIN_TYPE, _MAX_TYPE = TagType.CHAR.value, TagType.I18NSTRING.value
 _INT_FORMATS = {TagType.INT8: "B", TagType.CHAR: "B", TagType.INT16: "H",
                 TagType.INT32: "I", TagType.INT64: "Q"}
 
@@ -168,47 +170,54 @@ class Header:
         entries: dict[int, Entry] = {}
         prev_end = 0
         packed = 0  # the data size if entries are packed in index order
-        in_region_trailer = self.rdl - REGION_TRAILER_SIZE if self.region_tag else None
+        trailer = self.rdl - REGION_TRAILER_SIZE if self.region_tag else None
+        first = 1 if self.region_tag else 0
+        n = len(raw)
+
+        def fail(i: int, tag: int, message: str):
+            raise HeaderError(f"{what}: tag[{i + first}] ({tag}): {message}")
+
         for i, (tag, typ, offset, count) in enumerate(raw):
-            where = f"{what}: tag[{i + (1 if self.region_tag else 0)}] ({tag})"
             if offset < prev_end:
-                raise HeaderError(f"{where}: data overlaps the previous entry")
+                fail(i, tag, "data overlaps the previous entry")
             if tag < MIN_DATA_TAG:
-                raise HeaderError(f"{where}: invalid tag number")
-            if not TagType.CHAR <= typ <= TagType.I18NSTRING:
-                raise HeaderError(f"{where}: invalid type {typ}")
-            typ = TagType(typ)
+                fail(i, tag, "invalid tag number")
+            if not _MIN_TYPE <= typ <= _MAX_TYPE:
+                fail(i, tag, f"invalid type {typ}")
+            typ = _TAG_TYPES[typ]
             if count == 0 or count & COUNT_LIMIT_MASK:
-                raise HeaderError(f"{where}: invalid count {count}")
+                fail(i, tag, f"invalid count {count}")
             size = TYPE_SIZES.get(typ)
             if size is not None and offset % size:
-                raise HeaderError(f"{where}: misaligned offset {offset}")
+                fail(i, tag, f"misaligned offset {offset}")
             if not 0 <= offset < dl:
-                raise HeaderError(f"{where}: offset {offset} out of range")
+                fail(i, tag, f"offset {offset} out of range")
             if size is not None:
                 end = offset + count * size
                 if end > dl:
-                    raise HeaderError(f"{where}: data runs past the data store")
+                    fail(i, tag, "data runs past the data store")
             else:
-                if typ == TagType.STRING and count != 1:
-                    raise HeaderError(f"{where}: string with count {count}")
-                pos = store + offset
-                limit = store + dl
-                for _ in range(count):
-                    nul = data.find(b"\0", pos, limit)
-                    if nul < 0:
-                        raise HeaderError(f"{where}: unterminated string")
-                    pos = nul + 1
-                end = pos - store
-            if in_region_trailer is not None and end > in_region_trailer and offset < self.rdl:
-                raise HeaderError(f"{where}: data overlaps the region trailer")
+                if typ is TagType.STRING and count != 1:
+                    fail(i, tag, f"string with count {count}")
+                # Entries may not overlap, so the strings must end before the
+                # next entry's data: search only up to there (linear overall).
+                limit = dl
+                if i + 1 < n and offset < raw[i + 1][2] < dl:
+                    limit = raw[i + 1][2]
+                chunk = data[store + offset:store + limit]
+                parts = chunk.split(b"\0", count)
+                if len(parts) <= count:
+                    fail(i, tag, "unterminated string")
+                end = offset + len(chunk) - len(parts[count])
+            if trailer is not None and end > trailer and offset < self.rdl:
+                fail(i, tag, "data overlaps the region trailer")
             if typecheck:
                 want = TAG_TYPES.get(tag)
-                if want is not None and want != typ and not (
+                if want is not None and want is not typ and not (
                         want in STRING_TYPES and typ in STRING_TYPES):
-                    raise HeaderError(f"{where}: type {typ.name} where {want.name} belongs")
+                    fail(i, tag, f"type {typ.name} where {want.name} belongs")
             if tag in entries:
-                raise HeaderError(f"{where}: duplicate tag")
+                fail(i, tag, "duplicate tag")
             entries[tag] = Entry(tag, typ, offset, count, end)
             prev_end = end
             if size is not None and size > 1:
@@ -585,7 +594,10 @@ def sig_digests(sig: Header) -> dict[str, str]:
     out = {}
     for tag, name in ((SigTag.SHA1, "sha1"), (SigTag.SHA256, "sha256"),
                       (SigTag.SHA3_256, "sha3_256")):
-        value = sig.string(tag)
-        if value is not None:
-            out[name] = value.lower()
+        e = sig.entries.get(tag)
+        if e is None:
+            continue
+        if e.type != TagType.STRING:
+            raise HeaderError(f"signature header: {SigTag(tag).name} digest has type {e.type.name}")
+        out[name] = sig.string(tag).lower()
     return out

@@ -1,0 +1,58 @@
+"""The configuration file, ``/etc/usrview/usrview.toml``: defaults that CLI flags override.
+
+Recognised keys (all optional)::
+
+    keys = ["/etc/pki/rpm-gpg"]     # trusted OpenPGP certificates: files or directories
+    store = "/var/lib/usrview"      # the store (used by later commands)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+DEFAULT_CONFIG = Path("/etc/usrview/usrview.toml")
+DEFAULT_KEYS = (Path("/etc/pki/rpm-gpg"),)
+DEFAULT_STORE = Path("/var/lib/usrview")
+#: Setting this variable to a path reads that file instead of DEFAULT_CONFIG.
+CONFIG_ENV = "USRVIEW_CONFIG"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Attributes: keys (trusted certificate paths), store (the store's path)."""
+
+    keys: tuple[Path, ...] = DEFAULT_KEYS
+    store: Path = DEFAULT_STORE
+    source: Path | None = field(default=None, compare=False)
+
+
+def load(path: Path | None = None) -> Config:
+    """Read the configuration; a missing default file means all defaults."""
+    explicit = path is not None or CONFIG_ENV in os.environ
+    path = path or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise UsageError(f"configuration file {path} does not exist") from None
+        return Config()
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read configuration {path}: {e}") from None
+    unknown = set(data) - {"keys", "store"}
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+    keys = data.get("keys", [str(p) for p in DEFAULT_KEYS])
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise UsageError(f"{path}: 'keys' must be a path or a list of paths")
+    store = data.get("store", str(DEFAULT_STORE))
+    if not isinstance(store, str):
+        raise UsageError(f"{path}: 'store' must be a path")
+    return Config(keys=tuple(Path(k) for k in keys), store=Path(store), source=path)

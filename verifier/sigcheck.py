@@ -1,0 +1,190 @@
+"""The verdict on a package's header: is it signed by a trusted key?
+
+This joins the header parser and the keyring.  :func:`check_bytes` and
+:func:`check_file` never raise for bad input: a malformed package is the
+verdict PARSE.  Only I/O errors (a file that cannot be opened) propagate.
+
+The order follows rpm: the headers' layout is checked, then the header digests
+and signatures over the main header's immutable region, then what rpm checks
+only on import (``Header.import_error``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HeaderError
+from .header import Package, read_package, read_package_file, sig_digests
+from .keyring import Keyring, Result, combine
+from .keyring import Verdict as SigVerdict
+from .tags import SigTag
+
+
+class Verdict(str, enum.Enum):
+    """The verdict on a package header (docs/signature-policy.md)."""
+
+    GOOD = "GOOD"
+    BAD = "BAD"
+    NOKEY = "NOKEY"
+    NOTTRUSTED = "NOTTRUSTED"
+    UNSIGNED = "UNSIGNED"
+    PARSE = "PARSE"
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """One header signature and its result.  ``tag`` is the signature-header tag it came from."""
+
+    tag: str
+    result: Result
+
+    def to_json(self) -> dict:
+        r = self.result
+        return {"tag": self.tag, "verdict": r.verdict.value, "reason": r.reason,
+                "fingerprint": r.fingerprint, "cert_fingerprint": r.cert_fingerprint,
+                "key_id": r.key_id}
+
+
+@dataclass(frozen=True)
+class HeaderCheck:
+    """The verdict on one package.
+
+    Attributes:
+        verdict: the package verdict.
+        reason: one line for humans.
+        fingerprint: the signing key's fingerprint (lowercase hex) when a
+            trusted key made the deciding signature; the certificate's
+            (primary key's) fingerprint, as rpm prints it.
+        key_id: the key ID the deciding signature names.
+        signatures: every header signature that counted, with its result.
+        digests: header digest name -> "OK" or "BAD".
+        package: the parsed package, when it parsed.
+    """
+
+    verdict: Verdict
+    reason: str
+    fingerprint: str | None = None
+    key_id: str | None = None
+    signatures: tuple[SignatureInfo, ...] = ()
+    digests: dict[str, str] = field(default_factory=dict)
+    package: Package | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def good(self) -> bool:
+        return self.verdict is Verdict.GOOD
+
+    def format(self) -> str:
+        """``VERDICT [key FPR] [(reason)]``: the line ``usrview checksig`` prints."""
+        words = [self.verdict.value]
+        if self.fingerprint:
+            words.append(f"key {self.fingerprint}")
+        elif self.key_id and self.verdict in (Verdict.NOKEY, Verdict.BAD, Verdict.NOTTRUSTED):
+            words.append(f"key ID {self.key_id}")
+        if self.verdict is not Verdict.GOOD and self.reason:
+            words.append(f"({self.reason})")
+        return " ".join(words)
+
+    def to_json(self) -> dict:
+        pkg = self.package
+        return {
+            "verdict": self.verdict.value,
+            "fingerprint": self.fingerprint,
+            "key_id": self.key_id,
+            "reason": self.reason,
+            "nevra": pkg.nevra if pkg else None,
+            "header_sha256": pkg.header_sha256 if pkg else None,
+            "digests": self.digests,
+            "signatures": [s.to_json() for s in self.signatures],
+        }
+
+
+def header_signatures(pkg: Package) -> list[tuple[str, bytes]]:
+    """The signature packets that count, as rpm 6 chooses them: the OPENPGP
+    tag's (base64 strings) when present, else the RSA and DSA tags'.
+
+    Raises HeaderError when the OPENPGP tag is not valid base64.
+    """
+    sig = pkg.signature
+    if SigTag.OPENPGP in sig:
+        packets = []
+        for i, text in enumerate(sig.strings(SigTag.OPENPGP) or ()):
+            try:
+                packets.append(("OPENPGP", base64.b64decode(text.encode("ascii", "strict"),
+                                                            validate=True)))
+            except (binascii.Error, UnicodeEncodeError, ValueError):
+                raise HeaderError(f"signature header: OPENPGP signature {i} is not base64") from None
+        return packets
+    out = []
+    for tag, name in ((SigTag.RSA, "RSA"), (SigTag.DSA, "DSA")):
+        raw = sig.raw(tag)
+        if raw is not None:
+            if sig.entries[tag].type.name != "BIN":
+                raise HeaderError(f"signature header: {name} signature is not binary")
+            out.append((name, raw))
+    return out
+
+
+def check_digests(pkg: Package, region: bytes) -> dict[str, str]:
+    """Compare the header digests the signature header carries with the region's."""
+    out = {}
+    for name, expected in sig_digests(pkg.signature).items():
+        actual = hashlib.new(name, region).hexdigest()
+        out[name] = "OK" if actual == expected else "BAD"
+    return out
+
+
+def check_package(pkg: Package, keyring: Keyring, *, now: float | None = None) -> HeaderCheck:
+    """The verdict on a parsed package (parsed with ``strict=False``)."""
+    region = pkg.header.region_bytes
+    try:
+        packets = header_signatures(pkg)
+        digests = check_digests(pkg, region)
+    except HeaderError as e:
+        # rpm fails a signature or digest whose tag has the wrong type or
+        # content (rpmvsAppendTag): the header is not verified.
+        return HeaderCheck(Verdict.BAD, str(e), package=pkg)
+    infos = tuple(SignatureInfo(tag, keyring.check_packet(p, region, now=now)) for tag, p in packets)
+    if not infos:
+        verdict, reason = Verdict.UNSIGNED, "no header signature"
+        if "BAD" in digests.values():
+            reason += "; header digest BAD"
+        return HeaderCheck(verdict, reason, digests=digests, package=pkg)
+    combined = combine([i.result for i in infos])
+    verdict = Verdict(combined.verdict.value)
+    reason = combined.reason
+    bad_digests = [name for name, ok in digests.items() if ok == "BAD"]
+    if bad_digests and verdict is not Verdict.BAD:
+        verdict, reason = Verdict.BAD, f"header {', '.join(bad_digests).upper()} digest does not match"
+    if verdict is Verdict.GOOD:
+        import_error = pkg.signature.import_error or pkg.header.import_error
+        if import_error:
+            verdict, reason = Verdict.PARSE, import_error
+    return HeaderCheck(verdict, reason,
+                       fingerprint=combined.cert_fingerprint if combined.verdict is not SigVerdict.NOKEY else None,
+                       key_id=combined.key_id, signatures=infos, digests=digests, package=pkg)
+
+
+def check_bytes(data: bytes, keyring: Keyring, *, now: float | None = None) -> HeaderCheck:
+    """The verdict on a package or header-only file held in memory."""
+    try:
+        pkg = read_package(data, strict=False)
+    except HeaderError as e:
+        return HeaderCheck(Verdict.PARSE, str(e))
+    return check_package(pkg, keyring, now=now)
+
+
+def check_file(path: str | Path, keyring: Keyring, *, now: float | None = None) -> HeaderCheck:
+    """The verdict on a package file; reads only its lead and headers.
+
+    Raises OSError when the file cannot be read.
+    """
+    try:
+        pkg = read_package_file(path, strict=False)
+    except HeaderError as e:
+        return HeaderCheck(Verdict.PARSE, str(e))
+    return check_package(pkg, keyring, now=now)
