@@ -29,7 +29,7 @@ import hashlib
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from .errors import HeaderError
 from .files import DEFAULT_DIGEST_ALGO, FileEntry, FileFlag, VerifyFlag
@@ -66,14 +66,19 @@ COUNT_LIMIT_MASK = 0xFF000000
 #: The lowest tag a data entry may carry (HEADER_I18NTABLE).
 MIN_DATA_TAG = Tag.HEADERI18NTABLE
 
-_TAG_TYPES = tuple(TagType)  # index by the raw type number
+# The entry check runs for every entry of every header: it works on plain
+# ints, indexed by the raw type number (enum hashing is slow).
+_TAG_TYPES = tuple(TagType)
 _MIN_TYPE, _MAX_TYPE = TagType.CHAR.value, TagType.I18NSTRING.value
+_SIZES = tuple(TYPE_SIZES.get(t, 0) for t in TagType)
+_STRINGISH = tuple(t in STRING_TYPES for t in TagType)
+_STRING = TagType.STRING.value
+_WANT_TYPE = {int(tag): int(typ) for tag, typ in TAG_TYPES.items()}
 _INT_FORMATS = {TagType.INT8: "B", TagType.CHAR: "B", TagType.INT16: "H",
                 TagType.INT32: "I", TagType.INT64: "Q"}
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One index entry, checked: ``offset`` and ``end`` lie within the data."""
 
     tag: int
@@ -184,20 +189,19 @@ class Header:
                 fail(i, tag, "invalid tag number")
             if not _MIN_TYPE <= typ <= _MAX_TYPE:
                 fail(i, tag, f"invalid type {typ}")
-            typ = _TAG_TYPES[typ]
             if count == 0 or count & COUNT_LIMIT_MASK:
                 fail(i, tag, f"invalid count {count}")
-            size = TYPE_SIZES.get(typ)
-            if size is not None and offset % size:
+            size = _SIZES[typ]
+            if size and offset % size:
                 fail(i, tag, f"misaligned offset {offset}")
             if not 0 <= offset < dl:
                 fail(i, tag, f"offset {offset} out of range")
-            if size is not None:
+            if size:
                 end = offset + count * size
                 if end > dl:
                     fail(i, tag, "data runs past the data store")
             else:
-                if typ is TagType.STRING and count != 1:
+                if typ == _STRING and count != 1:
                     fail(i, tag, f"string with count {count}")
                 # Entries may not overlap, so the strings must end before the
                 # next entry's data: search only up to there (linear overall).
@@ -212,15 +216,15 @@ class Header:
             if trailer is not None and end > trailer and offset < self.rdl:
                 fail(i, tag, "data overlaps the region trailer")
             if typecheck:
-                want = TAG_TYPES.get(tag)
-                if want is not None and want is not typ and not (
-                        want in STRING_TYPES and typ in STRING_TYPES):
-                    fail(i, tag, f"type {typ.name} where {want.name} belongs")
+                want = _WANT_TYPE.get(tag)
+                if want is not None and want != typ and not (_STRINGISH[want] and _STRINGISH[typ]):
+                    fail(i, tag, f"type {_TAG_TYPES[typ].name} where "
+                                 f"{_TAG_TYPES[want].name} belongs")
             if tag in entries:
                 fail(i, tag, "duplicate tag")
-            entries[tag] = Entry(tag, typ, offset, count, end)
+            entries[tag] = Entry(tag, _TAG_TYPES[typ], offset, count, end)
             prev_end = end
-            if size is not None and size > 1:
+            if size and size > 1:
                 packed += -packed % size
             packed += end - offset
         # rpm's headerImport: in a header with a region, the entries' data
