@@ -1,0 +1,331 @@
+"""Compare one file on disk with its header entry, exactly as ``rpm -V`` does.
+
+The rules are those of rpm 4.18's ``rpmfilesVerify`` and ``verifyHeader``
+(lib/verify.c), the version Debian 12 ships and our tests use as the oracle:
+
+- The file is looked up with lstat, relative to a directory fd; a final
+  symlink is never followed -- except that where the header lists a directory
+  and a symlink to a directory is found, rpm follows it (if the link belongs to
+  root or to the directory's owner), and so do we.
+- Which checks apply depends on the type found on disk, not the one in the
+  header: symlinks are not checked for mode (M); everything but a symlink is
+  not checked for link target (L); anything but a regular file is not checked
+  for digest, size, mtime or capabilities (5 S T P).
+- %ghost files are not checked for digest, size, mtime or link target, and
+  their mode is compared without the file-type bits.
+- The header's verify flags (``%verify(not ...)``) and the caller's ``omit``
+  drop further checks.
+- Owner and group: the header's *names* are turned into ids (root is always 0)
+  and compared with the file's ids.  A name that does not resolve stands for
+  id 0, and then the set-uid (set-gid) bit is expected to be clear -- which is
+  what ``rpm -i`` installed.
+- Device numbers (D) compare the file types char/block and the low 16 bits of
+  the device numbers.
+- Capabilities (P) compare the effective, permitted and inheritable sets of
+  the header's text and the file's ``security.capability`` attribute.
+- A file lstat cannot find is ``missing``; if the error was not ENOENT its
+  text follows in parentheses.  rpm does not report a missing %ghost or
+  %missingok file.
+- ``?`` replaces 5 when the file cannot be read and L when readlink fails.
+
+Not done here, because they need the package database rather than one entry:
+rpm drops T for a path that several installed packages own, and appends a file
+state such as "(replaced)" for files another package replaced.  rpm builds
+without ACL support (Debian's) do not check ACLs, and neither do we.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import hashlib
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import Mapping
+
+from verifier.filecaps import XATTR_NAME as CAPS_XATTR
+from verifier.filecaps import caps_differ
+from verifier.files import FileEntry, FileFlag, VerifyFlag, digest_name
+
+#: Bytes read at a time while hashing a file: memory stays bounded for any size.
+DIGEST_CHUNK = 1 << 20
+
+#: The flag letters in rpm -V's order, with the check each stands for.
+FLAG_LETTERS = (
+    (VerifyFlag.FILESIZE, "S"),
+    (VerifyFlag.MODE, "M"),
+    (VerifyFlag.FILEDIGEST, "5"),
+    (VerifyFlag.RDEV, "D"),
+    (VerifyFlag.LINKTO, "L"),
+    (VerifyFlag.USER, "U"),
+    (VerifyFlag.GROUP, "G"),
+    (VerifyFlag.MTIME, "T"),
+    (VerifyFlag.CAPS, "P"),
+)
+
+#: The attribute marker is the first letter of rpm's rpmFFlagsString, in this order
+#: (so %doc wins over %config).  SPECFILE only occurs in source packages.
+MARKERS = (
+    (FileFlag.DOC, "d"),
+    (FileFlag.CONFIG, "c"),
+    (FileFlag.SPECFILE, "s"),
+    (FileFlag.MISSINGOK, "m"),
+    (FileFlag.NOREPLACE, "n"),
+    (FileFlag.GHOST, "g"),
+    (FileFlag.LICENSE, "l"),
+    (FileFlag.README, "r"),
+    (FileFlag.ARTIFACT, "a"),
+)
+
+_CONTENT_CHECKS = VerifyFlag.FILEDIGEST | VerifyFlag.FILESIZE | VerifyFlag.MTIME
+_RDEV_MASK = 0xFFFF  # rpm keeps device numbers in 16 bits
+
+
+def attribute_marker(flags: FileFlag) -> str:
+    """The one-character attribute column of an rpm -V line (space when none)."""
+    for flag, letter in MARKERS:
+        if flags & flag:
+            return letter
+    return " "
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """The outcome of checking one file, as rpm -V sees it.
+
+    Attributes:
+        path: the path the header lists.
+        marker: attribute character: ``d c s m n g l r a`` or space.
+        differs: VerifyFlag bits of the checks that found a difference (or
+            could not be done; see ``unknown``).
+        unknown: VerifyFlag bits shown as ``?``: FILEDIGEST when the file could
+            not be read or hashed, LINKTO when readlink failed.
+        missing: lstat failed.
+        error: the strerror text when lstat failed with anything but ENOENT.
+        quiet_missing: missing, but rpm does not report it (%ghost, %missingok).
+    """
+
+    path: str
+    marker: str
+    differs: VerifyFlag = VerifyFlag(0)
+    unknown: VerifyFlag = VerifyFlag(0)
+    missing: bool = False
+    error: str = ""
+    quiet_missing: bool = False
+
+    @property
+    def flags(self) -> str:
+        """The nine-character ``SM5DLUGTP`` column: letter, ``.`` or ``?``."""
+        return "".join("?" if self.unknown & bit else letter if self.differs & bit else "."
+                       for bit, letter in FLAG_LETTERS)
+
+    @property
+    def clean(self) -> bool:
+        """True when plain rpm -V prints nothing for this file."""
+        if self.missing:
+            return self.quiet_missing
+        return not self.differs
+
+    def format(self) -> str:
+        """The line rpm -V prints (rpm -Vv for a clean file), without newline."""
+        if self.missing:
+            line = f"missing   {self.marker} {self.path}"
+            return f"{line} ({self.error})" if self.error else line
+        return f"{self.flags}  {self.marker} {self.path}"
+
+
+def _resolve_id(name: str, table: Mapping[str, int] | None, lookup) -> int | None:
+    if name == "root":
+        return 0
+    if table is not None:
+        return table.get(name)
+    try:
+        return lookup(name)
+    except KeyError:
+        return None
+
+
+def _system_uid(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _system_gid(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def expected_ids_and_mode(entry: FileEntry, users: Mapping[str, int] | None = None,
+                          groups: Mapping[str, int] | None = None) -> tuple[int, int, int]:
+    """(uid, gid, st_mode) that ``rpm -i`` gives ``entry``, as rpm -V expects them.
+
+    An owner name that does not resolve becomes 0, and the set-uid (set-gid)
+    bit is dropped: rpm installs such files as root without it.
+    """
+    mode = entry.mode & 0xFFFF
+    uid = _resolve_id(entry.user, users, _system_uid)
+    if uid is None:
+        uid = 0
+        mode &= ~stat.S_ISUID
+    gid = _resolve_id(entry.group, groups, _system_gid)
+    if gid is None:
+        gid = 0
+        mode &= ~stat.S_ISGID
+    return uid, gid, mode
+
+
+def _hash_fd(fd: int, algo: str) -> str:
+    h = hashlib.new(algo)
+    buf = bytearray(DIGEST_CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = os.readv(fd, [buf])
+        if n == 0:
+            return h.hexdigest()
+        h.update(view[:n])
+
+
+def _open_regular(dir_fd: int, relpath: str, st: os.stat_result) -> int | None:
+    """Open the file lstat found, for reading; None if that is impossible.
+
+    O_NONBLOCK: should the file have been swapped for a FIFO since lstat, the
+    open must not wait for a writer; the fstat check then refuses it.
+    """
+    try:
+        fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
+                     dir_fd=dir_fd)
+    except OSError:
+        return None
+    fst = os.fstat(fd)
+    if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_caps_xattr(dir_fd: int, relpath: str, fd: int | None) -> bytes | None:
+    """The file's security.capability value, None when it has none or it cannot be read
+    (libcap's cap_get_file then returns NULL too)."""
+    try:
+        if fd is not None:
+            return os.getxattr(fd, CAPS_XATTR)
+        # Unreadable file: reading an attribute needs no read permission, but
+        # os.getxattr takes no dir_fd, so go through an O_PATH descriptor.
+        pfd = os.open(relpath, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            return os.getxattr(f"/proc/self/fd/{pfd}", CAPS_XATTR)
+        finally:
+            os.close(pfd)
+    except OSError:
+        return None
+
+
+def check_file(dir_fd: int, relpath: str, entry: FileEntry, *, check_digest: bool = True,
+               users: Mapping[str, int] | None = None, groups: Mapping[str, int] | None = None,
+               omit: VerifyFlag = VerifyFlag(0)) -> FileResult:
+    """Check the file at ``relpath`` (relative to ``dir_fd``) against ``entry``.
+
+    ``users``/``groups`` map owner names to ids (None: the system's passwd and
+    group databases); ``check_digest=False`` or ``omit`` leave checks out, as
+    rpm -V's ``--nofiledigest``, ``--nomtime`` ... do.
+    """
+    marker = attribute_marker(entry.flags)
+    try:
+        st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as e:
+        return FileResult(entry.path, marker, missing=True,
+                          error="" if e.errno == errno.ENOENT else os.strerror(e.errno),
+                          quiet_missing=bool(entry.flags & (FileFlag.GHOST | FileFlag.MISSINGOK)))
+
+    expected_mode = entry.mode & 0xFFFF
+    if stat.S_ISDIR(expected_mode) and stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=True)
+        except OSError:
+            target = None
+        if target is not None and stat.S_ISDIR(target.st_mode) and st.st_uid in (0, target.st_uid):
+            st = target
+
+    checks = VerifyFlag(entry.verify_flags) & VerifyFlag.ALL
+    if stat.S_ISLNK(st.st_mode):
+        checks &= ~VerifyFlag.MODE
+    else:
+        checks &= ~VerifyFlag.LINKTO
+    if not stat.S_ISREG(st.st_mode):
+        checks &= ~(_CONTENT_CHECKS | VerifyFlag.CAPS)
+    if entry.flags & FileFlag.GHOST:
+        checks &= ~(_CONTENT_CHECKS | VerifyFlag.LINKTO)
+    if not check_digest:
+        checks &= ~VerifyFlag.FILEDIGEST
+    checks &= ~omit
+
+    differs = VerifyFlag(0)
+    unknown = VerifyFlag(0)
+    uid, gid, expected_mode = expected_ids_and_mode(entry, users, groups)
+
+    fd = None
+    if checks & (VerifyFlag.FILEDIGEST | VerifyFlag.CAPS):
+        fd = _open_regular(dir_fd, relpath, st)
+    try:
+        if checks & VerifyFlag.FILEDIGEST:
+            algo = digest_name(entry.digest_algo)
+            if fd is None or algo is None:
+                differs |= VerifyFlag.FILEDIGEST
+                unknown |= VerifyFlag.FILEDIGEST
+            else:
+                try:
+                    actual = _hash_fd(fd, algo)
+                except OSError:
+                    differs |= VerifyFlag.FILEDIGEST
+                    unknown |= VerifyFlag.FILEDIGEST
+                else:
+                    # An empty header digest (a non-regular entry) never matches, as in rpm.
+                    if actual != entry.digest.lower():
+                        differs |= VerifyFlag.FILEDIGEST
+
+        if checks & VerifyFlag.LINKTO:
+            try:
+                target = os.readlink(relpath, dir_fd=dir_fd)
+            except OSError:
+                differs |= VerifyFlag.LINKTO
+                unknown |= VerifyFlag.LINKTO
+            else:
+                if target != entry.linkto:
+                    differs |= VerifyFlag.LINKTO
+
+        if checks & VerifyFlag.FILESIZE:
+            # The header has a size only for regular files and symlinks.
+            size = entry.size if stat.S_ISREG(entry.mode) or stat.S_ISLNK(entry.mode) else 0
+            if st.st_size != size:
+                differs |= VerifyFlag.FILESIZE
+
+        if checks & VerifyFlag.MODE:
+            mine, theirs = st.st_mode, expected_mode
+            if entry.flags & FileFlag.GHOST:  # the type of a %ghost is meaningless
+                mine, theirs = stat.S_IMODE(mine), stat.S_IMODE(theirs)
+            if mine != theirs:
+                differs |= VerifyFlag.MODE
+
+        if checks & VerifyFlag.RDEV:
+            if (stat.S_ISCHR(expected_mode) != stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(expected_mode) != stat.S_ISBLK(st.st_mode)):
+                differs |= VerifyFlag.RDEV
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                if (st.st_rdev & _RDEV_MASK) != (entry.rdev & _RDEV_MASK):
+                    differs |= VerifyFlag.RDEV
+
+        if checks & VerifyFlag.CAPS:
+            if caps_differ(entry.caps, _read_caps_xattr(dir_fd, relpath, fd)):
+                differs |= VerifyFlag.CAPS
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+    if checks & VerifyFlag.MTIME and st.st_mtime_ns // 1_000_000_000 != entry.mtime:
+        differs |= VerifyFlag.MTIME
+    if checks & VerifyFlag.USER and st.st_uid != uid:
+        differs |= VerifyFlag.USER
+    if checks & VerifyFlag.GROUP and st.st_gid != gid:
+        differs |= VerifyFlag.GROUP
+
+    return FileResult(entry.path, marker, differs, unknown)
