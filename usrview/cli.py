@@ -31,10 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Shared options are accepted before and after the subcommand; SUPPRESS
+    # keeps the subcommand's parser from resetting a value given before it.
     common = _Parser(add_help=False)
-    common.add_argument("--config", type=Path, metavar="FILE",
+    common.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
                         help=f"configuration file (default {config.DEFAULT_CONFIG})")
-    common.add_argument("-v", "--verbose", action="count", default=0,
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="more log output (repeat for debug)")
     parser = _Parser(prog="usrview", parents=[common],
                      description="A read-only /usr composed from signed RPM packages, "
@@ -59,9 +61,9 @@ def setup_logging(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(getattr(args, "verbose", 0))
     try:
-        cfg = config.load(args.config)
+        cfg = config.load(getattr(args, "config", None))
         return args.func(args, cfg)
     except UsrviewError as e:
         print(f"usrview: error: {e}", file=sys.stderr)
