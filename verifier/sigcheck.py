@@ -158,8 +158,10 @@ def check_package(pkg: Package, keyring: Keyring, *, now: float | None = None) -
     verdict = Verdict(combined.verdict.value)
     reason = combined.reason
     bad_digests = [name for name, ok in digests.items() if ok == "BAD"]
-    if bad_digests and verdict is not Verdict.BAD:
-        verdict, reason = Verdict.BAD, f"header {', '.join(bad_digests).upper()} digest does not match"
+    if bad_digests:
+        what = f"header {', '.join(n.upper().replace('_', '-') for n in bad_digests)} digest does not match"
+        reason = f"{what}; signature: {reason}" if verdict is Verdict.BAD else what
+        verdict = Verdict.BAD
     if verdict is Verdict.GOOD:
         import_error = pkg.signature.import_error or pkg.header.import_error
         if import_error:
