@@ -25,6 +25,7 @@ checked against the input before anything is allocated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import stat
 import struct
@@ -178,6 +179,9 @@ class Header:
         trailer = self.rdl - REGION_TRAILER_SIZE if self.region_tag else None
         first = 1 if self.region_tag else 0
         n = len(raw)
+        rdl = self.rdl
+        sizes, stringish, tag_types, want_type = _SIZES, _STRINGISH, _TAG_TYPES, _WANT_TYPE
+        new_entry = tuple.__new__
 
         def fail(i: int, tag: int, message: str):
             raise HeaderError(f"{what}: tag[{i + first}] ({tag}): {message}")
@@ -191,7 +195,7 @@ class Header:
                 fail(i, tag, f"invalid type {typ}")
             if count == 0 or count & COUNT_LIMIT_MASK:
                 fail(i, tag, f"invalid count {count}")
-            size = _SIZES[typ]
+            size = sizes[typ]
             if size and offset % size:
                 fail(i, tag, f"misaligned offset {offset}")
             if not 0 <= offset < dl:
@@ -213,16 +217,16 @@ class Header:
                 if len(parts) <= count:
                     fail(i, tag, "unterminated string")
                 end = offset + len(chunk) - len(parts[count])
-            if trailer is not None and end > trailer and offset < self.rdl:
+            if trailer is not None and end > trailer and offset < rdl:
                 fail(i, tag, "data overlaps the region trailer")
             if typecheck:
-                want = _WANT_TYPE.get(tag)
-                if want is not None and want != typ and not (_STRINGISH[want] and _STRINGISH[typ]):
+                want = want_type.get(tag)
+                if want is not None and want != typ and not (stringish[want] and stringish[typ]):
                     fail(i, tag, f"type {_TAG_TYPES[typ].name} where "
                                  f"{_TAG_TYPES[want].name} belongs")
             if tag in entries:
                 fail(i, tag, "duplicate tag")
-            entries[tag] = Entry(tag, _TAG_TYPES[typ], offset, count, end)
+            entries[tag] = new_entry(Entry, (tag, tag_types[typ], offset, count, end))
             prev_end = end
             if size and size > 1:
                 packed += -packed % size
@@ -525,6 +529,12 @@ def file_paths(header: Header) -> list[str]:
     return paths
 
 
+# Flag values repeat across files: build each IntFlag object once.
+_file_flag = functools.lru_cache(maxsize=1024)(FileFlag)
+_verify_flag = functools.lru_cache(maxsize=1024)(VerifyFlag)
+_VERIFY_ALL = int(VerifyFlag.ALL)
+
+
 def file_entries(header: Header) -> list[FileEntry]:
     """Every file the header lists, in header order.
 
@@ -569,10 +579,10 @@ def file_entries(header: Header) -> list[FileEntry]:
             digest=digests[i].lower() if is_reg else "",
             digest_algo=algo,
             linkto=linktos[i] if stat.S_ISLNK(mode) else "",
-            flags=FileFlag(flags[i]),
+            flags=_file_flag(flags[i]),
             user=users[i],
             group=groups[i],
-            verify_flags=VerifyFlag(vflags[i] & VerifyFlag.ALL),
+            verify_flags=_verify_flag(vflags[i] & _VERIFY_ALL),
             device=devices[i],
             inode=inodes[i],
             lang=langs[i],
