@@ -30,7 +30,7 @@ import hashlib
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from .errors import HeaderError
 from .files import DEFAULT_DIGEST_ALGO, FileEntry, FileFlag, VerifyFlag
@@ -590,17 +590,6 @@ def file_entries(header: Header) -> list[FileEntry]:
             color=colors[i],
         ))
     return out
-
-
-def iter_hardlink_groups(files: list[FileEntry]) -> Iterator[list[int]]:
-    """Indexes of regular files sharing (device, inode): rpm's hardlink groups."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, f in enumerate(files):
-        if stat.S_ISREG(f.mode) and not f.is_ghost:
-            groups.setdefault((f.device, f.inode), []).append(i)
-    for members in groups.values():
-        if len(members) > 1:
-            yield members
 
 
 def sig_digests(sig: Header) -> dict[str, str]:
