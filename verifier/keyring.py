@@ -80,6 +80,8 @@ class Verdict(str, enum.Enum):
     NOKEY = "NOKEY"
     NOTTRUSTED = "NOTTRUSTED"
     UNSIGNED = "UNSIGNED"
+    #: Package level only: the package is malformed (verifier.sigcheck).
+    PARSE = "PARSE"
 
 
 @dataclass(frozen=True, slots=True)

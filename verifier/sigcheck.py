@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HeaderError
 from .header import Package, read_package, read_package_file, sig_digests
-from .keyring import Keyring, Result, combine
-from .keyring import Verdict as SigVerdict
+from .keyring import Keyring, Result, Verdict, combine
 from .tags import SigTag
-
-
-class Verdict(str, enum.Enum):
-    """The verdict on a package header (docs/signature-policy.md)."""
-
-    GOOD = "GOOD"
-    BAD = "BAD"
-    NOKEY = "NOKEY"
-    NOTTRUSTED = "NOTTRUSTED"
-    UNSIGNED = "UNSIGNED"
-    PARSE = "PARSE"
 
 
 @dataclass(frozen=True)
@@ -155,7 +142,7 @@ def check_package(pkg: Package, keyring: Keyring, *, now: float | None = None) -
             reason += "; header digest BAD"
         return HeaderCheck(verdict, reason, digests=digests, package=pkg)
     combined = combine([i.result for i in infos])
-    verdict = Verdict(combined.verdict.value)
+    verdict = combined.verdict
     reason = combined.reason
     bad_digests = [name for name, ok in digests.items() if ok == "BAD"]
     if bad_digests:
@@ -167,7 +154,7 @@ def check_package(pkg: Package, keyring: Keyring, *, now: float | None = None) -
         if import_error:
             verdict, reason = Verdict.PARSE, import_error
     return HeaderCheck(verdict, reason,
-                       fingerprint=combined.cert_fingerprint if combined.verdict is not SigVerdict.NOKEY else None,
+                       fingerprint=combined.cert_fingerprint if combined.verdict is not Verdict.NOKEY else None,
                        key_id=combined.key_id, signatures=infos, digests=digests, package=pkg)
 
 
