@@ -171,3 +171,8 @@ def gpg_tool():
     from tests.prereq import require_tools
 
     require_tools("gpg")
+
+
+# -- btrfs and store directories (tests/btrfs_fixture.py) -------------------------
+
+from tests.btrfs_fixture import btrfs_dir, store_dir  # noqa: F401  (fixtures)

@@ -12,13 +12,15 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, checksig_cmd, config
+from . import (__version__, checksig_cmd, config, deploy_cmd, diff_cmd, gc_cmd, import_cmd, lint_cmd,
+               monitor_cmd, mount_cmd, rollback_cmd, status_cmd, verify_cmd)
 from .errors import EXIT_ERROR, UsrviewError
 
 log = logging.getLogger(__name__)
 
 #: Subcommand modules, in the order ``usrview --help`` lists them.
-COMMANDS = (checksig_cmd,)
+COMMANDS = (checksig_cmd, import_cmd, lint_cmd, deploy_cmd, status_cmd, diff_cmd, rollback_cmd, gc_cmd,
+            mount_cmd, verify_cmd, monitor_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,131 @@
+"""Benchmark: ``usrview verify`` beside ``rpm --root R -Va`` over the same package set.
+
+Over the package set of tests/pkgset.py (built first when ``--pkgset`` holds none),
+on one fresh btrfs on a loop device: the set-v1 rpms are deployed into a store
+(usrview deploy: reflinks, read-only subvolumes) and installed with
+``rpm --root R -i`` beside it.  Then, in one run, each measured cold (after
+``echo 3 > /proc/sys/vm/drop_caches``) and warm:
+
+- ``rpm --root R -Va``;
+- ``usrview verify --full`` (every file hashed, the cache ignored);
+- ``usrview verify`` over the unchanged store (the cache filled by the run before).
+
+The issue's targets are printed beside the figures: full verify warm at most
+half of rpm -Va warm, cold no slower than rpm -Va cold; re-verify at most 1/50 of
+rpm -Va warm.  Also set-v2 is deployed (most packages shared with set-v1 by
+reflink) and ``verify --full --image previous`` then current are timed, to show
+the reflink dedupe.  Needs root.  Always unmounts and detaches what it made.
+
+    .venv/bin/python tests/bench_verify.py [--pkgset DIR] [--workdir DIR] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import pkgset, rpmbuild  # noqa: E402
+from tests.bench_store import DEFAULT_WORKDIR, drop_caches, loop_btrfs  # noqa: E402
+from usrview import images, verify  # noqa: E402
+from usrview.checksig_cmd import load_keyring  # noqa: E402
+from usrview.store import Store  # noqa: E402
+
+
+def timed(fn, *, cold: bool):
+    if cold:
+        drop_caches()
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    ap.add_argument("--pkgset", type=Path)
+    ap.add_argument("--count", type=int, default=250)
+    ap.add_argument("--jobs", type=int, default=None)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        ap.error("needs root (loop device, mount, drop_caches)")
+    setdir = (args.pkgset or args.workdir / "pkgs").resolve()
+    if not (setdir / "manifest.json").exists():
+        pkgset.build_set(setdir, args.count)
+    man = pkgset.load(setdir)
+    key = Path(man["key"])
+    v1 = sorted((setdir / "set-v1").glob("*.rpm"))
+    print(f"package set: {len(v1)} packages, {man['files']} regular files, {man['bytes'] / 1e6:.1f} MB")
+    size = int(max(8.0, 8 * man["bytes"] / 2**30) * 2**30)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    mnt = Path(tempfile.mkdtemp(prefix="mnt-verify-", dir=args.workdir))
+    try:
+        with loop_btrfs(args.workdir / "btrfs-verify.img", size, mnt):
+            store = Store.open(mnt / "store", create=True)
+            keyring = load_keyring([key])
+            t0 = time.perf_counter()
+            images.deploy(store, setdir / "set-v1", keyring)
+            print(f"deploy set-v1: {time.perf_counter() - t0:.1f} s")
+            root = mnt / "rpmroot"
+            t0 = time.perf_counter()
+            rpmbuild.rpm_root_install(root, v1)
+            print(f"rpm -i into R: {time.perf_counter() - t0:.1f} s")
+
+            def rpm_va():
+                return subprocess.run([*rpmbuild.rpm_root_cmd(root), "-Va", "--nodeps", "--noscripts"],
+                                      capture_output=True, stdin=subprocess.DEVNULL)
+
+            def full():
+                return verify.run(store, keyring, full=True, jobs=args.jobs)
+
+            def incremental():
+                return verify.run(store, keyring, jobs=args.jobs)
+
+            res = {}
+            for temp in ("cold", "warm"):
+                cold = temp == "cold"
+                if not cold:
+                    rpm_va(), full()  # warm the page cache
+                res["rpm", temp], r = timed(rpm_va, cold=cold)
+                rpm_lines = len(r.stdout.splitlines())
+                res["full", temp], rep = timed(full, cold=cold)
+                res["incr", temp], rep2 = timed(incremental, cold=cold)
+                print(f"[{temp}] rpm -Va: {res['rpm', temp]:.2f} s ({rpm_lines} lines)   "
+                      f"verify --full: {res['full', temp]:.2f} s ({rep.stats.files} files, "
+                      f"{rep.stats.hashed_bytes / 1e6:.0f} MB hashed, {len(rep.findings)} findings)   "
+                      f"verify (cached): {res['incr', temp]:.3f} s ({rep2.stats.hashed_files} files hashed, "
+                      f"{rep2.stats.cache_hits} cache hits)")
+                if rep.findings:
+                    print("  first findings:", *[f.line for f in rep.findings[:5]], sep="\n    ")
+            ok = lambda c: "OK" if c else "MISSED"  # noqa: E731
+            print(f"full warm / rpm warm = {res['full', 'warm'] / res['rpm', 'warm']:.2f} (target <= 0.5: "
+                  f"{ok(res['full', 'warm'] <= 0.5 * res['rpm', 'warm'])})")
+            print(f"full cold / rpm cold = {res['full', 'cold'] / res['rpm', 'cold']:.2f} (target <= 1: "
+                  f"{ok(res['full', 'cold'] <= res['rpm', 'cold'])})")
+            print(f"re-verify warm / rpm warm = {res['incr', 'warm'] / res['rpm', 'warm']:.4f} (target <= 0.02: "
+                  f"{ok(res['incr', 'warm'] <= res['rpm', 'warm'] / 50)})")
+            v2 = setdir / "set-v2"
+            if v2.is_dir():
+                images.deploy(store, v2, keyring)
+                t_prev, a = timed(lambda: verify.run(store, keyring, image_ref="previous", full=True, jobs=args.jobs),
+                                  cold=True)
+                t_cur, b = timed(lambda: verify.run(store, keyring, full=True, jobs=args.jobs), cold=True)
+                print(f"set-v2 deployed: verify --full previous (cold) {t_prev:.2f} s, then current "
+                      f"{t_cur:.2f} s: {b.stats.hashed_bytes / 1e6:.0f} MB hashed, {b.stats.deduped_files} "
+                      f"files deduplicated by shared extents (no cross-run dedupe: each run hashes its own)")
+    finally:
+        try:
+            mnt.rmdir()
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

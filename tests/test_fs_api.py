@@ -1,0 +1,290 @@
+"""The FUSE handlers (usrview.fs) and the guard, called directly with pytest-trio: no mount."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+
+import pyfuse3
+import pytest
+import trio
+
+from tests.rpmbuild import STAGED_MTIME, FileSpec
+from tests.viewstore import deploy_store
+from usrview import fs as fs_module
+from usrview.checksig_cmd import load_keyring
+from usrview.fs import CACHE_TIMEOUT, ViewOperations
+from usrview.guard import INTEGRITY_MESSAGE_ID, Guard
+from usrview.mount_cmd import build_view
+from usrview.tree import ROOT_INODE, SYSIMAGE_DIR
+from verifier.filecaps import parse_text
+
+TOOL = b"#!/bin/sh\necho hello from the view\n"
+BIG = bytes(range(256)) * 4096 * 3  # 3 MiB: hashed in several chunks
+
+FILES = [
+    FileSpec("/usr/bin", kind="dir"),
+    FileSpec("/usr/bin/tool", content=TOOL, mode=0o755),
+    FileSpec("/usr/bin/capped", content=b"caps\n", mode=0o755, directives="%caps(cap_net_raw=ep)"),
+    FileSpec("/usr/share/api/big", content=BIG),
+    FileSpec("/usr/share/api/link", kind="symlink", target="big"),
+    FileSpec("/usr/share/api/h1", content=b"linked\n"),
+    FileSpec("/usr/share/api/h2", kind="hardlink", target="/usr/share/api/h1"),
+    FileSpec("/etc/api.conf", content=b"conf\n", directives="%config"),
+] + [FileSpec(f"/usr/share/many/f{i:03d}", content=b"%d\n" % i) for i in range(40)]
+
+
+@pytest.fixture
+def store(rpm_packages, gpg_key, tmp_path):
+    rpm = rpm_packages("api", files=FILES)
+    return deploy_store(tmp_path / "store", [rpm], gpg_key)
+
+
+def make_ops(store, gpg_key, mode="enforce"):
+    st, image = store
+    _, tree = build_view(st, image, load_keyring([gpg_key.public_path]))
+    return ViewOperations(tree, Guard(tree, mode))
+
+
+async def lookup_path(ops, path):
+    inode = ROOT_INODE
+    for part in path.split("/"):
+        attr = await ops.lookup(inode, part.encode(), None)
+        assert attr.st_ino, f"{part} of {path} not found"
+        inode = attr.st_ino
+    return await ops.getattr(inode, None)
+
+
+async def read_all(ops, inode, chunk=128 << 10):
+    info = await ops.open(inode, os.O_RDONLY, None)
+    assert info.keep_cache
+    try:
+        data, off = b"", 0
+        while True:
+            piece = await ops.read(info.fh, off, chunk)
+            if not piece:
+                return data
+            data += piece
+            off += len(piece)
+    finally:
+        await ops.release(info.fh)
+
+
+def backing(store, rel):
+    st, image = store
+    (pkgid,) = image.packages
+    return st.package_dir(pkgid) / rel
+
+
+async def test_lookup_getattr(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    attr = await lookup_path(ops, "bin/tool")
+    assert attr.st_mode == stat.S_IFREG | 0o755
+    assert attr.st_size == len(TOOL)
+    assert attr.st_mtime_ns == STAGED_MTIME * 10**9
+    assert (attr.st_uid, attr.st_gid) == (0, 0)
+    assert attr.entry_timeout == attr.attr_timeout == CACHE_TIMEOUT
+    missing = await ops.lookup(ROOT_INODE, b"nope", None)
+    assert missing.st_ino == 0
+    # /etc is not part of the view: the root is /usr.
+    assert (await ops.lookup(ROOT_INODE, b"etc", None)).st_ino == 0
+    assert (await ops.lookup(ROOT_INODE, b"..", None)).st_ino == ROOT_INODE
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getattr(10**9, None)
+    assert e.value.errno == errno.ENOENT
+
+
+async def test_hardlinks_and_symlinks(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    h1, h2 = await lookup_path(ops, "share/api/h1"), await lookup_path(ops, "share/api/h2")
+    assert h1.st_ino == h2.st_ino and h1.st_nlink == 2
+    link = await lookup_path(ops, "share/api/link")
+    assert stat.S_ISLNK(link.st_mode)
+    assert await ops.readlink(link.st_ino, None) == b"big"
+    assert await read_all(ops, (await lookup_path(ops, "share/api/big")).st_ino) == BIG
+
+
+async def test_readdir_cookies_are_stable(store, gpg_key, monkeypatch):
+    ops = make_ops(store, gpg_key)
+    replies = []
+
+    def reply(token, name, attr, next_id):
+        if len(token) >= token.limit:
+            return False
+        token.append((name, attr.st_ino, next_id))
+        replies.append(next_id)
+        return True
+
+    class Token(list):
+        limit = 7
+
+    monkeypatch.setattr(fs_module.pyfuse3, "readdir_reply", reply)
+    inode = (await lookup_path(ops, "share/many")).st_ino
+    fh = await ops.opendir(inode, None)
+    seen, start = [], 0
+    while True:
+        token = Token()
+        await ops.readdir(fh, start, token)
+        if not token:
+            break
+        seen += token
+        start = token[-1][2]
+    await ops.releasedir(fh)
+    assert [n for n, _, _ in seen] == [b"f%03d" % i for i in range(40)]
+    # Resuming from a cookie a second time gives the same entries (ids, not positions).
+    token = Token()
+    await ops.readdir(fh, seen[9][2], token)
+    assert token == seen[10:17]
+
+
+async def test_sysimage_header_files(store, gpg_key):
+    st, image = store
+    ops = make_ops(store, gpg_key)
+    (pkgid,) = image.packages
+    attr = await lookup_path(ops, f"{SYSIMAGE_DIR}/{pkgid}.rpm")
+    data = st.header_path(pkgid).read_bytes()
+    assert attr.st_mode == stat.S_IFREG | 0o644 and attr.st_size == len(data)
+    assert await read_all(ops, attr.st_ino) == data
+
+
+async def test_xattrs(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    capped = await lookup_path(ops, "bin/capped")
+    assert await ops.getxattr(capped.st_ino, b"security.capability", None) == \
+        parse_text("cap_net_raw=ep").to_xattr()
+    tool = await lookup_path(ops, "bin/tool")
+    assert await ops.getxattr(tool.st_ino, b"user.rpm.package", None) == b"api-1.0-1.noarch"
+    assert await ops.getxattr(tool.st_ino, b"user.rpm.digest", None) == \
+        b"sha256:" + hashlib.sha256(TOOL).hexdigest().encode()
+    assert set(await ops.listxattr(tool.st_ino, None)) == {b"user.rpm.package", b"user.rpm.digest"}
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getxattr(tool.st_ino, b"security.capability", None)
+    assert e.value.errno == errno.ENODATA
+
+
+async def test_everything_modifying_is_erofs(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    calls = [
+        ops.setattr(tool, None, None, None, None), ops.mknod(ROOT_INODE, b"n", 0o644, 0, None),
+        ops.mkdir(ROOT_INODE, b"d", 0o755, None), ops.unlink(ROOT_INODE, b"bin", None),
+        ops.rmdir(ROOT_INODE, b"bin", None), ops.symlink(ROOT_INODE, b"s", b"t", None),
+        ops.rename(ROOT_INODE, b"bin", ROOT_INODE, b"b2", 0, None), ops.link(tool, ROOT_INODE, b"l", None),
+        ops.create(ROOT_INODE, b"c", 0o644, os.O_WRONLY, None), ops.write(0, 0, b"x"),
+        ops.setxattr(tool, b"user.x", b"1", None), ops.removexattr(tool, b"user.rpm.package", None),
+        ops.open(tool, os.O_WRONLY, None), ops.open(tool, os.O_RDWR, None),
+        ops.open(tool, os.O_RDONLY | os.O_TRUNC, None), ops.access(tool, os.W_OK, None),
+    ]
+    for call in calls:
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == errno.EROFS, call
+    assert await ops.access(tool, os.R_OK | os.X_OK, None)
+
+
+async def test_statfs(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    st = await ops.statfs(None)
+    assert st.f_files == ops.tree.inode_count > 40
+    assert st.f_blocks * st.f_frsize >= len(BIG) + len(TOOL)
+    assert st.f_bfree == st.f_bavail == 0
+
+
+async def test_tampered_file_is_eio_under_enforce(store, gpg_key, expect_logs, caplog):
+    ops = make_ops(store, gpg_key, "enforce")
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    assert await read_all(ops, tool) == TOOL
+    path = backing(store, "usr/bin/tool")
+    with open(path, "r+b") as f:  # same size, different bytes
+        f.write(b"#!/bin/sh\necho evil from the view\n"[:len(TOOL)])
+    with expect_logs(r"integrity violation: /usr/bin/tool of api-1\.0-1\.noarch", level=logging.ERROR):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.open(tool, os.O_RDONLY, None)
+    assert e.value.errno == errno.EIO
+    (record,) = [r for r in caplog.records if getattr(r, "MESSAGE_ID", None) == INTEGRITY_MESSAGE_ID]
+    assert record.PATH == "/usr/bin/tool" and record.PACKAGE == "api-1.0-1.noarch"
+    assert record.EXPECTED == "sha256:" + hashlib.sha256(TOOL).hexdigest()
+    assert record.ACTUAL == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not ops.open_files
+
+
+async def test_tampered_file_is_served_under_warn(store, gpg_key, expect_logs):
+    ops = make_ops(store, gpg_key, "warn")
+    path = backing(store, "usr/bin/tool")
+    evil = TOOL.replace(b"hello", b"HELLO")  # same size: only the digest tells
+    path.write_bytes(evil)
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    with expect_logs(r"integrity violation \(served, verify=warn\): /usr/bin/tool", level=logging.WARNING):
+        assert await read_all(ops, tool) == evil
+
+
+async def test_wrong_size_and_symlink_in_store_are_eio(store, gpg_key, expect_logs):
+    ops = make_ops(store, gpg_key)
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    path = backing(store, "usr/bin/tool")
+    path.write_bytes(TOOL + b"more")
+    with expect_logs(r"/usr/bin/tool.*size", level=logging.ERROR):
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.open(tool, os.O_RDONLY, None)
+    # A symlink planted where the file was is never followed.
+    path.unlink()
+    (path.parent / "real").write_bytes(TOOL)
+    path.symlink_to("real")
+    with expect_logs(r"/usr/bin/tool.*cannot be opened", level=logging.ERROR):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.open(tool, os.O_RDONLY, None)
+    assert e.value.errno == errno.EIO
+
+
+async def test_store_metadata_changes_nothing(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    before = await lookup_path(ops, "bin/tool")
+    path = backing(store, "usr/bin/tool")
+    os.chmod(path, 0o6777)
+    os.chown(path, 1234, 5678)
+    (path.parent / "planted").write_bytes(b"not in any header\n")
+    after = await lookup_path(ops, "bin/tool")
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    bin_ = (await lookup_path(ops, "bin")).st_ino
+    assert (await ops.lookup(bin_, b"planted", None)).st_ino == 0
+    # The bytes still match: the file is served.
+    assert await read_all(ops, after.st_ino) == TOOL
+
+
+async def test_concurrent_first_opens_hash_once(store, gpg_key):
+    ops = make_ops(store, gpg_key)
+    big = (await lookup_path(ops, "share/api/big")).st_ino
+    fhs = []
+
+    async def opener():
+        fhs.append((await ops.open(big, os.O_RDONLY, None)).fh)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(opener)
+    assert len(fhs) == 8
+    assert ops.guard.hashed == 1
+    for fh in fhs:
+        await ops.release(fh)
+    await read_all(ops, big)
+    assert ops.guard.hashed == 1  # cached per backing-file identity
+    # A change of the file (new ctime) is hashed again.
+    os.utime(backing(store, "usr/share/api/big"))
+    await read_all(ops, big)
+    assert ops.guard.hashed == 2
+
+
+async def test_unexpected_exception_becomes_eio(store, gpg_key, expect_logs, monkeypatch):
+    ops = make_ops(store, gpg_key)
+
+    def broken(node):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(ops, "attributes", broken)
+    with expect_logs(r"internal error in getattr", level=logging.ERROR):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getattr(ROOT_INODE, None)
+    assert e.value.errno == errno.EIO

@@ -1,0 +1,184 @@
+"""The view's model (usrview.tree), built from real signed rpms, without FUSE."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import stat
+
+import pytest
+
+from tests.rpmbuild import STAGED_MTIME, FileSpec
+from usrview.store import pkgid_for
+from usrview.tree import (ROOT_INODE, SYSIMAGE_DIR, PackageSource, TreeConflict, build_tree,
+                          digest_label)
+from verifier.filecaps import parse_text
+from verifier.header import read_package_file
+
+BASE_FILES = [
+    FileSpec("/usr/bin", kind="dir"),
+    FileSpec("/usr/bin/tool", content=b"#!/bin/sh\necho tool\n", mode=0o755),
+    FileSpec("/usr/bin/su-ish", content=b"setuid\n", mode=0o4755),
+    FileSpec("/usr/bin/ping-ish", content=b"caps\n", mode=0o755, directives="%caps(cap_net_raw=ep)"),
+    FileSpec("/usr/lib/base/data", content=b"data\n", mtime=STAGED_MTIME + 50),
+    FileSpec("/usr/lib/base/link", kind="symlink", target="data"),
+    FileSpec("/usr/lib/base/hard1", content=b"same bytes\n"),
+    FileSpec("/usr/lib/base/hard2", kind="hardlink", target="/usr/lib/base/hard1"),
+    FileSpec("/usr/lib/base/ghost", directives="%ghost", staged=False),
+    FileSpec("/etc/base.conf", content=b"conf\n", directives="%config"),
+]
+OTHER_FILES = [
+    FileSpec("/usr/bin", kind="dir"),
+    FileSpec("/usr/bin/other", content=b"other\n", mode=0o755),
+    FileSpec("/usr/share/doc/other/README", content=b"readme\n", mtime=STAGED_MTIME + 100),
+]
+
+
+def source(path):
+    package = read_package_file(path)
+    return PackageSource(pkgid_for(package), package, None, path)
+
+
+@pytest.fixture
+def image(rpm_packages):
+    return [source(rpm_packages("base", files=BASE_FILES)),
+            source(rpm_packages("other", files=OTHER_FILES))]
+
+
+def test_only_usr_without_ghosts(image):
+    tree = build_tree(image)
+    paths = {p for p, _ in tree.walk()}
+    assert "bin/tool" in paths and "bin/other" in paths
+    assert "lib/base/ghost" not in paths
+    assert not any("etc" in p or "base.conf" in p for p in paths)
+    assert tree.root.inode == ROOT_INODE and tree.root.is_dir
+
+
+def test_merged_and_implicit_directories(image):
+    tree = build_tree(image)
+    bin_ = tree.resolve("bin")
+    assert bin_.names == ["other", "ping-ish", "su-ish", "tool"]
+    assert tree.package_of(bin_) == "base-1.0-1.noarch"  # first package in image order
+    # share/doc/other is owned by nobody: 0755 root:root, newest child's mtime.
+    for implicit, mtime in (("share", STAGED_MTIME + 100), ("share/doc", STAGED_MTIME + 100),
+                            ("lib/base", STAGED_MTIME + 50)):
+        node = tree.resolve(implicit)
+        assert node.mode == stat.S_IFDIR | 0o755, implicit
+        assert (node.uid, node.gid) == (0, 0)
+        assert node.mtime == mtime, implicit
+        assert tree.package_of(node) is None
+    assert tree.resolve("share").nlink == 3  # ., .., doc
+
+
+def test_file_attributes(image):
+    tree = build_tree(image)
+    tool = tree.resolve("bin/tool")
+    assert tool.mode == stat.S_IFREG | 0o755
+    assert tool.size == len(b"#!/bin/sh\necho tool\n")
+    assert tool.mtime == STAGED_MTIME
+    assert tool.relpath == "usr/bin/tool"
+    assert digest_label(tool) == "sha256:" + hashlib.sha256(b"#!/bin/sh\necho tool\n").hexdigest()
+    assert tree.resolve("bin/su-ish").mode == stat.S_IFREG | 0o4755
+    link = tree.resolve("lib/base/link")
+    assert stat.S_ISLNK(link.mode) and link.relpath == "data" and link.size == 4
+    caps = tree.resolve("bin/ping-ish").caps
+    assert caps == parse_text("cap_net_raw=ep").to_xattr()
+    assert tree.resolve("bin/tool").caps is None
+
+
+def test_hardlinks_share_one_inode(image):
+    tree = build_tree(image)
+    h1, h2 = tree.resolve("lib/base/hard1"), tree.resolve("lib/base/hard2")
+    assert h1 is h2
+    assert h1.nlink == 2
+    assert tree.resolve("lib/base/data").nlink == 1
+    # Two names, two entry ids, one inode.
+    lib = tree.resolve("lib/base")
+    entries = {name: (node.inode, eid) for name, node, eid in tree.entries_after(lib, 0)}
+    assert entries["hard1"][0] == entries["hard2"][0]
+    assert entries["hard1"][1] != entries["hard2"][1]
+
+
+def test_sysimage_lists_header_files(image):
+    tree = build_tree(image)
+    d = tree.resolve(SYSIMAGE_DIR)
+    assert d.names == sorted(f"{s.pkgid}.rpm" for s in image)
+    for s in image:
+        node = tree.resolve(f"{SYSIMAGE_DIR}/{s.pkgid}.rpm")
+        data = s.header_path.read_bytes()
+        assert node.mode == stat.S_IFREG | 0o644
+        assert node.size == len(data)
+        assert node.digest == hashlib.sha256(data).hexdigest()
+        assert tree.backing_dirs[node.backing] == s.header_path.parent
+        assert node.relpath == s.header_path.name
+
+
+def test_stable_inodes_and_entry_ids(image, rpm_packages):
+    first = {p: n.inode for p, n in build_tree(image).walk()}
+    second = {p: n.inode for p, n in build_tree(image).walk()}
+    assert first == second
+    tree = build_tree(image)
+    for _, node in tree.walk():
+        if node.is_dir:
+            assert node.ids == sorted(node.ids) and len(set(node.ids)) == len(node.ids)
+            # Resuming after any entry id gives exactly the rest.
+            for i, eid in enumerate(node.ids):
+                rest = [name for name, _, _ in tree.entries_after(node, eid)]
+                assert rest == node.names[i + 1:]
+    # Every inode number maps back to its node.
+    for _, node in tree.walk():
+        assert tree.node(node.inode) is node
+
+
+def test_conflict_names_both_packages(rpm_packages):
+    a = source(rpm_packages("ca", files=[FileSpec("/usr/share/x", content=b"one\n")]))
+    b = source(rpm_packages("cb", files=[FileSpec("/usr/share/x", content=b"two\n")]))
+    with pytest.raises(TreeConflict, match=r"/usr/share/x.*ca-1\.0-1\.noarch.*cb-1\.0-1\.noarch.*digest"):
+        build_tree([a, b])
+
+
+def test_identical_file_in_two_packages_is_fine(rpm_packages):
+    spec = FileSpec("/usr/share/same", content=b"same\n")
+    a = source(rpm_packages("sa", files=[spec]))
+    b = source(rpm_packages("sb", files=[spec]))
+    tree = build_tree([a, b])
+    assert tree.package_of(tree.resolve("share/same")) == "sa-1.0-1.noarch"
+
+
+def test_mode_conflict(rpm_packages):
+    a = source(rpm_packages("ma", files=[FileSpec("/usr/share/m", content=b"m\n", mode=0o644)]))
+    b = source(rpm_packages("mb", files=[FileSpec("/usr/share/m", content=b"m\n", mode=0o755)]))
+    with pytest.raises(TreeConflict, match="mode 0644 vs 0755"):
+        build_tree([a, b])
+
+
+def test_file_versus_directory_conflict(rpm_packages):
+    a = source(rpm_packages("fa", files=[FileSpec("/usr/share/fd", content=b"file\n")]))
+    b = source(rpm_packages("fb", files=[FileSpec("/usr/share/fd/inner", content=b"x\n")]))
+    with pytest.raises(TreeConflict, match="fa-1.0-1.noarch"):
+        build_tree([a, b])
+    with pytest.raises(TreeConflict, match="fb-1.0-1.noarch"):
+        build_tree([b, a])
+
+
+def test_unknown_owner_becomes_root_without_setuid(rpm_packages, expect_logs):
+    pkg = source(rpm_packages("owners", files=[
+        FileSpec("/usr/bin/odd", content=b"odd\n", mode=0o4755, user="nosuchuser-uv", group="nosuchgroup-uv"),
+        FileSpec("/usr/bin/daemonish", content=b"d\n", user="daemon", group="daemon"),
+    ]))
+    with expect_logs(r"nosuchgroup-uv, nosuchuser-uv", level=logging.WARNING):
+        tree = build_tree([pkg])
+    odd = tree.resolve("bin/odd")
+    assert (odd.uid, odd.gid) == (0, 0)
+    assert odd.mode == stat.S_IFREG | 0o755
+    import grp
+    import pwd
+    d = tree.resolve("bin/daemonish")
+    assert (d.uid, d.gid) == (pwd.getpwnam("daemon").pw_uid, grp.getgrnam("daemon").gr_gid)
+    assert tree.unknown_owners == {"nosuchuser-uv", "nosuchgroup-uv"}
+
+
+def test_memory_per_node_is_small():
+    # Nodes use __slots__: no per-instance dict.
+    from usrview.tree import Node
+    assert not hasattr(Node(), "__dict__")

@@ -1,0 +1,151 @@
+"""The verified-results cache: a second run hashes nothing, and no change hides behind it.
+
+Each kind of change is made after a run filled the cache; the next run must
+report it exactly as a run without the cache (``full=True``) does.  Changes to
+a regular file's bytes or metadata must also make that file be hashed again
+(its identity changed), which proves the cache entry was not used.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.test_verify import MAIN_FILES, World, _rpm_va  # noqa: F401 - shared world
+from tests.prereq import require_privileged, require_tools
+from usrview import vcache
+
+DATA = "usr/share/tool/data"
+
+
+@pytest.fixture
+def world(tmp_path, rpm_packages, gpg_key):
+    require_privileged("chown and security.capability")
+    require_tools("rpm")
+    return World(tmp_path, [rpm_packages("tool", "1.0", "1", MAIN_FILES)], gpg_key)
+
+
+def _same_size_bytes_same_mtime(d):
+    p = d / DATA
+    st = p.stat()
+    p.write_bytes(b"Y" * st.st_size)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _size(d):
+    with open(d / DATA, "ab") as f:
+        f.write(b"z")
+
+
+def _mode(d):
+    os.chmod(d / DATA, 0o600)
+
+
+def _owner(d):
+    os.chown(d / DATA, 1, -1)
+
+
+def _mtime(d):
+    os.utime(d / DATA, (5, 5))
+
+
+def _replace(d):
+    """A new file with the old one's bytes, size and mtime, renamed over it: another inode."""
+    p = d / DATA
+    st = p.stat()
+    tmp = d / "usr/share/tool/.new"
+    tmp.write_bytes(b"Q" * st.st_size)
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.rename(tmp, p)
+
+
+def _symlink(d):
+    p = d / "usr/lib/libtool.so"
+    p.unlink()
+    p.symlink_to("libother.so")
+    os.utime(p, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+
+
+def _caps(d):
+    require_tools("setcap")
+    subprocess.run(["setcap", "cap_net_raw=ep", str(d / DATA)], check=True)
+
+
+def _xattr_user(d):
+    os.setxattr(d / DATA, "user.note", b"x")
+
+
+CHANGES = {
+    "bytes (same size and mtime)": (_same_size_bytes_same_mtime, "..5......    /usr/share/tool/data", True),
+    "size": (_size, "S.5....T.    /usr/share/tool/data", True),
+    "mode": (_mode, ".M.......    /usr/share/tool/data", True),
+    "owner": (_owner, ".....U...    /usr/share/tool/data", True),
+    "mtime": (_mtime, ".......T.    /usr/share/tool/data", True),
+    "replaced file": (_replace, "..5......    /usr/share/tool/data", True),
+    "symlink target": (_symlink, "....L....    /usr/lib/libtool.so", False),
+    "capabilities": (_caps, "........P    /usr/share/tool/data", True),
+}
+
+
+def test_second_run_hashes_nothing(world):
+    first = world.verify()
+    assert first.findings == [] and first.stats.hashed_files > 0 and first.cache_written
+    second = world.verify()
+    assert second.findings == []
+    assert second.stats.hashed_files == 0 and second.stats.hashed_bytes == 0
+    assert second.stats.cache_hits == first.stats.hashed_files
+    full = world.verify(full=True)
+    assert full.stats.hashed_files == first.stats.hashed_files and full.stats.cache_hits == 0
+
+
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_change_is_seen_through_the_cache(world, name):
+    change, line, rehash = CHANGES[name]
+    world.verify()
+    change(world.pkgdir("tool"))
+    cached = world.verify()
+    assert [f.line for f in cached.findings] == [line]
+    assert [f.line for f in world.verify(full=True).findings] == [line]
+    if rehash:
+        assert cached.stats.hashed_files == 1, "the changed file's cache entry must not be used"
+    else:
+        assert cached.stats.hashed_files == 0
+
+
+def test_user_xattr_changes_identity(world):
+    """An xattr that rpm does not check still changes ctime, so the file is hashed again."""
+    world.verify()
+    _xattr_user(world.pkgdir("tool"))
+    r = world.verify()
+    assert r.findings == [] and r.stats.hashed_files == 1
+
+
+def test_cache_is_used(world):
+    """A poisoned row (a wrong digest for the file's true identity) is believed by an
+    incremental run -- proof that the cache is what spares the hashing -- and ignored by
+    --full, which then rewrites the cache."""
+    world.verify()
+    path = vcache.cache_path(world.store.root)
+    rows = vcache.load(path)
+    assert rows
+    st = (world.pkgdir("tool") / DATA).stat()
+    key = vcache.identity(st, 8)
+    assert key in rows
+    vcache.save(path, [(key, "0" * 64)])
+    assert [f.line for f in world.verify().findings] == ["..5......    /usr/share/tool/data"]
+    assert world.verify(full=True).findings == []
+    assert vcache.load(path)[key] != "0" * 64
+    assert world.verify().findings == []
+
+
+def test_unreadable_cache_is_ignored(world):
+    world.verify()
+    path = vcache.cache_path(world.store.root)
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(f"{path}{suffix}"):
+            os.unlink(f"{path}{suffix}")
+    path.write_bytes(b"not a database" * 100)
+    r = world.verify()
+    assert r.findings == [] and r.stats.hashed_files > 0

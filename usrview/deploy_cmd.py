@@ -1,0 +1,81 @@
+"""``usrview deploy``: record a directory of rpms as an image and make it current."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import images
+from .checksig_cmd import load_keyring
+from .errors import EXIT_OK
+from .import_cmd import _Progress
+from .store import Store
+
+HELP = "record a directory of rpms as an image and make it current"
+DESCRIPTION = """\
+Read the packages of SOURCE (a directory of rpms, or of header-only rpms whose
+packages are already stored), check the set as "usrview lint" does, import what
+the store lacks (signatures checked as by "usrview import"), record the set as
+a new image and make it current in one atomic switch; the old current image
+becomes the previous one.  Lint errors (conflicting files, two versions of one
+package) refuse the deploy before anything is imported: nothing is recorded and
+the current image stays.  Deploying the current image's package set again
+changes nothing.
+Exit status: 0 deployed, 1 refused (lint errors, a package refused by the
+import), 2 usage and operational errors."""
+
+
+def add_store_option(p) -> None:
+    p.add_argument("--store", type=Path, metavar="DIR",
+                   help="the store (default from the configuration, else /var/lib/usrview)")
+
+
+def open_store(args, cfg, *, create: bool = False) -> Store:
+    return Store.open(args.store or cfg.store, create=create)
+
+
+def print_findings(findings, stream) -> None:
+    for f in findings:
+        stream.write(f.format() + "\n")
+    stream.flush()
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("deploy", parents=[common], help=HELP, description=DESCRIPTION)
+    add_store_option(p)
+    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
+                   help="trusted certificates: a file or a directory (repeatable; "
+                        "default from the configuration, else /etc/pki/rpm-gpg)")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept packages without a header signature (recorded as unsigned)")
+    p.add_argument("source", type=Path, metavar="SOURCE")
+    p.set_defaults(func=run)
+
+
+def run(args, cfg) -> int:
+    keyring = load_keyring(args.keys or cfg.keys)
+    for warning in keyring.warnings:
+        print(f"usrview: warning: {warning}", file=sys.stderr)
+    store = open_store(args, cfg, create=True)
+    progress = _Progress(sys.stderr)
+    try:
+        result = images.deploy(store, args.source, keyring, allow_unsigned=args.allow_unsigned,
+                               progress=progress)
+    except images.DeployRefused as e:
+        print_findings(e.findings, sys.stderr)
+        raise
+    finally:
+        progress.clear()
+    print_findings(result.findings, sys.stderr)
+    out = sys.stdout
+    image = result.image
+    if result.already_current:
+        out.write(f"image {image.id} ({len(image.packages)} packages) is current already; "
+                  "nothing changed\n")
+        return EXIT_OK
+    if result.imported:
+        out.write(f"imported {len(result.imported)} package(s)\n")
+    unsigned = f", {len(image.unsigned)} UNSIGNED" if image.unsigned else ""
+    out.write(f"deployed image {image.id} ({len(image.packages)} packages{unsigned}); "
+              f"previous: {result.previous or '(none)'}\n")
+    return EXIT_OK

@@ -1,0 +1,286 @@
+"""The pyfuse3 adapter: translates the view's :class:`~usrview.tree.Tree` into FUSE replies.
+
+Everything the view shows comes from the tree; bytes come through the
+:class:`~usrview.guard.Guard`.  This module only converts: nodes to
+``EntryAttributes``, errors to ``FUSEError``.
+
+- Read-only: every modifying request, and an open for writing, answers EROFS.
+- Only ``FUSEError`` leaves a handler (pyfuse3 issue 93: anything else ends
+  ``pyfuse3.main()`` and leaves a dead mount).  :func:`_handler` is the one
+  boundary: OSError becomes its errno, anything else is logged and becomes EIO.
+- The tree never changes while mounted: entries and attributes are cached by
+  the kernel for :data:`CACHE_TIMEOUT` seconds and pages are kept across opens
+  (``keep_cache``).  Inodes live as long as the tree, so ``forget`` has nothing
+  to release and lookup counts need not be kept.
+- readdir cookies are the tree's entry ids, stable across calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+
+import pyfuse3
+
+from .guard import Guard
+from .tree import Node, Tree, digest_label
+
+log = logging.getLogger(__name__)
+
+#: Seconds the kernel may cache entries and attributes (S3QL and composefs use 3600).
+CACHE_TIMEOUT = 3600.0
+#: Block size reported by stat and statfs.
+BLOCK_SIZE = 4096
+#: Longest name statfs reports.
+NAME_MAX = 255
+
+XATTR_CAPS = b"security.capability"
+XATTR_PACKAGE = b"user.rpm.package"
+XATTR_DIGEST = b"user.rpm.digest"
+
+
+def _handler(fn):
+    """The error boundary every handler goes through."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _erofs(fn):
+    """A modifying operation: always EROFS."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    return wrapper
+
+
+class ViewOperations(pyfuse3.Operations):
+    """The request handlers.
+
+    Attributes:
+        tree: the immutable view.
+        guard: opens and checks backing files.
+        open_files: fh -> backing fd (the fh *is* the fd).
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, guard: Guard):
+        super().__init__()
+        self.tree = tree
+        self.guard = guard
+        self.open_files: set[int] = set()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.node(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.inode
+        attr.generation = 0
+        attr.entry_timeout = CACHE_TIMEOUT
+        attr.attr_timeout = CACHE_TIMEOUT
+        attr.st_mode = node.mode
+        attr.st_nlink = node.nlink
+        attr.st_uid = node.uid
+        attr.st_gid = node.gid
+        attr.st_rdev = node.rdev
+        attr.st_size = node.size
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = (node.size + 511) // 512
+        ns = node.mtime * 1_000_000_000
+        attr.st_atime_ns = ns
+        attr.st_mtime_ns = ns
+        attr.st_ctime_ns = ns
+        return attr
+
+    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        values = {}
+        if node.caps is not None:
+            values[XATTR_CAPS] = node.caps
+        package = self.tree.package_of(node)
+        if package is not None:
+            values[XATTR_PACKAGE] = package.encode()
+        label = digest_label(node)
+        if label:
+            values[XATTR_DIGEST] = label.encode()
+        return values
+
+    # -- reading the tree --------------------------------------------------
+
+    @_handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._node(parent_inode)
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        node = self.tree.lookup(parent, os.fsdecode(name))
+        if node is None:
+            # A negative entry the kernel may cache as long as positive ones.
+            attr = pyfuse3.EntryAttributes()
+            attr.st_ino = 0
+            attr.entry_timeout = CACHE_TIMEOUT
+            return attr
+        return self.attributes(node)
+
+    async def forget(self, inode_list):
+        # Inodes live as long as the tree: nothing to release.
+        pass
+
+    @_handler
+    async def getattr(self, inode, ctx=None):
+        return self.attributes(self._node(inode))
+
+    @_handler
+    async def readlink(self, inode, ctx=None):
+        node = self._node(inode)
+        if not node.is_symlink:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.relpath)
+
+    @_handler
+    async def opendir(self, inode, ctx=None):
+        node = self._node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_handler
+    async def readdir(self, fh, start_id, token):
+        directory = self._node(fh)
+        for name, node, entry_id in self.tree.entries_after(directory, start_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), entry_id):
+                break
+
+    @_handler
+    async def releasedir(self, fh):
+        pass
+
+    @_handler
+    async def statfs(self, ctx=None):
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = BLOCK_SIZE
+        st.f_frsize = BLOCK_SIZE
+        st.f_blocks = (self.tree.total_size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        st.f_bfree = 0
+        st.f_bavail = 0
+        st.f_files = self.tree.inode_count
+        st.f_ffree = 0
+        st.f_favail = 0
+        st.f_namemax = NAME_MAX
+        return st
+
+    @_handler
+    async def getxattr(self, inode, name, ctx=None):
+        value = self._xattrs(self._node(inode)).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    @_handler
+    async def listxattr(self, inode, ctx=None):
+        return list(self._xattrs(self._node(inode)))
+
+    @_handler
+    async def access(self, inode, mode, ctx=None):
+        # default_permissions makes the kernel check permissions itself; only
+        # write access is refused here, for callers that ask (access(2) W_OK).
+        self._node(inode)
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+    # -- file contents -----------------------------------------------------
+
+    @_handler
+    async def open(self, inode, flags, ctx=None):
+        node = self._node(inode)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not node.is_reg:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+        fd = await self.guard.open(node)
+        self.open_files.add(fd)
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    @_handler
+    async def read(self, fh, off, size):
+        return os.pread(fh, size, off)
+
+    @_handler
+    async def release(self, fh):
+        self.open_files.discard(fh)
+        os.close(fh)
+
+    @_handler
+    async def flush(self, fh):
+        pass
+
+    @_handler
+    async def fsync(self, fh, datasync):
+        pass
+
+    def close_all(self) -> None:
+        """Close the backing fds still open (after the mount ended)."""
+        for fd in self.open_files:
+            os.close(fd)
+        self.open_files.clear()
+
+    # -- everything that would modify the view ---------------------------
+
+    @_erofs
+    async def setattr(self, inode, attr, fields, fh, ctx): ...
+
+    @_erofs
+    async def mknod(self, parent_inode, name, mode, rdev, ctx): ...
+
+    @_erofs
+    async def mkdir(self, parent_inode, name, mode, ctx): ...
+
+    @_erofs
+    async def unlink(self, parent_inode, name, ctx): ...
+
+    @_erofs
+    async def rmdir(self, parent_inode, name, ctx): ...
+
+    @_erofs
+    async def symlink(self, parent_inode, name, target, ctx): ...
+
+    @_erofs
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx): ...
+
+    @_erofs
+    async def link(self, inode, new_parent_inode, new_name, ctx): ...
+
+    @_erofs
+    async def create(self, parent_inode, name, mode, flags, ctx): ...
+
+    @_erofs
+    async def write(self, fh, off, buf): ...
+
+    @_erofs
+    async def setxattr(self, inode, name, value, ctx): ...
+
+    @_erofs
+    async def removexattr(self, inode, name, ctx): ...

@@ -1,0 +1,195 @@
+"""Verification on open: a regular file's bytes are served only after they hashed
+to the digest its signed header records.
+
+:class:`Guard` opens a node's backing file safely and, depending on the mode,
+checks it:
+
+- ``enforce``: a backing file that is missing, not a regular file, of the wrong
+  size or whose digest differs is refused (``OSError(EIO)``) and an ERROR
+  record is logged with the structured fields PATH, PACKAGE, EXPECTED, ACTUAL
+  and MESSAGE_ID = :data:`INTEGRITY_MESSAGE_ID` (the monitor reuses the id).
+- ``warn``: the same record at WARNING level; the file is served.
+- ``off``: no digest check (the backing file must still be a regular file).
+
+Results are cached per backing-file identity (st_dev, st_ino, st_size,
+st_mtime_ns, st_ctime_ns) and digest algorithm: any change of the file's bytes
+changes its ctime, so a later open of an unchanged file costs one open and
+one fstat.  Concurrent first opens of one file hash it once (the others wait
+on a ``trio.Event``).  Hashing runs in worker threads under a
+``trio.CapacityLimiter``, so a large file never stalls the event loop.
+
+Backing files are opened relative to the package directory, one component at
+a time with ``O_NOFOLLOW`` (directories with ``O_PATH|O_DIRECTORY``), the file
+itself ``O_RDONLY|O_NOFOLLOW|O_CLOEXEC``: a symlink planted in the store is
+never followed.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import logging
+import os
+import stat
+
+import trio
+
+from verifier.files import digest_name
+
+from .tree import Node, Tree
+
+log = logging.getLogger(__name__)
+
+#: MESSAGE_ID of integrity-violation records (journald style, a fixed uuid).
+INTEGRITY_MESSAGE_ID = "4b1f6c2e9a7d4f0e8c35d2a1b7e9f604"
+#: Worker threads hashing at once: FACTS.md measured two threads hashing no
+#: faster than one, but a second lets a small file pass a large one.
+HASH_THREADS = 2
+#: Bytes per read while hashing.
+HASH_CHUNK = 1 << 20
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+class VerifyMode(str, enum.Enum):
+    ENFORCE = "enforce"
+    WARN = "warn"
+    OFF = "off"
+
+
+def open_beneath(base: str | os.PathLike, relpath: str) -> int:
+    """Open ``relpath`` (a plain relative path) below ``base`` without following
+    any symlink on the way; the caller closes the returned fd.  Raises OSError
+    (ELOOP or ENOTDIR where a symlink stands)."""
+    parts = relpath.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, f"unsafe backing path {relpath!r}")
+    dfd = os.open(base, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def hash_fd(fd: int, algo: str) -> str:
+    """Hex digest of the whole file behind ``fd`` (pread: the offset is untouched)."""
+    h = hashlib.new(algo)
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    off = 0
+    while True:
+        n = os.preadv(fd, [buf], off)
+        if n == 0:
+            return h.hexdigest()
+        h.update(view[:n])
+        off += n
+
+
+class Guard:
+    """Opens and checks backing files.
+
+    Attributes:
+        tree: the view's tree (nodes, package names, backing directories).
+        mode: VerifyMode.
+        limiter: bounds the hashing threads.
+        hashed: how many times a file was actually hashed (for tests and stats).
+    """
+
+    def __init__(self, tree: Tree, mode: VerifyMode | str = VerifyMode.ENFORCE, *,
+                 limiter: trio.CapacityLimiter | None = None):
+        self.tree = tree
+        self.mode = VerifyMode(mode)
+        self.limiter = limiter or trio.CapacityLimiter(HASH_THREADS)
+        self.hashed = 0
+        # (st_dev, st_ino, size, mtime_ns, ctime_ns, algo) -> actual hex digest
+        self._cache: dict[tuple, str] = {}
+        self._pending: dict[tuple, trio.Event] = {}
+
+    async def open(self, node: Node) -> int:
+        """An fd of ``node``'s backing file, checked as the mode says.  Raises
+        OSError(EIO) for a refused file, after logging why."""
+        base = self.tree.backing_dirs[node.backing] if node.backing >= 0 else None
+        if base is None:
+            self._violation(node, "no backing file (the package's files are not in the store)", fatal=True)
+            raise OSError(errno.EIO, "no backing file")
+        try:
+            fd = open_beneath(base, node.relpath)
+        except OSError as e:
+            self._violation(node, f"backing file cannot be opened: {os.strerror(e.errno or errno.EIO)}",
+                            fatal=True)
+            raise OSError(errno.EIO, "backing file cannot be opened") from None
+        try:
+            await self._check(node, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    async def _check(self, node: Node, fd: int) -> None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            self._violation(node, f"backing file is not a regular file ({stat.filemode(st.st_mode)})",
+                            fatal=True)
+            raise OSError(errno.EIO, "backing file is not a regular file")
+        if self.mode is VerifyMode.OFF:
+            return
+        if st.st_size != node.size:
+            if self._violation(node, f"size {st.st_size}, expected {node.size}"):
+                raise OSError(errno.EIO, "backing file has the wrong size")
+            return
+        algo = digest_name(node.algo)
+        if algo is None or not node.digest:
+            # Nothing to compare with: a header without a usable digest for a
+            # file with bytes.  rpm -V cannot check it either.
+            if node.size == 0:
+                return
+            if self._violation(node, f"no usable digest in the header (algorithm {node.algo})"):
+                raise OSError(errno.EIO, "no usable digest")
+            return
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
+        actual = await self._digest(key, fd, algo)
+        if actual != node.digest:
+            if self._violation(node, f"{algo}:{actual}"):
+                raise OSError(errno.EIO, "digest mismatch")
+
+    async def _digest(self, key: tuple, fd: int, algo: str) -> str:
+        while True:
+            actual = self._cache.get(key)
+            if actual is not None:
+                return actual
+            event = self._pending.get(key)
+            if event is None:
+                break
+            # Someone is hashing this file: wait; if they failed, try ourselves.
+            await event.wait()
+        event = self._pending[key] = trio.Event()
+        try:
+            actual = await trio.to_thread.run_sync(hash_fd, fd, algo, limiter=self.limiter)
+            self.hashed += 1
+            self._cache[key] = actual
+            return actual
+        finally:
+            del self._pending[key]
+            event.set()
+
+    def _violation(self, node: Node, actual: str, *, fatal: bool = False) -> bool:
+        """Log an integrity violation; True when the open must be refused
+        (``fatal``: whatever the mode, as there is nothing to serve)."""
+        package = self.tree.package_of(node) or "(image header file)"
+        path = "/usr/" + node.path
+        expected = f"{digest_name(node.algo) or node.algo}:{node.digest}" if node.digest else "(none)"
+        extra = {"MESSAGE_ID": INTEGRITY_MESSAGE_ID, "PATH": path, "PACKAGE": package,
+                 "EXPECTED": expected, "ACTUAL": actual}
+        if self.mode is VerifyMode.WARN and not fatal:
+            log.warning("integrity violation (served, verify=warn): %s of %s: expected %s, found %s",
+                        path, package, expected, actual, extra=extra)
+            return False
+        log.error("integrity violation: %s of %s: expected %s, found %s", path, package,
+                  expected, actual, extra=extra)
+        return True

@@ -1,0 +1,205 @@
+"""The integrity monitor: periodic verification, journald records, metrics, reports.
+
+Each run is :func:`usrview.verify.run` over the current image -- incremental
+(the verified-results cache) every ``interval``, full (cache ignored, rewritten)
+every ``full_interval`` -- with hashing throttled to ``io_limit`` bytes per
+second.  After each run:
+
+- every finding becomes one record (:class:`usrview.journal.Journal`): under
+  systemd a journald record with MESSAGE_ID :data:`usrview.guard.INTEGRITY_MESSAGE_ID`
+  (the view's on-open violations use the same id and the fields PATH, PACKAGE,
+  EXPECTED, ACTUAL), plus FLAGS, KIND, IMAGE; else a line on stderr;
+- the Prometheus textfile (node_exporter's textfile collector format) is
+  rewritten atomically;
+- a JSON report (the findings and the summary) is written to ``report_dir``,
+  keeping the newest ``keep_reports``.
+
+The time of the last full run and of the last clean run survive restarts in
+``report_dir/state.json`` (or beside the metrics file when there is no report
+directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import verify
+from .errors import UsrviewError
+from .guard import INTEGRITY_MESSAGE_ID
+from .journal import Journal
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 15 * 60
+DEFAULT_FULL_INTERVAL = 7 * 24 * 3600
+DEFAULT_KEEP_REPORTS = 30
+REPORT_PREFIX = "usrview-verify-"
+STATE_FILE = "state.json"
+METRIC_PREFIX = "usrview_verify_"
+
+
+@dataclass
+class MonitorState:
+    last_full: float = 0.0
+    last_success: float = 0.0
+
+    @classmethod
+    def load(cls, path: Path | None) -> MonitorState:
+        try:
+            data = json.loads(path.read_text()) if path else {}
+            return cls(float(data.get("last_full", 0)), float(data.get("last_success", 0)))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return cls()
+
+    def save(self, path: Path | None) -> None:
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_text(path, json.dumps({"last_full": self.last_full,
+                                                "last_success": self.last_success}) + "\n")
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``path`` so readers see the old or the new content, never a part
+    (node_exporter reads the textfile at any moment)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def metrics_text(report: verify.Report | None, *, full: bool, started: float, duration: float,
+                 state: MonitorState, status: int) -> str:
+    """The textfile: one gauge per line, HELP and TYPE first (Prometheus text format 0.0.4)."""
+    stats = report.stats if report else verify.Stats()
+    by_kind = report.by_kind() if report else {k: 0 for k in verify.KINDS}
+    lines = []
+
+    def gauge(name, help_, samples):
+        lines.append(f"# HELP {METRIC_PREFIX}{name} {help_}")
+        lines.append(f"# TYPE {METRIC_PREFIX}{name} gauge")
+        for labels, value in samples:
+            lab = "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}" if labels else ""
+            lines.append(f"{METRIC_PREFIX}{name}{lab} {value}")
+
+    gauge("files_checked", "Files checked by the last run.", [({}, stats.files)])
+    gauge("packages_checked", "Packages checked by the last run.", [({}, stats.packages)])
+    gauge("findings", "Findings of the last run, by kind.", [({"kind": k}, v) for k, v in by_kind.items()])
+    gauge("hashed_bytes", "Bytes hashed by the last run.", [({}, stats.hashed_bytes)])
+    gauge("cache_hits", "Files the last run took from the verified-results cache.", [({}, stats.cache_hits)])
+    gauge("last_run_timestamp_seconds", "When the last run started (Unix time).", [({}, f"{started:.3f}")])
+    gauge("last_run_duration_seconds", "How long the last run took.", [({}, f"{duration:.3f}")])
+    gauge("last_run_full", "1 when the last run ignored the cache.", [({}, int(full))])
+    gauge("last_run_status", "Exit status of the last run: 0 clean, 1 findings, 2 error.", [({}, status)])
+    gauge("last_success_timestamp_seconds", "When the last clean run started (Unix time; 0: never).",
+          [({}, f"{state.last_success:.3f}")])
+    gauge("last_full_timestamp_seconds", "When the last full run started (Unix time; 0: never).",
+          [({}, f"{state.last_full:.3f}")])
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Monitor:
+    """Attributes: see the module docstring; ``journal`` receives the records."""
+
+    store_root: Path
+    keyring: object
+    interval: float = DEFAULT_INTERVAL
+    full_interval: float = DEFAULT_FULL_INTERVAL
+    io_limit: float | None = None
+    metrics_file: Path | None = None
+    report_dir: Path | None = None
+    keep_reports: int = DEFAULT_KEEP_REPORTS
+    jobs: int | None = None
+    journal: Journal = field(default_factory=Journal)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    clock: object = time.time
+
+    def _state_path(self) -> Path | None:
+        if self.report_dir:
+            return Path(self.report_dir) / STATE_FILE
+        if self.metrics_file:
+            return Path(self.metrics_file).with_name(f".{Path(self.metrics_file).name}.state.json")
+        return None
+
+    def run_once(self, *, full: bool | None = None) -> int:
+        """One run; ``full=None``: full when the last full run is older than full_interval.
+        Returns the run's exit status."""
+        state = MonitorState.load(self._state_path())
+        started = self.clock()
+        if full is None:
+            full = started - state.last_full >= self.full_interval
+        report = None
+        t0 = time.monotonic()
+        try:
+            store = Store.open(self.store_root)
+            report = verify.run(store, self.keyring, full=full, io_limit=self.io_limit, jobs=self.jobs)
+            status = report.exit_code
+            errors = list(report.errors)
+        except UsrviewError as e:
+            status, errors = 2, [str(e)]
+        duration = time.monotonic() - t0
+        if report is not None:
+            for f in report.findings:
+                self.emit(f, report.image)
+        for e in errors:
+            self.journal.send(f"verification failed: {e}", priority=3)
+        if status == 0:
+            state.last_success = started
+        if full and status != 2:
+            state.last_full = started
+        state.save(self._state_path())
+        if self.metrics_file:
+            atomic_write_text(Path(self.metrics_file),
+                              metrics_text(report, full=full, started=started, duration=duration,
+                                           state=state, status=status))
+        if self.report_dir:
+            self.write_report(report, full=full, started=started, duration=duration, status=status,
+                              errors=errors)
+        return status
+
+    def emit(self, f: verify.Finding, image: str) -> None:
+        what = {"file": "integrity violation", "missing": "integrity violation: file missing",
+                "unowned": "integrity violation: unowned file", "header": "integrity violation: header",
+                "unsigned": "unsigned package", "image": "integrity violation: image record"}[f.kind]
+        self.journal.send(f"{what}: {f.line}" + (f" ({f.package})" if f.package else ""),
+                          priority=4 if f.kind == "unsigned" else 3,
+                          MESSAGE_ID=INTEGRITY_MESSAGE_ID, PATH=f.path, PACKAGE=f.package or "(image)",
+                          FLAGS=f.flags, EXPECTED=f.expected, ACTUAL=f.actual, KIND=f.kind,
+                          LINE=f.line, IMAGE=image)
+
+    def write_report(self, report, *, full, started, duration, status, errors) -> Path:
+        d = Path(self.report_dir)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+        name = f"{REPORT_PREFIX}{stamp}-{int(started * 1e6) % 1_000_000:06d}.json"
+        body = {"started": started, "duration": duration, "full": full, "status": status, "errors": errors,
+                "summary": report.summary() if report else None,
+                "findings": [f.to_json() for f in report.findings] if report else []}
+        atomic_write_text(d / name, json.dumps(body, indent=1) + "\n", mode=0o600)
+        reports = sorted(p for p in d.iterdir() if p.name.startswith(REPORT_PREFIX) and p.suffix == ".json")
+        for old in reports[:-self.keep_reports] if self.keep_reports > 0 else []:
+            old.unlink()
+        return d / name
+
+    def run_forever(self) -> None:
+        """Run every ``interval`` seconds until ``stop_event`` is set."""
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            self.run_once()
+            self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))

@@ -1,0 +1,134 @@
+"""Running the view: mount, serve until told to stop, unmount.
+
+The lifecycle follows S3QL's ``mount.py``: an ``AsyncExitStack`` owns what
+must be undone; SIGTERM and SIGINT call ``pyfuse3.terminate()``, after which
+``pyfuse3.main()`` returns and the file system is unmounted
+(``pyfuse3.close(unmount=True)``).  When serving ends with an exception the
+mount is *not* unmounted (``close(unmount=False)``): for ``/usr``, the empty
+mountpoint showing through is worse than an error, and the next
+``usrview mount`` recovers the dead mount.  ``READY=1`` goes to
+``$NOTIFY_SOCKET`` once the kernel mount exists; SIGUSR1 dumps every thread's
+stack (faulthandler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import faulthandler
+import functools
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from .errors import OperationalError
+from .fs import ViewOperations
+
+log = logging.getLogger(__name__)
+
+#: Mount options fit for /usr.  libfuse mounts nosuid,nodev by default; /usr
+#: needs set-uid programs (sudo, passwd), so "suid" (allowed for root only).
+BASE_OPTIONS = frozenset({"ro", "fsname=usrview", "subtype=usrview", "allow_other",
+                          "default_permissions"})
+#: Seconds fusermount3 may take to unmount a dead mount.
+FUSERMOUNT_TIMEOUT = 30
+
+
+def mount_options() -> set[str]:
+    options = set(BASE_OPTIONS)
+    if os.geteuid() == 0:
+        options.add("suid")
+    return options
+
+
+def notify_systemd(message: bytes) -> None:
+    """Send ``message`` to $NOTIFY_SOCKET, if there is one (sd_notify)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(address)
+        s.sendall(message)
+
+
+def recover_mountpoint(mountpoint: str) -> None:
+    """Make ``mountpoint`` usable: unmount what a dead daemon left there
+    (stat answers ENOTCONN), refuse a live mount."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise OperationalError(f"mountpoint {mountpoint}: {e.strerror}") from None
+        log.warning("%s: a dead usrview mount (transport endpoint not connected); unmounting it",
+                    mountpoint)
+        for args in (["-u"], ["-u", "-z"]):
+            r = subprocess.run(["fusermount3", *args, mountpoint], capture_output=True,
+                               timeout=FUSERMOUNT_TIMEOUT, stdin=subprocess.DEVNULL)
+            if r.returncode == 0:
+                return
+        raise OperationalError(f"cannot unmount the dead mount on {mountpoint}: "
+                               f"{r.stderr.decode(errors='replace').strip()}")
+    if os.path.ismount(mountpoint):
+        raise OperationalError(f"{mountpoint} is already a mount point (unmount it first)")
+    if not os.path.isdir(mountpoint):
+        raise OperationalError(f"mountpoint {mountpoint} is not a directory")
+
+
+def raise_fd_limit() -> None:
+    """Use the hard limit on open files: every open file of the view holds a backing fd."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
+                on_ready: Callable[[], None] | None = None) -> None:
+    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount."""
+    recover_mountpoint(mountpoint)
+    raise_fd_limit()
+    async with contextlib.AsyncExitStack() as stack:
+        pyfuse3.init(ops, mountpoint, options if options is not None else mount_options())
+        clean = False
+
+        def close():
+            pyfuse3.close(unmount=clean)
+            ops.close_all()
+
+        stack.callback(close)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_stop_on_signals)
+            notify_systemd(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
+            if on_ready is not None:
+                on_ready()
+            log.info("serving %s", mountpoint)
+            await pyfuse3.main()
+            clean = True
+            nursery.cancel_scope.cancel()
+        notify_systemd(b"STOPPING=1\n")
+
+
+def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve the view in this process (blocks until unmounted)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready))
+    finally:
+        faulthandler.unregister(signal.SIGUSR1)

@@ -1,0 +1,28 @@
+"""``usrview rollback``: make the previous image current again (and the current one previous)."""
+
+from __future__ import annotations
+
+import sys
+
+from . import images
+from .deploy_cmd import add_store_option, open_store
+from .errors import EXIT_OK
+
+HELP = "switch back to the previous image"
+DESCRIPTION = """\
+Swap the current and the previous image in one atomic switch of "current";
+a second rollback undoes the first.
+Exit status: 0, or 2 when there is no previous image or the store is damaged."""
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("rollback", parents=[common], help=HELP, description=DESCRIPTION)
+    add_store_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args, cfg) -> int:
+    store = open_store(args, cfg)
+    current, previous = images.rollback(store)
+    sys.stdout.write(f"current image: {current}; previous: {previous or '(none)'}\n")
+    return EXIT_OK

@@ -1,0 +1,49 @@
+"""``usrview status``: the recorded images, current and previous marked."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from . import images
+from .deploy_cmd import add_store_option, open_store
+from .errors import EXIT_OK
+
+HELP = "list the recorded images"
+DESCRIPTION = """\
+List the store's images, newest first: id, creation time (UTC), number of
+packages, and marks: "current", "previous", "in use" (a running view holds it)
+and the packages imported unsigned.  --json prints one JSON object.
+Exit status: 0, or 2 when the store cannot be read."""
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("status", parents=[common], help=HELP, description=DESCRIPTION)
+    add_store_option(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args, cfg) -> int:
+    store = open_store(args, cfg)
+    data = images.status(store)
+    out = sys.stdout
+    if args.json:
+        out.write(json.dumps(data, indent=1) + "\n")
+        return EXIT_OK
+    if not data["images"]:
+        out.write(f"store {data['store']}: no images\n")
+        return EXIT_OK
+    out.write(f"store {data['store']}\n")
+    out.write(f"  {'ID':<24}  {'CREATED (UTC)':<19}  {'PACKAGES':>8}  MARKS\n")
+    for im in data["images"]:
+        marks = [m for m in ("current", "previous") if im[m]]
+        if im["in_use"]:
+            marks.append("in use")
+        if im["unsigned"]:
+            marks.append(f"UNSIGNED: {', '.join(im['unsigned'])}")
+        created = im["created"][:19].replace("T", " ")
+        star = "*" if im["current"] else " "
+        out.write(f"{star} {im['id']:<24}  {created:<19}  {im['packages']:>8}  {', '.join(marks)}".rstrip()
+                  + "\n")
+    return EXIT_OK

@@ -1,0 +1,131 @@
+"""The verified-results cache: the digest a file had, keyed by the file's identity.
+
+``STORE/cache/verify.sqlite`` holds one row per hashed file::
+
+    (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, algo) -> hex digest
+
+A later run that finds a file with the same identity takes the digest from
+here instead of reading the file.  The row records what the file's bytes
+hashed to, not whether they matched: a tampered file stays reported for as long
+as it stays as it is.
+
+Why no change can hide behind a row (docs/verify.md has the whole argument):
+every way of changing a file's bytes, size, mode, owner, xattrs or link --
+write, truncate, chmod, chown, setxattr, rename over it, replacing it --
+either changes its ctime (which the kernel sets to the current time and no
+system call lets a process set) or gives the path another inode.  Only someone
+who can set the system clock back, or write the block device or the cache
+itself -- root, who can also rewrite this file -- can make a changed file look
+unchanged; ``usrview verify --full`` and the monitor's full checks ignore the
+cache for that reason.
+
+The cache is read whole at the start of a run (one dict) and written in one
+transaction at its end.  It is a hint, never a source of truth: a cache that
+cannot be read is ignored (and rebuilt), and one that cannot be written (a
+non-root user running verify) just costs time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "cache"
+CACHE_FILE = "verify.sqlite"
+#: Bumped whenever the meaning of a row changes; other versions are discarded.
+SCHEMA_VERSION = 1
+CACHE_DIR_MODE = 0o700
+
+#: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, algo)
+Identity = tuple[int, int, int, int, int, int]
+
+
+def identity(st: os.stat_result, algo: int) -> Identity:
+    """The cache key of a file as ``st`` describes it, for digest algorithm ``algo``."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, algo)
+
+
+def cache_path(store_root: str | os.PathLike) -> Path:
+    return Path(store_root) / CACHE_DIR / CACHE_FILE
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS digests (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, algo INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (dev, ino, size, mtime_ns, ctime_ns, algo)
+) WITHOUT ROWID
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    return con
+
+
+def load(path: str | os.PathLike) -> dict[Identity, str]:
+    """Every row of the cache at ``path``; empty when it is absent or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                return {}
+            rows = con.execute("SELECT dev, ino, size, mtime_ns, ctime_ns, algo, digest FROM digests")
+            return {tuple(r[:6]): r[6] for r in rows}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        log.info("ignoring the verify cache %s: %s", path, e)
+        return {}
+
+
+def save(path: str | os.PathLike, rows: Iterable[tuple[Identity, str]], *, replace: bool = False) -> bool:
+    """Add ``rows`` to the cache (``replace``: they become its whole content).
+
+    Returns False, after an INFO record, when the cache cannot be written.
+    """
+    path = Path(path)
+    rows = list(rows)
+    if not rows and not replace:
+        return True
+    try:
+        path.parent.mkdir(mode=CACHE_DIR_MODE, exist_ok=True)
+        con = _connect(path)
+    except (OSError, sqlite3.Error) as e:
+        log.info("cannot write the verify cache %s: %s", path, e)
+        return False
+    try:
+        with contextlib.closing(con):
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            con.execute("BEGIN IMMEDIATE")
+            if version != SCHEMA_VERSION:
+                con.execute("DROP TABLE IF EXISTS digests")
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            con.execute(_SCHEMA)
+            if replace:
+                con.execute("DELETE FROM digests")
+            con.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (key + (digest,) for key, digest in rows))
+            con.execute("COMMIT")
+        return True
+    except sqlite3.Error as e:
+        log.info("cannot write the verify cache %s: %s", path, e)
+        return False
+
+
+def clear(path: str | os.PathLike) -> None:
+    """Remove the cache (and its WAL files)."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
