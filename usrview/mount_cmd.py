@@ -150,19 +150,24 @@ def run_mount(args, cfg) -> int:
         if args.foreground:
             serve()
             return EXIT_OK
-        return _daemonize(serve)
+        return _daemonize(serve, mountpoint)
 
 
-def _daemonize(serve) -> int:
-    """Double fork; the parent returns once the grandchild mounted (0) or failed (2)."""
+def _daemonize(serve, mountpoint: str) -> int:
+    """Double fork; the parent returns once the grandchild mounted (0, after
+    printing the daemon's pid) or failed (2)."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid:
         os.close(wfd)
         with os.fdopen(rfd, "rb") as r:
-            ready = r.read(1)
+            ready = r.read()
         os.waitpid(pid, 0)
-        return EXIT_OK if ready == b"1" else EXIT_ERROR
+        if not ready.startswith(b"1 "):
+            return EXIT_ERROR
+        # The daemon's pid, for scripts (kill -TERM PID unmounts too).
+        print(f"usrview: serving {mountpoint} (pid {int(ready[2:])})", flush=True)
+        return EXIT_OK
     # child
     os.close(rfd)
     os.setsid()
@@ -174,7 +179,7 @@ def _daemonize(serve) -> int:
     os.dup2(devnull, 0)
 
     def on_ready():
-        os.write(wfd, b"1")
+        os.write(wfd, b"1 %d" % os.getpid())
         os.close(wfd)
         # Detached: log to syslog/journald from now on, not to a terminal.
         _log_to_syslog()
