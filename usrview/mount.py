@@ -62,9 +62,13 @@ def notify_systemd(message: bytes) -> None:
 
 def recover_mountpoint(mountpoint: str) -> None:
     """Make ``mountpoint`` usable: unmount what a dead daemon left there
-    (stat answers ENOTCONN), refuse a live mount."""
+    (statfs answers ENOTCONN), refuse a live mount.
+
+    statfs, not stat: the kernel answers stat of a FUSE root from its attribute
+    cache (CACHE_TIMEOUT) even after the daemon died, while statfs always asks
+    the daemon, so only statfs tells a dead mount from a live one."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             raise OperationalError(f"mountpoint {mountpoint}: {e.strerror}") from None

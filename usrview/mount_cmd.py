@@ -8,7 +8,8 @@ unsigned (``STORE/unsigned/PKGID``) whose header is UNSIGNED: it is served,
 with a warning naming it.
 
 Without ``--foreground`` the command detaches (double fork) and returns once
-the view is mounted, with status 0, or 2 if mounting failed.  systemd runs it
+the view is mounted, with status 0 after printing the daemon's pid
+(``usrview: serving MOUNTPOINT (pid N)``), or 2 if mounting failed.  systemd runs it
 with ``--foreground`` (``Type=notify``).
 """
 
