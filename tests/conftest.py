@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 
 import pytest
@@ -176,3 +177,8 @@ def gpg_tool():
 # -- btrfs and store directories (tests/btrfs_fixture.py) -------------------------
 
 from tests.btrfs_fixture import btrfs_dir, store_dir  # noqa: F401  (fixtures)
+
+# Whether a command runs "under systemd" (and logs to the journal) is for each
+# test to decide: never inherit it from whatever runs the test suite.
+for _var in ("INVOCATION_ID", "JOURNAL_STREAM"):
+    os.environ.pop(_var, None)

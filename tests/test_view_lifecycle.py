@@ -98,7 +98,18 @@ def start(store, key, mnt, daemons, log_path: Path, *extra: str, env=None) -> Da
     d = Daemon(mount_args(store, key, mnt, "--foreground", *extra), log_path, env)
     daemons.append(d)
     wait_for_mount(d.proc, mnt)
-    return d
+    # A dead mount left there counts as a mount for ismount (its root's
+    # attributes are cached): wait until the daemon answers statfs.
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while True:
+        try:
+            os.statvfs(mnt)
+            return d
+        except OSError as e:
+            assert e.errno == errno.ENOTCONN, e
+        assert d.proc.poll() is None, f"usrview mount exited {d.proc.returncode}:\n{d.log()}"
+        assert time.monotonic() < deadline, "the view did not serve in time"
+        time.sleep(0.05)
 
 
 def test_dead_daemon_mountpoint_is_recovered(store, gpg_key, mountpoint, tmp_path):

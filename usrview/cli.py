@@ -12,8 +12,22 @@ import logging
 import sys
 from pathlib import Path
 
-from . import (__version__, checksig_cmd, config, deploy_cmd, diff_cmd, gc_cmd, import_cmd, lint_cmd,
-               monitor_cmd, mount_cmd, rollback_cmd, status_cmd, verify_cmd)
+from . import (
+    __version__,
+    checksig_cmd,
+    config,
+    deploy_cmd,
+    diff_cmd,
+    gc_cmd,
+    import_cmd,
+    journal,
+    lint_cmd,
+    monitor_cmd,
+    mount_cmd,
+    rollback_cmd,
+    status_cmd,
+    verify_cmd,
+)
 from .errors import EXIT_ERROR, UsrviewError
 
 log = logging.getLogger(__name__)
@@ -52,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: int) -> None:
+    """Log to stderr; under systemd, to the journal with structured fields
+    (so the view's and the monitor's integrity records share one format)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("usrview: %(levelname)s: %(message)s"))
+    if journal.under_systemd():
+        handler: logging.Handler = journal.JournalHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("usrview: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -112,8 +112,9 @@ def load_image(store: Store, image: images.Image, keyring) -> LoadedImage:
                                             header_path))
         loaded.header_digests[pkgid] = hashlib.sha256(data).hexdigest()
     if refused:
-        raise OperationalError(f"refusing to mount image {image.id}: headers not trusted:\n  "
-                               + "\n  ".join(refused))
+        # One line (a user error is one clear line), however many were refused.
+        raise OperationalError(f"refusing to mount image {image.id}: {len(refused)} header(s) not "
+                               f"trusted: " + "; ".join(refused))
     if loaded.unsigned:
         log.warning("image %s serves UNSIGNED packages (imported with --allow-unsigned): %s",
                     image.id, ", ".join(loaded.unsigned))
