@@ -134,7 +134,7 @@ def test_dead_daemon_mountpoint_is_recovered(store, gpg_key, mountpoint, tmp_pat
 def test_live_mount_is_refused(store, gpg_key, mountpoint, tmp_path):
     mnt, daemons = mountpoint
     start(store, gpg_key, mnt, daemons, tmp_path / "first.log")
-    r = subprocess.run(mount_args(store, gpg_key, mnt, "--foreground"), capture_output=True, text=True,
+    r = subprocess.run(mount_args(store, gpg_key, mnt, "--foreground"), check=False, capture_output=True, text=True,
                        cwd=REPO, env=ENV, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL)
     assert r.returncode == 2
     assert "already a mount point" in r.stderr
@@ -153,7 +153,7 @@ def test_detached_mount_prints_pid_and_umount_ends_it(store, gpg_key, mountpoint
     mnt, _ = mountpoint
     pid = None
     try:
-        r = subprocess.run(mount_args(store, gpg_key, mnt), capture_output=True, text=True, cwd=REPO,
+        r = subprocess.run(mount_args(store, gpg_key, mnt), check=False, capture_output=True, text=True, cwd=REPO,
                            env=ENV, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL)
         assert r.returncode == 0, r.stderr
         m = SERVING_RE.search(r.stdout)
@@ -165,7 +165,7 @@ def test_detached_mount_prints_pid_and_umount_ends_it(store, gpg_key, mountpoint
         assert (mnt / "bin/life").read_bytes().startswith(b"#!/bin/sh")
         assert _alive(pid)
         assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"usrview.cli"]
-        r = subprocess.run(usrview("umount", str(mnt)), capture_output=True, text=True, cwd=REPO, env=ENV,
+        r = subprocess.run(usrview("umount", str(mnt)), check=False, capture_output=True, text=True, cwd=REPO, env=ENV,
                            timeout=MOUNT_TIMEOUT)
         assert r.returncode == 0, r.stderr
         assert not os.path.ismount(mnt)
@@ -243,7 +243,7 @@ def test_bad_header_signature_refuses_mount(store, gpg_key, mountpoint):
     header.chmod(0o644)
     header.write_bytes(bytes(data))
     try:
-        r = subprocess.run(mount_args(store, gpg_key, mnt), capture_output=True, text=True, cwd=REPO,
+        r = subprocess.run(mount_args(store, gpg_key, mnt), check=False, capture_output=True, text=True, cwd=REPO,
                            env=ENV, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL)
     finally:
         unmount(mnt)
