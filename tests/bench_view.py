@@ -1,0 +1,367 @@
+"""Benchmark (issue 4 §5): the usrview view vs fuse-overlayfs vs rpm's native tree.
+
+Over the package set of tests/pkgset.py (reused from ``--pkgset``, default
+/var/tmp/usrview-bench/pkgs; built when absent), on one btrfs made for the run on
+a loop device (tests/bench_store.py's ``loop_btrfs``):
+
+- native: ``rpm --root R -i --nodeps --noscripts ...`` of set-v1 (FACTS.md), walked at R/usr;
+- usrview: ``usrview deploy`` of set-v1 into a store, then ``usrview mount --foreground``
+  (verification ``enforce``: a cold read is the first open, which hashes the file);
+- fuse-overlayfs: one read-only lower layer per package directory of that store
+  (``lowerdir=`` colon list, most packages first), walked at MNT/usr.  When it
+  refuses that many layers the count is halved until it mounts; the count used is printed.
+
+Printed side by side: mount time; ``find -ls`` walk cold (``echo 3 >
+/proc/sys/vm/drop_caches``) and warm; reading every byte cold and warm; one large
+file cold and warm; the daemon's VmRSS; and, when the set has fewer than 50,000
+files, the memory of a 50,000-entry tree built in-process (the real headers, copied
+under other prefixes) by tracemalloc and RSS.  The goals are printed beside the
+figures.  Asserts nothing.
+
+    .venv/bin/python tests/bench_view.py [--pkgset DIR] [--workdir DIR] [--layers N]
+
+Needs root.  Every mount is unmounted and the loop device detached, on errors too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import pkgset
+from tests.bench_store import (DEFAULT_WORKDIR, REPO, RPM_INSTALL_OPTS, _Terminated, drop_caches, loop_btrfs,
+                               prepare_rpm_root, run, usrview_cmd)
+from tests.rpmbuild import rpm_root_cmd
+
+MOUNT_TIMEOUT = 120
+#: Files the in-process tree is scaled to when the set has fewer (the RSS goal's size).
+SYNTHETIC_FILES = 50_000
+GOALS = {
+    "walk_cold": "usrview >= 4x faster than fuse-overlayfs",
+    "walk_warm": "usrview within 3x native",
+    "read_warm": "usrview within 1.3x native",
+    "read_cold": "usrview (verifying) >= 70% of native throughput",
+    "mount": "usrview < 1 s for 300 packages",
+    "rss": "usrview < 150 MB for 50,000 files",
+}
+
+
+def _timed_shell(script: str, cwd: Path, *, cold: bool) -> tuple[float, str]:
+    if cold:
+        drop_caches()
+    t0 = time.monotonic()
+    r = subprocess.run(["sh", "-c", script], cwd=cwd, check=False, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    dt = time.monotonic() - t0
+    note = "" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}"
+    if "loop detected" in r.stderr:
+        note += f" ({r.stderr.count('loop detected')} 'File system loop detected')"
+    return dt, note
+
+
+def walk(root: Path, *, cold: bool) -> tuple[float, str]:
+    return _timed_shell("find . -ls > /dev/null", root, cold=cold)
+
+
+def read_all(root: Path, *, cold: bool) -> tuple[float, str]:
+    return _timed_shell("find . -type f -print0 | xargs -0 -n 256 cat > /dev/null", root, cold=cold)
+
+
+def read_one(path: Path, *, cold: bool) -> float:
+    if cold:
+        drop_caches()
+    t0 = time.monotonic()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+    return time.monotonic() - t0
+
+
+def count(root: Path) -> tuple[int, int]:
+    """(entries, regular files) that find sees below root."""
+    entries = run(["sh", "-c", f"cd {root} && find . 2>/dev/null | wc -l"], check=False).stdout
+    files = run(["sh", "-c", f"cd {root} && find . -type f 2>/dev/null | wc -l"], check=False).stdout
+    return int(entries), int(files)
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _serving(mnt: Path) -> bool:
+    try:
+        os.statvfs(mnt)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            return False
+        raise
+    return os.path.ismount(mnt)
+
+
+class Daemon:
+    """A FUSE daemon run in the foreground; ``stop`` unmounts and ends it."""
+
+    def __init__(self, cmd: list[str], mnt: Path, log: Path):
+        self.mnt = mnt
+        self.log = log
+        t0 = time.monotonic()
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=REPO)
+        while not _serving(mnt):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited {self.proc.returncode}: "
+                                   f"{log.read_text(errors='replace')[-1500:]}")
+            if time.monotonic() - t0 > MOUNT_TIMEOUT:
+                self.stop()
+                raise RuntimeError(f"{cmd[0]} did not mount in {MOUNT_TIMEOUT} s")
+            time.sleep(0.005)
+        self.mount_time = time.monotonic() - t0
+
+    def stop(self) -> None:
+        if os.path.ismount(self.mnt) or not _serving_or_absent(self.mnt):
+            if run(["fusermount3", "-u", str(self.mnt)], check=False).returncode != 0:
+                run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _serving_or_absent(mnt: Path) -> bool:
+    try:
+        os.statvfs(mnt)
+    except OSError as e:
+        return e.errno != errno.ENOTCONN
+    return True
+
+
+def synthetic_tree_memory(store: Path, key: Path, target: int) -> dict:
+    """Memory of a tree of >= ``target`` regular files, built in a fresh process from
+    the image's headers copied under /usr/copyN/ prefixes."""
+    code = r"""
+import dataclasses, gc, json, os, sys, tracemalloc
+from usrview.checksig_cmd import load_keyring
+from usrview.store import Store
+from usrview import images
+from usrview.mount_cmd import load_image
+from usrview.tree import PackageSource, build_tree
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+store = Store.open(sys.argv[1]); target = int(sys.argv[3])
+loaded = load_image(store, images.resolve(store, "current"), load_keyring([sys.argv[2]]))
+real = sum(1 for s in loaded.sources for f in s.package.files if f.path.startswith("/usr/") and f.mode & 0o170000 == 0o100000)
+copies = -(-target // real)
+sources, digests = [], {}
+for k in range(copies):
+    for s in loaded.sources:
+        files = [dataclasses.replace(f, path=f.path.replace("/usr/", f"/usr/copy{k}/", 1)) for f in s.package.files]
+        pkgid = f"{s.pkgid}-c{k}"
+        sources.append(PackageSource(pkgid, dataclasses.replace(s.package, _files=files), s.package_dir, s.header_path))
+        digests[pkgid] = loaded.header_digests[s.pkgid]
+gc.collect()
+base = rss()
+tracemalloc.start()
+tree = build_tree(sources, header_digests=digests)
+current, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+del sources, loaded; gc.collect()
+regular = sum(1 for n in tree.nodes if n is not None and n.is_reg)
+print(json.dumps({"files": regular, "inodes": tree.inode_count, "copies": copies, "traced": current,
+                  "traced_peak": peak, "rss_total": rss(), "rss_before_tree": base}))
+"""
+    r = run([sys.executable, "-c", code, str(store), str(key), str(target)])
+    return json.loads(r.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    ap.add_argument("--pkgset", type=Path, help="default WORKDIR/pkgs (built there when absent)")
+    ap.add_argument("--layers", type=int, help="fuse-overlayfs layers to try first (default: one per package)")
+    ap.add_argument("--size-gib", type=float, default=4.0)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        ap.error("needs root (loop device, mounts, drop_caches)")
+    setdir = (args.pkgset or args.workdir / "pkgs").resolve()
+    if not (setdir / "manifest.json").exists():
+        pkgset.build_set(setdir)
+    man = pkgset.load(setdir)
+    key = Path(man["key"])
+    v1 = sorted((setdir / "set-v1").glob("*.rpm"))
+    print(f"package set {setdir}: {len(v1)} packages, {man['files']} regular files, {man['bytes'] / 1e6:.0f} MB")
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    top = Path(tempfile.mkdtemp(prefix="view-", dir=args.workdir))
+    daemons: list[Daemon] = []
+    try:
+        with loop_btrfs(top / "btrfs.img", int(args.size_gib * 2**30), top / "fs") as dev:
+            fs = top / "fs"
+            print(f"btrfs on {dev} at {fs}")
+            store = fs / "store"
+            t0 = time.monotonic()
+            run([*usrview_cmd(), "deploy", "--store", str(store), "--keys", str(key), str(setdir / "set-v1")])
+            print(f"usrview deploy: {time.monotonic() - t0:.1f} s")
+            root = fs / "root"
+            prepare_rpm_root(root, key)
+            t0 = time.monotonic()
+            run([*rpm_root_cmd(root), *RPM_INSTALL_OPTS, *map(str, v1)])
+            print(f"rpm -i: {time.monotonic() - t0:.1f} s\n")
+            results = bench_all(store, key, root / "usr", fs, top, daemons, args.layers)
+            report(results)
+            mem = synthetic_tree_memory(store, key, SYNTHETIC_FILES)
+            print(f"\nin-process tree of {mem['files']} regular files, {mem['inodes']} inodes "
+                  f"({mem['copies']} copies of the set's /usr): tracemalloc {mem['traced'] / 1e6:.1f} MB "
+                  f"(peak {mem['traced_peak'] / 1e6:.1f} MB while building), process RSS "
+                  f"{mem['rss_total'] / 1e6:.1f} MB (of which {mem['rss_before_tree'] / 1e6:.1f} MB before "
+                  f"the tree)   goal: {GOALS['rss']}")
+    except (KeyboardInterrupt, _Terminated) as e:
+        print(f"bench: interrupted ({e or 'Ctrl-C'})", file=sys.stderr)
+        return 130
+    finally:
+        for d in daemons:
+            d.stop()
+        with contextlib.suppress(OSError):
+            for p in (top / "fs", top / "uv", top / "ovl"):
+                p.rmdir()
+            for p in top.iterdir():
+                p.unlink()
+            top.rmdir()
+    return 0
+
+
+def bench_all(store: Path, key: Path, native: Path, fs: Path, top: Path, daemons: list, layers: int | None):
+    res: dict[str, dict] = {"native": {}, "usrview": {}, "fuse-overlayfs": {}}
+    # The largest regular file of the view, the same path everywhere.
+    big = max((p for p in native.rglob("*") if p.is_file() and not p.is_symlink()), key=lambda p: p.stat().st_size)
+    big_rel = big.relative_to(native)
+    res["big"] = {"path": str(big_rel), "size": big.stat().st_size}
+
+    uv_mnt, ovl_mnt = top / "uv", top / "ovl"
+    uv_mnt.mkdir()
+    ovl_mnt.mkdir()
+    uv = Daemon([*usrview_cmd(), "mount", "--foreground", "--store", str(store), "--keys", str(key),
+                 str(uv_mnt)], uv_mnt, top / "uv.log")
+    daemons.append(uv)
+    res["usrview"]["mount"] = uv.mount_time
+
+    pkgdirs = sorted(p for p in (store / "packages").iterdir() if p.is_dir())
+    n = layers or len(pkgdirs)
+    ovl = None
+    while n >= 1:
+        lower = ":".join(str(p) for p in pkgdirs[:n])
+        try:
+            ovl = Daemon(["fuse-overlayfs", "-f", "-o", f"lowerdir={lower}", str(ovl_mnt)], ovl_mnt,
+                         top / "ovl.log")
+            break
+        except RuntimeError as e:
+            print(f"fuse-overlayfs refused {n} layers ({len(lower)}-byte lowerdir): {str(e)[:300]}")
+            n //= 2
+    if ovl is not None:
+        daemons.append(ovl)
+        res["fuse-overlayfs"]["mount"] = ovl.mount_time
+        res["fuse-overlayfs"]["layers"] = n
+    res["layers_total"] = len(pkgdirs)
+
+    trees = {"native": native, "usrview": uv_mnt}
+    if ovl is not None:
+        trees["fuse-overlayfs"] = ovl_mnt / "usr"
+    for name, where in trees.items():
+        r = res[name]
+        r["count"] = count(where)
+        drop_caches()
+        r["walk_cold"] = walk(where, cold=True)
+        r["walk_warm"] = walk(where, cold=False)
+        # The large file first (for usrview its first open hashes it), then everything.
+        if (where / big_rel).exists():
+            r["big_cold"] = read_one(where / big_rel, cold=True)
+            r["big_warm"] = read_one(where / big_rel, cold=False)
+        r["read_cold"] = read_all(where, cold=True)
+        r["read_warm"] = read_all(where, cold=False)
+        if name == "usrview":
+            r["rss"] = rss(uv.proc.pid)
+        elif name == "fuse-overlayfs":
+            r["rss"] = rss(ovl.proc.pid)
+    res["usrview"]["log_errors"] = [line for line in uv.log.read_text(errors="replace").splitlines()
+                                    if "ERROR" in line][:5]
+    return res
+
+
+def report(res: dict) -> None:
+    names = [n for n in ("native", "usrview", "fuse-overlayfs") if res[n]]
+    nat = res["native"]
+    print(f"=== view benchmark (seconds; x = relative to native) ===")
+    print(f"fuse-overlayfs layers: {res['fuse-overlayfs'].get('layers', 0)} of {res['layers_total']} packages")
+    print(f"{'':22}" + "".join(f"{n:>26}" for n in names))
+
+    def row(label, key, fmt=lambda v: f"{v[0] if isinstance(v, tuple) else v:8.3f} s", goal=""):
+        cells = []
+        for n in names:
+            v = res[n].get(key)
+            if v is None:
+                cells.append(f"{'-':>26}")
+                continue
+            t = v[0] if isinstance(v, tuple) else v
+            rel = ""
+            if n != "native" and nat.get(key):
+                base = nat[key][0] if isinstance(nat[key], tuple) else nat[key]
+                rel = f" ({t / base:5.2f}x)" if base else ""
+            note = " !" if isinstance(v, tuple) and v[1] else ""
+            cells.append(f"{fmt(v) + rel + note:>26}")
+        print(f"{label:22}" + "".join(cells) + (f"   goal: {goal}" if goal else ""))
+
+    for n in names:
+        e, f = res[n]["count"]
+        print(f"  {n}: find sees {e} entries, {f} regular files")
+    row("mount", "mount", goal=GOALS["mount"])
+    row("find -ls cold", "walk_cold", goal=GOALS["walk_cold"])
+    row("find -ls warm", "walk_warm", goal=GOALS["walk_warm"])
+    row("read all cold", "read_cold", goal=GOALS["read_cold"])
+    row("read all warm", "read_warm", goal=GOALS["read_warm"])
+    big = res["big"]
+    print(f"large file: {big['path']} ({big['size'] / 1e6:.1f} MB)")
+    mbps = lambda v: f"{big['size'] / v / 1e6:7.0f} MB/s"  # noqa: E731
+    for key in ("big_cold", "big_warm"):
+        print(f"{key:22}" + "".join(f"{mbps(res[n][key]) if res[n].get(key) else '-':>26}" for n in names))
+    print(f"{'daemon VmRSS':22}" + "".join(
+        f"{(str(round(res[n]['rss'] / 1e6, 1)) + ' MB') if res[n].get('rss') else '-':>26}" for n in names))
+    for n in names:
+        for key in ("walk_cold", "walk_warm", "read_cold", "read_warm"):
+            if res[n].get(key) and res[n][key][1]:
+                print(f"  ! {n} {key}: {res[n][key][1]}")
+    # The goals, computed.
+    u, o = res["usrview"], res["fuse-overlayfs"]
+    print("goals:")
+    if o.get("walk_cold"):
+        print(f"  cold walk: fuse-overlayfs / usrview = {o['walk_cold'][0] / u['walk_cold'][0]:.2f}x (goal >= 4)")
+    print(f"  warm walk: usrview / native = {u['walk_warm'][0] / nat['walk_warm'][0]:.2f}x (goal <= 3)")
+    print(f"  warm read: usrview / native = {u['read_warm'][0] / nat['read_warm'][0]:.2f}x (goal <= 1.3)")
+    print(f"  cold read: usrview throughput = {nat['read_cold'][0] / u['read_cold'][0] * 100:.0f}% of native "
+          f"(goal >= 70%)")
+    print(f"  mount: {u['mount']:.2f} s for {res['layers_total']} packages (goal < 1 s for 300)")
+    if u["log_errors"]:
+        print("usrview logged errors:\n  " + "\n  ".join(u["log_errors"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
