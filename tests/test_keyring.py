@@ -347,7 +347,8 @@ def test_subkey_signature(gpg, subkey_cert) -> None:
     fpr, sub, early, late = subkey_cert
     ring = Keyring.from_bytes(gpg.export(fpr))
     result = check(ring, late)
-    assert result.verdict == GOOD
+    assert result.verdict == GOOD, (result.reason, [(s.key.created, [b.sig.created for b in s.bindings])
+                                                    for s in ring.certificates[0].subkeys])
     assert (result.fingerprint, result.cert_fingerprint) == (sub.lower(), fpr.lower())
 
 
