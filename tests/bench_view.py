@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -41,8 +40,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import pkgset
-from tests.bench_store import (DEFAULT_WORKDIR, REPO, RPM_INSTALL_OPTS, _Terminated, drop_caches, loop_btrfs,
-                               prepare_rpm_root, run, usrview_cmd)
+from tests.bench_store import (
+    DEFAULT_WORKDIR,
+    REPO,
+    RPM_INSTALL_OPTS,
+    _Terminated,
+    drop_caches,
+    loop_btrfs,
+    prepare_rpm_root,
+    run,
+    usrview_cmd,
+)
 from tests.rpmbuild import rpm_root_cmd
 
 MOUNT_TIMEOUT = 120
@@ -134,8 +142,8 @@ class Daemon:
         self.mount_time = time.monotonic() - t0
 
     def stop(self) -> None:
-        if os.path.ismount(self.mnt) or not _serving_or_absent(self.mnt):
-            if run(["fusermount3", "-u", str(self.mnt)], check=False).returncode != 0:
+        if ((os.path.ismount(self.mnt) or not _serving_or_absent(self.mnt))
+                and run(["fusermount3", "-u", str(self.mnt)], check=False).returncode != 0):
                 run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -159,6 +167,7 @@ def synthetic_tree_memory(store: Path, key: Path, target: int) -> dict:
     the image's headers copied under /usr/copyN/ prefixes."""
     code = r"""
 import dataclasses, gc, json, os, sys, tracemalloc
+from pathlib import Path
 from usrview.checksig_cmd import load_keyring
 from usrview.store import Store
 from usrview import images
@@ -169,7 +178,7 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
 store = Store.open(sys.argv[1]); target = int(sys.argv[3])
-loaded = load_image(store, images.resolve(store, "current"), load_keyring([sys.argv[2]]))
+loaded = load_image(store, images.resolve(store, "current"), load_keyring([Path(sys.argv[2])]))
 real = sum(1 for s in loaded.sources for f in s.package.files if f.path.startswith("/usr/") and f.mode & 0o170000 == 0o100000)
 copies = -(-target // real)
 sources, digests = [], {}
@@ -227,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             run([*rpm_root_cmd(root), *RPM_INSTALL_OPTS, *map(str, v1)])
             print(f"rpm -i: {time.monotonic() - t0:.1f} s\n")
-            results = bench_all(store, key, root / "usr", fs, top, daemons, args.layers)
+            try:
+                results = bench_all(store, key, root / "usr", fs, top, daemons, args.layers)
+            finally:
+                # Before the btrfs below them goes.
+                for d in daemons:
+                    d.stop()
             report(results)
             mem = synthetic_tree_memory(store, key, SYNTHETIC_FILES)
             print(f"\nin-process tree of {mem['files']} regular files, {mem['inodes']} inodes "
@@ -244,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             for p in (top / "fs", top / "uv", top / "ovl"):
                 p.rmdir()
+            if (top / "layers").is_dir():
+                for p in (top / "layers").iterdir():
+                    p.unlink()
+                (top / "layers").rmdir()
             for p in top.iterdir():
                 p.unlink()
             top.rmdir()
@@ -265,11 +283,17 @@ def bench_all(store: Path, key: Path, native: Path, fs: Path, top: Path, daemons
     daemons.append(uv)
     res["usrview"]["mount"] = uv.mount_time
 
+    # Package ids hold the epoch's ':', lowerdir's separator: name each layer by a
+    # short symlink instead (which also keeps the option string short).
     pkgdirs = sorted(p for p in (store / "packages").iterdir() if p.is_dir())
+    links = top / "layers"
+    links.mkdir()
+    for i, p in enumerate(pkgdirs):
+        (links / str(i)).symlink_to(p)
     n = layers or len(pkgdirs)
     ovl = None
     while n >= 1:
-        lower = ":".join(str(p) for p in pkgdirs[:n])
+        lower = ":".join(str(links / str(i)) for i in range(n))
         try:
             ovl = Daemon(["fuse-overlayfs", "-f", "-o", f"lowerdir={lower}", str(ovl_mnt)], ovl_mnt,
                          top / "ovl.log")
@@ -310,7 +334,7 @@ def bench_all(store: Path, key: Path, native: Path, fs: Path, top: Path, daemons
 def report(res: dict) -> None:
     names = [n for n in ("native", "usrview", "fuse-overlayfs") if res[n]]
     nat = res["native"]
-    print(f"=== view benchmark (seconds; x = relative to native) ===")
+    print("=== view benchmark (seconds; x = relative to native) ===")
     print(f"fuse-overlayfs layers: {res['fuse-overlayfs'].get('layers', 0)} of {res['layers_total']} packages")
     print(f"{'':22}" + "".join(f"{n:>26}" for n in names))
 
@@ -340,7 +364,7 @@ def report(res: dict) -> None:
     row("read all warm", "read_warm", goal=GOALS["read_warm"])
     big = res["big"]
     print(f"large file: {big['path']} ({big['size'] / 1e6:.1f} MB)")
-    mbps = lambda v: f"{big['size'] / v / 1e6:7.0f} MB/s"  # noqa: E731
+    mbps = lambda v: f"{big['size'] / v / 1e6:7.0f} MB/s"
     for key in ("big_cold", "big_warm"):
         print(f"{key:22}" + "".join(f"{mbps(res[n][key]) if res[n].get(key) else '-':>26}" for n in names))
     print(f"{'daemon VmRSS':22}" + "".join(

@@ -149,3 +149,58 @@ def test_unreadable_cache_is_ignored(world):
     path.write_bytes(b"not a database" * 100)
     r = world.verify()
     assert r.findings == [] and r.stats.hashed_files > 0
+
+
+# -- the package cache (btrfs: a package subvolume's generation) ----------------------
+
+@pytest.fixture
+def bworld(btrfs_dir, rpm_packages, gpg_key):
+    require_privileged("chown and security.capability")
+    require_tools("rpm", "btrfs")
+    return World(btrfs_dir, [rpm_packages("tool", "1.0", "1", MAIN_FILES)], gpg_key)
+
+
+def _writable(d, writable=True):
+    subprocess.run(["btrfs", "property", "set", "-ts", str(d), "ro", "false" if writable else "true"],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["bytes (same size and mtime)", "mode", "symlink target", "capabilities"])
+def test_package_cache_sees_changes(bworld, name):
+    change, line, _rehash = CHANGES[name]
+    first = bworld.verify()
+    assert first.findings == [] and first.stats.cached_packages == 0
+    second = bworld.verify()
+    assert second.findings == [] and second.stats.cached_packages == 1
+    assert second.stats.hashed_files == 0 and second.stats.cache_hits == first.stats.hashed_files
+    d = bworld.pkgdir("tool")
+    _writable(d)
+    change(d)
+    _writable(d, False)   # as it was (on a writable subvolume reads change atime: no cache hits)
+    changed = bworld.verify()
+    assert changed.stats.cached_packages == 0
+    assert [f.line for f in changed.findings] == [line]
+    again = bworld.verify()   # the tampered outcome is remembered, and still reported
+    assert again.stats.cached_packages == 1 and [f.line for f in again.findings] == [line]
+    assert [f.line for f in bworld.verify(full=True).findings] == [line]
+
+
+def test_package_cache_is_used_and_full_ignores_it(bworld):
+    """A poisoned package row is believed by an incremental run (proof that it is what
+    spares the work) and ignored by --full, which rewrites it."""
+    d = bworld.pkgdir("tool")
+    _writable(d)
+    _mode(d)
+    _writable(d, False)
+    line = ".M.......    /usr/share/tool/data"
+    assert [f.line for f in bworld.verify().findings] == [line]
+    path = vcache.cache_path(bworld.store.root)
+    rows = vcache.load_packages(path)
+    (pkgid, (key, checked, outcome)), = rows.items()
+    import json
+    data = json.loads(outcome)
+    data["findings"] = []
+    vcache.save(path, [], packages=[(pkgid, key, checked, json.dumps(data))])
+    assert bworld.verify().findings == []
+    assert [f.line for f in bworld.verify(full=True).findings] == [line]
+    assert [f.line for f in bworld.verify().findings] == [line]

@@ -21,7 +21,8 @@ on a ``trio.Event``).  Hashing runs in worker threads under a
 Backing files are opened relative to the package directory, one component at
 a time with ``O_NOFOLLOW`` (directories with ``O_PATH|O_DIRECTORY``), the file
 itself ``O_RDONLY|O_NOFOLLOW|O_CLOEXEC``: a symlink planted in the store is
-never followed.
+never followed.  The directories' fds are kept (at most :data:`DIR_FD_CACHE`),
+so a later open of a file in the same directory costs one ``openat``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ INTEGRITY_MESSAGE_ID = "4b1f6c2e9a7d4f0e8c35d2a1b7e9f604"
 HASH_THREADS = 2
 #: Bytes per read while hashing.
 HASH_CHUNK = 1 << 20
+#: Backing directories whose O_PATH fd is kept (walking a path component by
+#: component costs one openat per component: deep paths made it most of an
+#: open's cost).  When full the cache is emptied and refilled.
+DIR_FD_CACHE = 4096
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -59,19 +64,36 @@ class VerifyMode(str, enum.Enum):
     OFF = "off"
 
 
+def _check_relpath(relpath: str) -> list[str]:
+    parts = relpath.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, f"unsafe backing path {relpath!r}")
+    return parts
+
+
+def open_dir_beneath(base: str | os.PathLike, parts: list[str]) -> int:
+    """An ``O_PATH`` fd of the directory ``base/parts...``, reached without following
+    any symlink; the caller closes it.  Raises OSError (ELOOP or ENOTDIR where a
+    symlink stands)."""
+    dfd = os.open(base, _DIR_FLAGS)
+    try:
+        for part in parts:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+    except BaseException:
+        os.close(dfd)
+        raise
+    return dfd
+
+
 def open_beneath(base: str | os.PathLike, relpath: str) -> int:
     """Open ``relpath`` (a plain relative path) below ``base`` without following
     any symlink on the way; the caller closes the returned fd.  Raises OSError
     (ELOOP or ENOTDIR where a symlink stands)."""
-    parts = relpath.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise OSError(errno.EINVAL, f"unsafe backing path {relpath!r}")
-    dfd = os.open(base, _DIR_FLAGS)
+    parts = _check_relpath(relpath)
+    dfd = open_dir_beneath(base, parts[:-1])
     try:
-        for part in parts[:-1]:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
         return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
     finally:
         os.close(dfd)
@@ -110,6 +132,25 @@ class Guard:
         # (st_dev, st_ino, size, mtime_ns, ctime_ns, algo) -> actual hex digest
         self._cache: dict[tuple, str] = {}
         self._pending: dict[tuple, trio.Event] = {}
+        # (backing index, directory relpath) -> O_PATH fd, reached without symlinks
+        self._dir_fds: dict[tuple[int, str], int] = {}
+
+    def close(self) -> None:
+        """Close the cached directory fds."""
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
+
+    def _open_backing(self, base, node: Node) -> int:
+        parts = _check_relpath(node.relpath)
+        key = (node.backing, node.relpath.rpartition("/")[0])
+        dfd = self._dir_fds.get(key)
+        if dfd is None:
+            dfd = open_dir_beneath(base, parts[:-1])
+            if len(self._dir_fds) >= DIR_FD_CACHE:
+                self.close()
+            self._dir_fds[key] = dfd
+        return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
 
     async def open(self, node: Node) -> int:
         """An fd of ``node``'s backing file, checked as the mode says.  Raises
@@ -119,7 +160,7 @@ class Guard:
             self._violation(node, "no backing file (the package's files are not in the store)", fatal=True)
             raise OSError(errno.EIO, "no backing file")
         try:
-            fd = open_beneath(base, node.relpath)
+            fd = self._open_backing(base, node)
         except OSError as e:
             self._violation(node, f"backing file cannot be opened: {os.strerror(e.errno or errno.EIO)}",
                             fatal=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .checksig_cmd import load_keyring
 from .errors import EXIT_OK, UsrviewError
-from .importer import import_package
+from .importer import import_packages
 from .store import Store
 
 HELP = "add rpm packages to the store"
@@ -67,18 +67,23 @@ def run(args, cfg) -> int:
     progress = _Progress(sys.stderr)
     status = EXIT_OK
     out = sys.stdout
+    def started(path) -> None:
+        progress.clear()
+        progress.label = Path(path).name
+
     with store.lock():
-        for path in args.packages:
-            progress.label = path.name
-            try:
-                result = import_package(store, path, keyring, allow_unsigned=args.allow_unsigned,
-                                        progress=progress)
-            except UsrviewError as e:
-                progress.clear()
-                print(f"usrview: error: {path}: {e}", file=sys.stderr)
-                status = max(status, e.exit_code)  # refused: 1, operational: 2
-                continue
+        # one call for all: packages are committed in batches (one syncfs per
+        # batch, see usrview.importer._Batch); each line is printed once its
+        # package is durably stored
+        for path, outcome in import_packages(store, args.packages, keyring,
+                                             allow_unsigned=args.allow_unsigned,
+                                             progress=progress, started=started):
             progress.clear()
+            if isinstance(outcome, UsrviewError):
+                print(f"usrview: error: {path}: {outcome}", file=sys.stderr)
+                status = max(status, outcome.exit_code)  # refused: 1, operational: 2
+                continue
+            result = outcome
             unsigned = " [UNSIGNED]" if result.unsigned else ""
             if result.already_stored:
                 out.write(f"{path}: {result.nevra} already stored{unsigned}\n")

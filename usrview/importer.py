@@ -50,12 +50,12 @@ import os
 import pwd
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from verifier import sigcheck
-from verifier.files import FileEntry, digest_name
+from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 from verifier.keyring import Keyring
 
@@ -63,8 +63,11 @@ from . import btrfs
 from .errors import EXIT_FINDINGS, UsrviewError
 from .payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from .store import (
+    HEADER_SUFFIX,
+    HEADERS_DIR,
     PACKAGES_DIR,
     TMP_DIR,
+    UNSIGNED_DIR,
     Store,
     StoreError,
     pkgid_for,
@@ -91,6 +94,11 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPECIAL_TYPES = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+_GHOST = int(FileFlag.GHOST)
+#: One import command commits its packages in batches: one syncfs(2) per batch
+#: (see :class:`_Batch`), after this many packages or this many bytes written.
+BATCH_MAX_PACKAGES = 128
+BATCH_MAX_BYTES = 1 << 30
 
 _files_created = 0  # for KILL_AFTER_FILES_ENV, counted across packages
 
@@ -186,7 +194,7 @@ def check_file_list(package: Package) -> None:
 def _hardlink_sets(files: list[FileEntry]) -> list[tuple[int, ...]]:
     sets: dict[tuple[int, int], list[int]] = {}
     for i, f in enumerate(files):
-        if stat.S_ISREG(f.mode) and not f.is_ghost and f.inode != 0:
+        if f.inode != 0 and stat.S_ISREG(f.mode) and not int(f.flags) & _GHOST:
             sets.setdefault((f.device, f.inode), []).append(i)
     return [tuple(m) for m in sets.values() if len(m) > 1]
 
@@ -287,14 +295,15 @@ class _Writer:
     """Lays out one package's payload members in a tree; collects what the result reports."""
 
     def __init__(self, store: Store, package: Package, tree: _Tree, result: ImportResult,
-                 progress: Callable[[int, int], None] | None):
+                 progress: Callable[[int, int], None] | None, batch: _Batch | None = None):
         self.store = store
+        self.batch = batch
         self.package = package
         self.tree = tree
         self.result = result
         self.owners = _Owners()
         self.progress = progress
-        self.total = sum(1 for f in package.files if not f.is_ghost)
+        self.total = sum(1 for f in package.files if not int(f.flags) & _GHOST)
         self.seen = 0
         self.dirs: list[tuple[tuple[str, ...], FileEntry]] = []
         #: hardlink group -> parts of the file holding its bytes, once written
@@ -303,6 +312,7 @@ class _Writer:
         self.group_pending: dict[tuple[int, ...], list[tuple[str, ...]]] = {}
         #: (algo, digest) -> parts of a file of this package already written and checked
         self.local: dict[tuple[int, str], tuple[str, ...]] = {}
+        self.local_sizes: dict[tuple[int, str], int] = {}
 
     def add(self, member: Member) -> None:
         entry = member.entry
@@ -367,8 +377,11 @@ class _Writer:
             os.utime(fd, ns=(entry.mtime * 10**9, entry.mtime * 10**9))
         finally:
             os.close(fd)
-        if entry.size >= REFLINK_MIN_SIZE:
-            self.local.setdefault((entry.digest_algo, entry.digest), parts)
+        if entry.size >= REFLINK_MIN_SIZE and entry.digest:
+            key = (entry.digest_algo, entry.digest)
+            if key not in self.local:
+                self.local[key] = parts
+                self.local_sizes[key] = entry.size
         if group:
             self.group_data[group] = parts
             for other in self.group_pending.pop(group, ()):
@@ -393,8 +406,13 @@ class _Writer:
         src_fd = None
         local = self.local.get(key)
         try:
+            batched = self.batch.index.get(key) if self.batch is not None and local is None else None
             if local is not None:
                 src_fd = open_beneath(self.tree.root_fd, local)
+            elif batched is not None and batched[2] == entry.size:
+                # a file of a package written earlier in this batch (still in
+                # tmp/): written and checked by this process, like ``local``
+                src_fd = open_beneath(self.batch.tmp_fd, (batched[0], *batched[1]))
             else:
                 found = store.digest_index().get(key)
                 if found is None or found[1].size != entry.size:
@@ -526,8 +544,75 @@ def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,
     ``progress(done, total)`` is called after each payload member.  Raises
     PackageRefused (exit 1) when the package may not enter the store, and
     StoreError (exit 2) when the store cannot take it (I/O error, disk full);
-    in both cases the store is as it was.
+    in both cases the store is as it was.  :func:`import_packages` imports
+    many at lower cost.
     """
+    [(_, outcome)] = import_packages(store, [path], keyring, allow_unsigned=allow_unsigned,
+                                     progress=progress)
+    if isinstance(outcome, UsrviewError):
+        raise outcome
+    return outcome
+
+
+def import_packages(store: Store, paths: Iterable[str | os.PathLike], keyring: Keyring, *,
+                    allow_unsigned: bool = False,
+                    progress: Callable[[int, int], None] | None = None,
+                    started: Callable[[str | os.PathLike], None] | None = None,
+                    ) -> Iterator[tuple[str | os.PathLike, ImportResult | UsrviewError]]:
+    """Import several rpms under one lock; yield ``(path, outcome)`` in the order given.
+
+    The outcome is the ImportResult, or the PackageRefused/StoreError that kept
+    that package out (the others go on).  Packages are committed in batches
+    (:class:`_Batch`): a package's outcome is yielded once its batch is
+    committed, i.e. once it is durably in the store.  ``started(path)`` is
+    called before each package is read, ``progress(done, total)`` after each
+    payload member.  Abandoning the iteration removes what was not committed.
+    """
+    with store.lock():
+        batch = _Batch(store)
+        try:
+            waiting: list[tuple[str | os.PathLike, ImportResult | UsrviewError]] = []
+            for path in paths:
+                if started is not None:
+                    started(path)
+                try:
+                    outcome: ImportResult | UsrviewError = _prepare(store, batch, path, keyring,
+                                                                    allow_unsigned, progress)
+                except UsrviewError as e:
+                    outcome = e
+                waiting.append((path, outcome))
+                if batch.full():
+                    yield from _settle(batch, waiting)
+                    waiting = []
+            yield from _settle(batch, waiting)
+        finally:
+            batch.close()
+
+
+def _settle(batch: _Batch, waiting: list) -> Iterator[tuple[str | os.PathLike, ImportResult | UsrviewError]]:
+    failed = batch.commit()
+    for path, outcome in waiting:
+        if isinstance(outcome, ImportResult):
+            error = failed.get(outcome.pkgid)
+            if error is not None:
+                outcome = error
+            elif not outcome.already_stored:
+                log.info("imported %s: %d files, %d reflinked", outcome.nevra, outcome.files,
+                         outcome.reflinked)
+            if outcome is not error and outcome.unknown_owners and not outcome.already_stored:
+                log.warning("%s: unknown owners made root: %s", outcome.nevra,
+                            ", ".join(outcome.unknown_owners))
+        yield path, outcome
+
+
+def _storage_error(nevra: str, e: OSError) -> StoreError:
+    what = "no space left in the store" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"{e.strerror or e}"
+    return StoreError(f"cannot store {nevra}: {what}")
+
+
+def _prepare(store: Store, batch: _Batch, path: str | os.PathLike, keyring: Keyring,
+             allow_unsigned: bool, progress: Callable[[int, int], None] | None) -> ImportResult:
+    """Check one package and write it into the batch (not committed yet)."""
     package, unsigned = check_header(path, keyring, allow_unsigned=allow_unsigned)
     if not package.has_payload:
         raise PackageRefused("a header-only rpm has no files to import")
@@ -536,72 +621,236 @@ def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,
     except StoreError as e:
         raise PackageRefused(str(e)) from None
     result = ImportResult(pkgid, package.nevra, unsigned=unsigned)
-    with store.lock():
-        if store.has(pkgid):
-            result.already_stored = True
-            result.unsigned = store.unsigned_path(pkgid).exists()
-            return result
-        check_file_list(package)
-        try:
-            _import_locked(store, Path(path), package, pkgid, result, progress)
-        except PayloadError as e:
-            raise PackageRefused(str(e)) from None
-        except OSError as e:
-            what = "no space left in the store" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
-                f"{e.strerror or e}"
-            raise StoreError(f"cannot store {package.nevra}: {what}") from None
-    if result.unknown_owners:
-        log.warning("%s: unknown owners made root: %s", package.nevra, ", ".join(result.unknown_owners))
+    pending = batch.pending_by_id.get(pkgid)
+    if pending is not None:  # given twice: stored by the first, when its batch commits
+        result.already_stored = True
+        result.unsigned = pending.result.unsigned
+        return result
+    if store.has(pkgid):
+        result.already_stored = True
+        result.unsigned = store.unsigned_path(pkgid).exists()
+        return result
+    check_file_list(package)
+    try:
+        batch.write(Path(path), package, pkgid, result, progress)
+    except PayloadError as e:
+        raise PackageRefused(str(e)) from None
+    except OSError as e:
+        raise _storage_error(package.nevra, e) from None
     return result
 
 
-def _import_locked(store: Store, path: Path, package: Package, pkgid: str, result: ImportResult,
-                   progress: Callable[[int, int], None] | None) -> None:
-    tmp_fd = os.open(store.root / TMP_DIR, _DIR_OPEN)
-    packages_fd = os.open(store.root / PACKAGES_DIR, _DIR_OPEN)
-    name = store.temp_name("import")
-    renamed = False
-    try:
-        btrfs.create_tree(tmp_fd, name)
-        root_fd = os.open(name, _DIR_OPEN, dir_fd=tmp_fd)
-        tree = _Tree(root_fd)
+@dataclass
+class _Pending:
+    """A package written under ``tmp/`` and not committed yet."""
+
+    package: Package
+    pkgid: str
+    result: ImportResult
+    tree: str               #: its tree's name in tmp/
+    header: str             #: its header file's name in tmp/
+    unsigned: str | None    #: its unsigned marker's name in tmp/, if unsigned
+
+
+class _Batch:
+    """Packages written under ``tmp/`` and committed together, with one syncfs(2).
+
+    Per package, :meth:`write` makes everything that must be durable before the
+    package may appear, all of it under ``tmp/``: the tree (a subvolume on
+    btrfs), the header file, the unsigned marker.  :meth:`commit` then:
+
+    1. ``syncfs(2)``, once: every tree, header file and marker of the batch is
+       on disk (on btrfs this also commits the transaction).  One call instead
+       of one per package: each call costs a transaction commit and a device
+       flush, measured at about 30 ms on a loop-mounted btrfs (250 packages:
+       7 s of syncfs alone).
+    2. per package: the tree renamed to ``packages/PKGID``, then set read-only
+       (btrfs refuses to move a read-only subvolume between directories); on
+       btrfs that ioctl commits a transaction, which makes the rename durable;
+       then one ``fsync`` of ``packages/`` for the other file systems.
+    3. the unsigned markers renamed into ``unsigned/``, and ``unsigned/``
+       fsynced, before any header appears (a header made durable by a later
+       fsync must not outlive its package's marker).
+    4. per package, the header renamed to ``headers/PKGID.rpm`` -- the moment
+       the package exists -- and ``headers/`` fsynced once at the end.
+
+    A header is renamed in only after its bytes, its tree and its read-only
+    flag are durable, so whatever a crash interrupts, a header on disk names
+    a complete package; trees and markers without a header, and everything
+    in ``tmp/``, are leftovers the next writer removes (Store.cleanup).  A
+    package's outcome is reported after step 4.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: list[_Pending] = []
+        self.pending_by_id: dict[str, _Pending] = {}
+        #: (algo, digest) -> (tree name in tmp/, parts, size): checked files of this batch
+        self.index: dict[tuple[int, str], tuple[str, tuple[str, ...], int]] = {}
+        self.bytes = 0
+        self.tmp_fd = os.open(store.root / TMP_DIR, _DIR_OPEN)
+        self._fds = [self.tmp_fd]
         try:
-            writer = _Writer(store, package, tree, result, progress)
-            with open_payload(path, package) as members:
-                for member in members:
-                    writer.add(member)
-            writer.finish()
+            self.packages_fd = self._open(PACKAGES_DIR)
+            self.headers_fd = self._open(HEADERS_DIR)
+            self.unsigned_fd = self._open(UNSIGNED_DIR)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, sub: str) -> int:
+        fd = os.open(self.store.root / sub, _DIR_OPEN)
+        self._fds.append(fd)
+        return fd
+
+    def full(self) -> bool:
+        return len(self.pending) >= BATCH_MAX_PACKAGES or self.bytes >= BATCH_MAX_BYTES
+
+    def write(self, path: Path, package: Package, pkgid: str, result: ImportResult,
+              progress: Callable[[int, int], None] | None) -> None:
+        store, tmp_fd = self.store, self.tmp_fd
+        name = store.temp_name("import")
+        header = unsigned = None
+        try:
+            btrfs.create_tree(tmp_fd, name)
+            root_fd = os.open(name, _DIR_OPEN, dir_fd=tmp_fd)
+            tree = _Tree(root_fd)
+            try:
+                writer = _Writer(store, package, tree, result, progress, self)
+                with open_payload(path, package) as members:
+                    for member in members:
+                        writer.add(member)
+                writer.finish()
+            finally:
+                tree.close()
+                os.close(root_fd)
             _test_kill("written")
-            btrfs.syncfs(root_fd)
-            _test_kill("synced")
-        finally:
-            tree.close()
-            os.close(root_fd)
-        # btrfs refuses to move a read-only subvolume to another directory
-        # (EROFS): rename first, then seal.  Still invisible: no header yet.
-        os.rename(name, pkgid, src_dir_fd=tmp_fd, dst_dir_fd=packages_fd)
-        renamed = True
-        _test_kill("renamed")
-        btrfs.set_readonly(packages_fd, pkgid)
-        os.fsync(packages_fd)
-        _test_kill("readonly")
-        if result.unsigned:
-            Store.atomic_write(store.unsigned_path(pkgid), b"", tmp_dir=store.root / TMP_DIR)
-        Store.atomic_write(store.header_path(pkgid), package.header_only(), tmp_dir=store.root / TMP_DIR)
-        _test_kill("header")
-    except BaseException:
-        # leave the store as it was: nothing of this package may remain visible
+            header = store.temp_name("header")
+            _write_file(tmp_fd, header, package.header_only())
+            if result.unsigned:
+                unsigned = store.temp_name("unsigned")
+                _write_file(tmp_fd, unsigned, b"")
+        except BaseException:
+            for n in (name, header, unsigned):
+                if n is not None:
+                    with _suppress_missing():
+                        btrfs.delete_tree(tmp_fd, n)
+            raise
+        for key, parts in writer.local.items():
+            self.index.setdefault(key, (name, parts, writer.local_sizes[key]))
+        self.bytes += result.bytes_written
+        p = _Pending(package, pkgid, result, name, header, unsigned)
+        self.pending.append(p)
+        self.pending_by_id[pkgid] = p
+
+    def commit(self) -> dict[str, UsrviewError]:
+        """Make the pending packages appear (see the class); the errors of those that did not."""
+        failed: dict[str, UsrviewError] = {}
+        pending, self.pending, self.pending_by_id = self.pending, [], {}
+        self.index, self.bytes = {}, 0
+        if not pending:
+            return failed
+
+        def fail(p: _Pending, e: OSError) -> None:
+            failed[p.pkgid] = _storage_error(p.package.nevra, e)
+
         try:
-            if renamed and not store.header_path(pkgid).exists():
-                btrfs.delete_tree(packages_fd, pkgid)
-                if store.unsigned_path(pkgid).exists():
-                    os.unlink(store.unsigned_path(pkgid))
-            btrfs.delete_tree(tmp_fd, name)
+            btrfs.syncfs(self.tmp_fd)
+        except OSError as e:
+            for p in pending:
+                fail(p, e)
+            self._discard(pending)
+            return failed
+        _test_kill("synced")
+        moved: list[_Pending] = []
+        for p in pending:
+            renamed = False
+            try:
+                os.rename(p.tree, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.packages_fd)
+                renamed = True
+                _test_kill("renamed")
+                btrfs.set_readonly(self.packages_fd, p.pkgid)
+                _test_kill("readonly")
+            except OSError as e:
+                fail(p, e)
+                self._discard([p], in_packages=renamed)
+                continue
+            moved.append(p)
+        try:
+            if moved:
+                os.fsync(self.packages_fd)
+            marked = [p for p in moved if p.unsigned is not None]
+            for p in marked:
+                os.rename(p.unsigned, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.unsigned_fd)
+                p.unsigned = None
+            if marked:
+                os.fsync(self.unsigned_fd)
+        except OSError as e:
+            for p in moved:
+                fail(p, e)
+            self._discard(moved, in_packages=True)
+            return failed
+        done: list[_Pending] = []
+        for p in moved:
+            try:
+                os.rename(p.header, p.pkgid + HEADER_SUFFIX, src_dir_fd=self.tmp_fd, dst_dir_fd=self.headers_fd)
+            except OSError as e:
+                fail(p, e)
+                self._discard([p], in_packages=True)
+                continue
+            _test_kill("header")
+            done.append(p)
+        if done:
+            try:
+                os.fsync(self.headers_fd)
+            except OSError as e:
+                # the headers are in place; whether they are durable is unknown
+                raise StoreError(f"cannot sync {self.store.root / HEADERS_DIR}: {e.strerror or e}") from None
+        for p in done:
+            self.store.index_package(p.pkgid, p.package)
+        return failed
+
+    def _discard(self, pending: list[_Pending], *, in_packages: bool = False) -> None:
+        """Remove what these packages left, wherever it is (best effort: cleanup does the rest)."""
+        for p in pending:
+            with _suppress_missing():
+                if in_packages:
+                    btrfs.delete_tree(self.packages_fd, p.pkgid)
+                    with _suppress_missing():
+                        os.unlink(p.pkgid, dir_fd=self.unsigned_fd)
+            for n in (p.tree, p.header, p.unsigned):
+                if n is not None:
+                    with _suppress_missing():
+                        btrfs.delete_tree(self.tmp_fd, n)
+
+    def close(self) -> None:
+        """Remove anything not committed, and close the directory fds."""
+        try:
+            if self.pending:
+                pending, self.pending, self.pending_by_id = self.pending, [], {}
+                self._discard(pending)
         finally:
-            os.close(tmp_fd)
-            os.close(packages_fd)
-        raise
-    os.close(tmp_fd)
-    os.close(packages_fd)
-    store.index_package(pkgid, package)
-    log.info("imported %s: %d files, %d reflinked", package.nevra, result.files, result.reflinked)
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = []
+
+
+class _suppress_missing:
+    """Best-effort removal: ignore OSError (what stays behind is a leftover that
+    Store.cleanup removes); anything else propagates."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        return typ is not None and issubclass(typ, OSError)
+
+
+def _write_file(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+    fd = os.open(name, _FILE_CREATE, mode, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

@@ -144,6 +144,9 @@ def run_mount(args, cfg) -> int:
     with images.hold_image(store, image_id) as image:
         loaded, tree = build_view(store, image, keyring)
         log.info("image %s: %d packages, %d inodes", image.id, len(loaded.sources), tree.inode_count)
+        # The parsed headers are not needed once the tree exists: do not keep
+        # them alive in this frame for the life of the mount.
+        del loaded
 
         def serve(on_ready=None):
             ops = ViewOperations(tree, Guard(tree, args.verify))

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "cache"
 CACHE_FILE = "verify.sqlite"
 #: Bumped whenever the meaning of a row changes; other versions are discarded.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CACHE_DIR_MODE = 0o700
 
 #: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, algo)
@@ -61,7 +61,13 @@ CREATE TABLE IF NOT EXISTS digests (
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, algo INTEGER NOT NULL,
     digest TEXT NOT NULL,
     PRIMARY KEY (dev, ino, size, mtime_ns, ctime_ns, algo)
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packages (
+    pkgid TEXT PRIMARY KEY NOT NULL,
+    key TEXT NOT NULL,
+    checked REAL NOT NULL,
+    outcome TEXT NOT NULL
+)
 """
 
 
@@ -90,14 +96,39 @@ def load(path: str | os.PathLike) -> dict[Identity, str]:
         return {}
 
 
-def save(path: str | os.PathLike, rows: Iterable[tuple[Identity, str]], *, replace: bool = False) -> bool:
-    """Add ``rows`` to the cache (``replace``: they become its whole content).
+def load_packages(path: str | os.PathLike) -> dict[str, tuple[str, float, str]]:
+    """The package-outcome rows: pkgid -> (key, time checked, outcome JSON); empty when
+    the cache is absent or unreadable.  See :mod:`usrview.verify` (package cache)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                return {}
+            rows = con.execute("SELECT pkgid, key, checked, outcome FROM packages")
+            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        log.info("ignoring the verify cache %s: %s", path, e)
+        return {}
+
+
+def save(path: str | os.PathLike, rows: Iterable[tuple[Identity, str]], *, replace: bool = False,
+         packages: Iterable[tuple[str, str, float, str]] = (), forget: Iterable[str] = ()) -> bool:
+    """Add ``rows`` to the cache (``replace``: they become its whole content), and the
+    package-outcome rows ``packages`` (pkgid, key, checked, outcome JSON); drop the
+    package rows of ``forget`` (with ``replace``: every package row not in ``packages``).
 
     Returns False, after an INFO record, when the cache cannot be written.
     """
     path = Path(path)
     rows = list(rows)
-    if not rows and not replace:
+    packages = list(packages)
+    forget = list(forget)
+    if not rows and not replace and not packages and not forget:
         return True
     try:
         path.parent.mkdir(mode=CACHE_DIR_MODE, exist_ok=True)
@@ -112,11 +143,17 @@ def save(path: str | os.PathLike, rows: Iterable[tuple[Identity, str]], *, repla
             if version != SCHEMA_VERSION:
                 con.execute("DROP TABLE IF EXISTS digests")
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            con.execute(_SCHEMA)
+            if version != SCHEMA_VERSION:
+                con.execute("DROP TABLE IF EXISTS packages")
+            for statement in _SCHEMA.split(";"):
+                con.execute(statement)
             if replace:
                 con.execute("DELETE FROM digests")
+                con.execute("DELETE FROM packages")
             con.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (key + (digest,) for key, digest in rows))
+            con.executemany("DELETE FROM packages WHERE pkgid = ?", ((p,) for p in forget))
+            con.executemany("INSERT OR REPLACE INTO packages VALUES (?, ?, ?, ?)", packages)
             con.execute("COMMIT")
         return True
     except sqlite3.Error as e:

@@ -26,6 +26,12 @@ How it is fast:
   for files whose extents are not shared, the digest.
 - The verified-results cache (:mod:`usrview.vcache`): a file whose identity
   (device, inode, size, mtime, ctime) and algorithm are known is not read.
+- The package cache (btrfs): a package whose subvolume generation, header file
+  identity, keyring fingerprint and owner-name resolutions are those of a
+  complete check less than an hour ago gets that check's findings without any
+  file being looked at (docs/verify.md says why that is sound).  No pool is
+  started when at most one package is left to check.
+- Per file one lstat, compared in plain ints; unowned entries by scandir.
 - Reflink dedupe: a file whose extents are all shared (:mod:`usrview.fiemap`)
   is not hashed by the worker; the parent groups such files by their physical
   extents and has one file of each group hashed.  Hard links (same inode) are
@@ -47,6 +53,9 @@ import multiprocessing
 import os
 import signal
 import stat
+import struct
+import ctypes
+import fcntl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -120,6 +129,7 @@ class Stats:
     hashed_bytes: int = 0
     cache_hits: int = 0
     deduped_files: int = 0
+    cached_packages: int = 0
 
 
 @dataclass
@@ -214,6 +224,41 @@ _STATE: _RunState | None = None
 _BUCKET: TokenBucket | None = None
 
 
+class _Names(dict):
+    """Owner name -> id, looked up in the system databases once per run (filecheck
+    calls ``get``; an unknown name stays None, as a failed getpwnam is there)."""
+
+    def __init__(self, lookup):
+        super().__init__()
+        self.lookup = lookup
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            pass
+        try:
+            value = self.lookup(name)
+        except KeyError:
+            value = None
+        self[name] = value
+        return value
+
+
+def _uid(name: str) -> int:
+    import pwd
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid(name: str) -> int:
+    import grp
+    return grp.getgrnam(name).gr_gid
+
+
+_USERS = _Names(_uid)
+_GROUPS = _Names(_gid)
+
+
 @dataclass
 class _Deferred:
     """A file whose digest the parent decides (its extents are shared)."""
@@ -237,6 +282,8 @@ class _PackageOutcome:
     stats: Stats = field(default_factory=Stats)
     new_cache: list[tuple[tuple, str]] = field(default_factory=list)
     entries: list[FileEntry] = field(default_factory=list)
+    #: files whose digest applied (for the counters of a later cached run)
+    digest_files: int = 0
 
 
 def _selected(path: str, filters: tuple[str, ...]) -> str | None:
@@ -356,15 +403,20 @@ def _check_package(pkgid: str, unsigned: bool, want_unowned: bool) -> _PackageOu
                                              quiet_missing=bool(entry.flags & (FileFlag.GHOST | FileFlag.MISSINGOK))),
                                   "", "")
                 continue
-            res = check_file(dir_fd, relpath, entry, check_digest=False)
-            st = None
-            if not res.missing:
-                try:
-                    st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
-                except OSError:
+            try:
+                st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is None:
+                res = check_file(dir_fd, relpath, entry, check_digest=False)
+            else:
+                res = check_file(dir_fd, relpath, entry, check_digest=False, st=st,
+                                 users=_USERS, groups=_GROUPS)
+                if res.missing:
                     st = None
             expected = actual = ""
             if st is not None and _digest_applies(entry, st):
+                out.digest_files += 1
                 res, expected, actual = _check_digest(out, local, dir_fd, relpath, entry, st, res, i)
             if res.differs & ~VerifyFlag.FILEDIGEST:
                 e2, a2 = _details(entry, st, res.differs & ~VerifyFlag.FILEDIGEST, dir_fd, relpath)
@@ -450,15 +502,27 @@ def _unowned(dir_fd: int, entries: list[FileEntry]) -> list[str]:
                 break
             parents.add(p)
     found = []
-    for top, dirs, files, _fd in os.fwalk(".", dir_fd=dir_fd, follow_symlinks=False):
-        base = "/" + os.path.normpath(top).lstrip("./") if top != "." else ""
-        base = "" if base == "/" else base
-        for name in dirs + files:
-            path = f"{base}/{name}"
-            if path not in listed and path not in parents:
-                found.append(path)
-        # an unowned directory: report it, not everything in it
-        dirs[:] = [d for d in dirs if f"{base}/{d}" in listed or f"{base}/{d}" in parents]
+    # os.scandir gives each entry's type from the directory itself (d_type): no stat per file
+    stack = [("", os.dup(dir_fd))]
+    while stack:
+        base, fd = stack.pop()
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    path = f"{base}/{de.name}"
+                    if path in listed or path in parents:
+                        # an unowned directory is reported, not everything in it
+                        if (path in parents or path in listed) and de.is_dir(follow_symlinks=False):
+                            try:
+                                stack.append((path, os.open(de.name, _DIR_FLAGS, dir_fd=fd)))
+                            except OSError:
+                                pass
+                    else:
+                        found.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return sorted(found)
 
 
@@ -531,6 +595,112 @@ def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Findi
     return image, findings
 
 
+# -- the package cache ---------------------------------------------------------------
+#
+# A package whose subvolume, header file, keyring and owner names are unchanged
+# since a run that checked it completely has the same findings: they are taken
+# from the cache without touching its files (docs/verify.md, "The package cache").
+
+#: struct btrfs_ioctl_get_subvol_info_args (linux/btrfs.h): treeid, name[256],
+#: parent_id, dirid, generation, flags, uuid, parent_uuid, received_uuid,
+#: ctransid, otransid, stransid, rtransid, 4 x btrfs_ioctl_timespec, reserved[8].
+_SUBVOL_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ" + "QI4x" * 4 + "8Q")
+#: BTRFS_IOC_GET_SUBVOL_INFO = _IOR(0x94, 60, args): unprivileged, kernel >= 4.18.
+_IOC_GET_SUBVOL_INFO = (2 << 30) | (_SUBVOL_INFO.size << 16) | (0x94 << 8) | 60
+#: The inode number of every btrfs subvolume's root directory.
+_SUBVOL_ROOT_INO = 256
+#: A cached package outcome older than this is checked again (signatures against
+#: keys that may have expired meanwhile; the digests still come from the file cache).
+PACKAGE_RECHECK_SECONDS = 3600
+#: Bumped when what a package row means changes.
+_PACKAGE_KEY_VERSION = "p1"
+
+
+def _syncfs(fd: int) -> bool:
+    """Commit the file system's pending changes (a btrfs subvolume's generation is
+    updated at commit): True when that worked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs(fd) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _subvolume_state(path: Path) -> str | None:
+    """``uuid:treeid:generation`` of the btrfs subvolume whose root is ``path``;
+    None when ``path`` is not one (or the ioctl fails)."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino != _SUBVOL_ROOT_INO:
+            return None
+        buf = bytearray(_SUBVOL_INFO.size)
+        fcntl.ioctl(fd, _IOC_GET_SUBVOL_INFO, buf)
+        v = _SUBVOL_INFO.unpack(buf)
+        return f"{v[6].hex()}:{v[0]}:{v[4]}"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def keyring_fingerprint(keyring: Keyring) -> str:
+    """A hash that changes when the trusted keys, their subkeys or revocations do."""
+    h = hashlib.sha256()
+    parts = []
+    for cert in keyring.certificates:
+        sigs = sorted(str(getattr(r, "created", r)) for r in cert.revocations)
+        subs = sorted((sub.key.fingerprint_hex, len(sub.bindings),
+                       tuple(sorted(str(getattr(r, "created", r)) for r in sub.revocations)))
+                      for sub in cert.subkeys)
+        parts.append(repr((cert.primary.fingerprint_hex, sigs, len(cert.direct_sigs), subs,
+                           sorted(cert.rejected_hashes), len(cert.user_ids))))
+    for part in sorted(parts):
+        h.update(part.encode())
+    return h.hexdigest()
+
+
+def _package_key(store: Store, pkgid: str, unsigned: bool, keyring_fp: str) -> str | None:
+    state = _subvolume_state(store.package_dir(pkgid))
+    if state is None:
+        return None
+    try:
+        hst = os.stat(store.header_path(pkgid), follow_symlinks=False)
+    except OSError:
+        return None
+    return json.dumps([_PACKAGE_KEY_VERSION, state, vcache.identity(hst, 0)[:5], keyring_fp, unsigned])
+
+
+def _names_used(entries: list[FileEntry]) -> dict[str, int | None]:
+    out = {}
+    for e in entries:
+        if e.user != "root":
+            out["u:" + e.user] = _USERS.get(e.user)
+        if e.group != "root":
+            out["g:" + e.group] = _GROUPS.get(e.group)
+    return out
+
+
+def _names_unchanged(names: dict) -> bool:
+    return all((_USERS if k[0] == "u" else _GROUPS).get(k[2:]) == v for k, v in names.items())
+
+
+def _cacheable(out: _PackageOutcome) -> bool:
+    """Only outcomes of the files themselves are remembered, not passing trouble
+    (a file or header that could not be read)."""
+    if any(r[0].unknown or r[0].error for r in out.results.values()):
+        return False
+    return not any("unreadable" in f.message or "package directory" in f.message for f in out.header)
+
+
+def _outcome_json(out: _PackageOutcome) -> str:
+    return json.dumps({"findings": [f.to_json() for f in _package_findings(out)],
+                       "names": _names_used(out.entries), "files": out.stats.files,
+                       "digests": out.digest_files})
+
+
 # -- the run --------------------------------------------------------------------------
 
 def _matches_package(pkgid: str, word: str) -> bool:
@@ -538,6 +708,43 @@ def _matches_package(pkgid: str, word: str) -> bool:
     name, version, release = nevra.rsplit("-", 2)
     nvra = f"{name}-{version.split(':', 1)[-1]}-{release}"  # name-E:V-R.A -> name-V-R.A
     return word in (pkgid, nevra, name, nvra)
+
+
+class _InlinePool:
+    """The executor interface, in this process: no pool to start when there is (almost)
+    nothing to do."""
+
+    def __enter__(self):
+        global _BUCKET
+        state = _STATE
+        _BUCKET = TokenBucket(state.io_rate) if state is not None and state.io_rate else None
+        return self
+
+    def __exit__(self, *exc):
+        global _BUCKET
+        _BUCKET = None
+        return False
+
+    def submit(self, fn, *args):
+        fut = concurrent.futures.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed over like a pool does
+            fut.set_exception(e)
+        return fut
+
+
+def _package_cache_usable(store: Store) -> bool:
+    """Commit pending changes so that subvolume generations are current (see
+    _subvolume_state); False when that cannot be done."""
+    try:
+        fd = os.open(store.root / "packages", _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        return _syncfs(fd)
+    finally:
+        os.close(fd)
 
 
 def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filters: Sequence[str] = (),
@@ -573,25 +780,60 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
         pkgids = chosen
         report.findings = [f for f in report.findings if not f.package or f.package in pkgids]
     cache_file = vcache.cache_path(store.root)
-    cache = {} if (full or not use_cache) else vcache.load(cache_file)
+    _USERS.clear()
+    _GROUPS.clear()
+    unsigned = set(image.unsigned)
+    stats = report.stats
+    stats.packages = len(pkgids)
+    # the package cache: only for whole packages, and never for --full
+    pkg_keys: dict[str, str] = {}
+    cached_findings: dict[str, list[Finding]] = {}
+    packages_ok = use_cache and not path_filters and _package_cache_usable(store)
+    if packages_ok:
+        now = time.time()
+        rows = {} if full else vcache.load_packages(cache_file)
+        kfp = keyring_fingerprint(keyring)
+        for p in pkgids:
+            key = _package_key(store, p, p in unsigned, kfp)
+            if key is None:
+                continue
+            pkg_keys[p] = key
+            row = rows.get(p)
+            if row is None or row[0] != key or not 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
+                continue
+            try:
+                data = json.loads(row[2])
+                if not _names_unchanged(data["names"]):
+                    continue
+                cached_findings[p] = [Finding(**f) for f in data["findings"]]
+                stats.files += data["files"]
+                stats.cache_hits += data["digests"]
+                stats.cached_packages += 1
+            except (ValueError, KeyError, TypeError):
+                continue
+    todo = [p for p in pkgids if p not in cached_findings]
+    cache = {} if (full or not use_cache or not todo) else vcache.load(cache_file)
     jobs = max(1, jobs or os.cpu_count() or 1)
     _STATE = _RunState(store.root, keyring, cache, path_filters,
                        io_limit / jobs if io_limit else None)
-    unsigned = set(image.unsigned)
     # largest packages first: the pool ends evenly
     sizes = {}
-    for p in pkgids:
+    for p in todo:
         try:
             sizes[p] = os.stat(store.header_path(p)).st_size
         except OSError:
             sizes[p] = 0
-    order = sorted(pkgids, key=lambda p: -sizes[p])
+    order = sorted(todo, key=lambda p: -sizes[p])
     outcomes: dict[str, _PackageOutcome] = {}
-    stats = report.stats
-    stats.packages = len(pkgids)
+    new_cache: list = []
     try:
-        ctx = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        if len(order) <= 1 or jobs == 1:
+            pool = _InlinePool()
+        else:
+            ctx = multiprocessing.get_context("fork")
+            pool = concurrent.futures.ProcessPoolExecutor(min(jobs, len(order)), mp_context=ctx,
+                                                          initializer=_worker_init)
+        with pool:
             futures = {pool.submit(_check_package, p, p in unsigned, True): p for p in order}
             for fut in concurrent.futures.as_completed(futures):
                 out = fut.result()
@@ -599,7 +841,7 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
                 for k in ("files", "hashed_files", "hashed_bytes", "cache_hits", "deduped_files"):
                     setattr(stats, k, getattr(stats, k) + getattr(out.stats, k))
                 if progress:
-                    progress(len(outcomes), len(order), stats)
+                    progress(len(outcomes) + len(cached_findings), len(pkgids), stats)
             new_cache = [row for o in outcomes.values() for row in o.new_cache]
             _resolve_deferred(pool, store, outcomes, stats, new_cache)
     finally:
@@ -608,11 +850,22 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
     for f in path_filters:
         if f not in matched:
             report.errors.append(f"file {f} is not owned by any package of image {image.id}")
+    package_rows = []
+    checked = time.time()
     for pkgid in pkgids:
-        report.findings.extend(_package_findings(outcomes[pkgid]))
+        if pkgid in cached_findings:
+            report.findings.extend(cached_findings[pkgid])
+            continue
+        out = outcomes[pkgid]
+        report.findings.extend(_package_findings(out))
+        if pkgid in pkg_keys and _cacheable(out):
+            package_rows.append((pkgid, pkg_keys[pkgid], checked, _outcome_json(out)))
     if use_cache:
         complete = not filters
-        report.cache_written = vcache.save(cache_file, new_cache, replace=full and complete)
+        forget = [p for p in pkgids if p not in cached_findings and p not in {r[0] for r in package_rows}]
+        report.cache_written = vcache.save(cache_file, new_cache, replace=full and complete,
+                                           packages=package_rows if packages_ok else (),
+                                           forget=forget)
     report.duration = time.monotonic() - t0
     return report
 

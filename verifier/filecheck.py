@@ -83,12 +83,18 @@ _CONTENT_CHECKS = VerifyFlag.FILEDIGEST | VerifyFlag.FILESIZE | VerifyFlag.MTIME
 _RDEV_MASK = 0xFFFF  # rpm keeps device numbers in 16 bits
 
 
+_MARKER_MEMO: dict[int, str] = {}
+_MARKERS_INT = tuple((int(flag), letter) for flag, letter in MARKERS)
+
+
 def attribute_marker(flags: FileFlag) -> str:
     """The one-character attribute column of an rpm -V line (space when none)."""
-    for flag, letter in MARKERS:
-        if flags & flag:
-            return letter
-    return " "
+    flags = int(flags)
+    letter = _MARKER_MEMO.get(flags)
+    if letter is None:
+        letter = next((ch for bit, ch in _MARKERS_INT if flags & bit), " ")
+        _MARKER_MEMO[flags] = letter
+    return letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,112 +226,137 @@ def _read_caps_xattr(dir_fd: int, relpath: str, fd: int | None) -> bytes | None:
         return None
 
 
+# Plain ints for the per-file hot path (IntFlag arithmetic costs microseconds per operation).
+_F_DIGEST = int(VerifyFlag.FILEDIGEST)
+_F_SIZE = int(VerifyFlag.FILESIZE)
+_F_LINKTO = int(VerifyFlag.LINKTO)
+_F_USER = int(VerifyFlag.USER)
+_F_GROUP = int(VerifyFlag.GROUP)
+_F_MTIME = int(VerifyFlag.MTIME)
+_F_MODE = int(VerifyFlag.MODE)
+_F_RDEV = int(VerifyFlag.RDEV)
+_F_CAPS = int(VerifyFlag.CAPS)
+_F_ALL = int(VerifyFlag.ALL)
+_F_CONTENT = int(_CONTENT_CHECKS)
+_GHOST = int(FileFlag.GHOST)
+_QUIET_MISSING = int(FileFlag.GHOST | FileFlag.MISSINGOK)
+_NO_FLAGS = VerifyFlag(0)
+
+
 def check_file(dir_fd: int, relpath: str, entry: FileEntry, *, check_digest: bool = True,
                users: Mapping[str, int] | None = None, groups: Mapping[str, int] | None = None,
-               omit: VerifyFlag = VerifyFlag(0)) -> FileResult:
+               omit: VerifyFlag = VerifyFlag(0), st: os.stat_result | None = None) -> FileResult:
     """Check the file at ``relpath`` (relative to ``dir_fd``) against ``entry``.
 
     ``users``/``groups`` map owner names to ids (None: the system's passwd and
     group databases); ``check_digest=False`` or ``omit`` leave checks out, as
-    rpm -V's ``--nofiledigest``, ``--nomtime`` ... do.
+    rpm -V's ``--nofiledigest``, ``--nomtime`` ... do.  ``st``: the file's
+    lstat result when the caller already has it (one system call less).
     """
     marker = attribute_marker(entry.flags)
-    try:
-        st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError as e:
-        return FileResult(entry.path, marker, missing=True,
-                          error="" if e.errno == errno.ENOENT else os.strerror(e.errno),
-                          quiet_missing=bool(entry.flags & (FileFlag.GHOST | FileFlag.MISSINGOK)))
+    eflags = int(entry.flags)
+    if st is None:
+        try:
+            st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as e:
+            return FileResult(entry.path, marker, missing=True,
+                              error="" if e.errno == errno.ENOENT else os.strerror(e.errno),
+                              quiet_missing=bool(eflags & _QUIET_MISSING))
 
     expected_mode = entry.mode & 0xFFFF
-    if stat.S_ISDIR(expected_mode) and stat.S_ISLNK(st.st_mode):
+    st_mode = st.st_mode
+    if stat.S_ISDIR(expected_mode) and stat.S_ISLNK(st_mode):
         try:
             target = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=True)
         except OSError:
             target = None
         if target is not None and stat.S_ISDIR(target.st_mode) and st.st_uid in (0, target.st_uid):
             st = target
+            st_mode = st.st_mode
 
-    checks = VerifyFlag(entry.verify_flags) & VerifyFlag.ALL
-    if stat.S_ISLNK(st.st_mode):
-        checks &= ~VerifyFlag.MODE
+    checks = int(entry.verify_flags) & _F_ALL
+    is_reg = stat.S_ISREG(st_mode)
+    if stat.S_ISLNK(st_mode):
+        checks &= ~_F_MODE
     else:
-        checks &= ~VerifyFlag.LINKTO
-    if not stat.S_ISREG(st.st_mode):
-        checks &= ~(_CONTENT_CHECKS | VerifyFlag.CAPS)
-    if entry.flags & FileFlag.GHOST:
-        checks &= ~(_CONTENT_CHECKS | VerifyFlag.LINKTO)
+        checks &= ~_F_LINKTO
+    if not is_reg:
+        checks &= ~(_F_CONTENT | _F_CAPS)
+    if eflags & _GHOST:
+        checks &= ~(_F_CONTENT | _F_LINKTO)
     if not check_digest:
-        checks &= ~VerifyFlag.FILEDIGEST
-    checks &= ~omit
+        checks &= ~_F_DIGEST
+    checks &= ~int(omit)
 
-    differs = VerifyFlag(0)
-    unknown = VerifyFlag(0)
+    differs = 0
+    unknown = 0
     uid, gid, expected_mode = expected_ids_and_mode(entry, users, groups)
 
     fd = None
-    if checks & (VerifyFlag.FILEDIGEST | VerifyFlag.CAPS):
+    if checks & (_F_DIGEST | _F_CAPS):
         fd = _open_regular(dir_fd, relpath, st)
     try:
-        if checks & VerifyFlag.FILEDIGEST:
+        if checks & _F_DIGEST:
             algo = digest_name(entry.digest_algo)
             if fd is None or algo is None:
-                differs |= VerifyFlag.FILEDIGEST
-                unknown |= VerifyFlag.FILEDIGEST
+                differs |= _F_DIGEST
+                unknown |= _F_DIGEST
             else:
                 try:
                     actual = _hash_fd(fd, algo)
                 except OSError:
-                    differs |= VerifyFlag.FILEDIGEST
-                    unknown |= VerifyFlag.FILEDIGEST
+                    differs |= _F_DIGEST
+                    unknown |= _F_DIGEST
                 else:
                     # An empty header digest (a non-regular entry) never matches, as in rpm.
                     if actual != entry.digest.lower():
-                        differs |= VerifyFlag.FILEDIGEST
+                        differs |= _F_DIGEST
 
-        if checks & VerifyFlag.LINKTO:
+        if checks & _F_LINKTO:
             try:
                 target = os.readlink(relpath, dir_fd=dir_fd)
             except OSError:
-                differs |= VerifyFlag.LINKTO
-                unknown |= VerifyFlag.LINKTO
+                differs |= _F_LINKTO
+                unknown |= _F_LINKTO
             else:
                 if target != entry.linkto:
-                    differs |= VerifyFlag.LINKTO
+                    differs |= _F_LINKTO
 
-        if checks & VerifyFlag.FILESIZE:
+        if checks & _F_SIZE:
             # The header has a size only for regular files and symlinks.
             size = entry.size if stat.S_ISREG(entry.mode) or stat.S_ISLNK(entry.mode) else 0
             if st.st_size != size:
-                differs |= VerifyFlag.FILESIZE
+                differs |= _F_SIZE
 
-        if checks & VerifyFlag.MODE:
-            mine, theirs = st.st_mode, expected_mode
-            if entry.flags & FileFlag.GHOST:  # the type of a %ghost is meaningless
+        if checks & _F_MODE:
+            mine, theirs = st_mode, expected_mode
+            if eflags & _GHOST:  # the type of a %ghost is meaningless
                 mine, theirs = stat.S_IMODE(mine), stat.S_IMODE(theirs)
             if mine != theirs:
-                differs |= VerifyFlag.MODE
+                differs |= _F_MODE
 
-        if checks & VerifyFlag.RDEV:
-            if (stat.S_ISCHR(expected_mode) != stat.S_ISCHR(st.st_mode)
-                    or stat.S_ISBLK(expected_mode) != stat.S_ISBLK(st.st_mode)):
-                differs |= VerifyFlag.RDEV
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        if checks & _F_RDEV:
+            if (stat.S_ISCHR(expected_mode) != stat.S_ISCHR(st_mode)
+                    or stat.S_ISBLK(expected_mode) != stat.S_ISBLK(st_mode)):
+                differs |= _F_RDEV
+            elif stat.S_ISCHR(st_mode) or stat.S_ISBLK(st_mode):
                 if (st.st_rdev & _RDEV_MASK) != (entry.rdev & _RDEV_MASK):
-                    differs |= VerifyFlag.RDEV
+                    differs |= _F_RDEV
 
-        if checks & VerifyFlag.CAPS:
+        if checks & _F_CAPS:
             if caps_differ(entry.caps, _read_caps_xattr(dir_fd, relpath, fd)):
-                differs |= VerifyFlag.CAPS
+                differs |= _F_CAPS
     finally:
         if fd is not None:
             os.close(fd)
 
-    if checks & VerifyFlag.MTIME and st.st_mtime_ns // 1_000_000_000 != entry.mtime:
-        differs |= VerifyFlag.MTIME
-    if checks & VerifyFlag.USER and st.st_uid != uid:
-        differs |= VerifyFlag.USER
-    if checks & VerifyFlag.GROUP and st.st_gid != gid:
-        differs |= VerifyFlag.GROUP
+    if checks & _F_MTIME and st.st_mtime_ns // 1_000_000_000 != entry.mtime:
+        differs |= _F_MTIME
+    if checks & _F_USER and st.st_uid != uid:
+        differs |= _F_USER
+    if checks & _F_GROUP and st.st_gid != gid:
+        differs |= _F_GROUP
 
-    return FileResult(entry.path, marker, differs, unknown)
+    if not differs:
+        return FileResult(entry.path, marker)
+    return FileResult(entry.path, marker, VerifyFlag(differs), VerifyFlag(unknown))
