@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.rpmbuild import TOOL_TIMEOUT, GpgKey, make_gpg_key, stop_gpg_agent
+from tests.rpmbuild import TOOL_TIMEOUT, GpgKey, make_gpg_key, sign_rpm, stop_gpg_agent
 
 #: Public key file name inside the key directory.
 PUBKEY_NAME = "RPM-GPG-KEY-usrview-bench"
@@ -433,16 +433,6 @@ def build_batch(workdir: Path, batch: str, pkgs: list[DebPackage], *, compress: 
     return built
 
 
-def sign_many(paths: list[Path], key: GpgKey, chunk: int = 64) -> None:
-    """``rpmsign --addsign`` many files per run (tests.rpmbuild.sign_rpm's options,
-    one process per ``chunk`` files instead of one per file)."""
-    env = {**os.environ, "GNUPGHOME": str(key.gnupghome)}
-    for i in range(0, len(paths), chunk):
-        _run(["rpmsign", "--addsign", "--define", "__gpg /usr/bin/gpg",
-              "--define", f"_gpg_name {key.fingerprint}", "--define", f"_gpg_path {key.gnupghome}",
-              *map(str, paths[i:i + chunk])], env=env)
-
-
 def load_or_make_key(key_dir: Path) -> GpgKey:
     """The bench key in ``key_dir`` (``gnupg/`` + :data:`PUBKEY_NAME`), made if absent."""
     gnupghome = key_dir / "gnupg"
@@ -527,7 +517,8 @@ def build_set(outdir: Path, count: int = 250, *, update_fraction: float = 0.1, k
         upd_rpms = [upd_by_name[n] for n in sorted(upd_by_name)]
         t2 = time.monotonic()
         try:
-            sign_many(v1 + upd_rpms, key)
+            to_sign = v1 + upd_rpms
+            sign_rpm(to_sign[0], key, *to_sign[1:])
         finally:
             stop_gpg_agent(key)
         t_sign = time.monotonic() - t2

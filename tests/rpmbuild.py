@@ -231,14 +231,17 @@ def build_rpm(workdir: Path, name: str, version: str = "1.0", release: str = "1"
     return built[0]
 
 
-def sign_rpm(path: Path, key: GpgKey) -> None:
-    """Add a header signature with ``rpmsign --addsign`` (in place)."""
+def sign_rpm(path: Path, key: GpgKey, *more: Path, chunk: int = 64) -> None:
+    """Add a header signature with ``rpmsign --addsign`` (in place), to one or
+    more packages: one rpmsign process per ``chunk`` files."""
     env = {**os.environ, "GNUPGHOME": str(key.gnupghome)}
-    _run(["rpmsign", "--addsign",
-          "--define", "__gpg /usr/bin/gpg",
-          "--define", f"_gpg_name {key.fingerprint}",
-          "--define", f"_gpg_path {key.gnupghome}",
-          str(path)], env=env)
+    paths = [path, *more]
+    for i in range(0, len(paths), chunk):
+        _run(["rpmsign", "--addsign",
+              "--define", "__gpg /usr/bin/gpg",
+              "--define", f"_gpg_name {key.fingerprint}",
+              "--define", f"_gpg_path {key.gnupghome}",
+              *map(str, paths[i:i + chunk])], env=env)
 
 
 class PackageCache:
