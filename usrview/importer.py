@@ -762,20 +762,33 @@ class _Batch:
             self._discard(pending)
             return failed
         _test_kill("synced")
-        moved: list[_Pending] = []
+
+        renamed: list[_Pending] = []
         for p in pending:
-            renamed = False
             try:
                 os.rename(p.tree, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.packages_fd)
-                renamed = True
-                _test_kill("renamed")
-                btrfs.set_readonly(self.packages_fd, p.pkgid)
-                _test_kill("readonly")
             except OSError as e:
                 fail(p, e)
-                self._discard([p], in_packages=renamed)
+                self._discard([p])
                 continue
-            moved.append(p)
+            renamed.append(p)
+            _test_kill("renamed")
+
+        def seal(p: _Pending) -> OSError | None:
+            try:
+                btrfs.set_readonly(self.packages_fd, p.pkgid)
+            except OSError as e:
+                fail(p, e)
+                self._discard([p], in_packages=True)
+                return e
+            _test_kill("readonly")
+            return None
+
+        # On btrfs each SUBVOL_SETFLAGS commits a transaction, under a lock
+        # (subvol_sem) that serializes them: calls from several threads took
+        # as long (about 8-15 ms each on a loop device).  One after another.
+        errors = [seal(p) for p in renamed]
+        moved = [p for p, e in zip(renamed, errors, strict=True) if e is None]
         try:
             if moved:
                 os.fsync(self.packages_fd)

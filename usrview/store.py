@@ -35,7 +35,7 @@ from functools import cached_property
 from pathlib import Path
 
 from verifier.errors import HeaderError
-from verifier.files import FileEntry
+from verifier.files import FileEntry, FileFlag
 from verifier.header import Package, read_package_file
 
 from . import btrfs
@@ -43,6 +43,7 @@ from .errors import OperationalError
 
 log = logging.getLogger(__name__)
 
+_GHOST = int(FileFlag.GHOST)
 FORMAT_FILE = "format"
 FORMAT_NAME = "usrview-store"
 FORMAT_VERSION = 1
@@ -376,7 +377,7 @@ class Store:
         self._index_pkgids.add(pkgid)
         index = self._index
         for f in package.files:
-            if f.size and f.digest and stat.S_ISREG(f.mode) and not f.is_ghost:
+            if f.size and f.digest and stat.S_ISREG(f.mode) and not int(f.flags) & _GHOST:
                 index.setdefault((f.digest_algo, f.digest), (pkgid, f))
 
     # -- helpers for writers -------------------------------------------------

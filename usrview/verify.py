@@ -69,7 +69,7 @@ from verifier.keyring import Keyring, Verdict
 
 from . import fiemap, images, vcache
 from .errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, OperationalError
-from .store import UNSIGNED_DIR, Store, StoreError, pkgid_for
+from .store import HEADER_SUFFIX, UNSIGNED_DIR, Store, StoreError, pkgid_for
 
 log = logging.getLogger(__name__)
 
@@ -626,11 +626,11 @@ def _syncfs(fd: int) -> bool:
         return False
 
 
-def _subvolume_state(path: Path) -> str | None:
-    """``uuid:treeid:generation`` of the btrfs subvolume whose root is ``path``;
-    None when ``path`` is not one (or the ioctl fails)."""
+def _subvolume_state(name: str | Path, dir_fd: int | None = None) -> str | None:
+    """``uuid:treeid:generation`` of the btrfs subvolume whose root is ``name``
+    (relative to ``dir_fd``); None when it is not one (or the ioctl fails)."""
     try:
-        fd = os.open(path, _DIR_FLAGS)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -662,12 +662,13 @@ def keyring_fingerprint(keyring: Keyring) -> str:
     return h.hexdigest()
 
 
-def _package_key(store: Store, pkgid: str, unsigned: bool, keyring_fp: str) -> str | None:
-    state = _subvolume_state(store.package_dir(pkgid))
+def _package_key(dirs: tuple[int, int], pkgid: str, unsigned: bool, keyring_fp: str) -> str | None:
+    """The package cache's key of ``pkgid``; ``dirs``: fds of the store's packages/ and headers/."""
+    state = _subvolume_state(pkgid, dirs[0])
     if state is None:
         return None
     try:
-        hst = os.stat(store.header_path(pkgid), follow_symlinks=False)
+        hst = os.stat(pkgid + HEADER_SUFFIX, dir_fd=dirs[1], follow_symlinks=False)
     except OSError:
         return None
     return json.dumps([_PACKAGE_KEY_VERSION, state, vcache.identity(hst, 0)[:5], keyring_fp, unsigned])
@@ -793,24 +794,38 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
         now = time.time()
         rows = {} if full else vcache.load_packages(cache_file)
         kfp = keyring_fingerprint(keyring)
-        for p in pkgids:
-            key = _package_key(store, p, p in unsigned, kfp)
-            if key is None:
-                continue
-            pkg_keys[p] = key
-            row = rows.get(p)
-            if row is None or row[0] != key or not 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
-                continue
+        dirs = None
+        try:
+            pfd = os.open(store.root / "packages", _DIR_FLAGS)
             try:
-                data = json.loads(row[2])
-                if not _names_unchanged(data["names"]):
+                dirs = (pfd, os.open(store.header_path("x").parent, _DIR_FLAGS))
+            except OSError:
+                os.close(pfd)
+        except OSError:
+            pass
+        try:
+            for p in (pkgids if dirs else ()):
+                key = _package_key(dirs, p, p in unsigned, kfp)
+                if key is None:
                     continue
-                cached_findings[p] = [Finding(**f) for f in data["findings"]]
-                stats.files += data["files"]
-                stats.cache_hits += data["digests"]
-                stats.cached_packages += 1
-            except (ValueError, KeyError, TypeError):
-                continue
+                pkg_keys[p] = key
+                row = rows.get(p)
+                if row is None or row[0] != key or not 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
+                    continue
+                try:
+                    data = json.loads(row[2])
+                    if not _names_unchanged(data["names"]):
+                        continue
+                    cached_findings[p] = [Finding(**f) for f in data["findings"]]
+                    stats.files += data["files"]
+                    stats.cache_hits += data["digests"]
+                    stats.cached_packages += 1
+                except (ValueError, KeyError, TypeError):
+                    continue
+        finally:
+            if dirs:
+                os.close(dirs[0])
+                os.close(dirs[1])
     todo = [p for p in pkgids if p not in cached_findings]
     cache = {} if (full or not use_cache or not todo) else vcache.load(cache_file)
     jobs = max(1, jobs or os.cpu_count() or 1)
