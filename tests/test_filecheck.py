@@ -553,8 +553,7 @@ def test_missing_lines():
 
 
 def _replace(e, **kw):
-    import dataclasses
-    return dataclasses.replace(e, **kw)
+    return e._replace(**kw)
 
 
 # -- rules rpmbuild's headers never exercise (rpm's code is the reference) -----

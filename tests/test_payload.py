@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -526,7 +525,7 @@ def test_digest_check_rpm_special_cases():
     with pytest.raises(PayloadError, match="no digest"):
         DigestCheck(_entry(b"", 8, "")).verify()
     with pytest.raises(PayloadError, match="unsupported"):
-        DigestCheck(dataclasses.replace(_entry(b"", 8), digest_algo=99))
+        DigestCheck(_entry(b"", 8)._replace(digest_algo=99))
 
 
 def test_verify_catches_changed_bytes():

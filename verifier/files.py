@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class FileFlag(enum.IntFlag):
@@ -68,8 +68,7 @@ def digest_name(algo: int) -> str | None:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+class FileEntry(NamedTuple):
     """One file of a package, as the main header lists it.
 
     Attributes:
@@ -88,6 +87,9 @@ class FileEntry:
         lang: FILELANGS entry, "" when none.
         caps: FILECAPS text (e.g. "cap_net_raw=ep"), "" when none.
         color: FILECOLORS bits (1 = ELF32, 2 = ELF64), 0 when absent.
+
+    A named tuple, not a dataclass: headers of thousands of files build one
+    per file, and a tuple is several times cheaper to make.
     """
 
     path: str
