@@ -25,11 +25,14 @@
    package) is cloned with FICLONE instead of written; its payload bytes are
    still read and hashed.  Files below :data:`REFLINK_MIN_SIZE` are written:
    btrfs keeps them inline in metadata, where there is nothing to share.
-5. ``syncfs(2)`` on the store's file system (one call instead of an fsync per
-   file: see docs/store-format.md for the measurement), the tree renamed to
-   ``packages/PKGID`` and set read-only (btrfs cannot move a read-only
-   subvolume between directories); then the header file is written (temp
-   file, fsync, rename) -- the moment the package exists.
+5. Packages are committed in batches (:class:`_Batch`, many packages per
+   ``usrview import``): trees, header files and unsigned markers are made
+   under ``tmp/``; one ``syncfs(2)`` per batch (instead of an fsync per file
+   or a sync per package: see docs/store-format.md for the measurements);
+   then each tree renamed to ``packages/PKGID`` and set read-only (btrfs
+   cannot move a read-only subvolume between directories), the markers
+   renamed in, and last each header renamed to ``headers/PKGID.rpm`` -- the
+   moment the package exists.
 
 Any failure removes the temp tree; a crash leaves it in ``tmp/``, which the
 next writer's :meth:`Store.lock` removes.
@@ -144,11 +147,13 @@ def _test_kill(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+_kill_after_files: int | None = None  # KILL_AFTER_FILES_ENV, read when an import starts
+
+
 def _count_file() -> None:
     global _files_created
     _files_created += 1
-    limit = os.environ.get(KILL_AFTER_FILES_ENV)
-    if limit and _files_created >= int(limit):
+    if _kill_after_files is not None and _files_created >= _kill_after_files:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -568,6 +573,9 @@ def import_packages(store: Store, paths: Iterable[str | os.PathLike], keyring: K
     called before each package is read, ``progress(done, total)`` after each
     payload member.  Abandoning the iteration removes what was not committed.
     """
+    global _kill_after_files
+    limit = os.environ.get(KILL_AFTER_FILES_ENV)
+    _kill_after_files = int(limit) if limit else None  # per file, os.environ costs 10 us
     with store.lock():
         batch = _Batch(store)
         try:
@@ -664,10 +672,11 @@ class _Batch:
        of one per package: each call costs a transaction commit and a device
        flush, measured at about 30 ms on a loop-mounted btrfs (250 packages:
        7 s of syncfs alone).
-    2. per package: the tree renamed to ``packages/PKGID``, then set read-only
-       (btrfs refuses to move a read-only subvolume between directories); on
-       btrfs that ioctl commits a transaction, which makes the rename durable;
-       then one ``fsync`` of ``packages/`` for the other file systems.
+    2. per package, the tree renamed to ``packages/PKGID``; then (all renames
+       first) each set read-only (btrfs refuses to move a read-only subvolume
+       between directories); on btrfs that ioctl commits a transaction, which
+       makes the renames durable; then one ``fsync`` of ``packages/`` for the
+       other file systems.
     3. the unsigned markers renamed into ``unsigned/``, and ``unsigned/``
        fsynced, before any header appears (a header made durable by a later
        fsync must not outlive its package's marker).
