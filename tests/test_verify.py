@@ -194,8 +194,6 @@ def test_capabilities(tmp_path, rpm_packages, gpg_key):
     assert ours == _rpm_va(w.rpm_root) == ["........P    /usr/bin/pinger"]
 
 
-@pytest.mark.xfail(reason="the importer does not write security.capability from the header "
-                          "(the view serves it from the header): stored files show P", strict=True)
 def test_capabilities_clean_after_import(tmp_path, rpm_packages, gpg_key):
     require_privileged("security.capability")
     w = World(tmp_path, [rpm_packages("caps", "1.0", "1", CAPS_FILES)], gpg_key)

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verifier import sigcheck
+from verifier.filecaps import parse_text
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 from verifier.keyring import Keyring
@@ -210,6 +211,10 @@ def _parts(path: str) -> tuple[str, ...]:
 
 # -- owners ---------------------------------------------------------------------------
 
+#: The extended attribute the kernel reads file capabilities from.
+CAPABILITY_XATTR = "security.capability"
+
+
 class _Owners:
     """User and group names resolved through the host's databases; unknown ones -> 0."""
 
@@ -217,6 +222,16 @@ class _Owners:
         self._users: dict[str, int] = {}
         self._groups: dict[str, int] = {}
         self.unknown: list[str] = []
+
+    def mode(self, entry: FileEntry) -> int:
+        """The permission bits to set: as rpm -i does, a set-uid (set-gid) bit is
+        dropped when the owner (group) is unknown here and became root."""
+        mode = stat.S_IMODE(entry.mode)
+        if f"user {entry.user}" in self.unknown:
+            mode &= ~stat.S_ISUID
+        if f"group {entry.group}" in self.unknown:
+            mode &= ~stat.S_ISGID
+        return mode
 
     def uid(self, name: str) -> int:
         if name not in self._users:
@@ -378,7 +393,12 @@ class _Writer:
                     written += len(chunk)
                 self.result.bytes_written += written
             os.fchown(fd, self.owners.uid(entry.user), self.owners.gid(entry.group))
-            os.fchmod(fd, stat.S_IMODE(entry.mode))  # after chown, which clears setuid
+            os.fchmod(fd, self.owners.mode(entry))  # after chown, which clears setuid
+            if entry.caps:  # after chown too, which clears capabilities
+                caps = parse_text(entry.caps)
+                if caps is None:
+                    raise PackageRefused(f"{entry.path}: capabilities {entry.caps!r} cannot be parsed")
+                os.setxattr(fd, CAPABILITY_XATTR, caps.to_xattr())
             os.utime(fd, ns=(entry.mtime * 10**9, entry.mtime * 10**9))
         finally:
             os.close(fd)
