@@ -344,12 +344,12 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     SOURCE is a directory of rpms and/or header-only rpms whose packages are
     stored.  The headers are read and linted first: lint errors raise
     DeployRefused before anything is imported.  Then missing packages are
-    imported (:func:`usrview.importer.import_package`, which checks signatures;
+    imported (:func:`usrview.importer.import_packages`, which checks signatures;
     a refused package raises PackageRefused -- packages imported before it stay
     in the store, unreferenced, until ``gc``), the image is recorded, and
     ``previous``/``current`` are switched.
     """
-    from .importer import import_package  # the importer needs the payload machinery
+    from .importer import import_packages  # the importer needs the payload machinery
 
     with store.lock():
         sources = read_source(source)
@@ -371,17 +371,24 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
                                 "nothing recorded, current image unchanged", findings)
 
         imported = []
-        for s in sources:
-            if s.header_only or store.has(s.pkgid):
-                continue
+        to_import = [s for s in sources if not (s.header_only or store.has(s.pkgid))]
+        by_path = {s.path: s for s in to_import}
+
+        def started(path) -> None:
             if progress is not None:
-                progress.label = s.path.name
-            result = import_package(store, s.path, keyring, allow_unsigned=allow_unsigned,
-                                    progress=progress)
-            if result.pkgid != s.pkgid:  # the importer names packages the same way
-                raise OperationalError(f"{s.path}: stored as {result.pkgid}, expected {s.pkgid}")
-            if not result.already_stored:
-                imported.append(result.pkgid)
+                progress.label = Path(path).name
+
+        # One import of all missing packages: committed in batches (one syncfs each).
+        for path, outcome in import_packages(store, [s.path for s in to_import], keyring,
+                                             allow_unsigned=allow_unsigned, progress=progress,
+                                             started=started):
+            if isinstance(outcome, UsrviewError):
+                raise outcome
+            s = by_path[path]
+            if outcome.pkgid != s.pkgid:  # the importer names packages the same way
+                raise OperationalError(f"{s.path}: stored as {outcome.pkgid}, expected {s.pkgid}")
+            if not outcome.already_stored:
+                imported.append(outcome.pkgid)
 
         pkgids = tuple(sorted(s.pkgid for s in sources))
         unsigned_ids = tuple(p for p in pkgids if store.get(p).unsigned)
