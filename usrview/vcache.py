@@ -77,43 +77,36 @@ def _connect(path: Path) -> sqlite3.Connection:
     return con
 
 
-def load(path: str | os.PathLike) -> dict[Identity, str]:
-    """Every row of the cache at ``path``; empty when it is absent or unreadable."""
+def _read(path: str | os.PathLike, query: str) -> list[tuple] | None:
+    """The rows ``query`` selects from the cache at ``path``; None when the cache is
+    absent, unreadable or of another schema version (it is then ignored)."""
     path = Path(path)
     if not path.exists():
-        return {}
+        return None
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                return {}
-            rows = con.execute("SELECT dev, ino, size, mtime_ns, ctime_ns, algo, digest FROM digests")
-            return {tuple(r[:6]): r[6] for r in rows}
+                return None
+            return con.execute(query).fetchall()
         finally:
             con.close()
     except sqlite3.Error as e:
         log.info("ignoring the verify cache %s: %s", path, e)
-        return {}
+        return None
+
+
+def load(path: str | os.PathLike) -> dict[Identity, str]:
+    """Every row of the cache at ``path``; empty when it is absent or unreadable."""
+    rows = _read(path, "SELECT dev, ino, size, mtime_ns, ctime_ns, algo, digest FROM digests")
+    return {tuple(r[:6]): r[6] for r in rows or ()}
 
 
 def load_packages(path: str | os.PathLike) -> dict[str, tuple[str, float, str]]:
     """The package-outcome rows: pkgid -> (key, time checked, outcome JSON); empty when
     the cache is absent or unreadable.  See :mod:`usrview.verify` (package cache)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        try:
-            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                return {}
-            rows = con.execute("SELECT pkgid, key, checked, outcome FROM packages")
-            return {r[0]: (r[1], r[2], r[3]) for r in rows}
-        finally:
-            con.close()
-    except sqlite3.Error as e:
-        log.info("ignoring the verify cache %s: %s", path, e)
-        return {}
+    rows = _read(path, "SELECT pkgid, key, checked, outcome FROM packages")
+    return {r[0]: (r[1], r[2], r[3]) for r in rows or ()}
 
 
 def save(path: str | os.PathLike, rows: Iterable[tuple[Identity, str]], *, replace: bool = False,
