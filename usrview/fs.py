@@ -76,6 +76,8 @@ class ViewOperations(pyfuse3.Operations):
         tree: the immutable view.
         guard: opens and checks backing files.
         open_files: fh -> backing fd (the fh *is* the fd).
+        attr_cache: inode -> EntryAttributes, each built once: the tree never
+            changes while mounted, and lookup, getattr and readdir ask often.
     """
 
     supports_dot_lookup = True
@@ -87,6 +89,7 @@ class ViewOperations(pyfuse3.Operations):
         self.tree = tree
         self.guard = guard
         self.open_files: set[int] = set()
+        self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
 
     # -- helpers -----------------------------------------------------------
 
@@ -97,6 +100,13 @@ class ViewOperations(pyfuse3.Operations):
         return node
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = self.attr_cache.get(node.inode)
+        if attr is None:
+            attr = self.attr_cache[node.inode] = self._build_attributes(node)
+        return attr
+
+    @staticmethod
+    def _build_attributes(node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
         attr.generation = 0
