@@ -15,9 +15,10 @@ import trio
 from tests.rpmbuild import STAGED_MTIME, FileSpec
 from tests.viewstore import deploy_store
 from usrview import fs as fs_module
+from usrview import guard as guard_module
 from usrview.checksig_cmd import load_keyring
 from usrview.fs import CACHE_TIMEOUT, ViewOperations
-from usrview.guard import INTEGRITY_MESSAGE_ID, Guard
+from usrview.guard import INTEGRITY_MESSAGE_ID, READAHEAD_START, Guard
 from usrview.mount_cmd import build_view
 from usrview.tree import ROOT_INODE, SYSIMAGE_DIR
 from verifier.filecaps import parse_text
@@ -288,3 +289,64 @@ async def test_unexpected_exception_becomes_eio(store, gpg_key, expect_logs, mon
         with pytest.raises(pyfuse3.FUSEError) as e:
             await ops.getattr(ROOT_INODE, None)
     assert e.value.errno == errno.EIO
+
+
+async def test_read_ahead_follows_sequential_opens_and_never_serves_unchecked(store, gpg_key, expect_logs):
+    ops = make_ops(store, gpg_key)
+    guard = ops.guard
+    many = [(await lookup_path(ops, f"share/many/f{i:03d}")).st_ino for i in range(40)]
+    assert many == list(range(many[0], many[0] + 40))  # name order is inode order
+    assert await read_all(ops, many[0]) == b"0\n"
+    assert guard.read_ahead == READAHEAD_START  # the next files' backing files, not more
+    # Opens that keep landing on what was read ahead double the window.
+    for i in range(1, 4):
+        assert await read_all(ops, many[i]) == b"%d\n" % i
+    # the fourth open (f003) has a window of 8 x START files: f001 .. f(3 + 8 x START)
+    assert guard.read_ahead == 3 + 8 * READAHEAD_START < 40
+    # A file read ahead and then changed in the store is still refused on its open.
+    victim = backing(store, "usr/share/many/f010")
+    victim.write_bytes(b"X\n")
+    with expect_logs(r"integrity violation: /usr/share/many/f010", level=logging.ERROR):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.open(many[10], os.O_RDONLY, None)
+    assert e.value.errno == errno.EIO
+    ahead = guard.read_ahead
+    # An open elsewhere starts a small window again: nothing new past the old one.
+    await read_all(ops, (await lookup_path(ops, "bin/tool")).st_ino)
+    assert guard.read_ahead <= ahead + READAHEAD_START
+
+
+async def test_no_read_ahead_when_not_verifying(store, gpg_key):
+    ops = make_ops(store, gpg_key, "off")
+    for i in range(5):
+        await read_all(ops, (await lookup_path(ops, f"share/many/f{i:03d}")).st_ino)
+    assert ops.guard.read_ahead == 0 and ops.guard.hashed == 0
+
+
+def test_hash_cached_hands_over_where_the_page_cache_ends(tmp_path, monkeypatch):
+    data = os.urandom(3 * guard_module.HASH_CHUNK + 12345)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        path.read_bytes()  # all of it in the page cache
+        assert guard_module.hash_cached(fd, "sha256") == (want, None, len(data))
+        # The disk would be needed from the second chunk on: hashing carries on from there.
+        real = os.preadv
+        calls = []
+
+        def preadv(fd_, bufs, off, flags=0):
+            calls.append((off, flags))
+            if flags & os.RWF_NOWAIT and off >= guard_module.HASH_CHUNK:
+                raise BlockingIOError(errno.EAGAIN, "would block")
+            return real(fd_, bufs, off, flags)
+
+        monkeypatch.setattr(guard_module.os, "preadv", preadv)
+        digest, h, off = guard_module.hash_cached(fd, "sha256")
+        assert digest is None and off == guard_module.HASH_CHUNK
+        assert guard_module.hash_fd(fd, "sha256", h, off) == want
+        assert calls[0] == (0, os.RWF_NOWAIT) and calls[-1] == (len(data), 0)
+        assert guard_module.hash_fd(fd, "sha256") == want
+    finally:
+        os.close(fd)

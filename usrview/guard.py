@@ -18,6 +18,22 @@ one fstat.  Concurrent first opens of one file hash it once (the others wait
 on a ``trio.Event``).  Hashing runs in worker threads under a
 ``trio.CapacityLimiter``, so a large file never stalls the event loop.
 
+Hashing a file whose bytes are in the page cache takes less than handing it to
+a thread: a file of at most :data:`INLINE_HASH_MAX` bytes is hashed in the
+event loop with ``preadv2(RWF_NOWAIT)``, which never waits for the disk; at
+the first read that would, the hash is carried on in a thread from there.
+
+Verification read-ahead: a program reading many files (a walk, a backup, a
+compiler going through headers) opens them one after another, and each first
+open waits for its bytes.  Inode numbers follow name order within a directory
+(:mod:`usrview.tree`), so after an open of inode *i* the guard asks the kernel
+to read the backing files of the next inodes (``posix_fadvise(WILLNEED)``:
+the disk works while the view serves).  The window works like the kernel's page
+read-ahead: it starts at :data:`READAHEAD_START` files and doubles, up to
+:data:`READAHEAD_MAX`, while the opens land on files it read ahead; an open
+elsewhere starts a new small window.  Read-ahead only warms the page cache:
+what is verified, logged and refused is decided by each open as before.
+
 Backing files are opened relative to the package directory, one component at
 a time with ``O_NOFOLLOW`` (directories with ``O_PATH|O_DIRECTORY``), the file
 itself ``O_RDONLY|O_NOFOLLOW|O_CLOEXEC``: a symlink planted in the store is
@@ -33,6 +49,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 
 import trio
 
@@ -53,6 +70,12 @@ HASH_CHUNK = 1 << 20
 #: component costs one openat per component: deep paths made it most of an
 #: open's cost).  When full the cache is emptied and refilled.
 DIR_FD_CACHE = 4096
+#: Largest file hashed in the event loop when its bytes are in the page cache.
+INLINE_HASH_MAX = 1 << 20
+#: Verification read-ahead window (in files): after an open elsewhere, and the
+#: most it grows to while opens follow it.
+READAHEAD_START = 4
+READAHEAD_MAX = 64
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -99,16 +122,50 @@ def open_beneath(base: str | os.PathLike, relpath: str) -> int:
         os.close(dfd)
 
 
-def hash_fd(fd: int, algo: str) -> str:
-    """Hex digest of the whole file behind ``fd`` (pread: the offset is untouched)."""
-    h = hashlib.new(algo)
-    buf = bytearray(HASH_CHUNK)
+_buffers = threading.local()
+
+
+def _buffer() -> bytearray:
+    """This thread's read buffer (a fresh 1 MiB per small file cost more than hashing it)."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(HASH_CHUNK)
+    return buf
+
+
+def hash_fd(fd: int, algo: str, h=None, off: int = 0) -> str:
+    """Hex digest of the file behind ``fd`` (pread: the offset is untouched),
+    carrying on with hash object ``h`` from ``off`` when given."""
+    h = h or hashlib.new(algo)
+    buf = _buffer()
     view = memoryview(buf)
-    off = 0
     while True:
         n = os.preadv(fd, [buf], off)
         if n == 0:
             return h.hexdigest()
+        h.update(view[:n])
+        off += n
+
+
+def hash_cached(fd: int, algo: str):
+    """Hash what the page cache holds of ``fd``'s file without waiting for the
+    disk: (hex digest, None, size) when it held everything, else (None, hash
+    object, offset) to carry on from with :func:`hash_fd`."""
+    h = hashlib.new(algo)
+    buf = _buffer()
+    view = memoryview(buf)
+    off = 0
+    while True:
+        try:
+            n = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None, h, off
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                return None, h, off
+            raise
+        if n == 0:
+            return h.hexdigest(), None, off
         h.update(view[:n])
         off += n
 
@@ -120,7 +177,8 @@ class Guard:
         tree: the view's tree (nodes, package names, backing directories).
         mode: VerifyMode.
         limiter: bounds the hashing threads.
-        hashed: how many times a file was actually hashed (for tests and stats).
+        hashed: how many times a file was actually hashed (for tests and stats),
+            hashed_inline of them in the event loop; read_ahead: files read ahead.
     """
 
     def __init__(self, tree: Tree, mode: VerifyMode | str = VerifyMode.ENFORCE, *,
@@ -129,11 +187,19 @@ class Guard:
         self.mode = VerifyMode(mode)
         self.limiter = limiter or trio.CapacityLimiter(HASH_THREADS)
         self.hashed = 0
+        self.hashed_inline = 0
         # (st_dev, st_ino, size, mtime_ns, ctime_ns, algo) -> actual hex digest
         self._cache: dict[tuple, str] = {}
         self._pending: dict[tuple, trio.Event] = {}
         # (backing index, directory relpath) -> O_PATH fd, reached without symlinks
         self._dir_fds: dict[tuple[int, str], int] = {}
+        # read-ahead: per inode 1 once opened or read ahead; the inodes read
+        # ahead and not opened since; the next inode to read ahead; the window.
+        self._ra_seen = bytearray(len(tree.nodes))
+        self._ra_pending: set[int] = set()
+        self._ra_next = 0
+        self._ra_window = READAHEAD_START
+        self.read_ahead = 0
 
     def close(self) -> None:
         """Close the cached directory fds."""
@@ -165,12 +231,51 @@ class Guard:
             self._violation(node, f"backing file cannot be opened: {os.strerror(e.errno or errno.EIO)}",
                             fatal=True)
             raise OSError(errno.EIO, "backing file cannot be opened") from None
+        if self.mode is not VerifyMode.OFF:
+            self._read_ahead(node)
         try:
             await self._check(node, fd)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _read_ahead(self, node: Node) -> None:
+        """Queue the window after ``node`` (see the module docstring)."""
+        inode = node.inode
+        self._ra_seen[inode] = 1
+        if inode in self._ra_pending:
+            self._ra_pending.discard(inode)
+            self._ra_window = min(self._ra_window * 2, READAHEAD_MAX)
+            start = max(inode + 1, self._ra_next)
+        else:
+            self._ra_window = READAHEAD_START
+            start = inode + 1
+        end = min(inode + 1 + self._ra_window, len(self._ra_seen))
+        nodes = self.tree.nodes
+        for i in range(start, end):
+            if self._ra_seen[i]:
+                continue
+            self._ra_seen[i] = 1
+            other = nodes[i]
+            if other is None or not other.is_reg or other.backing < 0 or not other.digest or not other.size:
+                continue
+            base = self.tree.backing_dirs[other.backing]
+            if base is None:
+                continue
+            try:
+                fd = self._open_backing(base, other)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                self._ra_pending.add(i)
+                self.read_ahead += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self._ra_next = end if start == inode + 1 else max(self._ra_next, end)
 
     async def _check(self, node: Node, fd: int) -> None:
         st = os.fstat(fd)
@@ -209,9 +314,17 @@ class Guard:
                 break
             # Someone is hashing this file: wait; if they failed, try ourselves.
             await event.wait()
+        h, off = None, 0
+        if key[2] <= INLINE_HASH_MAX:
+            actual, h, off = hash_cached(fd, algo)
+            if actual is not None:
+                self.hashed += 1
+                self.hashed_inline += 1
+                self._cache[key] = actual
+                return actual
         event = self._pending[key] = trio.Event()
         try:
-            actual = await trio.to_thread.run_sync(hash_fd, fd, algo, limiter=self.limiter)
+            actual = await trio.to_thread.run_sync(hash_fd, fd, algo, h, off, limiter=self.limiter)
             self.hashed += 1
             self._cache[key] = actual
             return actual
