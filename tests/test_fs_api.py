@@ -350,3 +350,39 @@ def test_hash_cached_hands_over_where_the_page_cache_ends(tmp_path, monkeypatch)
         assert guard_module.hash_fd(fd, "sha256") == want
     finally:
         os.close(fd)
+
+
+async def test_unchanged_file_is_opened_at_its_first_read_and_checked_again(store, gpg_key, expect_logs,
+                                                                             monkeypatch):
+    ops = make_ops(store, gpg_key)
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    assert await read_all(ops, tool) == TOOL
+    opened = []
+    real_open = ops.guard.open
+
+    async def counting_open(node):
+        opened.append(node.inode)
+        return await real_open(node)
+
+    monkeypatch.setattr(ops.guard, "open", counting_open)
+    # Unchanged since its check passed: the open costs one lstat, the read opens it.
+    info = await ops.open(tool, os.O_RDONLY, None)
+    assert opened == []
+    assert await ops.read(info.fh, 0, 4096) == TOOL
+    assert opened == [tool]
+    await ops.release(info.fh)
+    # Changed between the open and the first read: the read is refused.
+    info = await ops.open(tool, os.O_RDONLY, None)
+    assert len(opened) == 1
+    with open(backing(store, "usr/bin/tool"), "r+b") as f:  # noqa: ASYNC230 - the test's own file
+        f.write(TOOL.replace(b"hello", b"HELLO"))
+    with expect_logs(r"integrity violation: /usr/bin/tool", level=logging.ERROR), \
+            pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(info.fh, 0, 4096)
+    assert e.value.errno == errno.EIO
+    await ops.release(info.fh)
+    # And a later open checks it at once.
+    with expect_logs(r"integrity violation: /usr/bin/tool", level=logging.ERROR), \
+            pytest.raises(pyfuse3.FUSEError):
+        await ops.open(tool, os.O_RDONLY, None)
+    assert not ops.open_files

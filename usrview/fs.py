@@ -75,7 +75,7 @@ class ViewOperations(pyfuse3.Operations):
     Attributes:
         tree: the immutable view.
         guard: opens and checks backing files.
-        open_files: fh -> backing fd (the fh *is* the fd).
+        open_files: fh -> [backing fd or -1 until the first read, node].
         attr_cache: inode -> EntryAttributes, each built once: the tree never
             changes while mounted, and lookup, getattr and readdir ask often.
     """
@@ -88,7 +88,8 @@ class ViewOperations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.guard = guard
-        self.open_files: set[int] = set()
+        self.open_files: dict[int, list] = {}
+        self._next_fh = 0
         self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
 
     # -- helpers -----------------------------------------------------------
@@ -230,18 +231,31 @@ class ViewOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if not node.is_reg:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
-        fd = await self.guard.open(node)
-        self.open_files.add(fd)
-        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+        # A file whose backing file is unchanged since its check passed is opened
+        # at its first read (most opens of a warm view read only the page cache).
+        fd = -1 if self.guard.unchanged(node) else await self.guard.open(node)
+        self._next_fh += 1
+        self.open_files[self._next_fh] = [fd, node]
+        return pyfuse3.FileInfo(fh=self._next_fh, keep_cache=True)
 
     @_handler
     async def read(self, fh, off, size):
-        return os.pread(fh, size, off)
+        handle = self.open_files[fh]
+        fd = handle[0]
+        if fd < 0:
+            fd = await self.guard.open(handle[1])
+            if handle[0] < 0:
+                handle[0] = fd
+            else:  # another read of this handle opened it meanwhile
+                os.close(fd)
+                fd = handle[0]
+        return os.pread(fd, size, off)
 
     @_handler
     async def release(self, fh):
-        self.open_files.discard(fh)
-        os.close(fh)
+        fd = self.open_files.pop(fh)[0]
+        if fd >= 0:
+            os.close(fd)
 
     async def flush(self, fh):
         # Nothing to flush in a read-only view.  ENOSYS once makes the kernel
@@ -254,8 +268,9 @@ class ViewOperations(pyfuse3.Operations):
 
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""
-        for fd in self.open_files:
-            os.close(fd)
+        for fd, _ in self.open_files.values():
+            if fd >= 0:
+                os.close(fd)
         self.open_files.clear()
         self.guard.close()
 

@@ -193,6 +193,8 @@ class Guard:
         self._pending: dict[tuple, trio.Event] = {}
         # (backing index, directory relpath) -> O_PATH fd, reached without symlinks
         self._dir_fds: dict[tuple[int, str], int] = {}
+        # inode -> backing identity (dev, ino, size, mtime, ctime) whose check passed
+        self._good: dict[int, tuple] = {}
         # read-ahead: per inode 1 once opened or read ahead; the inodes read
         # ahead and not opened since; the next inode to read ahead; the window.
         self._ra_seen = bytearray(len(tree.nodes))
@@ -217,6 +219,24 @@ class Guard:
                 self.close()
             self._dir_fds[key] = dfd
         return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+
+    def unchanged(self, node: Node) -> bool:
+        """Whether ``node``'s backing file is, by its identity (one ``lstat``), the
+        one whose check passed at an earlier open: then an open need not open it
+        (:class:`usrview.fs.ViewOperations` opens it at the first read, through
+        :meth:`open`, which checks again)."""
+        good = self._good.get(node.inode)
+        if good is None:
+            return False
+        directory, _, name = node.relpath.rpartition("/")
+        dfd = self._dir_fds.get((node.backing, directory))
+        if dfd is None:
+            return False
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == good
 
     async def open(self, node: Node) -> int:
         """An fd of ``node``'s backing file, checked as the mode says.  Raises
@@ -283,8 +303,11 @@ class Guard:
             self._violation(node, f"backing file is not a regular file ({stat.filemode(st.st_mode)})",
                             fatal=True)
             raise OSError(errno.EIO, "backing file is not a regular file")
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self.mode is VerifyMode.OFF:
+            self._good[node.inode] = ident
             return
+        self._good.pop(node.inode, None)
         if st.st_size != node.size:
             if self._violation(node, f"size {st.st_size}, expected {node.size}"):
                 raise OSError(errno.EIO, "backing file has the wrong size")
@@ -294,15 +317,17 @@ class Guard:
             # Nothing to compare with: a header without a usable digest for a
             # file with bytes.  rpm -V cannot check it either.
             if node.size == 0:
+                self._good[node.inode] = ident
                 return
             if self._violation(node, f"no usable digest in the header (algorithm {node.algo})"):
                 raise OSError(errno.EIO, "no usable digest")
             return
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
         actual = await self._digest(key, fd, algo)
-        if actual != node.digest:
-            if self._violation(node, f"{algo}:{actual}"):
-                raise OSError(errno.EIO, "digest mismatch")
+        if actual == node.digest:
+            self._good[node.inode] = ident
+        elif self._violation(node, f"{algo}:{actual}"):
+            raise OSError(errno.EIO, "digest mismatch")
 
     async def _digest(self, key: tuple, fd: int, algo: str) -> str:
         while True:

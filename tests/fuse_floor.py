@@ -1,0 +1,116 @@
+"""The per-request floor of pyfuse3 + trio on this machine, for the view benchmark.
+
+A file system of a few lines (one directory of symlinks and empty files, every
+answer a constant, entries and attributes cached for an hour, ``keep_cache``,
+FLUSH answered ENOSYS) measures what a request costs before any handler does
+work.  ``tests/bench_view.py`` prints it beside the view's own per-request
+figures, so a reader can tell the view's overhead from the binding's.
+
+    .venv/bin/python -m tests.fuse_floor MOUNTPOINT          # serve (foreground)
+    .venv/bin/python -m tests.fuse_floor --measure MOUNTPOINT  # latencies, as JSON
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import sys
+import time
+
+#: Symlinks and files in the floor file system's root.
+ENTRIES = 1000
+
+
+def serve(mountpoint: str) -> None:
+    import pyfuse3
+    import trio
+
+    class Floor(pyfuse3.Operations):
+        def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = inode
+            a.entry_timeout = a.attr_timeout = 3600
+            if inode == pyfuse3.ROOT_INODE:
+                a.st_mode, a.st_nlink = stat.S_IFDIR | 0o755, 2
+            elif inode < 2 + ENTRIES:
+                a.st_mode, a.st_size = stat.S_IFLNK | 0o777, 6
+            else:
+                a.st_mode = stat.S_IFREG | 0o644
+            return a
+
+        async def getattr(self, inode, ctx=None):
+            return self._attr(inode)
+
+        async def lookup(self, parent, name, ctx=None):
+            kind, num = name[:1], name[1:]
+            if kind in (b"l", b"f") and num.isdigit() and int(num) < ENTRIES:
+                return self._attr(2 + int(num) + (ENTRIES if kind == b"f" else 0))
+            raise pyfuse3.FUSEError(errno.ENOENT)
+
+        async def readlink(self, inode, ctx=None):
+            return b"target"
+
+        async def opendir(self, inode, ctx=None):
+            return inode
+
+        async def readdir(self, fh, start, token):
+            for i in range(start, 2 * ENTRIES):
+                name = f"l{i}" if i < ENTRIES else f"f{i - ENTRIES}"
+                if not pyfuse3.readdir_reply(token, name.encode(), self._attr(2 + i), i + 1):
+                    break
+
+        async def releasedir(self, fh):
+            pass
+
+        async def open(self, inode, flags, ctx=None):
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+        async def read(self, fh, off, size):
+            return b""
+
+        async def release(self, fh):
+            pass
+
+        async def flush(self, fh):
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    async def main() -> None:
+        pyfuse3.init(Floor(), mountpoint, {"ro", "fsname=floor", "subtype=floor", "default_permissions"})
+        try:
+            await pyfuse3.main()
+        finally:
+            pyfuse3.close()
+
+    trio.run(main)
+
+
+def measure(links: list[str], files: list[str], rounds: int = 5) -> dict:
+    """Microseconds per readlink (one request each) and per open+close (OPEN and
+    RELEASE) over warm paths; the best of ``rounds``."""
+    for p in links + files:
+        os.lstat(p)
+    best = {"readlink_us": float("inf"), "open_close_us": float("inf")}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for p in links:
+            os.readlink(p)
+        t1 = time.perf_counter()
+        for p in files:
+            os.close(os.open(p, os.O_RDONLY))
+        t2 = time.perf_counter()
+        best["readlink_us"] = min(best["readlink_us"], (t1 - t0) / len(links) * 1e6)
+        best["open_close_us"] = min(best["open_close_us"], (t2 - t1) / len(files) * 1e6)
+    return best
+
+
+def floor_paths(mountpoint: str) -> tuple[list[str], list[str]]:
+    return ([f"{mountpoint}/l{i}" for i in range(ENTRIES)], [f"{mountpoint}/f{i}" for i in range(ENTRIES)])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--measure"]:
+        print(json.dumps(measure(*floor_paths(sys.argv[2]))))
+    else:
+        serve(sys.argv[1])
