@@ -26,9 +26,10 @@ the first read that would, the hash is carried on in a thread from there.
 Verification read-ahead: a program reading many files (a walk, a backup, a
 compiler going through headers) opens them one after another, and each first
 open waits for its bytes.  Inode numbers follow name order within a directory
-(:mod:`usrview.tree`), so after an open of inode *i* the guard asks the kernel
-to read the backing files of the next inodes (``posix_fadvise(WILLNEED)``:
-the disk works while the view serves).  The window works like the kernel's page
+(:mod:`usrview.tree`), so after an open of inode *i* the guard has a thread of
+its own ask the kernel to read the backing files of the next inodes
+(``posix_fadvise(WILLNEED)``: the disk works while the view serves, and the
+metadata reads that asking may wait for do not hold up the event loop).  The window works like the kernel's page
 read-ahead: it starts at :data:`READAHEAD_START` files and doubles, up to
 :data:`READAHEAD_MAX`, while the opens land on files it read ahead; an open
 elsewhere starts a new small window.  Read-ahead only warms the page cache:
@@ -48,6 +49,7 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import stat
 import threading
 
@@ -170,6 +172,67 @@ def hash_cached(fd: int, algo: str):
         off += n
 
 
+def _open_cached(dir_fds: dict, base, node: Node) -> int:
+    """Open ``node``'s backing file below ``base``, keeping its directory's fd in
+    ``dir_fds`` (emptied when it holds :data:`DIR_FD_CACHE`)."""
+    parts = _check_relpath(node.relpath)
+    key = (node.backing, node.relpath.rpartition("/")[0])
+    dfd = dir_fds.get(key)
+    if dfd is None:
+        dfd = open_dir_beneath(base, parts[:-1])
+        if len(dir_fds) >= DIR_FD_CACHE:
+            _close_all(dir_fds)
+        dir_fds[key] = dfd
+    return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+
+
+def _close_all(dir_fds: dict) -> None:
+    for fd in dir_fds.values():
+        os.close(fd)
+    dir_fds.clear()
+
+
+class _ReadAhead:
+    """A thread that opens backing files and asks the kernel to read them
+    (``posix_fadvise(WILLNEED)``): on btrfs that can wait for metadata, which
+    must not hold up the event loop.  It has its own directory fds."""
+
+    def __init__(self, tree: Tree):
+        self.tree = tree
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def submit(self, nodes: list[Node]) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="usrview-readahead", daemon=True)
+            self.thread.start()
+        self.queue.put(nodes)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _run(self) -> None:
+        dir_fds: dict = {}
+        try:
+            while (nodes := self.queue.get()) is not None:
+                for node in nodes:
+                    try:
+                        fd = _open_cached(dir_fds, self.tree.backing_dirs[node.backing], node)
+                    except OSError:
+                        continue
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
+        finally:
+            _close_all(dir_fds)
+
+
 class Guard:
     """Opens and checks backing files.
 
@@ -201,24 +264,18 @@ class Guard:
         self._ra_pending: set[int] = set()
         self._ra_next = 0
         self._ra_window = READAHEAD_START
+        self._ra_thread = _ReadAhead(tree)
         self.read_ahead = 0
 
     def close(self) -> None:
-        """Close the cached directory fds."""
-        for fd in self._dir_fds.values():
-            os.close(fd)
-        self._dir_fds.clear()
+        """Stop the read-ahead thread; close the cached directory fds."""
+        log.info("files hashed: %d (%d in the event loop); read ahead: %d", self.hashed,
+                 self.hashed_inline, self.read_ahead)
+        self._ra_thread.stop()
+        _close_all(self._dir_fds)
 
     def _open_backing(self, base, node: Node) -> int:
-        parts = _check_relpath(node.relpath)
-        key = (node.backing, node.relpath.rpartition("/")[0])
-        dfd = self._dir_fds.get(key)
-        if dfd is None:
-            dfd = open_dir_beneath(base, parts[:-1])
-            if len(self._dir_fds) >= DIR_FD_CACHE:
-                self.close()
-            self._dir_fds[key] = dfd
-        return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+        return _open_cached(self._dir_fds, base, node)
 
     def unchanged(self, node: Node) -> bool:
         """Whether ``node``'s backing file is, by its identity (one ``lstat``), the
@@ -273,28 +330,20 @@ class Guard:
             start = inode + 1
         end = min(inode + 1 + self._ra_window, len(self._ra_seen))
         nodes = self.tree.nodes
+        batch = []
         for i in range(start, end):
             if self._ra_seen[i]:
                 continue
             self._ra_seen[i] = 1
             other = nodes[i]
-            if other is None or not other.is_reg or other.backing < 0 or not other.digest or not other.size:
+            if (other is None or not other.is_reg or other.backing < 0 or not other.digest or not other.size
+                    or self.tree.backing_dirs[other.backing] is None):
                 continue
-            base = self.tree.backing_dirs[other.backing]
-            if base is None:
-                continue
-            try:
-                fd = self._open_backing(base, other)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                self._ra_pending.add(i)
-                self.read_ahead += 1
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            batch.append(other)
+            self._ra_pending.add(i)
+        if batch:
+            self.read_ahead += len(batch)
+            self._ra_thread.submit(batch)
         self._ra_next = end if start == inode + 1 else max(self._ra_next, end)
 
     async def _check(self, node: Node, fd: int) -> None:
