@@ -12,12 +12,15 @@ figures, so a reader can tell the view's overhead from the binding's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 #: Symlinks and files in the floor file system's root.
 ENTRIES = 1000
@@ -107,6 +110,49 @@ def measure(links: list[str], files: list[str], rounds: int = 5) -> dict:
 
 def floor_paths(mountpoint: str) -> tuple[list[str], list[str]]:
     return ([f"{mountpoint}/l{i}" for i in range(ENTRIES)], [f"{mountpoint}/f{i}" for i in range(ENTRIES)])
+
+
+def view_paths(root: str, count: int = ENTRIES) -> tuple[list[str], list[str]]:
+    """Up to ``count`` symlinks and regular files of a mounted tree, in walk order."""
+    links, files = [], []
+    for d, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode) and len(links) < count:
+                links.append(p)
+            elif stat.S_ISREG(st.st_mode) and len(files) < count:
+                files.append(p)
+        if len(links) >= count and len(files) >= count:
+            break
+    return links, files
+
+
+@contextlib.contextmanager
+def mounted_floor(mountpoint: Path, timeout: float = 30.0):
+    """Serve the floor file system on ``mountpoint`` in a child process; unmount
+    and end it on the way out, on errors too."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fuse_floor", str(mountpoint)],
+                            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(mountpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"floor file system did not mount: {proc.stderr.read().decode()[-500:]}"
+                                   if proc.poll() is not None else "floor file system did not mount")
+            time.sleep(0.01)
+        yield mountpoint
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False, stdin=subprocess.DEVNULL,
+                           capture_output=True)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":
