@@ -19,6 +19,11 @@ under other prefixes) by tracemalloc and RSS.  The goals are printed beside the
 figures.  Asserts nothing.
 
     .venv/bin/python tests/bench_view.py [--pkgset DIR] [--workdir DIR] [--layers N]
+    .venv/bin/python tests/bench_view.py --mount-store STORE [--mount-runs N] [--pkgset DIR]
+
+The second form only times ``usrview mount`` of an already deployed store's current
+image, N times (median printed): the way to measure the mount-time goal's 300
+packages, with a store deployed from ``tests/pkgset.py OUT --count 300``.
 
 Needs root.  Every mount is unmounted and the loop device detached, on errors too.
 """
@@ -164,43 +169,101 @@ def _serving_or_absent(mnt: Path) -> bool:
 
 def synthetic_tree_memory(store: Path, key: Path, target: int) -> dict:
     """Memory of a tree of >= ``target`` regular files, built in a fresh process from
-    the image's headers copied under /usr/copyN/ prefixes."""
+    the image's headers copied under /usr/copyN/ prefixes.
+
+    As in the daemon, each copy's file list is made when the builder asks for it
+    and dropped once that package is composed (``Package.read_files``), and the
+    headers go once the tree exists (``mount_cmd.release_free_memory`` as in
+    ``usrview mount``).  Reports the tree's own allocations (tracemalloc) and, from
+    a second run without tracemalloc (whose own records would count), the process's
+    RSS with the modules loaded, with the headers, after the build and at the end."""
     code = r"""
 import dataclasses, gc, json, os, sys, tracemalloc
 from pathlib import Path
 from usrview.checksig_cmd import load_keyring
 from usrview.store import Store
 from usrview import images
-from usrview.mount_cmd import load_image
+from usrview.mount_cmd import load_image, release_free_memory
 from usrview.tree import PackageSource, build_tree
+from verifier.header import Package
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
+import usrview.fs, usrview.mount  # what the daemon has loaded too
+start = rss()
+
+@dataclasses.dataclass(slots=True)
+class CopiedPackage(Package):
+    # A header's files under /usr/copyK/: made on each request, not kept.
+    copy: int = 0
+
+    def read_files(self):
+        return [f._replace(path=f.path.replace("/usr/", f"/usr/copy{self.copy}/", 1))
+                for f in Package.read_files(self)]
+
+    @property
+    def files(self):
+        return self.read_files()
+
 store = Store.open(sys.argv[1]); target = int(sys.argv[3])
 loaded = load_image(store, images.resolve(store, "current"), load_keyring([Path(sys.argv[2])]))
-real = sum(1 for s in loaded.sources for f in s.package.files if f.path.startswith("/usr/") and f.mode & 0o170000 == 0o100000)
+real = sum(1 for s in loaded.sources for f in s.package.read_files()
+           if f.path.startswith("/usr/") and f.mode & 0o170000 == 0o100000)
 copies = -(-target // real)
 sources, digests = [], {}
 for k in range(copies):
     for s in loaded.sources:
-        files = [dataclasses.replace(f, path=f.path.replace("/usr/", f"/usr/copy{k}/", 1)) for f in s.package.files]
+        p = s.package
         pkgid = f"{s.pkgid}-c{k}"
-        sources.append(PackageSource(pkgid, dataclasses.replace(s.package, _files=files), s.package_dir, s.header_path))
+        sources.append(PackageSource(pkgid, CopiedPackage(p.lead, p.signature, p.header, p.payload_offset,
+                                                          p.has_payload, None, k),
+                                     s.package_dir, s.header_path))
         digests[pkgid] = loaded.header_digests[s.pkgid]
 gc.collect()
 base = rss()
-tracemalloc.start()
+gc.disable()  # as mount_cmd.build_view
+tracing = sys.argv[4] == "trace"
+if tracing:
+    tracemalloc.start()
 tree = build_tree(sources, header_digests=digests)
 current, peak = tracemalloc.get_traced_memory()
 tracemalloc.stop()
-del sources, loaded; gc.collect()
+gc.enable()
+built = rss()
+del sources, loaded, s, p
+gc.collect()
+release_free_memory()
 regular = sum(1 for n in tree.nodes if n is not None and n.is_reg)
 print(json.dumps({"files": regular, "inodes": tree.inode_count, "copies": copies, "traced": current,
-                  "traced_peak": peak, "rss_total": rss(), "rss_before_tree": base}))
+                  "traced_peak": peak, "rss_total": rss(), "rss_built": built, "rss_before_tree": base,
+                  "rss_start": start}))
 """
-    r = run([sys.executable, "-c", code, str(store), str(key), str(target)])
-    return json.loads(r.stdout)
+    traced = json.loads(run([sys.executable, "-c", code, str(store), str(key), str(target), "trace"]).stdout)
+    mem = json.loads(run([sys.executable, "-c", code, str(store), str(key), str(target), "rss"]).stdout)
+    mem["traced"], mem["traced_peak"] = traced["traced"], traced["traced_peak"]
+    return mem
+
+
+def mount_times(store: Path, key: Path, workdir: Path, runs: int) -> list[float]:
+    """Seconds from starting ``usrview mount --foreground`` until the view answers statfs, ``runs`` times."""
+    top = Path(tempfile.mkdtemp(prefix="mount-", dir=workdir))
+    mnt = top / "uv"
+    mnt.mkdir()
+    times = []
+    try:
+        for _ in range(runs):
+            d = Daemon([*usrview_cmd(), "mount", "--foreground", "--store", str(store), "--keys", str(key),
+                        str(mnt)], mnt, top / "uv.log")
+            try:
+                times.append(d.mount_time)
+            finally:
+                d.stop()
+    finally:
+        mnt.rmdir()
+        (top / "uv.log").unlink(missing_ok=True)
+        top.rmdir()
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,10 +272,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pkgset", type=Path, help="default WORKDIR/pkgs (built there when absent)")
     ap.add_argument("--layers", type=int, help="fuse-overlayfs layers to try first (default: one per package)")
     ap.add_argument("--size-gib", type=float, default=4.0)
+    ap.add_argument("--mount-store", type=Path, metavar="STORE",
+                    help="only time mounting this deployed store's current image, then exit")
+    ap.add_argument("--mount-runs", type=int, default=5, metavar="N")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("needs root (loop device, mounts, drop_caches)")
     setdir = (args.pkgset or args.workdir / "pkgs").resolve()
+    if args.mount_store:
+        # Only the set's key is needed: never build a set (and a new key) here.
+        if not (setdir / "manifest.json").exists():
+            ap.error(f"--mount-store needs the package set's key: no {setdir}/manifest.json (--pkgset)")
+        key = Path(pkgset.load(setdir)["key"])
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        store = args.mount_store.resolve()
+        n = len(json.loads((store / "current").read_text())["packages"]) if (store / "current").is_file() else "?"
+        times = mount_times(store, key, args.workdir, args.mount_runs)
+        print(f"usrview mount of {store} ({n} packages): " + " ".join(f"{t:.3f}" for t in times)
+              + f" s; median {sorted(times)[len(times) // 2]:.3f} s   goal: {GOALS['mount']}")
+        return 0
     if not (setdir / "manifest.json").exists():
         pkgset.build_set(setdir)
     man = pkgset.load(setdir)
@@ -246,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             mem = synthetic_tree_memory(store, key, SYNTHETIC_FILES)
             print(f"\nin-process tree of {mem['files']} regular files, {mem['inodes']} inodes "
                   f"({mem['copies']} copies of the set's /usr): tracemalloc {mem['traced'] / 1e6:.1f} MB "
-                  f"(peak {mem['traced_peak'] / 1e6:.1f} MB while building), process RSS "
-                  f"{mem['rss_total'] / 1e6:.1f} MB (of which {mem['rss_before_tree'] / 1e6:.1f} MB before "
-                  f"the tree)   goal: {GOALS['rss']}")
+                  f"(peak {mem['traced_peak'] / 1e6:.1f} MB while building); process RSS "
+                  f"{mem['rss_start'] / 1e6:.1f} MB with the modules loaded, {mem['rss_before_tree'] / 1e6:.1f} MB "
+                  f"with the headers, {mem['rss_built'] / 1e6:.1f} MB built, {mem['rss_total'] / 1e6:.1f} MB "
+                  f"with the headers released   goal: {GOALS['rss']}")
     except (KeyboardInterrupt, _Terminated) as e:
         print(f"bench: interrupted ({e or 'Ctrl-C'})", file=sys.stderr)
         return 130

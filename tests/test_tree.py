@@ -182,3 +182,134 @@ def test_memory_per_node_is_small():
     # Nodes use __slots__: no per-instance dict.
     from usrview.tree import Node
     assert not hasattr(Node(), "__dict__")
+
+
+# -- the builder's fast paths must keep every rule --------------------------------
+
+def crafted_package(tmp_path, paths: list[str], name: str = "crafted", *, mode: int = 0o100644):
+    """A header-only package listing ``paths`` (OLDFILENAMES), written under tmp_path."""
+    from tests import hdrbuild
+    from verifier.tags import Tag, TagType
+    entries = [
+        (Tag.NAME, TagType.STRING, name), (Tag.VERSION, TagType.STRING, "1"),
+        (Tag.RELEASE, TagType.STRING, "1"), (Tag.ARCH, TagType.STRING, "noarch"),
+        (Tag.SOURCERPM, TagType.STRING, f"{name}-1-1.src.rpm"),
+        (Tag.OLDFILENAMES, TagType.STRING_ARRAY, paths),
+        (Tag.FILEMODES, TagType.INT16, [mode] * len(paths)),
+        (Tag.FILESIZES, TagType.INT32, [1] * len(paths)),
+        (Tag.FILEDIGESTS, TagType.STRING_ARRAY, ["ab" * 32] * len(paths)),
+        (Tag.FILEDIGESTALGO, TagType.INT32, [8]),
+    ]
+    path = tmp_path / f"{name}.rpm"
+    path.write_bytes(hdrbuild.build_package(hdrbuild.build_header(entries)))
+    return source(path)
+
+
+@pytest.mark.parametrize("bad", ["/usr/a/../b", "/usr/a//b", "/usr/./b", "/usr/a/..", "/usr/a/.",
+                                 "/usr/../b"])
+def test_unsafe_paths_refused_even_below_a_known_directory(tmp_path, bad):
+    from usrview.tree import TreeError
+    # /usr/a is known (and cached) before the unsafe path comes.
+    pkg = crafted_package(tmp_path, ["/usr/a/ok", bad])
+    with pytest.raises(TreeError, match="unsafe file path"):
+        build_tree([pkg])
+
+
+def test_file_below_a_file_of_another_package_conflicts_with_known_parent(tmp_path):
+    first = crafted_package(tmp_path, ["/usr/a/x", "/usr/a/f"], "first")
+    second = crafted_package(tmp_path, ["/usr/a/y", "/usr/a/f/inner"], "second")
+    with pytest.raises(TreeConflict, match=r"/usr/a/f is a directory in second.*not in first"):
+        build_tree([first, second])
+
+
+def test_node_path_is_the_view_path(image):
+    tree = build_tree(image)
+    seen = set()
+    for path, node in tree.walk():
+        if node.inode in seen:  # a further name of a hardlink group
+            continue
+        seen.add(node.inode)
+        assert node.path == path
+        if node.is_reg and tree.package_of(node):
+            assert node.relpath == "usr/" + path
+
+
+def test_building_does_not_keep_the_file_lists(image):
+    for s in image:
+        assert s.package._files is None
+    build_tree(image)
+    # The tree does not need the parsed file lists afterwards; the packages do
+    # not keep them either (only those with hardlinks, whose groups need them).
+    assert image[1].package._files is None
+
+
+def test_file_list_shares_owner_names(image):
+    files = image[0].package.read_files()
+    users = {id(f.user) for f in files if f.user == "root"}
+    assert len(users) == 1
+    assert image[0].package._files is None
+    assert image[0].package.files == files
+
+
+def test_build_view_restores_the_collector(monkeypatch):
+    import gc
+
+    from usrview import mount_cmd
+
+    def boom(*args):
+        assert not gc.isenabled()
+        raise RuntimeError("load failed")
+
+    monkeypatch.setattr(mount_cmd, "load_image", boom)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        mount_cmd.build_view(None, None, None)
+    assert gc.isenabled()
+
+
+def test_unsigned_header_with_an_import_error_is_refused(tmp_path):
+    """load_image parses each header once, leniently, for the signature check; an
+    UNSIGNED header (allowed for a package imported unsigned) must still pass the
+    import check the strict parse makes."""
+    import types
+
+    from tests import hdrbuild
+    from usrview.errors import OperationalError
+    from usrview.mount_cmd import load_image
+    from verifier.header import read_package
+    from verifier.keyring import Keyring
+    from verifier.tags import Tag, TagType
+
+    main = bytearray(hdrbuild.build_header([
+        (Tag.NAME, TagType.STRING, "pkg"), (Tag.VERSION, TagType.STRING, "1"),
+        (Tag.RELEASE, TagType.STRING, "1"), (Tag.ARCH, TagType.STRING, "noarch"),
+        (Tag.SOURCERPM, TagType.STRING, "pkg-1-1.src.rpm")]))
+    i = main.index(b"pkg\0")
+    main[i + 2] = 0  # "pk": the entries no longer fill the data store
+    data = hdrbuild.build_package(bytes(main))
+    package = read_package(data, strict=False)
+    assert package.header.import_error
+    pkgid = pkgid_for(package)
+
+    class FakeStore:
+        def header_path(self, pid):
+            return tmp_path / f"{pid}.rpm"
+
+        def unsigned_path(self, pid):
+            return tmp_path / "unsigned" / pid
+
+        def package_dir(self, pid):
+            return tmp_path / "packages" / pid
+
+    (tmp_path / "unsigned").mkdir()
+    (tmp_path / "unsigned" / pkgid).touch()
+    (tmp_path / f"{pkgid}.rpm").write_bytes(data)
+    image = types.SimpleNamespace(id="img", packages=[pkgid])
+    with pytest.raises(OperationalError, match="does not match its entries"):
+        load_image(FakeStore(), image, Keyring())
+
+
+def test_release_free_memory_runs():
+    # Best effort (glibc's malloc_trim); it must never fail a mount.
+    from usrview.mount_cmd import release_free_memory
+    release_free_memory()

@@ -42,10 +42,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from verifier.filecaps import parse_text
 from verifier.filecheck import expected_ids_and_mode
-from verifier.files import FileEntry, digest_name
+from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 
 from .errors import UsrviewError
@@ -65,8 +66,14 @@ IMPLICIT_DIR_MODE = stat.S_IFDIR | 0o755
 SHA256_ALGO = 8
 #: The prefix every shown path has in the headers.
 USR = "/usr"
+#: A package's file's path relative to its package directory, before the view path.
+_USR_PREFIX = "usr/"
 #: Marks a node that belongs to no package (implicit directories, header files).
 NO_PACKAGE = -1
+_GHOST = int(FileFlag.GHOST)
+_S_IFMT, _S_IFREG, _S_IFLNK, _S_IFDIR = 0o170000, stat.S_IFREG, stat.S_IFLNK, stat.S_IFDIR
+#: Path components a header may not use.
+_UNSAFE_NAMES = frozenset({"", ".", ".."})
 
 
 class TreeError(UsrviewError):
@@ -120,7 +127,7 @@ class Node:
     """
 
     __slots__ = ("inode", "mode", "uid", "gid", "size", "mtime", "nlink", "rdev", "pkg", "backing",
-                 "relpath", "digest", "algo", "caps", "parent", "names", "ids", "children", "path")
+                 "relpath", "digest", "algo", "caps", "parent", "names", "ids", "children", "_path")
 
     def __init__(self):
         self.inode = 0
@@ -141,7 +148,18 @@ class Node:
         self.names = None
         self.ids = None
         self.children = None
-        self.path = ""
+        self._path = ""
+
+    @property
+    def path(self) -> str:
+        # A package's regular file has its view path in its relpath already
+        # ("usr/" + path): None here stands for that, one string less per file.
+        path = self._path
+        return self.relpath[len(_USR_PREFIX):] if path is None else path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        self._path = value
 
     @property
     def is_dir(self) -> bool:
@@ -268,27 +286,57 @@ class _IdTable:
         return value
 
 
+class _Shipped(NamedTuple):
+    """What a package ships at a path, as far as :func:`_differences` compares
+    it: kept per path while the tree is built, instead of the whole FileEntry
+    (whose package's file list can then go as soon as it is composed)."""
+
+    mode: int
+    user: str
+    group: str
+    size: int
+    digest_algo: int
+    digest: str
+    linkto: str
+    rdev: int
+    caps: str
+
+
+def _shipped(entry: FileEntry) -> _Shipped:
+    return _Shipped(entry.mode, entry.user, entry.group, entry.size, entry.digest_algo,
+                    entry.digest, entry.linkto, entry.rdev, entry.caps)
+
+
 class _Draft:
     """A path while the tree is being composed (the builder's scratch record)."""
 
     __slots__ = ("node", "entry", "owner", "children", "group", "creator")
 
-    def __init__(self, node: Node, entry: FileEntry | None, owner: int, creator: int = NO_PACKAGE):
+    def __init__(self, node: Node, entry: _Shipped | None, owner: int, is_dir: bool,
+                 creator: int = NO_PACKAGE):
         self.node = node
         self.creator = creator      # the package whose file made an implicit directory
-        self.entry = entry          # the first package's FileEntry (None: implicit/synthetic)
+        self.entry = entry          # what the first package ships (None: implicit/synthetic)
         self.owner = owner          # package index of that entry
-        self.children: dict[str, _Draft] | None = {} if node.is_dir else None
+        self.children: dict[str, _Draft] | None = {} if is_dir else None
         self.group = None           # (package index, hardlink group) for grouped files
 
 
-def _view_path(path: str) -> str | None:
-    """The path relative to /usr, "" for /usr itself, None when outside /usr."""
-    if path == USR:
-        return ""
-    if path.startswith(USR + "/"):
-        return path[len(USR) + 1:].rstrip("/")
-    return None
+def _add_usr(root: _Draft, entry: FileEntry, pkg_index: int, packages, make_node) -> None:
+    """A package's entry for /usr itself: the first one owns the root."""
+    if not stat.S_ISDIR(entry.mode):
+        raise TreeConflict(f"{packages[pkg_index]} ships {USR} as a non-directory")
+    if root.entry is None:
+        _own_dir(root, make_node(entry, pkg_index, ""), entry, pkg_index)
+
+
+def _hardlink_groups(package: Package, files: list[FileEntry]) -> dict[int, tuple[int, ...]]:
+    """:func:`usrview.payload.hardlink_groups`, skipped when no two files share
+    a (device, inode) pair (most packages): then there is no group."""
+    pairs = {(f.device, f.inode) for f in files}
+    if len(pairs) == len(files):
+        return {}
+    return hardlink_groups(package)
 
 
 def _check_components(rel: str, pkg: str, path: str) -> list[str]:
@@ -299,7 +347,7 @@ def _check_components(rel: str, pkg: str, path: str) -> list[str]:
     return parts
 
 
-def _differences(a: FileEntry, b: FileEntry) -> list[str]:
+def _differences(a: _Shipped | FileEntry, b: _Shipped | FileEntry) -> list[str]:
     """What makes two entries for one path conflict (directories: only the type)."""
     if stat.S_IFMT(a.mode) != stat.S_IFMT(b.mode):
         return ["type"]
@@ -343,7 +391,12 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
 
     root_node = Node()
     root_node.mode = IMPLICIT_DIR_MODE
-    root = _Draft(root_node, None, NO_PACKAGE)
+    root = _Draft(root_node, None, NO_PACKAGE, True)
+    # View path of a directory -> its draft.  A draft that is a directory
+    # stays one (nothing replaces a draft, and a package's directory entry only
+    # takes an implicit directory over), so a path found here needs none of
+    # dir_for's checks again: most files share their parent with the previous one.
+    dirs: dict[str, _Draft] = {"": root}
 
     def dir_for(parts: list[str], pkg_index: int, path: str) -> _Draft:
         draft = root
@@ -352,9 +405,9 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
             if child is None:
                 node = Node()
                 node.mode = IMPLICIT_DIR_MODE
-                child = _Draft(node, None, NO_PACKAGE, pkg_index)
+                child = _Draft(node, None, NO_PACKAGE, True, pkg_index)
                 draft.children[sys.intern(part)] = child
-            elif not child.node.is_dir:
+            elif child.children is None:
                 other = packages[child.owner] if child.owner != NO_PACKAGE else "usrview"
                 raise TreeConflict(f"{USR}/{'/'.join(parts[:depth + 1])} is a directory in "
                                    f"{packages[pkg_index] if pkg_index >= 0 else 'usrview'} "
@@ -362,20 +415,31 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
             draft = child
         return draft
 
+    # (user, group, mode) -> (uid, gid, mode): a handful of combinations
+    # cover an image, and the mapping depends on nothing else.
+    ids_and_modes: dict[tuple[str, str, int], tuple[int, int, int]] = {}
+
     def make_node(entry: FileEntry, pkg_index: int, rel: str) -> Node:
         node = Node()
-        uid, gid, mode = expected_ids_and_mode(entry, users, groups)
-        node.mode, node.uid, node.gid = mode, uid, gid
+        key = (entry.user, entry.group, entry.mode)
+        ids = ids_and_modes.get(key)
+        if ids is None:
+            ids = ids_and_modes[key] = expected_ids_and_mode(entry, users, groups)
+        node.uid, node.gid, mode = ids
+        node.mode = mode
         node.mtime = entry.mtime
         node.pkg = pkg_index
         node.rdev = entry.rdev
-        if stat.S_ISREG(mode):
+        fmt = mode & _S_IFMT
+        if fmt == _S_IFREG:
             node.size = entry.size
             node.backing = pkg_index
-            node.relpath = sys.intern("usr/" + rel)
-            node.digest = entry.digest.lower()
+            node.relpath = "usr/" + rel
+            digest = entry.digest
+            # file_entries lowercases digests already: share that string.
+            node.digest = digest if digest.islower() or not digest else digest.lower()
             node.algo = entry.digest_algo
-        elif stat.S_ISLNK(mode):
+        elif fmt == _S_IFLNK:
             node.relpath = entry.linkto
             node.size = len(os.fsencode(entry.linkto))
         if entry.caps:
@@ -387,19 +451,17 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
         return node
 
     def add(rel: str, entry: FileEntry, pkg_index: int, group=None) -> None:
-        parts = _check_components(rel, packages[pkg_index], entry.path)
-        if not parts:  # /usr itself
-            if not stat.S_ISDIR(entry.mode):
-                raise TreeConflict(f"{packages[pkg_index]} ships {USR} as a non-directory")
-            if root.entry is None:
-                _own_dir(root, make_node(entry, pkg_index, rel), entry, pkg_index)
-            return
-        parent = dir_for(parts[:-1], pkg_index, entry.path)
-        name = parts[-1]
+        dirpath, _, name = rel.rpartition("/")
+        if name in _UNSAFE_NAMES or "\0" in name:
+            raise TreeError(f"{packages[pkg_index]}: unsafe file path {entry.path!r} in the header")
+        parent = dirs.get(dirpath)
+        if parent is None:
+            parent = dirs[dirpath] = dir_for(_check_components(dirpath, packages[pkg_index], entry.path),
+                                             pkg_index, entry.path)
         existing = parent.children.get(name)
         if existing is None:
             node = make_node(entry, pkg_index, rel)
-            draft = _Draft(node, entry, pkg_index)
+            draft = _Draft(node, _shipped(entry), pkg_index, entry.mode & _S_IFMT == _S_IFDIR)
             draft.group = group
             parent.children[sys.intern(name)] = draft
             return
@@ -418,16 +480,26 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
             raise TreeConflict(f"{entry.path}: packages {packages[existing.owner]} and "
                                f"{packages[pkg_index]} ship it differently ({', '.join(diffs)})")
 
+    prefix = USR + "/"
     for pkg_index, source in enumerate(sources):
-        files = source.package.files
-        groups_of = hardlink_groups(source.package)
+        package = source.package
+        # Not package.files: that caches the list in the package, and the
+        # list is not needed once this package is composed.
+        files = package.read_files()
+        groups_of = _hardlink_groups(package, files)
         for i, entry in enumerate(files):
-            if entry.is_ghost:
+            path = entry.path
+            if not path.startswith(prefix):
+                if path == USR and not int(entry.flags) & _GHOST:
+                    _add_usr(root, entry, pkg_index, packages, make_node)
                 continue
-            rel = _view_path(entry.path)
-            if rel is None:
+            if int(entry.flags) & _GHOST:
                 continue
-            group = groups_of.get(i)
+            rel = path[len(prefix):].rstrip("/")
+            if not rel:  # "/usr/": /usr itself
+                _add_usr(root, entry, pkg_index, packages, make_node)
+                continue
+            group = groups_of.get(i) if groups_of else None
             add(rel, entry, pkg_index, (pkg_index, group) if group else None)
 
     # The image's header files.
@@ -455,13 +527,16 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
         node.relpath = hp.name
         node.digest = digest
         node.algo = SHA256_ALGO
-        parent = dir_for(sysimage_parts, NO_PACKAGE, f"{USR}/{SYSIMAGE_DIR}/{source.pkgid}.rpm")
+        parent = dirs.get(SYSIMAGE_DIR)
+        if parent is None:
+            parent = dirs[SYSIMAGE_DIR] = dir_for(sysimage_parts, NO_PACKAGE,
+                                                  f"{USR}/{SYSIMAGE_DIR}/{source.pkgid}.rpm")
         name = f"{source.pkgid}.rpm"
         if name in parent.children:
             raise TreeConflict(f"{USR}/{SYSIMAGE_DIR}/{name} is shipped by "
                                f"{packages[parent.children[name].owner]}, but the view shows "
                                "the image's header files there")
-        parent.children[name] = _Draft(node, None, NO_PACKAGE)
+        parent.children[name] = _Draft(node, None, NO_PACKAGE, False)
 
     return _number(root, packages, pkgids, backing_dirs, users, groups)
 
@@ -469,7 +544,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
 def _own_dir(draft: _Draft, node: Node, entry: FileEntry, pkg_index: int) -> None:
     draft.node.mode, draft.node.uid, draft.node.gid = node.mode, node.uid, node.gid
     draft.node.mtime, draft.node.pkg, draft.node.caps = node.mtime, node.pkg, node.caps
-    draft.entry, draft.owner = entry, pkg_index
+    draft.entry, draft.owner = _shipped(entry), pkg_index
 
 
 def _number(root: _Draft, packages, pkgids, backing_dirs, users: _IdTable, groups: _IdTable) -> Tree:
@@ -522,7 +597,7 @@ def _number(root: _Draft, packages, pkgids, backing_dirs, users: _IdTable, group
                 else:
                     cnode.inode = entry_id
                     nodes.append(cnode)
-                    if cnode.is_reg:
+                    if cnode.mode & _S_IFMT == _S_IFREG:
                         total += cnode.size
                 if child.children is not None:
                     cnode.parent = node.inode
@@ -532,7 +607,11 @@ def _number(root: _Draft, packages, pkgids, backing_dirs, users: _IdTable, group
                 if child.children is not None:
                     pending.append((child, cpath))
                 elif cnode is child.node:
-                    cnode.path = cpath
+                    if (cnode.pkg != NO_PACKAGE and cnode.mode & _S_IFMT == _S_IFREG
+                            and cnode.relpath == _USR_PREFIX + cpath):
+                        cnode._path = None
+                    else:
+                        cnode._path = cpath
             # Depth first: numbering of the subdirectories happens after all of
             # this directory's entries have their ids (ids stay increasing in
             # name order within the directory, which is all readdir needs).
@@ -549,7 +628,7 @@ def _number(root: _Draft, packages, pkgids, backing_dirs, users: _IdTable, group
         newest = 0
         for child_inode in node.children:
             child = nodes[child_inode]
-            if child.is_dir:
+            if child.names is not None:
                 subdirs += 1
             newest = max(newest, child.mtime)
         node.nlink = 2 + subdirs

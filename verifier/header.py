@@ -25,11 +25,11 @@ checked against the input before anything is allocated.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import stat
 import struct
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import NamedTuple
 
 from .errors import HeaderError
@@ -75,6 +75,7 @@ _SIZES = tuple(TYPE_SIZES.get(t, 0) for t in TagType)
 _STRINGISH = tuple(t in STRING_TYPES for t in TagType)
 _STRING = TagType.STRING.value
 _WANT_TYPE = {int(tag): int(typ) for tag, typ in TAG_TYPES.items()}
+_S_IFMT, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFLNK
 _INT_FORMATS = {TagType.INT8: "B", TagType.CHAR: "B", TagType.INT16: "H",
                 TagType.INT32: "I", TagType.INT64: "Q"}
 
@@ -212,11 +213,23 @@ class Header:
                 limit = dl
                 if i + 1 < n and offset < raw[i + 1][2] < dl:
                     limit = raw[i + 1][2]
-                chunk = data[store + offset:store + limit]
-                parts = chunk.split(b"\0", count)
-                if len(parts) <= count:
-                    fail(i, tag, "unterminated string")
-                end = offset + len(chunk) - len(parts[count])
+                # end: just past the count-th NUL.  Found without copying the
+                # data when the count-th NUL is the first or the last one there.
+                begin, stop = store + offset, store + limit
+                if count == 1:
+                    nul = data.find(b"\0", begin, stop)
+                    if nul < 0:
+                        fail(i, tag, "unterminated string")
+                    end = nul + 1 - store
+                else:
+                    nuls = data.count(b"\0", begin, stop)
+                    if nuls < count:
+                        fail(i, tag, "unterminated string")
+                    if nuls == count:
+                        end = data.rfind(b"\0", begin, stop) + 1 - store
+                    else:
+                        parts = data[begin:stop].split(b"\0", count)
+                        end = limit - len(parts[count])
             if trailer is not None and end > trailer and offset < rdl:
                 fail(i, tag, "data overlaps the region trailer")
             if typecheck:
@@ -261,7 +274,9 @@ class Header:
         if e.type not in STRING_TYPES:
             raise HeaderError(f"tag {tag}: {e.type.name} is not a string")
         raw = self.data[self._store + e.offset:self._store + e.end - 1]
-        return [s.decode("utf-8", "surrogateescape") for s in raw.split(b"\0")]
+        # Decode once, then split: NUL is never part of a multi-byte UTF-8
+        # sequence, so this equals decoding each string on its own.
+        return raw.decode("utf-8", "surrogateescape").split("\0")
 
     def string(self, tag: int, default: str | None = None) -> str | None:
         """A string tag's value (the first, untranslated one for I18NSTRING)."""
@@ -414,6 +429,14 @@ class Package:
             self._files = file_entries(self.header)
         return self._files
 
+    def read_files(self) -> list[FileEntry]:
+        """The file list, as :attr:`files`, but parsed without keeping it in
+        the package (unless it is there already): for a caller that reads it
+        once and lets it go."""
+        if self._files is not None:
+            return self._files
+        return file_entries(self.header)
+
     def header_only(self) -> bytes:
         """The lead, signature header and main header: a header-only rpm."""
         return self.header.data[:self.header.end]
@@ -521,18 +544,27 @@ def file_paths(header: Header) -> list[str]:
         raise HeaderError("header: BASENAMES without DIRNAMES")
     indexes = _array(header, Tag.DIRINDEXES, len(basenames), header.ints, 0, required=True)
     ndirs = len(dirnames)
-    paths = []
-    for base, idx in zip(basenames, indexes):
-        if idx >= ndirs:
-            raise HeaderError(f"header: directory index {idx} out of range ({ndirs} directories)")
-        paths.append(dirnames[idx] + base)
-    return paths
+    if indexes and max(indexes) >= ndirs:
+        idx = next(i for i in indexes if i >= ndirs)
+        raise HeaderError(f"header: directory index {idx} out of range ({ndirs} directories)")
+    return [dirnames[idx] + base for base, idx in zip(basenames, indexes)]
 
 
-# Flag values repeat across files: build each IntFlag object once.
-_file_flag = functools.lru_cache(maxsize=1024)(FileFlag)
-_verify_flag = functools.lru_cache(maxsize=1024)(VerifyFlag)
 _VERIFY_ALL = int(VerifyFlag.ALL)
+
+
+def _flag_objects(values, flag_type, mask: int = -1) -> list:
+    """``values`` as ``flag_type`` members: each distinct value is built once
+    (flag words repeat across files, and IntFlag construction is slow)."""
+    made = {v: flag_type(v & mask) for v in set(values)}
+    return list(map(made.__getitem__, values))
+
+
+def _shared(values: list[str]) -> list[str]:
+    """``values`` with equal strings made one object (owner names repeat for
+    every file: one "root", not thousands)."""
+    seen: dict[str, str] = {}
+    return [seen.setdefault(v, v) for v in values]
 
 
 def file_entries(header: Header) -> list[FileEntry]:
@@ -556,40 +588,26 @@ def file_entries(header: Header) -> list[FileEntry]:
     digests = _array(header, Tag.FILEDIGESTS, n, strs, "")
     linktos = _array(header, Tag.FILELINKTOS, n, strs, "")
     flags = _array(header, Tag.FILEFLAGS, n, ints, 0)
-    users = _array(header, Tag.FILEUSERNAME, n, strs, "root")
-    groups = _array(header, Tag.FILEGROUPNAME, n, strs, "root")
+    users = _shared(_array(header, Tag.FILEUSERNAME, n, strs, "root"))
+    groups = _shared(_array(header, Tag.FILEGROUPNAME, n, strs, "root"))
     vflags = _array(header, Tag.FILEVERIFYFLAGS, n, ints, int(VerifyFlag.ALL))
     devices = _array(header, Tag.FILEDEVICES, n, ints, 1)
     inodes = header.ints(Tag.FILEINODES)
-    inodes = list(range(1, n + 1)) if inodes is None else _array(header, Tag.FILEINODES, n, ints, 0)
+    inodes = range(1, n + 1) if inodes is None else _array(header, Tag.FILEINODES, n, ints, 0)
     langs = _array(header, Tag.FILELANGS, n, strs, "")
     caps = _array(header, Tag.FILECAPS, n, strs, "")
     colors = _array(header, Tag.FILECOLORS, n, ints, 0)
     algo = header.int(Tag.FILEDIGESTALGO, DEFAULT_DIGEST_ALGO)
-    out = []
-    for i in range(n):
-        mode = modes[i]
-        is_reg = stat.S_ISREG(mode)
-        out.append(FileEntry(
-            path=paths[i],
-            size=sizes[i],
-            mode=mode,
-            rdev=rdevs[i],
-            mtime=mtimes[i],
-            digest=digests[i].lower() if is_reg else "",
-            digest_algo=algo,
-            linkto=linktos[i] if stat.S_ISLNK(mode) else "",
-            flags=_file_flag(flags[i]),
-            user=users[i],
-            group=groups[i],
-            verify_flags=_verify_flag(vflags[i] & _VERIFY_ALL),
-            device=devices[i],
-            inode=inodes[i],
-            lang=langs[i],
-            caps=caps[i],
-            color=colors[i],
-        ))
-    return out
+    # Column by column, then one tuple per file (the per-file loop is what
+    # costs at mount time: tens of thousands of files).
+    types = [m & _S_IFMT for m in modes]
+    digests = [d.lower() if t == _S_IFREG else "" for d, t in zip(digests, types)]
+    linktos = [target if t == _S_IFLNK else "" for target, t in zip(linktos, types)]
+    make = tuple.__new__
+    return [make(FileEntry, row) for row in zip(
+        paths, sizes, modes, rdevs, mtimes, digests, repeat(algo, n), linktos,
+        _flag_objects(flags, FileFlag), users, groups, _flag_objects(vflags, VerifyFlag, _VERIFY_ALL),
+        devices, inodes, langs, caps, colors)]
 
 
 def sig_digests(sig: Header) -> dict[str, str]:
