@@ -202,3 +202,20 @@ def test_tamper_gives_eio_and_sigterm_unmounts(view, built):
     log = view.log()
     assert "integrity violation: /usr/share/doc/b/README of mnt-b-1.0-1.noarch" in log
     assert "Traceback" not in log
+
+
+def test_verify_modes_of_the_command_line_are_the_guards():
+    from usrview.guard import VerifyMode
+    from usrview.mount_cmd import VERIFY_MODES
+
+    assert VERIFY_MODES == tuple(m.value for m in VerifyMode)
+    assert VERIFY_MODES[0] == VerifyMode.ENFORCE.value
+
+
+def test_parsing_a_command_line_imports_neither_trio_nor_pyfuse3():
+    # `usrview verify` and friends start faster without the FUSE machinery.
+    code = ("import sys; from usrview import cli; cli.build_parser().parse_args(['verify']); "
+            "print(sorted(m for m in ('trio', 'pyfuse3', 'usrview.importer') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"

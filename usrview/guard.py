@@ -57,12 +57,11 @@ import trio
 
 from verifier.files import digest_name
 
+from .journal import INTEGRITY_MESSAGE_ID
 from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
 
-#: MESSAGE_ID of integrity-violation records (journald style, a fixed uuid).
-INTEGRITY_MESSAGE_ID = "4b1f6c2e9a7d4f0e8c35d2a1b7e9f604"
 #: Worker threads hashing at once: FACTS.md measured two threads hashing no
 #: faster than one, but a second lets a small file pass a large one.
 HASH_THREADS = 2
@@ -256,7 +255,8 @@ class Guard:
         self._pending: dict[tuple, trio.Event] = {}
         # (backing index, directory relpath) -> O_PATH fd, reached without symlinks
         self._dir_fds: dict[tuple[int, str], int] = {}
-        # inode -> backing identity (dev, ino, size, mtime, ctime) whose check passed
+        # inode -> the cache key (identity and algorithm) of its backing file
+        # when its check passed
         self._good: dict[int, tuple] = {}
         # read-ahead: per inode 1 once opened or read ahead; the inodes read
         # ahead and not opened since; the next inode to read ahead; the window.
@@ -293,7 +293,7 @@ class Guard:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except OSError:
             return False
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == good
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo) == good
 
     async def open(self, node: Node) -> int:
         """An fd of ``node``'s backing file, checked as the mode says.  Raises
@@ -352,9 +352,9 @@ class Guard:
             self._violation(node, f"backing file is not a regular file ({stat.filemode(st.st_mode)})",
                             fatal=True)
             raise OSError(errno.EIO, "backing file is not a regular file")
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
         if self.mode is VerifyMode.OFF:
-            self._good[node.inode] = ident
+            self._good[node.inode] = key
             return
         self._good.pop(node.inode, None)
         if st.st_size != node.size:
@@ -366,15 +366,16 @@ class Guard:
             # Nothing to compare with: a header without a usable digest for a
             # file with bytes.  rpm -V cannot check it either.
             if node.size == 0:
-                self._good[node.inode] = ident
+                self._good[node.inode] = key
                 return
             if self._violation(node, f"no usable digest in the header (algorithm {node.algo})"):
                 raise OSError(errno.EIO, "no usable digest")
             return
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
         actual = await self._digest(key, fd, algo)
         if actual == node.digest:
-            self._good[node.inode] = ident
+            # the tree's string, not a copy of it per file (memory of a long mount)
+            self._cache[key] = node.digest
+            self._good[node.inode] = key
         elif self._violation(node, f"{algo}:{actual}"):
             raise OSError(errno.EIO, "digest mismatch")
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .checksig_cmd import load_keyring
 from .errors import EXIT_OK, UsrviewError
-from .importer import import_packages
 from .store import Store
 
 HELP = "add rpm packages to the store"
@@ -60,6 +59,8 @@ class _Progress:
 
 
 def run(args, cfg) -> int:
+    from .importer import import_packages  # the payload machinery: only when importing
+
     keyring = load_keyring(args.keys or cfg.keys)
     for warning in keyring.warnings:
         print(f"usrview: warning: {warning}", file=sys.stderr)

@@ -21,6 +21,10 @@ import socket
 import struct
 import sys
 
+#: MESSAGE_ID of integrity-violation records, the view's and the monitor's alike
+#: (journald style, a fixed uuid): one journal query finds both.
+INTEGRITY_MESSAGE_ID = "4b1f6c2e9a7d4f0e8c35d2a1b7e9f604"
+
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 #: Overrides JOURNAL_SOCKET (tests).
 SOCKET_ENV = "USRVIEW_JOURNAL_SOCKET"

@@ -6,7 +6,7 @@ every ``full_interval`` -- with hashing throttled to ``io_limit`` bytes per
 second.  After each run:
 
 - every finding becomes one record (:class:`usrview.journal.Journal`): under
-  systemd a journald record with MESSAGE_ID :data:`usrview.guard.INTEGRITY_MESSAGE_ID`
+  systemd a journald record with MESSAGE_ID :data:`usrview.journal.INTEGRITY_MESSAGE_ID`
   (the view's on-open violations use the same id and the fields PATH, PACKAGE,
   EXPECTED, ACTUAL), plus FLAGS, KIND, IMAGE; else a line on stderr;
 - the Prometheus textfile (node_exporter's textfile collector format) is
@@ -31,8 +31,7 @@ from pathlib import Path
 
 from . import verify
 from .errors import UsrviewError
-from .guard import INTEGRITY_MESSAGE_ID
-from .journal import Journal
+from .journal import INTEGRITY_MESSAGE_ID, Journal
 from .store import Store
 
 log = logging.getLogger(__name__)

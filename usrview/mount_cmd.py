@@ -29,10 +29,13 @@ from . import images
 from .checksig_cmd import load_keyring
 from .errors import EXIT_ERROR, EXIT_OK, OperationalError
 from .store import PKGID_HASH_DIGITS, Store
-from .guard import Guard, VerifyMode
 from .tree import PackageSource, Tree, build_tree
 
 log = logging.getLogger(__name__)
+
+#: --verify's values (usrview.guard.VerifyMode's, the default first), named here
+#: so that parsing a command line does not import the guard (and trio).
+VERIFY_MODES = ("enforce", "warn", "off")
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -51,7 +54,7 @@ def register(sub, common) -> None:
                    "'current' (the default) or 'previous'")
     p.add_argument("--keys", action="append", type=Path, metavar="PATH",
                    help="trusted certificates: a file or a directory (repeatable)")
-    p.add_argument("--verify", choices=[m.value for m in VerifyMode], default=VerifyMode.ENFORCE.value,
+    p.add_argument("--verify", choices=VERIFY_MODES, default=VERIFY_MODES[0],
                    help="check file digests on open (default enforce)")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
@@ -158,7 +161,10 @@ def release_free_memory() -> None:
 
 
 def run_mount(args, cfg) -> int:
+    # Serving needs trio and pyfuse3: imported here, not when the command line
+    # is parsed for every other command.
     from .fs import ViewOperations
+    from .guard import Guard
     from .mount import run
 
     keyring = load_keyring(args.keys or cfg.keys)
