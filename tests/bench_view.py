@@ -15,8 +15,10 @@ Printed side by side: mount time; ``find -ls`` walk cold (``echo 3 >
 /proc/sys/vm/drop_caches``) and warm; reading every byte cold and warm; one large
 file cold and warm; the daemon's VmRSS; and, when the set has fewer than 50,000
 files, the memory of a 50,000-entry tree built in-process (the real headers, copied
-under other prefixes) by tracemalloc and RSS.  The goals are printed beside the
-figures.  Asserts nothing.
+under other prefixes) by tracemalloc and RSS.  Then what one request (readlink;
+open+close) costs in each tree and in tests/fuse_floor.py, a pyfuse3 file system
+that does nothing: the floor any pyfuse3 view stands on.  The goals are printed
+beside the figures.  Asserts nothing.
 
     .venv/bin/python tests/bench_view.py [--pkgset DIR] [--workdir DIR] [--layers N]
     .venv/bin/python tests/bench_view.py --mount-store STORE [--mount-runs N] [--pkgset DIR]
@@ -44,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import pkgset
+from tests import fuse_floor, pkgset
 from tests.bench_store import (
     DEFAULT_WORKDIR,
     REPO,
@@ -102,11 +104,12 @@ def read_one(path: Path, *, cold: bool) -> float:
     return time.monotonic() - t0
 
 
-def count(root: Path) -> tuple[int, int]:
-    """(entries, regular files) that find sees below root."""
-    entries = run(["sh", "-c", f"cd {root} && find . 2>/dev/null | wc -l"], check=False).stdout
-    files = run(["sh", "-c", f"cd {root} && find . -type f 2>/dev/null | wc -l"], check=False).stdout
-    return int(entries), int(files)
+def count(root: Path) -> tuple[int, int, int, int]:
+    """(entries, regular files, directories, symlinks) that find sees below root."""
+    def n(test: str) -> int:
+        return int(run(["sh", "-c", f"cd {root} && find . {test} 2>/dev/null | wc -l"], check=False).stdout)
+
+    return n(""), n("-type f"), n("-type d"), n("-type l")
 
 
 def rss(pid: int) -> int:
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in daemons:
             d.stop()
         with contextlib.suppress(OSError):
-            for p in (top / "fs", top / "uv", top / "ovl"):
+            for p in (top / "fs", top / "uv", top / "ovl", top / "floor"):
                 p.rmdir()
             if (top / "layers").is_dir():
                 for p in (top / "layers").iterdir():
@@ -405,6 +408,16 @@ def bench_all(store: Path, key: Path, native: Path, fs: Path, top: Path, daemons
             r["rss"] = rss(uv.proc.pid)
         elif name == "fuse-overlayfs":
             r["rss"] = rss(ovl.proc.pid)
+    # Per request: the view beside fuse-overlayfs (C) and a pyfuse3 file system
+    # that does nothing (tests/fuse_floor.py): what a request costs before any handler works.
+    per = res["per_request"] = {"native": fuse_floor.measure(*fuse_floor.view_paths(str(native))),
+                                "usrview": fuse_floor.measure(*fuse_floor.view_paths(str(uv_mnt)))}
+    if ovl is not None:
+        per["fuse-overlayfs"] = fuse_floor.measure(*fuse_floor.view_paths(str(ovl_mnt / "usr")))
+    floor_mnt = top / "floor"
+    floor_mnt.mkdir()
+    with fuse_floor.mounted_floor(floor_mnt):
+        per["pyfuse3 floor"] = fuse_floor.measure(*fuse_floor.floor_paths(str(floor_mnt)))
     res["usrview"]["log_errors"] = [line for line in uv.log.read_text(errors="replace").splitlines()
                                     if "ERROR" in line][:5]
     return res
@@ -434,8 +447,8 @@ def report(res: dict) -> None:
         print(f"{label:22}" + "".join(cells) + (f"   goal: {goal}" if goal else ""))
 
     for n in names:
-        e, f = res[n]["count"]
-        print(f"  {n}: find sees {e} entries, {f} regular files")
+        e, f, d, sl = res[n]["count"]
+        print(f"  {n}: find sees {e} entries, {f} regular files, {d} directories, {sl} symlinks")
     row("mount", "mount", goal=GOALS["mount"])
     row("find -ls cold", "walk_cold", goal=GOALS["walk_cold"])
     row("find -ls warm", "walk_warm", goal=GOALS["walk_warm"])
@@ -462,6 +475,26 @@ def report(res: dict) -> None:
     print(f"  cold read: usrview throughput = {nat['read_cold'][0] / u['read_cold'][0] * 100:.0f}% of native "
           f"(goal >= 70%)")
     print(f"  mount: {u['mount']:.2f} s for {res['layers_total']} packages (goal < 1 s for 300)")
+    per = res.get("per_request")
+    if per:
+        print("per request (best of 5 rounds over 1,000 warm paths; tests/fuse_floor.py):")
+        for name, v in per.items():
+            print(f"  {name:16} readlink {v['readlink_us']:6.1f} us   open+close {v['open_close_us']:6.1f} us")
+        # Lower bounds for any pyfuse3 view of this tree, from the floor's costs and
+        # the requests the kernel must send (entry and attribute caches warm):
+        # warm walk: per directory OPENDIR and two READDIRPLUS (the last one empty)
+        # waited for, per symlink a READLINK (RELEASEDIR is not waited for);
+        # warm read: per file OPEN (+ RELEASE); cold read: OPEN and READ per file.
+        req = per["pyfuse3 floor"]["readlink_us"] * 1e-6
+        open_close = per["pyfuse3 floor"]["open_close_us"] * 1e-6
+        _, files, dirs, links = res["usrview"]["count"]
+        walk = nat["walk_warm"][0] + (3 * dirs + links) * req
+        warm = nat["read_warm"][0] + files * open_close
+        cold = nat["read_cold"][0] + files * (open_close + req)
+        print(f"  so at the floor any pyfuse3 file system serving this tree needs at least: warm walk "
+              f"{walk:.2f} s ({walk / nat['walk_warm'][0]:.1f}x native), warm read {warm:.2f} s "
+              f"({warm / nat['read_warm'][0]:.1f}x), cold read {cold:.2f} s "
+              f"({nat['read_cold'][0] / cold * 100:.0f}% of native throughput)")
     if u["log_errors"]:
         print("usrview logged errors:\n  " + "\n  ".join(u["log_errors"]))
 
