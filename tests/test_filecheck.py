@@ -598,3 +598,54 @@ def test_unresolvable_owner_expects_root_without_setid(tmp_path, fd):
     os.chmod(tmp_path / "f", 0o755)
     assert check_file(fd, "f", e, users={}, groups={}).format() == (
         ".........    /f" if os.getuid() == 0 else ".....UG..    /f")
+
+
+# -- metadata_matches: the bulk shortcut never hides what check_file would see -----------
+
+def _stat(mode, uid, gid, size, mtime_s, rdev=0) -> os.stat_result:
+    """An lstat result with these fields (the others zero)."""
+    return os.stat_result((mode, 1, 1, 1, uid, gid, size, 0, mtime_s, 0,
+                           0.0, float(mtime_s), 0.0, 0, mtime_s * 1_000_000_000 + 7, 0, 4096, 8, rdev))
+
+
+def test_metadata_matches_implies_check_file_clean():
+    """Randomised: whenever metadata_matches says yes, check_file (digest and caps left
+    out: the caller checks those) finds nothing, whatever the flags; and the shortcut
+    does answer yes for a file as the header describes it (it is not vacuous)."""
+    from verifier.filecheck import expected_ids_and_mode, metadata_matches
+
+    rng = random.Random(5)
+    users, groups = {"root": 0, "adm": 4, "nobody": 65534}, {"root": 0, "adm": 4}
+    types = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFIFO)
+    hits = 0
+    for _ in range(20000):
+        etype = rng.choice(types)
+        e = _entry(mode=etype | rng.choice((0o644, 0o755, 0o4755, 0o2711, 0o1777)),
+                   size=rng.choice((0, 5, 4096)), mtime=rng.choice((0, 1_700_000_000)),
+                   user=rng.choice(("root", "adm", "nosuch")), group=rng.choice(("root", "adm", "nosuch")),
+                   flags=FileFlag(rng.choice((0, FileFlag.GHOST, FileFlag.CONFIG, FileFlag.MISSINGOK))),
+                   vflags=VerifyFlag(rng.randrange(0x200)), linkto="t" if etype == stat.S_IFLNK else "")
+        uid, gid, mode = expected_ids_and_mode(e, users, groups)
+        # lstat results near the header's: each field equal or off by a little
+        st = _stat(rng.choice((mode, mode ^ 0o100, (mode & 0o7777) | rng.choice(types))),
+                   rng.choice((uid, uid + 1)), rng.choice((gid, gid + 1)),
+                   rng.choice((e.size, e.size + 1)), rng.choice((e.mtime, e.mtime + 1)))
+        if metadata_matches(e, st, uid, gid, mode):
+            hits += 1
+            r = check_file(-1, "f", e, check_digest=False, omit=VerifyFlag.CAPS, st=st, users=users, groups=groups)
+            assert r.clean, (e, st, r.format())
+    assert hits > 300
+
+
+def test_metadata_matches_refuses_symlinks_and_changed_fields():
+    from verifier.filecheck import metadata_matches
+
+    e = _entry(mode=0o100644, size=5, mtime=100)
+    assert metadata_matches(e, _stat(0o100644, 0, 0, 5, 100), 0, 0, 0o100644)
+    assert not metadata_matches(e, _stat(0o100644, 0, 0, 6, 100), 0, 0, 0o100644)
+    assert not metadata_matches(e, _stat(0o100644, 0, 0, 5, 101), 0, 0, 0o100644)
+    assert not metadata_matches(e, _stat(0o100600, 0, 0, 5, 100), 0, 0, 0o100644)
+    link = _entry(mode=0o120777, size=1, linkto="x")
+    assert not metadata_matches(link, _stat(0o120777, 0, 0, 1, 0), 0, 0, 0o120777)
+    d = _entry(mode=0o40755, size=0)
+    assert metadata_matches(d, _stat(0o40755, 0, 0, 4096, 5), 0, 0, 0o40755)  # no S or T for a directory

@@ -133,7 +133,12 @@ def test_cache_is_used(world):
     st = (world.pkgdir("tool") / DATA).stat()
     key = vcache.identity(st, 8)
     assert key in rows
-    vcache.save(path, [(key, "0" * 64)])
+    pkgid = world.pkgids["tool"]
+    digests = vcache.unpack_digests(vcache.load_digests(path, [pkgid])[pkgid])
+    assert digests[key] == rows[key]
+    digests[key] = "0" * 64
+    row = vcache.load_packages(path)[pkgid]
+    vcache.save(path, [(pkgid, *row, vcache.pack_digests(digests.items()))])
     assert [f.line for f in world.verify().findings] == ["..5......    /usr/share/tool/data"]
     assert world.verify(full=True).findings == []
     assert vcache.load(path)[key] != "0" * 64
@@ -200,7 +205,16 @@ def test_package_cache_is_used_and_full_ignores_it(bworld):
     import json
     data = json.loads(outcome)
     data["findings"] = []
-    vcache.save(path, [], packages=[(pkgid, key, checked, json.dumps(data))])
+    blob = vcache.load_digests(path)[pkgid]
+    vcache.save(path, [(pkgid, key, checked, json.dumps(data), blob)])
     assert bworld.verify().findings == []
     assert [f.line for f in bworld.verify(full=True).findings] == [line]
     assert [f.line for f in bworld.verify().findings] == [line]
+
+
+def test_digest_blob_roundtrip_and_malformed_blob_is_empty():
+    rows = {(45, 300, 7, 1_700_000_000_123456789, -5, 8): "ab" * 32,
+            (45, 301, 0, 0, 0, 10): "cd" * 64, (1, 2, 3, 4, 5, 1): "ef" * 16}
+    blob = vcache.pack_digests(rows.items())
+    assert vcache.unpack_digests(blob) == rows
+    assert vcache.unpack_digests(blob[:-1]) == {} and vcache.unpack_digests(b"") == {}

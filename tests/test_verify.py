@@ -23,6 +23,7 @@ from tests.prereq import require_privileged, require_tools
 from tests.rpmbuild import FileSpec
 from tests.viewstore import deploy_store
 from usrview import images, verify
+from usrview.errors import OperationalError
 from usrview.checksig_cmd import load_keyring
 from verifier.header import read_package_file
 
@@ -316,3 +317,166 @@ def test_cli_text_json_exit_codes(world):
     assert objs[-1]["summary"] is True and objs[-1]["findings"] == 1 and objs[-1]["status"] == 1
     r = _cli("--store", str(world.store.root / "nope"), "--keys", str(world.key.public_path))
     assert r.returncode == 2 and r.stderr.startswith("usrview: error:")
+
+
+# -- how it is fast: each shortcut is checked against the slow way -----------------------
+
+DUP_CONTENT = bytes(range(256)) * 512   # 128 KiB: above DEDUPE_MIN_SIZE, reflinked by deploy
+DUP_FILES = [FileSpec("/usr/share/dup/a", content=DUP_CONTENT)]
+DUP2_FILES = [FileSpec("/usr/share/dup2/b", content=DUP_CONTENT)]
+
+
+@pytest.fixture
+def bworld(btrfs_dir, rpm_packages, gpg_key):
+    """Three packages on btrfs (read-only subvolumes, as deploy makes them); two hold the
+    same 128 KiB file, which deploy reflinks."""
+    require_privileged("owners, modes and capabilities as rpm -i makes them")
+    require_tools("rpm", "btrfs")
+    rpms = [rpm_packages("tool", "1.0", "1", MAIN_FILES), rpm_packages("dup", "1.0", "1", DUP_FILES),
+            rpm_packages("dupe", "1.0", "1", DUP2_FILES)]
+    return World(btrfs_dir, rpms, gpg_key)
+
+
+def _writable(d, writable=True):
+    subprocess.run(["btrfs", "property", "set", "-ts", str(d), "ro", "false" if writable else "true"],
+                   check=True, capture_output=True)
+
+
+def test_reflinked_file_of_two_packages_is_hashed_once(bworld):
+    """The same extents in two packages' subvolumes (each with its own st_dev): one hash."""
+    full = bworld.verify(full=True)
+    assert full.findings == [] and full.stats.deduped_files == 1
+    single = bworld.verify(full=True, filters=["dup"])
+    assert full.stats.hashed_files == len(MAIN_FILES) - 2 + 1 and single.stats.hashed_files == 1
+    d = bworld.pkgdir("dupe")
+    _writable(d)
+    with open(d / "usr/share/dup2/b", "r+b") as f:   # one copy changed in place: its own extent now
+        f.write(b"X")
+    _writable(d, False)
+    for r in (bworld.verify(full=True), bworld.verify(full=True, jobs=1)):
+        assert [f.line for f in r.findings] == ["..5....T.    /usr/share/dup2/b"]
+        assert r.stats.deduped_files == 0
+
+
+def test_unowned_on_btrfs_equals_a_full_listing(bworld):
+    """The directory-size shortcut (btrfs) finds exactly what listing every directory
+    finds, also when a listed name is renamed to a shorter one and an unlisted one of the
+    same total length is added (the size is then as expected)."""
+    d = bworld.pkgdir("tool")
+    _writable(d)
+    (d / "usr/share/tool/small").rename(d / "usr/share/tool/smal")   # 1 byte shorter
+    (d / "usr/share/tool/x").write_bytes(b"")                       # 1 byte name more
+    (d / "usr/share/evil").mkdir()
+    (d / "usr/share/evil/inside").write_bytes(b"evil")
+    _writable(d, False)
+    report = bworld.verify(full=True)
+    assert [f.line for f in report.findings] == [
+        "missing     /usr/share/tool/small",
+        "unowned     /usr/share/evil",
+        "unowned     /usr/share/tool/smal",
+        "unowned     /usr/share/tool/x",
+    ]
+    pkgid = bworld.pkgids["tool"]
+    pkg = read_package_file(bworld.store.header_path(pkgid))
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        lstats = {}
+        for e in pkg.files:
+            try:
+                lstats[e.path] = os.stat(e.path.lstrip("/"), dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                lstats[e.path] = None
+        listed = verify._unowned(fd, pkg.files, lstats, btrfs=False)
+        assert verify._unowned(fd, pkg.files, lstats, btrfs=True) == listed == [
+            "/usr/share/evil", "/usr/share/tool/smal", "/usr/share/tool/x"]
+        assert verify._unowned(fd, pkg.files, {}, btrfs=True) == listed   # lstat done there
+    finally:
+        os.close(fd)
+
+
+def test_unowned_shortcut_reads_no_directory_of_a_clean_package(bworld, monkeypatch):
+    listed = []
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda d: listed.append(d) or real(d))
+    assert bworld.verify(full=True, jobs=1).findings == []
+    assert [d for d in listed if isinstance(d, int)] == []   # package directories, by fd
+
+
+def test_cold_files_are_read_ahead(world, monkeypatch):
+    """A file whose pages are not cached starts the read-ahead of the package's other
+    files; the results are those of a warm run."""
+    started = []
+
+    class Recorder(verify._Prefetcher):
+        def start(self):
+            started.append(list(self.relpaths))
+            super().start()
+
+    monkeypatch.setattr(verify, "_Prefetcher", Recorder)
+    _bytes(world.pkgdir("tool"))
+    warm = [f.line for f in world.verify(full=True, jobs=1).findings]
+    assert started == []
+    fd = os.open(world.pkgdir("tool") / "usr/bin/tool", os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # clean pages: dropped
+    os.close(fd)
+    assert [f.line for f in world.verify(full=True, jobs=1).findings] == warm == [
+        "..5......    /usr/share/tool/data"]
+    assert started and "usr/share/tool/data" in started[0] and "usr/bin/tool" not in started[0]
+
+
+def test_prefetcher_opens_only_regular_files(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 100)
+    os.mkfifo(tmp_path / "fifo")          # an open without O_NONBLOCK would wait forever
+    (tmp_path / "link").symlink_to("f")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        p = verify._Prefetcher(fd, ["fifo", "link", "f", "nosuch"])
+        p.start()
+        p.join(10)
+        assert not p.is_alive()
+    finally:
+        os.close(fd)
+
+
+def test_hash_fd_reads_to_the_end_whatever_size_it_is_told(tmp_path):
+    import hashlib
+    data = os.urandom(3 * verify.HASH_CHUNK + 5)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        for size in (None, len(data), 10, len(data) + 10, verify.HASH_CHUNK):
+            assert verify.hash_fd(fd, "sha256", size=size) == (hashlib.sha256(data).hexdigest(), len(data))
+        cold = []
+        os.fsync(fd)   # clean pages, which DONTNEED drops
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert verify.hash_fd(fd, "sha256", on_cold=lambda: cold.append(1))[0] == hashlib.sha256(data).hexdigest()
+        assert cold == [1]
+    finally:
+        os.close(fd)
+
+
+def test_split_balances_by_size():
+    bins = verify._split([(100, "a"), (60, "b"), (50, "c"), (10, "d"), (0, "e")], 2)
+    assert bins == [["a", "d", "e"], ["b", "c"]]   # 110 bytes each
+    assert verify._split([(1, "x")], 3) == [["x"], [], []]
+
+
+def test_worker_errors_are_raised_not_hung(world, monkeypatch):
+    real = verify._check_package
+
+    def failing(pkgid, unsigned):
+        if pkgid.startswith("other"):
+            raise ValueError("boom")
+        return real(pkgid, unsigned)
+
+    monkeypatch.setattr(verify, "_check_package", failing)
+    with pytest.raises(RuntimeError, match="ValueError: boom"):
+        world.verify(jobs=2, full=True)
+
+    def dying(pkgid, unsigned):
+        os._exit(3)
+
+    monkeypatch.setattr(verify, "_check_package", dying)
+    with pytest.raises(OperationalError, match="died"):
+        world.verify(jobs=2, full=True)

@@ -17,6 +17,11 @@ when its extents cannot prove that:
 
 The ioctl asks for FIEMAP_FLAG_SYNC, so dirty pages are written first and no
 extent is still delayed.
+
+Physical addresses are those of one file system, not of one subvolume: on btrfs
+every subvolume has its own st_dev, while reflinks between packages (their
+subvolumes) share extents.  :func:`filesystem_id` names the address space: the
+btrfs file system's UUID, else the device number.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ _EXTENT = struct.Struct("=QQQQQIIII")     # logical, physical, length, reserved6
 #: Extents asked for per ioctl call.
 BATCH = 64
 _MAX_LENGTH = 0xFFFFFFFFFFFFFFFF
+#: struct btrfs_ioctl_fs_info_args is 1024 bytes; the fsid is at offset 16.
+_FS_INFO_SIZE = 1024
+_FS_INFO_FSID = slice(16, 32)
+#: BTRFS_IOC_FS_INFO = _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): unprivileged.
+BTRFS_IOC_FS_INFO = (2 << 30) | (_FS_INFO_SIZE << 16) | (0x94 << 8) | 31
 
 
 def extents(fd: int) -> list[tuple[int, int, int, int]]:
@@ -94,7 +104,18 @@ def shared_extents_key(fd: int, size: int) -> tuple | None:
     return tuple(key)
 
 
-__all__ = ["extents", "shared_extents_key", "FS_IOC_FIEMAP"]
+def filesystem_id(fd: int) -> tuple:
+    """What the physical addresses of files on ``fd``'s file system are relative to:
+    ("btrfs", fsid) on btrfs (one for all its subvolumes), else ("dev", st_dev)."""
+    buf = bytearray(_FS_INFO_SIZE)
+    try:
+        fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, buf)
+    except OSError:
+        return ("dev", os.fstat(fd).st_dev)
+    return ("btrfs", bytes(buf[_FS_INFO_FSID]))
+
+
+__all__ = ["FS_IOC_FIEMAP", "extents", "filesystem_id", "shared_extents_key"]
 
 
 if __name__ == "__main__":  # pragma: no cover - a debugging aid

@@ -18,58 +18,92 @@ What is checked (docs/verify.md is the reference):
 4. Everything in a package directory that its header does not list (and that is
    not a parent directory of a listed path): an ``unowned`` line.
 
-How it is fast:
+How it is fast (docs/verify.md, "How it is fast", has the measurements):
 
-- A pool of worker *processes* (``jobs``, default one per CPU; FACTS.md: two
-  processes hash at twice the speed of one, threads do not).  One task per
-  package, largest first; each worker checks the signature, the metadata and,
-  for files whose extents are not shared, the digest.
-- The verified-results cache (:mod:`usrview.vcache`): a file whose identity
-  (device, inode, size, mtime, ctime) and algorithm are known is not read.
+- ``jobs`` forked worker processes (default one per CPU; FACTS.md: two
+  processes hash at twice the speed of one, threads do not) take packages from
+  a shared counter, largest header first, so they finish together.  A worker
+  checks a package's signature, the metadata of its files and, unless a file's
+  extents are shared, its digest; it sends back only findings, counters and
+  the package's digests as one packed blob -- never the file list.  No pool is
+  started when at most one package is left to check.
+- Per regular file: lstat, open, fstat, fgetxattr (P), reads into one reused
+  buffer, close.  A file whose type, mode, owner, group, size and mtime all
+  equal the header's needs none of rpm -V's case analysis
+  (:func:`verifier.filecheck.metadata_matches`); any other file goes through
+  :func:`verifier.filecheck.check_file`.
+- Unowned entries: a walk of the real directories on the file loop's lstat
+  results; on btrfs a directory whose size is that of the names expected in it
+  (all found) holds nothing else and is not read (:func:`_unowned`).
+- A cold page cache: a package's first read that would wait (RWF_NOWAIT) starts
+  a read-ahead thread (:class:`_Prefetcher`) for the package's following files.
+- The verified-results cache (:mod:`usrview.vcache`, rows per package): a
+  file whose identity (device, inode, size, mtime, ctime) and algorithm are
+  known is not read.
 - The package cache (btrfs): a package whose subvolume generation, header file
   identity, keyring fingerprint and owner-name resolutions are those of a
   complete check less than an hour ago gets that check's findings without any
-  file being looked at (docs/verify.md says why that is sound).  No pool is
-  started when at most one package is left to check.
-- Per file one lstat, compared in plain ints; unowned entries by scandir.
-- Reflink dedupe: a file whose extents are all shared (:mod:`usrview.fiemap`)
-  is not hashed by the worker; the parent groups such files by their physical
-  extents and has one file of each group hashed.  Hard links (same inode) are
-  hashed once too.
+  file being looked at (docs/verify.md says why that is sound).
+- Reflink dedupe: a file of at least DEDUPE_MIN_SIZE bytes whose extents are
+  all shared (:mod:`usrview.fiemap`) is not hashed by the worker; once every
+  package is done, the parent groups such files by file system and physical
+  extents and the workers hash one file of each group.  Hard links (same
+  inode) are hashed once too.
 
-Workers are forked with the run's state (keyring, cache) in a module global:
-nothing large is pickled.
+Workers are forked with the run's state (keyring, cached digests) in a module
+global: nothing large is pickled on the way in.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
+import ctypes
 import dataclasses
 import errno
+import fcntl
+import functools
+import gc
 import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import stat
 import struct
-import ctypes
-import fcntl
+import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from verifier import sigcheck
-from verifier.filecheck import FileResult, attribute_marker, check_file
+from verifier.filecaps import XATTR_NAME as CAPS_XATTR
+from verifier.filecaps import caps_differ
+from verifier.filecheck import (
+    FileResult,
+    attribute_marker,
+    check_file,
+    expected_ids_and_mode,
+    metadata_matches,
+)
 from verifier.files import FileEntry, FileFlag, VerifyFlag, digest_name
 from verifier.keyring import Keyring, Verdict
 
 from . import fiemap, images, vcache
 from .errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, OperationalError
-from .store import HEADER_SUFFIX, UNSIGNED_DIR, Store, StoreError, pkgid_for
+from .store import (
+    HEADER_SUFFIX,
+    HEADERS_DIR,
+    UNSIGNED_DIR,
+    Store,
+    StoreError,
+    pkgid_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +111,25 @@ log = logging.getLogger(__name__)
 #: ``header``: a header file missing, altered or not trusted; ``unsigned``: a package
 #: imported unsigned (flagged on every run); ``image``: the image record.
 KINDS = ("file", "missing", "unowned", "header", "unsigned", "image")
-#: Bytes per read while hashing.
-HASH_CHUNK = 1 << 20
-#: Files smaller than this are never reflinked by the importer (they sit inline in
-#: btrfs metadata): not worth a FIEMAP call.
-DEDUPE_MIN_SIZE = 4096
+#: Bytes per read while hashing: the buffer stays in a core's L2 cache between the
+#: copy out of the page cache and the hash (1 MiB was no faster).
+HASH_CHUNK = 256 << 10
+#: Smaller files are hashed without asking FIEMAP whether their extents are shared:
+#: the ioctl costs about 15 us a file here, what hashing 30 KiB costs; from 64 KiB
+#: on, hashing costs three times the ioctl or more (docs/verify.md).
+DEDUPE_MIN_SIZE = 64 << 10
+#: The token bucket's default burst is at least this (and so more than one read).
+BUCKET_MIN_BURST = 1 << 20
+#: How often the parent updates the progress line while workers run (seconds).
+PROGRESS_INTERVAL = 0.1
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPECIAL = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+# Plain ints for the per-file loop (IntFlag arithmetic costs microseconds).
+_F_DIGEST = int(VerifyFlag.FILEDIGEST)
+_F_CAPS = int(VerifyFlag.CAPS)
+_GHOST = int(FileFlag.GHOST)
+_QUIET_MISSING = int(FileFlag.GHOST | FileFlag.MISSINGOK)
 
 
 @dataclass
@@ -177,7 +222,7 @@ class TokenBucket:
 
     def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic, sleep=time.sleep):
         self.rate = float(rate)
-        self.burst = float(burst if burst is not None else max(rate, HASH_CHUNK))
+        self.burst = float(burst if burst is not None else max(rate, BUCKET_MIN_BURST))
         self.tokens = self.burst
         self.clock, self.sleep = clock, sleep
         self.last = clock()
@@ -191,31 +236,71 @@ class TokenBucket:
             self.sleep(-self.tokens / self.rate)
 
 
-def hash_fd(fd: int, algo: str, bucket: TokenBucket | None = None) -> tuple[str, int]:
-    """(hex digest, bytes read) of the whole file behind ``fd``."""
-    h = hashlib.new(algo)
-    buf = bytearray(HASH_CHUNK)
+def hash_fd(fd: int, algo: str, bucket: TokenBucket | None = None, buf: bytearray | None = None,
+            size: int | None = None, on_cold: Callable[[], None] | None = None) -> tuple[str, int]:
+    """(hex digest, bytes read) of the whole file behind ``fd`` (from its start), read to
+    its end.
+
+    ``buf``: a buffer to read into (reused by the caller), else a new one.  ``size``:
+    the file's size as fstat gave it; a short read that completes it is taken as the
+    end (one read for a small file, not two).  ``on_cold``: called when the file's
+    first bytes are not in the page cache (the first read does not wait for the disk:
+    RWF_NOWAIT), before reading them anyway.
+    """
+    h = _hasher(algo)()
+    if buf is None:
+        buf = bytearray(HASH_CHUNK)
     view = memoryview(buf)
+    whole = len(buf)
     total = 0
+    n = -1
+    if on_cold is not None:
+        try:
+            n = os.preadv(fd, [buf], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            on_cold()
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP:
+                raise
     while True:
-        n = os.readv(fd, [buf])
+        if n < 0:
+            n = os.preadv(fd, [buf], total)
         if n == 0:
             return h.hexdigest(), total
         if bucket is not None:
             bucket.take(n)
-        h.update(view[:n])
+        h.update(buf if n == whole else view[:n])
         total += n
+        if n < whole and total == size:
+            return h.hexdigest(), total
+        n = -1
+
+
+_HASHERS: dict[str, Callable] = {}
+
+
+def _hasher(algo: str) -> Callable:
+    """The hashlib constructor of ``algo`` (the named ones are faster than hashlib.new)."""
+    try:
+        return _HASHERS[algo]
+    except KeyError:
+        named = getattr(hashlib, algo, None) if algo in hashlib.algorithms_guaranteed else None
+        return _HASHERS.setdefault(algo, named or functools.partial(hashlib.new, algo))
 
 
 # -- work done in the worker processes ------------------------------------------------
 
 @dataclass
 class _RunState:
-    """What every worker needs, inherited at fork time."""
+    """What every worker needs, inherited at fork time.
 
-    store_root: Path
+    Attributes:
+        digests: pkgid -> the cache's digest blob of that package (vcache).
+    """
+
+    store: Store
     keyring: Keyring
-    cache: dict
+    digests: dict[str, bytes]
     path_filters: tuple[str, ...]
     io_rate: float | None
 
@@ -261,28 +346,45 @@ _GROUPS = _Names(_gid)
 
 @dataclass
 class _Deferred:
-    """A file whose digest the parent decides (its extents are shared)."""
+    """A file whose digest the parent decides (its extents are shared).
+
+    Attributes:
+        index: the entry's index in the header.
+        ident: its identity (vcache.identity) when it was checked.
+        extkey: (file system, extents key, algo): equal for files holding the same bytes.
+        want: the header's digest.
+    """
 
     index: int
     relpath: str
     ident: tuple
     extkey: tuple
     algo: str
+    want: str
 
 
 @dataclass
 class _PackageOutcome:
+    """What a worker sends back for one package.
+
+    Attributes:
+        header: the header's findings.
+        results: entry index -> (FileResult, expected, actual) of the files that
+            are not clean, and of the deferred ones (their digest verdict pending).
+        digests: the vcache blob of the digests known good in this run.
+        names: owner names used -> the ids they resolved to (for the package cache).
+        digest_files: files whose digest applied (for the counters of a cached run).
+    """
+
     pkgid: str
     header: list[Finding] = field(default_factory=list)
-    #: entry index -> (FileResult without the digest verdict, expected, actual)
     results: dict[int, tuple[FileResult, str, str]] = field(default_factory=dict)
     deferred: list[_Deferred] = field(default_factory=list)
     unowned: list[str] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)
-    new_cache: list[tuple[tuple, str]] = field(default_factory=list)
-    entries: list[FileEntry] = field(default_factory=list)
-    #: files whose digest applied (for the counters of a later cached run)
+    digests: bytes = b""
+    names: dict[str, int | None] = field(default_factory=dict)
     digest_files: int = 0
 
 
@@ -331,11 +433,6 @@ def _header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring)
     return findings, pkg
 
 
-def _digest_applies(entry: FileEntry, st: os.stat_result) -> bool:
-    return (stat.S_ISREG(st.st_mode) and not entry.is_ghost
-            and bool(VerifyFlag(entry.verify_flags) & VerifyFlag.FILEDIGEST))
-
-
 def _details(entry: FileEntry, st: os.stat_result | None, differs: VerifyFlag, dir_fd: int,
              relpath: str) -> tuple[str, str]:
     """expected/actual text for flags other than 5 (for the structured records)."""
@@ -369,161 +466,374 @@ def _details(entry: FileEntry, st: os.stat_result | None, differs: VerifyFlag, d
     return " ".join(exp), " ".join(act)
 
 
-def _check_package(pkgid: str, unsigned: bool, want_unowned: bool) -> _PackageOutcome:
+def _digest_applies(entry: FileEntry, st: os.stat_result) -> bool:
+    return (stat.S_ISREG(st.st_mode) and not int(entry.flags) & _GHOST
+            and bool(int(entry.verify_flags) & _F_DIGEST))
+
+
+class _DeferredMark:
+    """The digest of a deferred file: decided by the parent."""
+
+
+_DEFERRED = _DeferredMark()
+
+
+class _Prefetcher(threading.Thread):
+    """Reads ahead of a worker whose files are not in memory: lstat, and for a regular
+    file open and POSIX_FADV_WILLNEED, in header order, so that the disk always has
+    requests queued (and the metadata is read) while the worker waits for one file or
+    hashes it.  Only regular files are opened, as the worker opens them."""
+
+    def __init__(self, dir_fd: int, relpaths: list[str]):
+        super().__init__(name="verify-prefetch", daemon=True)
+        self.dir_fd = dir_fd
+        self.relpaths = relpaths
+        self.stopped = False
+
+    def run(self) -> None:
+        for relpath in self.relpaths:
+            if self.stopped:
+                return
+            try:
+                if not stat.S_ISREG(os.stat(relpath, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
+                    continue
+                fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.join()
+
+
+class _PackageCheck:
+    """The per-package state of the file loop: cached digests, digests found, dedupe,
+    read-ahead."""
+
+    def __init__(self, out: _PackageOutcome, dir_fd: int, known: dict, entries: list[FileEntry]):
+        self.out = out
+        self.stats = out.stats
+        self.dir_fd = dir_fd
+        self.known = known         # identity -> digest, from the cache
+        self.local: dict = {}      # identity -> digest hashed in this package (hard links)
+        self.records: list = []    # (identity, digest) for the cache
+        self.buf = bytearray(HASH_CHUNK)
+        self.fsid: tuple | None = None
+        self.entries = entries
+        self.prefetcher: _Prefetcher | None = None
+        # no read-ahead under an I/O limit: it would read past the limit
+        self.on_cold = None if _BUCKET is not None else self.read_ahead
+
+    def read_ahead(self, start: int) -> None:
+        """Start the read-ahead of the package's files from entry ``start`` on."""
+        self.on_cold = None
+        self.prefetcher = _Prefetcher(self.dir_fd, [e.path.lstrip("/") for e in self.entries[start:]
+                                                    if stat.S_IFMT(e.mode) not in _SPECIAL])
+        self.prefetcher.start()
+
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+
+    def digest(self, fd: int, fst: os.stat_result, entry: FileEntry, algo: str, relpath: str,
+               index: int):
+        """The hex digest of the open regular file ``fd`` (``fst``: its fstat): from the cache,
+        a hard link, or by hashing it; _DEFERRED when its extents are shared; None when
+        reading failed."""
+        ident = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, entry.digest_algo)
+        digest = self.known.get(ident)
+        if digest is not None:
+            self.stats.cache_hits += 1
+            self.records.append((ident, digest))
+            return digest
+        digest = self.local.get(ident)
+        if digest is not None:
+            self.stats.deduped_files += 1
+            return digest
+        try:
+            if fst.st_size >= DEDUPE_MIN_SIZE:
+                extkey = fiemap.shared_extents_key(fd, fst.st_size)
+                if extkey is not None:
+                    if self.fsid is None:
+                        self.fsid = fiemap.filesystem_id(self.dir_fd)
+                    self.out.deferred.append(_Deferred(index, relpath, ident, (self.fsid, extkey, algo), algo,
+                                                       entry.digest.lower()))
+                    return _DEFERRED
+            cold = self.on_cold and (lambda: self.read_ahead(index + 1))
+            digest, n = hash_fd(fd, algo, _BUCKET, self.buf, fst.st_size, cold or None)
+            self.stats.hashed_files += 1
+            self.stats.hashed_bytes += n
+            # Remembered under the identity the file had before it was read: should it
+            # change while read, its ctime changes (or it is another inode), so this
+            # record is never looked up again (docs/verify.md).
+            self.records.append((ident, digest))
+            self.local[ident] = digest
+            return digest
+        except OSError:
+            return None
+
+    def regular(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int):
+        """The fast path of a regular file whose metadata matches: (differs bits, digest or
+        _DEFERRED or None), or None when the file is not the one lstat saw (then the slow
+        path decides)."""
+        try:
+            fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
+        except OSError:
+            return None
+        try:
+            fst = os.fstat(fd)
+            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or not stat.S_ISREG(fst.st_mode):
+                return None
+            differs = 0
+            if int(entry.verify_flags) & _F_CAPS:
+                try:
+                    caps = os.getxattr(fd, CAPS_XATTR)
+                except OSError:
+                    caps = None
+                if (caps is not None or entry.caps) and caps_differ(entry.caps, caps):
+                    differs = _F_CAPS
+            return differs, self.digest(fd, fst, entry, algo, relpath, index)
+        finally:
+            os.close(fd)
+
+    def slow_digest(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int):
+        """The digest of a file checked by check_file: as :meth:`digest`, None when the file
+        cannot be opened or is not the one lstat saw."""
+        try:
+            fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
+        except OSError:
+            return None
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                return None   # replaced while checked
+            return self.digest(fd, fst, entry, algo, relpath, index)
+        finally:
+            os.close(fd)
+
+
+def _check_package(pkgid: str, unsigned: bool) -> _PackageOutcome:
+    """Check one package: its header, then each file it lists, then what it does not list."""
     state = _STATE
     assert state is not None
-    store = Store(state.store_root)
+    store = state.store
     out = _PackageOutcome(pkgid)
     out.header, pkg = _header_findings(store, pkgid, unsigned, state.keyring)
     if pkg is None:
         return out
     entries = pkg.files
-    out.entries = entries
+    out.names = _names_used(entries)
+    filters = state.path_filters
     try:
         dir_fd = os.open(store.package_dir(pkgid), _DIR_FLAGS)
     except OSError as e:
-        dir_fd = None
         out.header.append(Finding("header", pkgid, str(store.package_dir(pkgid)),
                                   f"header    {pkgid}: package directory {os.strerror(e.errno)}",
                                   message=f"package directory: {os.strerror(e.errno)}"))
-    local: dict[tuple, str] = {}   # (dev, ino) or extents key -> digest, within this package
-    try:
         for i, entry in enumerate(entries):
             if entry.path == "/" or stat.S_IFMT(entry.mode) in _SPECIAL:
                 continue
-            if state.path_filters:
-                hit = _selected(entry.path, state.path_filters)
+            if filters:
+                hit = _selected(entry.path, filters)
                 if hit is None:
                     continue
                 out.matched.add(hit)
             out.stats.files += 1
-            relpath = entry.path.lstrip("/")
-            if dir_fd is None:
-                out.results[i] = (FileResult(entry.path, attribute_marker(entry.flags), missing=True,
-                                             quiet_missing=bool(entry.flags & (FileFlag.GHOST | FileFlag.MISSINGOK))),
-                                  "", "")
+            out.results[i] = (FileResult(entry.path, attribute_marker(entry.flags), missing=True,
+                                         quiet_missing=bool(int(entry.flags) & _QUIET_MISSING)), "", "")
+        return out
+    blob = state.digests.get(pkgid)
+    check = _PackageCheck(out, dir_fd, vcache.unpack_digests(blob) if blob else {}, entries)
+    results = out.results
+    users, groups = _USERS, _GROUPS
+    algos: dict[int, str | None] = {}
+    expect: dict[tuple, tuple[int, int, int]] = {}   # (user, group, mode) -> expected_ids_and_mode
+    lstats: dict[str, os.stat_result | None] = {}   # for _unowned
+    files = digest_files = 0
+    try:
+        for i, entry in enumerate(entries):
+            path = entry.path
+            if path == "/" or entry.mode & 0o170000 in _SPECIAL:
                 continue
+            if filters:
+                hit = _selected(path, filters)
+                if hit is None:
+                    continue
+                out.matched.add(hit)
+            files += 1
+            relpath = path.lstrip("/")
             try:
                 st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 st = None
+            lstats[path] = st
+            if st is not None:
+                owner = (entry.user, entry.group, entry.mode)
+                expected = expect.get(owner)
+                if expected is None:
+                    expected = expect[owner] = expected_ids_and_mode(entry, users, groups)
+                uid, gid, mode = expected
+                if metadata_matches(entry, st, uid, gid, mode):
+                    if stat.S_ISDIR(mode):
+                        continue
+                    try:
+                        algo = algos[entry.digest_algo]
+                    except KeyError:
+                        algo = algos[entry.digest_algo] = digest_name(entry.digest_algo)
+                    if algo is not None and _digest_applies(entry, st):
+                        fast = check.regular(relpath, entry, st, algo, i)
+                        if fast is not None:
+                            digest_files += 1
+                            differs, digest = fast
+                            if differs or digest != entry.digest:
+                                _record(out, i, entry, st, algo, differs, digest, dir_fd, relpath)
+                            continue
+            # anything else: rpm -V's whole case analysis
             if st is None:
                 res = check_file(dir_fd, relpath, entry, check_digest=False)
             else:
-                res = check_file(dir_fd, relpath, entry, check_digest=False, st=st,
-                                 users=_USERS, groups=_GROUPS)
-                if res.missing:
-                    st = None
-            expected = actual = ""
-            if st is not None and _digest_applies(entry, st):
-                out.digest_files += 1
-                res, expected, actual = _check_digest(out, local, dir_fd, relpath, entry, st, res, i)
-            if res.differs & ~VerifyFlag.FILEDIGEST:
-                e2, a2 = _details(entry, st, res.differs & ~VerifyFlag.FILEDIGEST, dir_fd, relpath)
-                expected = " ".join(x for x in (expected, e2) if x)
-                actual = " ".join(x for x in (actual, a2) if x)
-            deferred = bool(out.deferred) and out.deferred[-1].index == i
-            if not res.clean or deferred:
-                out.results[i] = (res, expected, actual)
-        if want_unowned and dir_fd is not None and not state.path_filters:
-            out.unowned = _unowned(dir_fd, entries)
+                res = check_file(dir_fd, relpath, entry, check_digest=False, st=st, users=users, groups=groups)
+            if res.missing or st is None:
+                if not res.clean:
+                    results[i] = (res, "", "")
+                continue
+            if _digest_applies(entry, st):
+                digest_files += 1
+                algo = digest_name(entry.digest_algo)
+                digest = None if algo is None else check.slow_digest(relpath, entry, st, algo, i)
+                _record(out, i, entry, st, algo, int(res.differs), digest, dir_fd, relpath, res)
+            elif not res.clean:
+                e2, a2 = _details(entry, st, res.differs, dir_fd, relpath)
+                results[i] = (res, e2, a2)
+        if not filters:
+            out.unowned = _unowned(dir_fd, entries, lstats, fiemap.filesystem_id(dir_fd)[0] == "btrfs")
     finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
+        check.close()
+        os.close(dir_fd)
+    out.stats.files += files
+    out.digest_files = digest_files
+    out.digests = vcache.pack_digests(check.records)
     return out
 
 
-def _check_digest(out: _PackageOutcome, local: dict, dir_fd: int, relpath: str, entry: FileEntry,
-                  st: os.stat_result, res: FileResult, index: int):
-    """Digest verdict for one regular file: cache, local dedupe, defer, or hash now."""
-    state = _STATE
-    algo = digest_name(entry.digest_algo)
+def _record(out: _PackageOutcome, index: int, entry: FileEntry, st: os.stat_result, algo: str | None,
+            differs: int, digest, dir_fd: int, relpath: str, res: FileResult | None = None) -> None:
+    """Put a regular file's verdict into ``out.results`` unless it is clean: ``differs``
+    without the digest's verdict, ``digest`` as _PackageCheck.digest gives it, ``res``
+    check_file's result when it was called."""
+    actual = ""
+    unknown = 0
+    if digest is _DEFERRED:
+        pass
+    elif digest is None:
+        differs |= _F_DIGEST
+        unknown = _F_DIGEST
+        actual = "?"
+    elif digest != entry.digest.lower():
+        differs |= _F_DIGEST
+        actual = f"{algo}:{digest}"
+    if not differs and digest is not _DEFERRED:
+        return
     expected = f"{algo or entry.digest_algo}:{entry.digest}"
-    if algo is None:
-        return (dataclasses.replace(res, differs=res.differs | VerifyFlag.FILEDIGEST,
-                                    unknown=res.unknown | VerifyFlag.FILEDIGEST), expected, "?")
-    ident = vcache.identity(st, entry.digest_algo)
-    digest = state.cache.get(ident)
-    if digest is not None:
-        out.stats.cache_hits += 1
-    else:
-        digest = local.get(("ino", ident))
-        if digest is not None:
-            out.stats.deduped_files += 1
-    if digest is None:
-        try:
-            fd = os.open(relpath, _FILE_FLAGS, dir_fd=dir_fd)
-        except OSError:
-            fd = None
-        if fd is not None:
-            try:
-                fst = os.fstat(fd)
-                if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                    raise OSError(errno.ESTALE, "replaced while checked")
-                ident = vcache.identity(fst, entry.digest_algo)
-                extkey = (fiemap.shared_extents_key(fd, fst.st_size)
-                          if fst.st_size >= DEDUPE_MIN_SIZE else None)
-                if extkey is not None:
-                    key = ("ext", st.st_dev, extkey, algo)
-                    digest = local.get(key)
-                    if digest is None:
-                        # the parent decides: another package may share these extents
-                        out.deferred.append(_Deferred(index, relpath, ident, key, algo))
-                        return res, expected, ""
-                    out.stats.deduped_files += 1
-                else:
-                    digest, n = hash_fd(fd, algo, _BUCKET)
-                    out.stats.hashed_files += 1
-                    out.stats.hashed_bytes += n
-                    # only a file unchanged while it was read is worth remembering
-                    if vcache.identity(os.fstat(fd), entry.digest_algo) == ident:
-                        out.new_cache.append((ident, digest))
-                        local[("ino", ident)] = digest
-            except OSError:
-                digest = None
-            finally:
-                os.close(fd)
-        if digest is None:
-            return (dataclasses.replace(res, differs=res.differs | VerifyFlag.FILEDIGEST,
-                                        unknown=res.unknown | VerifyFlag.FILEDIGEST), expected, "?")
-    if digest != entry.digest.lower():
-        res = dataclasses.replace(res, differs=res.differs | VerifyFlag.FILEDIGEST)
-        return res, expected, f"{algo}:{digest}"
-    return res, expected, ""
+    if res is None:
+        res = FileResult(entry.path, attribute_marker(entry.flags))
+    res = dataclasses.replace(res, differs=VerifyFlag(differs), unknown=res.unknown | VerifyFlag(unknown))
+    other = VerifyFlag(differs & ~_F_DIGEST)
+    if other:
+        e2, a2 = _details(entry, st, other, dir_fd, relpath)
+        expected = f"{expected} {e2}" if e2 else expected
+        actual = " ".join(x for x in (actual, a2) if x)
+    out.results[index] = (res, expected, actual)
 
 
-def _unowned(dir_fd: int, entries: list[FileEntry]) -> list[str]:
-    listed = {e.path for e in entries}
-    parents = set()
-    for p in listed:
-        while p not in ("/", ""):
-            p = p.rsplit("/", 1)[0] or "/"
-            if p in parents:
+#: On btrfs a directory's size is twice the total length of its entries' names
+#: (btrfs_add_link and btrfs_unlink_inode keep it so; no system call sets it).
+BTRFS_DIR_SIZE_PER_NAME_BYTE = 2
+
+
+def _unowned(dir_fd: int, entries: list[FileEntry], lstats: dict[str, os.stat_result | None],
+             btrfs: bool) -> list[str]:
+    """The paths in the package directory ``dir_fd`` that ``entries`` do not list and that
+    are no parent of a listed path (an unowned directory is reported, not its contents).
+
+    ``lstats``: install path -> its lstat (None: not found), for the paths the file
+    loop looked at; the others are looked up here.  The walk goes down real
+    directories only (lstat, never through a symlink), from the package's root.
+    ``btrfs``: the package directory is on btrfs, where a directory's size is twice
+    the length of its entries' names: a directory in which every expected entry
+    was found and whose size is that of their names holds nothing else (a name
+    more would add its length), and is not read.  Every other directory is listed.
+    """
+    children: dict[str, list[str]] = {"": []}   # every expected path -> those expected in it
+    for e in entries:
+        p = e.path
+        if p in children or not p.startswith("/") or p == "/":
+            continue
+        children[p] = []
+        while True:
+            parent = p[:p.rfind("/")]
+            siblings = children.get(parent)
+            if siblings is not None:
+                siblings.append(p)
                 break
-            parents.add(p)
-    found = []
-    # os.scandir gives each entry's type from the directory itself (d_type): no stat per file
-    stack = [("", os.dup(dir_fd))]
-    while stack:
-        base, fd = stack.pop()
+            children[parent] = [p]
+            p = parent
+
+    def lstat(path: str) -> os.stat_result | None:
+        if path in lstats:
+            return lstats[path]
         try:
+            return os.stat(path[1:], dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    found = []
+    root = os.fstat(dir_fd)
+    stack = [("", root)]
+    while stack:
+        base, st = stack.pop()
+        paths = children[base]
+        if btrfs and st.st_dev == root.st_dev:
+            sts = [lstat(p) for p in paths]
+            if None not in sts and st.st_size == BTRFS_DIR_SIZE_PER_NAME_BYTE * _name_bytes(base, paths):
+                stack.extend((p, s) for p, s in zip(paths, sts) if stat.S_ISDIR(s.st_mode))
+                continue
+        try:
+            fd = os.open(base[1:] or ".", _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            # os.scandir gives each entry's type from the directory itself (d_type): no stat
             with os.scandir(fd) as it:
                 for de in it:
                     path = f"{base}/{de.name}"
-                    if path in listed or path in parents:
-                        # an unowned directory is reported, not everything in it
-                        if (path in parents or path in listed) and de.is_dir(follow_symlinks=False):
-                            try:
-                                stack.append((path, os.open(de.name, _DIR_FLAGS, dir_fd=fd)))
-                            except OSError:
-                                pass
-                    else:
+                    if path not in children:
                         found.append(path)
+                    elif de.is_dir(follow_symlinks=False):
+                        sub = lstat(path)
+                        if sub is not None and stat.S_ISDIR(sub.st_mode):
+                            stack.append((path, sub))
         except OSError:
             pass
         finally:
             os.close(fd)
     return sorted(found)
+
+
+def _name_bytes(base: str, paths: list[str]) -> int:
+    """The total length in bytes of the last components of ``paths`` (all in directory
+    ``base``); -1 when one is "." or "..", which lstat finds but no directory holds."""
+    if any(p.endswith(("/.", "/..")) for p in paths):
+        return -1
+    joined = "".join(paths)
+    return len(joined if joined.isascii() else os.fsencode(joined)) - len(paths) * (len(base) + 1)
 
 
 def _hash_group(store_root: str, pkgid: str, relpath: str, ident: tuple, algo: str):
@@ -550,14 +860,143 @@ def _hash_group(store_root: str, pkgid: str, relpath: str, ident: tuple, algo: s
         os.close(fd)
 
 
-def _worker_init() -> None:
+class _WorkerFailed:
+    """A worker's exception, as text (sent instead of its results)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _worker_main(conn, index: int, tasks: list, counter, progress) -> None:
+    """A worker's life: packages from the shared counter until none is left, their
+    outcomes to the parent; then the group representatives the parent sends, their
+    digests back.  Never returns (os._exit)."""
     global _BUCKET
-    # the parent decides when to stop: a worker must not run the parent's handlers
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    state = _STATE
-    if state is not None and state.io_rate:
-        _BUCKET = TokenBucket(state.io_rate)
+    code = 1
+    try:
+        # the parent decides when to stop: a worker must not run the parent's handlers
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # what was inherited stays put: no collection walks it (nor copies its pages)
+        gc.freeze()
+        state = _STATE
+        if state is not None and state.io_rate:
+            _BUCKET = TokenBucket(state.io_rate)
+        outcomes = []
+        while True:
+            with counter.get_lock():
+                i = counter.value
+                counter.value = i + 1
+            if i >= len(tasks):
+                break
+            out = _check_package(*tasks[i])
+            outcomes.append(out)
+            progress[3 * index] += 1
+            progress[3 * index + 1] += out.stats.files
+            progress[3 * index + 2] += out.stats.hashed_bytes
+        conn.send(outcomes)
+        groups = conn.recv()
+        if groups is not None:
+            conn.send([(key, _hash_group(*job)) for key, job in groups])
+        code = 0
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        with contextlib.suppress(BaseException):   # else the parent sees the pipe close
+            conn.send(_WorkerFailed(traceback.format_exc()))
+    finally:
+        os._exit(code)
+
+
+class _Workers:
+    """``n`` forked worker processes (see _worker_main) and the parent's side of them."""
+
+    def __init__(self, n: int, tasks: list):
+        ctx = multiprocessing.get_context("fork")
+        self.counter = ctx.Value("q", 0)
+        self.progress = ctx.RawArray("q", 3 * n)
+        self.procs: list = []
+        self.conns: list = []
+        try:
+            for k in range(n):
+                mine, theirs = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, args=(theirs, k, tasks, self.counter, self.progress),
+                                daemon=True)
+                p.start()
+                theirs.close()
+                self.procs.append(p)
+                self.conns.append(mine)
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def _gather(self, tick: Callable[[], None] | None = None) -> list:
+        """One message from every worker, in worker order."""
+        got: dict[int, object] = {}
+        pending = {c: k for k, c in enumerate(self.conns)}
+        while pending:
+            ready = multiprocessing.connection.wait(list(pending), PROGRESS_INTERVAL if tick else None)
+            if tick:
+                tick()
+            for c in ready:
+                k = pending.pop(c)
+                try:
+                    msg = c.recv()
+                except EOFError:
+                    self.procs[k].join(1)
+                    raise OperationalError(f"verify worker {self.procs[k].pid} died "
+                                           f"(exit status {self.procs[k].exitcode})") from None
+                if isinstance(msg, _WorkerFailed):
+                    raise RuntimeError(  # noqa: TRY004 - a worker's bug, not a type error
+                        f"verify worker {self.procs[k].pid} failed:\n{msg.text}")
+                got[k] = msg
+        return [got[k] for k in range(len(self.conns))]
+
+    def packages(self, tick: Callable[[int, int, int], None] | None = None) -> list[_PackageOutcome]:
+        """Every package's outcome (phase 1).  ``tick(packages, files, bytes)`` is called
+        with the counts so far, every PROGRESS_INTERVAL."""
+        def counts():
+            p = self.progress
+            tick(sum(p[0::3]), sum(p[1::3]), sum(p[2::3]))
+        return [out for outs in self._gather(counts if tick else None) for out in outs]
+
+    def hash_groups(self, jobs: list[list]) -> list:
+        """Phase 2: worker k hashes jobs[k] (a list of (key, _hash_group arguments))."""
+        for c, mine in zip(self.conns, jobs):
+            c.send(mine)
+        return [r for rs in self._gather() for r in rs]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(kill=exc_type is not None)
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            for p in self.procs:
+                p.kill()
+        for c in self.conns:
+            try:
+                c.send(None)   # no phase 2 (ignored after it)
+            except OSError:
+                pass
+            c.close()
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _split(jobs: list[tuple[int, object]], n: int) -> list[list]:
+    """``n`` lists of (size, job) pairs' jobs, balanced by size (largest first, each to
+    the least loaded list)."""
+    bins: list[list] = [[] for _ in range(n)]
+    load = [0] * n
+    for size, job in sorted(jobs, key=lambda j: -j[0]):
+        k = load.index(min(load))
+        bins[k].append(job)
+        load[k] += size
+    return bins
 
 
 # -- the image record -------------------------------------------------------------------
@@ -586,8 +1025,9 @@ def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Findi
         markers = set(os.listdir(store.root / UNSIGNED_DIR))
     except OSError:
         markers = set()
+    stored = set(_stored(store, image.packages))
     for pkgid in image.packages:
-        if not store.has(pkgid):
+        if pkgid not in stored:
             bad(path, f"names {pkgid}, which is not in the store")
         elif (pkgid in image.unsigned) != (pkgid in markers):
             bad(path, f"{pkgid}: recorded {'unsigned' if pkgid in image.unsigned else 'signed'}, "
@@ -613,15 +1053,14 @@ _SUBVOL_ROOT_INO = 256
 #: keys that may have expired meanwhile; the digests still come from the file cache).
 PACKAGE_RECHECK_SECONDS = 3600
 #: Bumped when what a package row means changes.
-_PACKAGE_KEY_VERSION = "p1"
+_PACKAGE_KEY_VERSION = "p2"
 
 
 def _syncfs(fd: int) -> bool:
     """Commit the file system's pending changes (a btrfs subvolume's generation is
     updated at commit): True when that worked."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syncfs(fd) == 0
+        return ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0
     except (OSError, AttributeError):
         return False
 
@@ -671,7 +1110,8 @@ def _package_key(dirs: tuple[int, int], pkgid: str, unsigned: bool, keyring_fp: 
         hst = os.stat(pkgid + HEADER_SUFFIX, dir_fd=dirs[1], follow_symlinks=False)
     except OSError:
         return None
-    return json.dumps([_PACKAGE_KEY_VERSION, state, vcache.identity(hst, 0)[:5], keyring_fp, unsigned])
+    ident = vcache.identity(hst, 0)[:5]
+    return f"{_PACKAGE_KEY_VERSION} {state} {ident} {keyring_fp} {unsigned}"
 
 
 def _names_used(entries: list[FileEntry]) -> dict[str, int | None]:
@@ -696,10 +1136,12 @@ def _cacheable(out: _PackageOutcome) -> bool:
     return not any("unreadable" in f.message or "package directory" in f.message for f in out.header)
 
 
-def _outcome_json(out: _PackageOutcome) -> str:
-    return json.dumps({"findings": [f.to_json() for f in _package_findings(out)],
-                       "names": _names_used(out.entries), "files": out.stats.files,
-                       "digests": out.digest_files})
+def _outcome_json(out: _PackageOutcome, findings: list[Finding]) -> str:
+    return json.dumps({"findings": [f.to_json() for f in findings], "names": out.names,
+                       "files": out.stats.files, "digests": out.digest_files})
+
+
+# -- the run --------------------------------------------------------------------------
 
 
 # -- the run --------------------------------------------------------------------------
@@ -711,41 +1153,41 @@ def _matches_package(pkgid: str, word: str) -> bool:
     return word in (pkgid, nevra, name, nvra)
 
 
-class _InlinePool:
-    """The executor interface, in this process: no pool to start when there is (almost)
-    nothing to do."""
+class _Commit(threading.Thread):
+    """Commits pending changes so that subvolume generations are current (see
+    _subvolume_state), in the background while the run reads the image; ``ok``:
+    whether that worked (else the package cache is not used)."""
 
-    def __enter__(self):
-        global _BUCKET
-        state = _STATE
-        _BUCKET = TokenBucket(state.io_rate) if state is not None and state.io_rate else None
-        return self
+    def __init__(self, store: Store):
+        super().__init__(name="verify-syncfs", daemon=True)
+        self.root = store.root
+        self.ok = False
+        self.start()
 
-    def __exit__(self, *exc):
-        global _BUCKET
-        _BUCKET = None
-        return False
-
-    def submit(self, fn, *args):
-        fut = concurrent.futures.Future()
+    def run(self) -> None:
         try:
-            fut.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed over like a pool does
-            fut.set_exception(e)
-        return fut
+            fd = os.open(self.root / "packages", _DIR_FLAGS)
+        except OSError:
+            return
+        try:
+            self.ok = _syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def wait(self) -> bool:
+        self.join()
+        return self.ok
 
 
-def _package_cache_usable(store: Store) -> bool:
-    """Commit pending changes so that subvolume generations are current (see
-    _subvolume_state); False when that cannot be done."""
+def _stored(store: Store, pkgids: Sequence[str]) -> list[str]:
+    """The ``pkgids`` that are in the store (as Store.has says, with one directory read)."""
     try:
-        fd = os.open(store.root / "packages", _DIR_FLAGS)
+        with os.scandir(store.root / HEADERS_DIR) as it:
+            names = {de.name[:-len(HEADER_SUFFIX)] for de in it
+                     if de.name.endswith(HEADER_SUFFIX) and not de.name.startswith(".") and de.is_file()}
     except OSError:
-        return False
-    try:
-        return _syncfs(fd)
-    finally:
-        os.close(fd)
+        names = set()
+    return [p for p in pkgids if p in names]
 
 
 def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filters: Sequence[str] = (),
@@ -759,18 +1201,23 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
     hashing, shared by the workers.  Raises OperationalError when the image
     cannot be named at all.
     """
-    global _STATE
+    global _STATE, _BUCKET
     t0 = time.monotonic()
     report = Report()
-    image, image_findings = check_image(store, image_ref)
+    path_filters = tuple(f.rstrip("/") or "/" for f in filters if f.startswith("/"))
+    # the package cache: only for whole packages, and never for --full
+    commit = _Commit(store) if use_cache and not path_filters else None
+    try:
+        image, image_findings = check_image(store, image_ref)
+    finally:
+        packages_ok = commit is not None and commit.wait()
     report.findings.extend(image_findings)
     if image is None:
         report.duration = time.monotonic() - t0
         return report
     report.image = image.id
-    path_filters = tuple(f.rstrip("/") or "/" for f in filters if f.startswith("/"))
     pkg_filters = [f for f in filters if not f.startswith("/")]
-    pkgids = [p for p in image.packages if store.has(p)]
+    pkgids = _stored(store, image.packages)
     if pkg_filters:
         chosen = []
         for word in pkg_filters:
@@ -786,147 +1233,159 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
     unsigned = set(image.unsigned)
     stats = report.stats
     stats.packages = len(pkgids)
-    # the package cache: only for whole packages, and never for --full
     pkg_keys: dict[str, str] = {}
     cached_findings: dict[str, list[Finding]] = {}
-    packages_ok = use_cache and not path_filters and _package_cache_usable(store)
     if packages_ok:
-        now = time.time()
-        rows = {} if full else vcache.load_packages(cache_file)
-        kfp = keyring_fingerprint(keyring)
-        dirs = None
-        try:
-            pfd = os.open(store.root / "packages", _DIR_FLAGS)
-            try:
-                dirs = (pfd, os.open(store.header_path("x").parent, _DIR_FLAGS))
-            except OSError:
-                os.close(pfd)
-        except OSError:
-            pass
-        try:
-            for p in (pkgids if dirs else ()):
-                key = _package_key(dirs, p, p in unsigned, kfp)
-                if key is None:
-                    continue
-                pkg_keys[p] = key
-                row = rows.get(p)
-                if row is None or row[0] != key or not 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
-                    continue
-                try:
-                    data = json.loads(row[2])
-                    if not _names_unchanged(data["names"]):
-                        continue
-                    cached_findings[p] = [Finding(**f) for f in data["findings"]]
-                    stats.files += data["files"]
-                    stats.cache_hits += data["digests"]
-                    stats.cached_packages += 1
-                except (ValueError, KeyError, TypeError):
-                    continue
-        finally:
-            if dirs:
-                os.close(dirs[0])
-                os.close(dirs[1])
+        _cached_packages(store, keyring, pkgids, unsigned, {} if full else vcache.load_packages(cache_file),
+                         pkg_keys, cached_findings, stats)
     todo = [p for p in pkgids if p not in cached_findings]
-    cache = {} if (full or not use_cache or not todo) else vcache.load(cache_file)
-    jobs = max(1, jobs or os.cpu_count() or 1)
-    _STATE = _RunState(store.root, keyring, cache, path_filters,
-                       io_limit / jobs if io_limit else None)
-    # largest packages first: the pool ends evenly
+    digests = vcache.load_digests(cache_file, todo) if use_cache and not full and todo else {}
+    # largest packages first (by header size: about their number of files), so that
+    # the workers finish together
     sizes = {}
     for p in todo:
         try:
             sizes[p] = os.stat(store.header_path(p)).st_size
         except OSError:
             sizes[p] = 0
-    order = sorted(todo, key=lambda p: -sizes[p])
-    outcomes: dict[str, _PackageOutcome] = {}
-    new_cache: list = []
+    tasks = [(p, p in unsigned) for p in sorted(todo, key=lambda p: -sizes[p])]
+    n = min(max(1, jobs or os.cpu_count() or 1), len(tasks))
+    _STATE = _RunState(store, keyring, digests, path_filters, io_limit / max(n, 1) if io_limit else None)
+    done_before = len(cached_findings)
+    files_before = stats.files
+
+    def tick(packages: int, files: int, hashed: int) -> None:
+        progress(done_before + packages, len(pkgids),
+                 dataclasses.replace(stats, files=files_before + files, hashed_bytes=hashed))
+
     try:
-        if len(order) <= 1 or jobs == 1:
-            pool = _InlinePool()
-        else:
-            ctx = multiprocessing.get_context("fork")
-            pool = concurrent.futures.ProcessPoolExecutor(min(jobs, len(order)), mp_context=ctx,
-                                                          initializer=_worker_init)
-        with pool:
-            futures = {pool.submit(_check_package, p, p in unsigned, True): p for p in order}
-            for fut in concurrent.futures.as_completed(futures):
-                out = fut.result()
-                outcomes[out.pkgid] = out
-                for k in ("files", "hashed_files", "hashed_bytes", "cache_hits", "deduped_files"):
-                    setattr(stats, k, getattr(stats, k) + getattr(out.stats, k))
+        if n <= 1:
+            _BUCKET = TokenBucket(io_limit) if io_limit else None
+            outcomes = []
+            for task in tasks:
+                outcomes.append(_check_package(*task))
                 if progress:
-                    progress(len(outcomes) + len(cached_findings), len(pkgids), stats)
-            new_cache = [row for o in outcomes.values() for row in o.new_cache]
-            _resolve_deferred(pool, store, outcomes, stats, new_cache)
+                    tick(len(outcomes), sum(o.stats.files for o in outcomes),
+                         sum(o.stats.hashed_bytes for o in outcomes))
+            _resolve_deferred(store, outcomes, stats,
+                              lambda jobs: [(key, _hash_group(*args)) for _size, (key, args) in jobs])
+        else:
+            with _Workers(n, tasks) as workers:
+                outcomes = workers.packages(tick if progress else None)
+                _resolve_deferred(store, outcomes, stats, lambda jobs: workers.hash_groups(_split(jobs, n)))
     finally:
         _STATE = None
-    matched = set().union(*(o.matched for o in outcomes.values())) if outcomes else set()
+        _BUCKET = None
+    by_id = {out.pkgid: out for out in outcomes}
+    for out in outcomes:
+        for k in ("files", "hashed_files", "hashed_bytes", "cache_hits", "deduped_files"):
+            setattr(stats, k, getattr(stats, k) + getattr(out.stats, k))
+    matched = set().union(*(o.matched for o in outcomes))
     for f in path_filters:
         if f not in matched:
             report.errors.append(f"file {f} is not owned by any package of image {image.id}")
-    package_rows = []
+    rows = []
     checked = time.time()
     for pkgid in pkgids:
         if pkgid in cached_findings:
             report.findings.extend(cached_findings[pkgid])
             continue
-        out = outcomes[pkgid]
-        report.findings.extend(_package_findings(out))
-        if pkgid in pkg_keys and _cacheable(out):
-            package_rows.append((pkgid, pkg_keys[pkgid], checked, _outcome_json(out)))
-    if use_cache:
-        complete = not filters
-        forget = [p for p in pkgids if p not in cached_findings and p not in {r[0] for r in package_rows}]
-        report.cache_written = vcache.save(cache_file, new_cache, replace=full and complete,
-                                           packages=package_rows if packages_ok else (),
-                                           forget=forget)
+        out = by_id[pkgid]
+        findings = _package_findings(out)
+        report.findings.extend(findings)
+        key = pkg_keys.get(pkgid, "") if _cacheable(out) else ""
+        rows.append((pkgid, key, checked, _outcome_json(out, findings) if key else "", out.digests))
+    if use_cache and not path_filters:
+        # only whole packages are written: a row holds all of a package's digests
+        report.cache_written = vcache.save(cache_file, rows, replace=full and not filters)
     report.duration = time.monotonic() - t0
     return report
 
 
-def _resolve_deferred(pool, store: Store, outcomes: dict[str, _PackageOutcome], stats: Stats,
-                      new_cache: list) -> None:
-    """Hash one file per group of extent-sharing files; give its digest to the group."""
+def _cached_packages(store: Store, keyring: Keyring, pkgids: list[str], unsigned: set[str], rows: dict,
+                     pkg_keys: dict[str, str], cached_findings: dict[str, list[Finding]], stats: Stats) -> None:
+    """Fill ``pkg_keys`` (every package's cache key) and ``cached_findings`` (the packages
+    whose row in ``rows`` is valid: the package cache)."""
+    now = time.time()
+    kfp = keyring_fingerprint(keyring)
+    try:
+        pfd = os.open(store.root / "packages", _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        hfd = os.open(store.header_path("x").parent, _DIR_FLAGS)
+    except OSError:
+        os.close(pfd)
+        return
+    try:
+        for p in pkgids:
+            key = _package_key((pfd, hfd), p, p in unsigned, kfp)
+            if key is None:
+                continue
+            pkg_keys[p] = key
+            row = rows.get(p)
+            if row is None or row[0] != key or not 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
+                continue
+            try:
+                data = json.loads(row[2])
+                if not _names_unchanged(data["names"]):
+                    continue
+                cached_findings[p] = [Finding(**f) for f in data["findings"]]
+                stats.files += data["files"]
+                stats.cache_hits += data["digests"]
+                stats.cached_packages += 1
+            except (ValueError, KeyError, TypeError):
+                continue
+    finally:
+        os.close(pfd)
+        os.close(hfd)
+
+
+def _resolve_deferred(store: Store, outcomes: list[_PackageOutcome], stats: Stats, hash_groups) -> None:
+    """Hash one file per group of extent-sharing files (``hash_groups``: a list of
+    (size, (key, _hash_group arguments)) -> [(key, result)]); give its digest to the group."""
     groups: dict[tuple, list[tuple[_PackageOutcome, _Deferred]]] = defaultdict(list)
-    for out in outcomes.values():
+    for out in outcomes:
         for d in out.deferred:
             groups[d.extkey].append((out, d))
     if not groups:
         return
-    pending = {}
+    root = str(store.root)
+    jobs = []
     for key, members in groups.items():
         out, d = members[0]
-        pending[pool.submit(_hash_group, str(store.root), out.pkgid, d.relpath, d.ident, d.algo)] = key
-    for fut in concurrent.futures.as_completed(pending):
-        key = pending[fut]
-        digest, n, stable = fut.result()
-        members = groups[key]
+        jobs.append((d.ident[2], (key, (root, out.pkgid, d.relpath, d.ident, d.algo))))
+    results = dict(hash_groups(jobs))
+    records: dict[str, list] = defaultdict(list)
+    for key, members in groups.items():
+        digest, n, stable = results[key]
         stats.hashed_files += 1
         stats.hashed_bytes += n
         if digest is None or not stable:
             # the representative changed under us: hash every member on its own
-            results = [_hash_group(str(store.root), o.pkgid, d.relpath, d.ident, d.algo) for o, d in members]
+            found = [_hash_group(root, o.pkgid, d.relpath, d.ident, d.algo) for o, d in members]
             stats.hashed_files += len(members)
-            stats.hashed_bytes += sum(r[1] for r in results)
+            stats.hashed_bytes += sum(r[1] for r in found)
         else:
-            results = [(digest, 0, True)] * len(members)
+            found = [(digest, 0, True)] * len(members)
             stats.deduped_files += len(members) - 1
-        for (out, d), (dig, _n, ok) in zip(members, results):
-            entry = out.entries[d.index]
-            res, expected, _ = out.results[d.index]
+        for (out, d), (dig, _n, ok) in zip(members, found):
+            res, expected, actual = out.results[d.index]
             if dig is None:
                 res = dataclasses.replace(res, differs=res.differs | VerifyFlag.FILEDIGEST,
                                           unknown=res.unknown | VerifyFlag.FILEDIGEST)
-                actual = "?"
+                mine = "?"
             else:
                 if ok:
-                    new_cache.append((d.ident, dig))
-                actual = ""
-                if dig != entry.digest.lower():
+                    records[out.pkgid].append((d.index, d.ident, dig))
+                mine = ""
+                if dig != d.want:
                     res = dataclasses.replace(res, differs=res.differs | VerifyFlag.FILEDIGEST)
-                    actual = f"{d.algo}:{dig}"
-            out.results[d.index] = (res, expected, actual)
+                    mine = f"{d.algo}:{dig}"
+            out.results[d.index] = (res, expected, " ".join(x for x in (mine, actual) if x))
+    for out in outcomes:
+        if out.pkgid in records:   # in header order: the same blob as last time, unless a file changed
+            out.digests += vcache.pack_digests(r[1:] for r in sorted(records[out.pkgid]))
 
 
 def _package_findings(out: _PackageOutcome) -> list[Finding]:

@@ -42,8 +42,8 @@ import hashlib
 import os
 import pwd
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from verifier.filecaps import XATTR_NAME as CAPS_XATTR
 from verifier.filecaps import caps_differ
@@ -178,6 +178,25 @@ def expected_ids_and_mode(entry: FileEntry, users: Mapping[str, int] | None = No
         gid = 0
         mode &= ~stat.S_ISGID
     return uid, gid, mode
+
+
+def metadata_matches(entry: FileEntry, st: os.stat_result, uid: int, gid: int, mode: int) -> bool:
+    """A shortcut for bulk checks: True when ``st`` (the file's lstat) shows exactly what
+    ``entry`` describes -- the same type and mode, owner and group ids, and for a regular
+    file the same size and mtime.  ``uid, gid, mode``: :func:`expected_ids_and_mode`'s.
+
+    Then :func:`check_file` finds no difference but possibly 5 and P (the digest and
+    the capabilities, which need the file's bytes and attribute): each comparison it
+    makes is between equal values, whatever the verify flags and file flags.  A
+    symlink is never accepted (its target needs readlink), nor any other type.  On
+    False, call check_file.
+    """
+    st_mode = st.st_mode
+    if st_mode != mode or st.st_uid != uid or st.st_gid != gid:
+        return False
+    if stat.S_ISREG(st_mode):
+        return st.st_size == entry.size and st.st_mtime_ns // 1_000_000_000 == entry.mtime
+    return stat.S_ISDIR(st_mode)
 
 
 def _hash_fd(fd: int, algo: str) -> str:
