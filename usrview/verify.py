@@ -579,18 +579,30 @@ class _PackageCheck:
         except OSError:
             return None
 
+    def _open_same(self, relpath: str, st: os.stat_result):
+        """(fd, fstat) of ``relpath`` when it is still the regular file lstat saw, else
+        (None, None): replaced meanwhile, or it cannot be opened."""
+        try:
+            fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
+        except OSError:
+            return None, None
+        try:
+            fst = os.fstat(fd)
+        except OSError:
+            fst = None
+        if fst is None or fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or not stat.S_ISREG(fst.st_mode):
+            os.close(fd)
+            return None, None
+        return fd, fst
+
     def regular(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int):
         """The fast path of a regular file whose metadata matches: (differs bits, digest or
         _DEFERRED or None), or None when the file is not the one lstat saw (then the slow
         path decides)."""
-        try:
-            fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
-        except OSError:
+        fd, fst = self._open_same(relpath, st)
+        if fd is None:
             return None
         try:
-            fst = os.fstat(fd)
-            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or not stat.S_ISREG(fst.st_mode):
-                return None
             differs = 0
             if int(entry.verify_flags) & _F_CAPS:
                 try:
@@ -606,14 +618,10 @@ class _PackageCheck:
     def slow_digest(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int):
         """The digest of a file checked by check_file: as :meth:`digest`, None when the file
         cannot be opened or is not the one lstat saw."""
-        try:
-            fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
-        except OSError:
+        fd, fst = self._open_same(relpath, st)
+        if fd is None:
             return None
         try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                return None   # replaced while checked
             return self.digest(fd, fst, entry, algo, relpath, index)
         finally:
             os.close(fd)
