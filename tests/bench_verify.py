@@ -76,8 +76,12 @@ def hash_floor(store_root: Path, jobs: int):
     paths.sort()
 
     def run():
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        pool = multiprocessing.get_context("fork").Pool(jobs)
+        try:
             return sum(pool.map(_hash_files, [paths[i::jobs] for i in range(jobs)]))
+        finally:
+            pool.close()  # not terminate(): the workers would run this script's SIGTERM handler
+            pool.join()
 
     return run
 
