@@ -176,6 +176,13 @@ def test_io_limit_throttles(world, tmp_path):
     for _ in range(3):
         b.take(1_000_000)
     assert sum(slept) == pytest.approx(3 - (1 << 20) / 1e6, rel=1e-6)
+    # A fast limit does not start with a second's worth: from the start, at most the
+    # rate plus one small burst (50 MB/s, 60 MB: 1.2 s less what 1 MiB saves).
+    slept.clear()
+    b = verify.TokenBucket(50e6, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        b.take(20_000_000)
+    assert sum(slept) == pytest.approx((60e6 - (1 << 20)) / 50e6, rel=1e-6)
     assert size > 0
 
 
