@@ -386,3 +386,41 @@ async def test_unchanged_file_is_opened_at_its_first_read_and_checked_again(stor
             pytest.raises(pyfuse3.FUSEError):
         await ops.open(tool, os.O_RDONLY, None)
     assert not ops.open_files
+
+
+async def test_page_cached_small_files_are_hashed_in_the_event_loop(store, gpg_key, monkeypatch):
+    ops = make_ops(store, gpg_key)
+    to_thread = []
+    real = trio.to_thread.run_sync
+
+    async def counting(*args, **kwargs):
+        to_thread.append(args[0].__name__)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    backing(store, "usr/bin/tool").read_bytes()  # in the page cache
+    assert await read_all(ops, tool) == TOOL
+    assert (ops.guard.hashed, ops.guard.hashed_inline, to_thread) == (1, 1, [])
+    # A file over INLINE_HASH_MAX goes to a thread.
+    big = (await lookup_path(ops, "share/api/big")).st_ino
+    assert await read_all(ops, big) == BIG
+    assert (ops.guard.hashed, ops.guard.hashed_inline, to_thread) == (2, 1, ["hash_fd"])
+
+
+def test_read_ahead_thread_asks_the_kernel_for_the_backing_files(store, gpg_key, monkeypatch):
+    ops = make_ops(store, gpg_key)
+    asked = []
+    real = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        asked.append((os.readlink(f"/proc/self/fd/{fd}"), advice))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(guard_module.os, "posix_fadvise", fadvise)
+    first = ops.tree.resolve("share/many/f000")
+    ops.guard._read_ahead(first)
+    ops.guard.close()  # joins the thread: everything submitted was asked for
+    want = [(str(backing(store, f"usr/share/many/f{i:03d}")), os.POSIX_FADV_WILLNEED)
+            for i in range(1, 1 + READAHEAD_START)]
+    assert asked == want

@@ -13,8 +13,9 @@ checks it:
 
 Results are cached per backing-file identity (st_dev, st_ino, st_size,
 st_mtime_ns, st_ctime_ns) and digest algorithm: any change of the file's bytes
-changes its ctime, so a later open of an unchanged file costs one open and
-one fstat.  Concurrent first opens of one file hash it once (the others wait
+changes its ctime.  A later open of a file whose check passed costs one
+``lstat`` (:meth:`Guard.unchanged`); its backing file is opened, and checked
+again, at the first read.  Concurrent first opens of one file hash it once (the others wait
 on a ``trio.Event``).  Hashing runs in worker threads under a
 ``trio.CapacityLimiter``, so a large file never stalls the event loop.
 
@@ -29,8 +30,8 @@ open waits for its bytes.  Inode numbers follow name order within a directory
 (:mod:`usrview.tree`), so after an open of inode *i* the guard has a thread of
 its own ask the kernel to read the backing files of the next inodes
 (``posix_fadvise(WILLNEED)``: the disk works while the view serves, and the
-metadata reads that asking may wait for do not hold up the event loop).  The window works like the kernel's page
-read-ahead: it starts at :data:`READAHEAD_START` files and doubles, up to
+metadata reads that asking may wait for do not hold up the event loop).  The
+window works like the kernel's page read-ahead: it starts at :data:`READAHEAD_START` files and doubles, up to
 :data:`READAHEAD_MAX`, while the opens land on files it read ahead; an open
 elsewhere starts a new small window.  Read-ahead only warms the page cache:
 what is verified, logged and refused is decided by each open as before.
@@ -259,10 +260,9 @@ class Guard:
         # when its check passed
         self._good: dict[int, tuple] = {}
         # read-ahead: per inode 1 once opened or read ahead; the inodes read
-        # ahead and not opened since; the next inode to read ahead; the window.
+        # ahead and not opened since; the window.
         self._ra_seen = bytearray(len(tree.nodes))
         self._ra_pending: set[int] = set()
-        self._ra_next = 0
         self._ra_window = READAHEAD_START
         self._ra_thread = _ReadAhead(tree)
         self.read_ahead = 0
@@ -324,14 +324,12 @@ class Guard:
         if inode in self._ra_pending:
             self._ra_pending.discard(inode)
             self._ra_window = min(self._ra_window * 2, READAHEAD_MAX)
-            start = max(inode + 1, self._ra_next)
         else:
             self._ra_window = READAHEAD_START
-            start = inode + 1
-        end = min(inode + 1 + self._ra_window, len(self._ra_seen))
         nodes = self.tree.nodes
         batch = []
-        for i in range(start, end):
+        # what the window covers and was seen already (read ahead or opened) is skipped
+        for i in range(inode + 1, min(inode + 1 + self._ra_window, len(self._ra_seen))):
             if self._ra_seen[i]:
                 continue
             self._ra_seen[i] = 1
@@ -344,7 +342,6 @@ class Guard:
         if batch:
             self.read_ahead += len(batch)
             self._ra_thread.submit(batch)
-        self._ra_next = end if start == inode + 1 else max(self._ra_next, end)
 
     async def _check(self, node: Node, fd: int) -> None:
         st = os.fstat(fd)

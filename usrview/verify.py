@@ -1421,10 +1421,6 @@ def _package_findings(out: _PackageOutcome) -> list[Finding]:
     return findings
 
 
-def format_text(f: Finding) -> str:
-    return f.line
-
-
 def write_json(report: Report, out) -> None:
     for f in report.findings:
         out.write(json.dumps(f.to_json()) + "\n")
