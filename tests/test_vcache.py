@@ -218,3 +218,24 @@ def test_digest_blob_roundtrip_and_malformed_blob_is_empty():
     blob = vcache.pack_digests(rows.items())
     assert vcache.unpack_digests(blob) == rows
     assert vcache.unpack_digests(blob[:-1]) == {} and vcache.unpack_digests(b"") == {}
+
+
+def test_package_cache_without_the_root_tree_search(bworld, monkeypatch):
+    """Where btrfs's root tree cannot be searched (no CAP_SYS_ADMIN) each package
+    subvolume is asked on its own: the package cache still works, and still sees a change."""
+    from usrview import btrfs
+
+    def denied(fd):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(btrfs, "child_subvolume_states", denied)
+    assert bworld.verify().findings == []
+    second = bworld.verify()
+    assert second.stats.cached_packages == 1 and second.stats.hashed_files == 0
+    d = bworld.pkgdir("tool")
+    _writable(d)
+    _mode(d)
+    _writable(d, False)
+    changed = bworld.verify()
+    assert changed.stats.cached_packages == 0
+    assert [f.line for f in changed.findings] == [".M.......    /usr/share/tool/data"]

@@ -164,6 +164,135 @@ def set_subvolume_readonly(fd: int, readonly: bool = True) -> None:
     fcntl.ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, struct.pack("=Q", flags))
 
 
+# -- subvolume states: what changes when a subvolume's content does ------------------
+#
+# A subvolume's generation is the transaction that last wrote its tree; it is
+# recorded at commit (so a caller that relies on it syncs first).  The state
+# string is "uuid:treeid:generation": another subvolume under the same name has
+# another uuid and tree id.
+
+#: struct btrfs_ioctl_get_subvol_info_args (linux/btrfs.h): treeid, name[256],
+#: parent_id, dirid, generation, flags, uuid, parent_uuid, received_uuid,
+#: ctransid, otransid, stransid, rtransid, 4 x btrfs_ioctl_timespec, reserved[8].
+_SUBVOL_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ" + "QI4x" * 4 + "8Q")
+#: BTRFS_IOC_GET_SUBVOL_INFO = _IOR(0x94, 60, args): unprivileged, kernel >= 4.18.
+BTRFS_IOC_GET_SUBVOL_INFO = _ioc(_IOC_READ, BTRFS_IOCTL_MAGIC, 60, _SUBVOL_INFO.size)
+
+#: struct btrfs_ioctl_search_key: tree_id, min/max objectid, min/max offset,
+#: min/max transid, min/max type, nr_items, unused, unused1..4.
+_SEARCH_KEY = struct.Struct("=7Q4I4Q")
+#: struct btrfs_ioctl_search_header: transid, objectid, offset, type, len.
+_SEARCH_HEADER = struct.Struct("=3Q2I")
+#: Bytes of results per BTRFS_IOC_TREE_SEARCH_V2 call.
+_SEARCH_BUF = 256 << 10
+#: BTRFS_IOC_TREE_SEARCH_V2 = _IOWR(0x94, 17, struct btrfs_ioctl_search_args_v2):
+#: the key, then buf_size (u64), then the results.  Needs CAP_SYS_ADMIN.
+BTRFS_IOC_TREE_SEARCH_V2 = _ioc(_IOC_READ | _IOC_WRITE, BTRFS_IOCTL_MAGIC, 17, _SEARCH_KEY.size + 8)
+_U64_MAX = (1 << 64) - 1
+#: The root tree (BTRFS_ROOT_TREE_OBJECTID) and the item types read from it.
+_ROOT_TREE = 1
+_ROOT_ITEM_KEY = 132
+_ROOT_REF_KEY = 156
+#: struct btrfs_root_ref (dirid, sequence, name_len), followed by the name.
+_ROOT_REF = struct.Struct("<QQH")
+#: In struct btrfs_root_item: generation follows the 160-byte inode item; the
+#: uuid follows generation, root_dirid, bytenr, byte_limit, bytes_used,
+#: last_snapshot, flags, refs, drop_progress (17), drop_level, level, generation_v2.
+_ROOT_ITEM_GENERATION = struct.Struct("<Q")
+_ROOT_ITEM_GENERATION_AT = 160
+_ROOT_ITEM_UUID_AT = 160 + 7 * 8 + 4 + 17 + 1 + 1 + 8
+_ROOT_ITEM_MIN_SIZE = _ROOT_ITEM_UUID_AT + 16
+
+
+def _state(uuid: bytes, treeid: int, generation: int) -> str:
+    return f"{uuid.hex()}:{treeid}:{generation}"
+
+
+def subvolume_state(name: str | os.PathLike, dir_fd: int | None = None) -> str | None:
+    """``uuid:treeid:generation`` of the subvolume whose root directory is ``name``
+    (relative to ``dir_fd``); None when it is not one, or the ioctl fails."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino != BTRFS_SUBVOL_ROOT_INO:
+            return None
+        buf = bytearray(_SUBVOL_INFO.size)
+        fcntl.ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, buf)
+        v = _SUBVOL_INFO.unpack(buf)
+        return _state(v[6], v[0], v[4])
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def tree_search(fd: int, tree_id: int, lo: tuple[int, int, int], hi: tuple[int, int, int]):
+    """The items of btrfs tree ``tree_id`` (0: the subvolume holding ``fd``) whose keys
+    (objectid, type, offset) lie between ``lo`` and ``hi`` (compared as tuples),
+    as (objectid, type, offset, bytes), in key order.  BTRFS_IOC_TREE_SEARCH_V2;
+    raises OSError (EPERM without CAP_SYS_ADMIN)."""
+    buf = bytearray(_SEARCH_KEY.size + 8 + _SEARCH_BUF)
+    start = _SEARCH_KEY.size + 8
+    key = lo
+    while key <= hi:
+        _SEARCH_KEY.pack_into(buf, 0, tree_id, key[0], hi[0], key[2], _U64_MAX, 0, _U64_MAX,
+                              key[1], hi[1], 0xFFFFFFFF, 0, 0, 0, 0, 0)
+        struct.pack_into("=Q", buf, _SEARCH_KEY.size, _SEARCH_BUF)
+        fcntl.ioctl(fd, BTRFS_IOC_TREE_SEARCH_V2, buf)
+        # the kernel compares whole keys against the two given: what comes back lies
+        # between them (checked again below all the same); it sets nr_items
+        nr = _SEARCH_KEY.unpack_from(buf)[9]
+        if nr == 0:
+            return
+        pos = start
+        for _ in range(nr):
+            _transid, objectid, offset, typ, length = _SEARCH_HEADER.unpack_from(buf, pos)
+            pos += _SEARCH_HEADER.size
+            item = (objectid, typ, offset)
+            if lo <= item <= hi:
+                yield objectid, typ, offset, bytes(buf[pos:pos + length])
+            pos += length
+        if offset < _U64_MAX:
+            key = (objectid, typ, offset + 1)
+        elif typ < 0xFF:
+            key = (objectid, typ + 1, 0)
+        elif objectid < _U64_MAX:
+            key = (objectid + 1, 0, 0)
+        else:
+            return
+
+
+def child_subvolume_states(dir_fd: int) -> dict[str, str]:
+    """name -> ``uuid:treeid:generation`` of every subvolume whose root is an entry of
+    the btrfs directory ``dir_fd``, from two searches of the root tree instead of an
+    open and an ioctl per subvolume: the directory's ROOT_REF items name them, their
+    ROOT_ITEMs give uuid and generation (what GET_SUBVOL_INFO reports).  Raises
+    OSError when the search cannot be made (EPERM without CAP_SYS_ADMIN)."""
+    buf = bytearray(_SUBVOL_INFO.size)
+    fcntl.ioctl(dir_fd, BTRFS_IOC_GET_SUBVOL_INFO, buf)
+    parent = _SUBVOL_INFO.unpack(buf)[0]
+    dirid = os.fstat(dir_fd).st_ino
+    names: dict[int, str] = {}
+    for _obj, _typ, child, data in tree_search(dir_fd, _ROOT_TREE, (parent, _ROOT_REF_KEY, 0),
+                                               (parent, _ROOT_REF_KEY, _U64_MAX)):
+        ref_dirid, _seq, name_len = _ROOT_REF.unpack_from(data)
+        if ref_dirid == dirid:
+            names[child] = os.fsdecode(data[_ROOT_REF.size:_ROOT_REF.size + name_len])
+    if not names:
+        return {}
+    out = {}
+    for tree, _typ, _off, data in tree_search(dir_fd, _ROOT_TREE, (min(names), _ROOT_ITEM_KEY, 0),
+                                              (max(names), _ROOT_ITEM_KEY, _U64_MAX)):
+        name = names.get(tree)
+        if name is None or _typ != _ROOT_ITEM_KEY or len(data) < _ROOT_ITEM_MIN_SIZE:
+            continue
+        generation, = _ROOT_ITEM_GENERATION.unpack_from(data, _ROOT_ITEM_GENERATION_AT)
+        out[name] = _state(data[_ROOT_ITEM_UUID_AT:_ROOT_ITEM_UUID_AT + 16], tree, generation)
+    return out
+
+
 # -- one code path for btrfs and plain directories ----------------------------------
 
 def create_tree(parent_fd: int, name: str, mode: int = 0o755) -> bool:
@@ -277,6 +406,7 @@ __all__ = [
     "BTRFS_IOC_SNAP_DESTROY", "BTRFS_IOC_SUBVOL_CREATE", "BTRFS_IOC_SUBVOL_GETFLAGS",
     "BTRFS_IOC_SUBVOL_SETFLAGS", "BTRFS_SUBVOL_RDONLY", "BTRFS_SUPER_MAGIC", "FICLONE",
     "CloneUnsupported", "clone_file", "clone_or_copy", "create_subvolume", "create_tree",
-    "delete_subvolume", "delete_tree", "fs_type", "get_readonly", "is_btrfs", "is_subvolume",
-    "remove_tree_path", "set_readonly", "set_subvolume_readonly", "syncfs",
+    "child_subvolume_states", "delete_subvolume", "delete_tree", "fs_type", "get_readonly", "is_btrfs", "is_subvolume",
+    "remove_tree_path", "set_readonly", "set_subvolume_readonly", "subvolume_state", "syncfs",
+    "tree_search",
 ]

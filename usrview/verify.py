@@ -57,10 +57,8 @@ global: nothing large is pickled on the way in.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
-import fcntl
 import functools
 import gc
 import hashlib
@@ -71,7 +69,6 @@ import multiprocessing.connection
 import os
 import signal
 import stat
-import struct
 import threading
 import time
 import traceback
@@ -94,7 +91,7 @@ from verifier.filecheck import (
 from verifier.files import FileEntry, FileFlag, VerifyFlag, digest_name
 from verifier.keyring import Keyring, Verdict
 
-from . import fiemap, images, vcache
+from . import btrfs, fiemap, images, vcache
 from .errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, OperationalError
 from .store import (
     HEADER_SUFFIX,
@@ -1013,8 +1010,9 @@ def _split(jobs: list[tuple[int, object]], n: int) -> list[list]:
 
 # -- the image record -------------------------------------------------------------------
 
-def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Finding]]:
-    """Read and check the image record ``ref``; (image or None when unreadable, findings)."""
+def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Finding], list[str]]:
+    """Read and check the image record ``ref``: (image or None when unreadable, findings,
+    the image's packages that are in the store)."""
     findings: list[Finding] = []
 
     def bad(path, message) -> None:
@@ -1028,7 +1026,7 @@ def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Findi
         if "no image" in text or "has no" in text or "ambiguous" in text:
             raise
         bad(store.root / (ref if ref in (images.CURRENT, images.PREVIOUS) else f"images/{ref}"), text)
-        return None, findings
+        return None, findings, []
     path = images.image_path(store, image.id)
     want = images.package_set_hash(image.packages)[:images.ID_HASH_DIGITS]
     if image.id.rsplit("-", 1)[-1] != want:
@@ -1037,14 +1035,15 @@ def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Findi
         markers = set(os.listdir(store.root / UNSIGNED_DIR))
     except OSError:
         markers = set()
-    stored = set(_stored(store, image.packages))
+    in_store = _stored(store, image.packages)
+    stored = set(in_store)
     for pkgid in image.packages:
         if pkgid not in stored:
             bad(path, f"names {pkgid}, which is not in the store")
         elif (pkgid in image.unsigned) != (pkgid in markers):
             bad(path, f"{pkgid}: recorded {'unsigned' if pkgid in image.unsigned else 'signed'}, "
                       f"the store says {'unsigned' if pkgid in markers else 'signed'}")
-    return image, findings
+    return image, findings, in_store
 
 
 # -- the package cache ---------------------------------------------------------------
@@ -1053,14 +1052,6 @@ def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Findi
 # since a run that checked it completely has the same findings: they are taken
 # from the cache without touching its files (docs/verify.md, "The package cache").
 
-#: struct btrfs_ioctl_get_subvol_info_args (linux/btrfs.h): treeid, name[256],
-#: parent_id, dirid, generation, flags, uuid, parent_uuid, received_uuid,
-#: ctransid, otransid, stransid, rtransid, 4 x btrfs_ioctl_timespec, reserved[8].
-_SUBVOL_INFO = struct.Struct("=Q256sQQQQ16s16s16sQQQQ" + "QI4x" * 4 + "8Q")
-#: BTRFS_IOC_GET_SUBVOL_INFO = _IOR(0x94, 60, args): unprivileged, kernel >= 4.18.
-_IOC_GET_SUBVOL_INFO = (2 << 30) | (_SUBVOL_INFO.size << 16) | (0x94 << 8) | 60
-#: The inode number of every btrfs subvolume's root directory.
-_SUBVOL_ROOT_INO = 256
 #: A cached package outcome older than this is checked again (signatures against
 #: keys that may have expired meanwhile; the digests still come from the file cache).
 PACKAGE_RECHECK_SECONDS = 3600
@@ -1072,29 +1063,28 @@ def _syncfs(fd: int) -> bool:
     """Commit the file system's pending changes (a btrfs subvolume's generation is
     updated at commit): True when that worked."""
     try:
-        return ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0
-    except (OSError, AttributeError):
+        btrfs.syncfs(fd)
+    except OSError:
         return False
+    return True
 
 
-def _subvolume_state(name: str | Path, dir_fd: int | None = None) -> str | None:
-    """``uuid:treeid:generation`` of the btrfs subvolume whose root is ``name``
-    (relative to ``dir_fd``); None when it is not one (or the ioctl fails)."""
+def _subvolume_states(pfd: int, pkgids: Sequence[str]) -> dict[str, str]:
+    """pkgid -> ``uuid:treeid:generation`` of each package subvolume in the packages
+    directory ``pfd`` (absent: not a subvolume): from one search of btrfs's root
+    tree where that is allowed (root), else one ioctl per package."""
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        states = btrfs.child_subvolume_states(pfd)
     except OSError:
-        return None
-    try:
-        if os.fstat(fd).st_ino != _SUBVOL_ROOT_INO:
-            return None
-        buf = bytearray(_SUBVOL_INFO.size)
-        fcntl.ioctl(fd, _IOC_GET_SUBVOL_INFO, buf)
-        v = _SUBVOL_INFO.unpack(buf)
-        return f"{v[6].hex()}:{v[0]}:{v[4]}"
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+        states = None
+    if states is not None:
+        return states
+    out = {}
+    for p in pkgids:
+        state = btrfs.subvolume_state(p, pfd)
+        if state is not None:
+            out[p] = state
+    return out
 
 
 def keyring_fingerprint(keyring: Keyring) -> str:
@@ -1113,17 +1103,21 @@ def keyring_fingerprint(keyring: Keyring) -> str:
     return h.hexdigest()
 
 
-def _package_key(dirs: tuple[int, int], pkgid: str, unsigned: bool, keyring_fp: str) -> str | None:
-    """The package cache's key of ``pkgid``; ``dirs``: fds of the store's packages/ and headers/."""
-    state = _subvolume_state(pkgid, dirs[0])
-    if state is None:
-        return None
+def _header_identity(hfd: int, pkgid: str) -> tuple | None:
+    """The identity (vcache.identity, without the algorithm) of ``pkgid``'s header file;
+    ``hfd``: the store's headers/ directory."""
     try:
-        hst = os.stat(pkgid + HEADER_SUFFIX, dir_fd=dirs[1], follow_symlinks=False)
+        return vcache.identity(os.stat(pkgid + HEADER_SUFFIX, dir_fd=hfd, follow_symlinks=False), 0)[:5]
     except OSError:
         return None
-    ident = vcache.identity(hst, 0)[:5]
-    return f"{_PACKAGE_KEY_VERSION} {state} {ident} {keyring_fp} {unsigned}"
+
+
+def _package_key(state: str | None, header: tuple | None, unsigned: bool, keyring_fp: str) -> str | None:
+    """The package cache's key of a package: its subvolume's state, its header file's
+    identity, the keyring and whether it was imported unsigned."""
+    if state is None or header is None:
+        return None
+    return f"{_PACKAGE_KEY_VERSION} {state} {header} {keyring_fp} {unsigned}"
 
 
 def _names_used(entries: list[FileEntry]) -> dict[str, int | None]:
@@ -1219,37 +1213,38 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
     path_filters = tuple(f.rstrip("/") or "/" for f in filters if f.startswith("/"))
     # the package cache: only for whole packages, and never for --full
     commit = _Commit(store) if use_cache and not path_filters else None
-    try:
-        image, image_findings = check_image(store, image_ref)
-    finally:
-        packages_ok = commit is not None and commit.wait()
-    report.findings.extend(image_findings)
-    if image is None:
-        report.duration = time.monotonic() - t0
-        return report
-    report.image = image.id
-    pkg_filters = [f for f in filters if not f.startswith("/")]
-    pkgids = _stored(store, image.packages)
-    if pkg_filters:
-        chosen = []
-        for word in pkg_filters:
-            hits = [p for p in pkgids if _matches_package(p, word)]
-            if not hits:
-                report.errors.append(f"package {word} is not in image {image.id}")
-            chosen.extend(h for h in hits if h not in chosen)
-        pkgids = chosen
-        report.findings = [f for f in report.findings if not f.package or f.package in pkgids]
-    cache_file = vcache.cache_path(store.root)
-    _USERS.clear()
-    _GROUPS.clear()
-    unsigned = set(image.unsigned)
-    stats = report.stats
-    stats.packages = len(pkgids)
     pkg_keys: dict[str, str] = {}
     cached_findings: dict[str, list[Finding]] = {}
-    if packages_ok:
-        _cached_packages(store, keyring, pkgids, unsigned, {} if full else vcache.load_packages(cache_file),
-                         pkg_keys, cached_findings, stats)
+    try:
+        image, image_findings, pkgids = check_image(store, image_ref)
+        report.findings.extend(image_findings)
+        if image is None:
+            report.duration = time.monotonic() - t0
+            return report
+        report.image = image.id
+        pkg_filters = [f for f in filters if not f.startswith("/")]
+        if pkg_filters:
+            chosen = []
+            for word in pkg_filters:
+                hits = [p for p in pkgids if _matches_package(p, word)]
+                if not hits:
+                    report.errors.append(f"package {word} is not in image {image.id}")
+                chosen.extend(h for h in hits if h not in chosen)
+            pkgids = chosen
+            report.findings = [f for f in report.findings if not f.package or f.package in pkgids]
+        cache_file = vcache.cache_path(store.root)
+        _USERS.clear()
+        _GROUPS.clear()
+        unsigned = set(image.unsigned)
+        stats = report.stats
+        stats.packages = len(pkgids)
+        # while the commit runs: what the package cache needs that does not depend on it
+        rows = _package_rows(store, pkgids, {} if full else vcache.load_packages(cache_file)) \
+            if commit is not None else None
+    finally:
+        packages_ok = commit is not None and commit.wait()
+    if packages_ok and rows is not None:
+        _cached_packages(store, keyring, pkgids, unsigned, rows, pkg_keys, cached_findings, stats)
     todo = [p for p in pkgids if p not in cached_findings]
     digests = vcache.load_digests(cache_file, todo) if use_cache and not full and todo else {}
     # largest packages first (by header size: about their number of files), so that
@@ -1314,43 +1309,63 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
     return report
 
 
+def _package_rows(store: Store, pkgids: list[str], rows: dict) -> dict[str, tuple]:
+    """pkgid -> (header file identity or None, parsed cache row or None): the part of
+    the package cache's check that does not need the file system committed."""
+    now = time.time()
+    out: dict[str, tuple] = {}
+    try:
+        hfd = os.open(store.header_path("x").parent, _DIR_FLAGS)
+    except OSError:
+        return out
+    try:
+        for p in pkgids:
+            header = _header_identity(hfd, p)
+            row = rows.get(p)
+            data = None
+            if header is not None and row is not None and 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
+                try:
+                    data = (row[0], json.loads(row[2]))
+                except ValueError:
+                    data = None
+            out[p] = (header, data)
+    finally:
+        os.close(hfd)
+    return out
+
+
 def _cached_packages(store: Store, keyring: Keyring, pkgids: list[str], unsigned: set[str], rows: dict,
                      pkg_keys: dict[str, str], cached_findings: dict[str, list[Finding]], stats: Stats) -> None:
     """Fill ``pkg_keys`` (every package's cache key) and ``cached_findings`` (the packages
-    whose row in ``rows`` is valid: the package cache)."""
-    now = time.time()
+    whose row in ``rows``, as _package_rows gives them, is valid: the package cache).
+    Called once the file system is committed (subvolume generations are current)."""
     kfp = keyring_fingerprint(keyring)
     try:
         pfd = os.open(store.root / "packages", _DIR_FLAGS)
     except OSError:
         return
     try:
-        hfd = os.open(store.header_path("x").parent, _DIR_FLAGS)
-    except OSError:
-        os.close(pfd)
-        return
-    try:
-        for p in pkgids:
-            key = _package_key((pfd, hfd), p, p in unsigned, kfp)
-            if key is None:
-                continue
-            pkg_keys[p] = key
-            row = rows.get(p)
-            if row is None or row[0] != key or not 0 <= now - row[1] < PACKAGE_RECHECK_SECONDS:
-                continue
-            try:
-                data = json.loads(row[2])
-                if not _names_unchanged(data["names"]):
-                    continue
-                cached_findings[p] = [Finding(**f) for f in data["findings"]]
-                stats.files += data["files"]
-                stats.cache_hits += data["digests"]
-                stats.cached_packages += 1
-            except (ValueError, KeyError, TypeError):
-                continue
+        states = _subvolume_states(pfd, pkgids)
     finally:
         os.close(pfd)
-        os.close(hfd)
+    for p in pkgids:
+        header, row = rows.get(p, (None, None))
+        key = _package_key(states.get(p), header, p in unsigned, kfp)
+        if key is None:
+            continue
+        pkg_keys[p] = key
+        if row is None or row[0] != key:
+            continue
+        data = row[1]
+        try:
+            if not _names_unchanged(data["names"]):
+                continue
+            cached_findings[p] = [Finding(**f) for f in data["findings"]]
+            stats.files += data["files"]
+            stats.cache_hits += data["digests"]
+            stats.cached_packages += 1
+        except (KeyError, TypeError, AttributeError):
+            continue
 
 
 def _resolve_deferred(store: Store, outcomes: list[_PackageOutcome], stats: Stats, hash_groups) -> None:
