@@ -297,6 +297,8 @@ class _RunState:
 
     Attributes:
         digests: pkgid -> the cache's digest blob of that package (vcache).
+        buf: the buffer hashing reads into, one per process (a worker writes its own
+            copy): not 256 KiB allocated and zeroed per package.
     """
 
     store: Store
@@ -304,6 +306,7 @@ class _RunState:
     digests: dict[str, bytes]
     path_filters: tuple[str, ...]
     io_rate: float | None
+    buf: bytearray = field(default_factory=lambda: bytearray(HASH_CHUNK))
 
 
 _STATE: _RunState | None = None
@@ -518,24 +521,29 @@ class _PackageCheck:
     """The per-package state of the file loop: cached digests, digests found, dedupe,
     read-ahead."""
 
-    def __init__(self, out: _PackageOutcome, dir_fd: int, known: dict, entries: list[FileEntry]):
+    def __init__(self, out: _PackageOutcome, dir_fd: int, known: dict, entries: list[FileEntry],
+                 buf: bytearray):
         self.out = out
         self.stats = out.stats
         self.dir_fd = dir_fd
         self.known = known         # identity -> digest, from the cache
         self.local: dict = {}      # identity -> digest hashed in this package (hard links)
         self.records: list = []    # (identity, digest) for the cache
-        self.buf = bytearray(HASH_CHUNK)
+        self.buf = buf
         self.fsid: tuple | None = None
         self.entries = entries
         self.prefetcher: _Prefetcher | None = None
-        # no read-ahead under an I/O limit: it would read past the limit
-        self.on_cold = None if _BUCKET is not None else self.read_ahead
+        self.index = 0             # the entry being hashed (the read-ahead starts after it)
+        # no read-ahead under an I/O limit: it would read past the limit.  A flag, not the
+        # bound method kept here: that made a reference cycle, so every package's entries
+        # waited for the garbage collector, whose passes over them took 9 % of the CPU time
+        # of a run with cached digests.
+        self.probe = _BUCKET is None
 
-    def read_ahead(self, start: int) -> None:
-        """Start the read-ahead of the package's files from entry ``start`` on."""
-        self.on_cold = None
-        self.prefetcher = _Prefetcher(self.dir_fd, [e.path.lstrip("/") for e in self.entries[start:]
+    def read_ahead(self) -> None:
+        """Start the read-ahead of the package's files after the one being hashed."""
+        self.probe = False
+        self.prefetcher = _Prefetcher(self.dir_fd, [e.path.lstrip("/") for e in self.entries[self.index + 1:]
                                                     if stat.S_IFMT(e.mode) not in _SPECIAL])
         self.prefetcher.start()
 
@@ -548,7 +556,8 @@ class _PackageCheck:
         """The hex digest of the open regular file ``fd`` (``fst``: its fstat): from the cache,
         a hard link, or by hashing it; _DEFERRED when its extents are shared; None when
         reading failed."""
-        ident = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, entry.digest_algo)
+        size = fst.st_size
+        ident = (fst.st_dev, fst.st_ino, size, fst.st_mtime_ns, fst.st_ctime_ns, entry.digest_algo)
         digest = self.known.get(ident)
         if digest is not None:
             self.stats.cache_hits += 1
@@ -559,16 +568,16 @@ class _PackageCheck:
             self.stats.deduped_files += 1
             return digest
         try:
-            if fst.st_size >= DEDUPE_MIN_SIZE:
-                extkey = fiemap.shared_extents_key(fd, fst.st_size)
+            if size >= DEDUPE_MIN_SIZE:
+                extkey = fiemap.shared_extents_key(fd, size)
                 if extkey is not None:
                     if self.fsid is None:
                         self.fsid = fiemap.filesystem_id(self.dir_fd)
                     self.out.deferred.append(_Deferred(index, relpath, ident, (self.fsid, extkey, algo), algo,
                                                        entry.digest.lower()))
                     return _DEFERRED
-            cold = self.on_cold and (lambda: self.read_ahead(index + 1))
-            digest, n = hash_fd(fd, algo, _BUCKET, self.buf, fst.st_size, cold or None)
+            self.index = index
+            digest, n = hash_fd(fd, algo, _BUCKET, self.buf, size, self.read_ahead if self.probe else None)
             self.stats.hashed_files += 1
             self.stats.hashed_bytes += n
             # Remembered under the identity the file had before it was read: should it
@@ -580,50 +589,30 @@ class _PackageCheck:
         except OSError:
             return None
 
-    def _open_same(self, relpath: str, st: os.stat_result):
-        """(fd, fstat) of ``relpath`` when it is still the regular file lstat saw, else
-        (None, None): replaced meanwhile, or it cannot be opened."""
+    def regular(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int,
+                caps: bool):
+        """The digest (and with ``caps``, the capabilities) of the regular file lstat saw
+        (``st``): (differs bits, digest or _DEFERRED or None), or None when the file cannot
+        be opened or is not the one lstat saw (replaced meanwhile)."""
         try:
             fd = os.open(relpath, _FILE_FLAGS, dir_fd=self.dir_fd)
         except OSError:
-            return None, None
+            return None
         try:
             fst = os.fstat(fd)
-        except OSError:
-            fst = None
-        if fst is None or fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or not stat.S_ISREG(fst.st_mode):
-            os.close(fd)
-            return None, None
-        return fd, fst
-
-    def regular(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int):
-        """The fast path of a regular file whose metadata matches: (differs bits, digest or
-        _DEFERRED or None), or None when the file is not the one lstat saw (then the slow
-        path decides)."""
-        fd, fst = self._open_same(relpath, st)
-        if fd is None:
-            return None
-        try:
+            if fst.st_ino != st.st_ino or fst.st_dev != st.st_dev or not stat.S_ISREG(fst.st_mode):
+                return None
             differs = 0
-            if int(entry.verify_flags) & _F_CAPS:
+            if caps:
                 try:
-                    caps = os.getxattr(fd, CAPS_XATTR)
+                    value = os.getxattr(fd, CAPS_XATTR)
                 except OSError:
-                    caps = None
-                if (caps is not None or entry.caps) and caps_differ(entry.caps, caps):
+                    value = None
+                if (value is not None or entry.caps) and caps_differ(entry.caps, value):
                     differs = _F_CAPS
             return differs, self.digest(fd, fst, entry, algo, relpath, index)
-        finally:
-            os.close(fd)
-
-    def slow_digest(self, relpath: str, entry: FileEntry, st: os.stat_result, algo: str, index: int):
-        """The digest of a file checked by check_file: as :meth:`digest`, None when the file
-        cannot be opened or is not the one lstat saw."""
-        fd, fst = self._open_same(relpath, st)
-        if fd is None:
+        except OSError:   # fstat failed
             return None
-        try:
-            return self.digest(fd, fst, entry, algo, relpath, index)
         finally:
             os.close(fd)
 
@@ -659,13 +648,14 @@ def _check_package(pkgid: str, unsigned: bool) -> _PackageOutcome:
                                          quiet_missing=bool(int(entry.flags) & _QUIET_MISSING)), "", "")
         return out
     blob = state.digests.get(pkgid)
-    check = _PackageCheck(out, dir_fd, vcache.unpack_digests(blob) if blob else {}, entries)
+    check = _PackageCheck(out, dir_fd, vcache.unpack_digests(blob) if blob else {}, entries, state.buf)
     results = out.results
     users, groups = _USERS, _GROUPS
-    algos: dict[int, str | None] = {}
+    algo_id, algo = None, None   # the header's FILEDIGESTALGO, its hashlib name
     expect: dict[tuple, tuple[int, int, int]] = {}   # (user, group, mode) -> expected_ids_and_mode
     lstats: dict[str, os.stat_result | None] = {}   # for _unowned
     files = digest_files = 0
+    lstat, regular = os.stat, check.regular
     try:
         for i, entry in enumerate(entries):
             path = entry.path
@@ -679,10 +669,13 @@ def _check_package(pkgid: str, unsigned: bool) -> _PackageOutcome:
             files += 1
             relpath = path.lstrip("/")
             try:
-                st = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=False)
+                st = lstat(relpath, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 st = None
             lstats[path] = st
+            if entry.digest_algo != algo_id:
+                algo_id = entry.digest_algo
+                algo = digest_name(algo_id)
             if st is not None:
                 owner = (entry.user, entry.group, entry.mode)
                 expected = expect.get(owner)
@@ -692,12 +685,10 @@ def _check_package(pkgid: str, unsigned: bool) -> _PackageOutcome:
                 if metadata_matches(entry, st, uid, gid, mode):
                     if stat.S_ISDIR(mode):
                         continue
-                    try:
-                        algo = algos[entry.digest_algo]
-                    except KeyError:
-                        algo = algos[entry.digest_algo] = digest_name(entry.digest_algo)
-                    if algo is not None and _digest_applies(entry, st):
-                        fast = check.regular(relpath, entry, st, algo, i)
+                    # a regular file (metadata_matches accepts no other type but directories)
+                    vflags = int(entry.verify_flags)
+                    if algo is not None and vflags & _F_DIGEST and not int(entry.flags) & _GHOST:
+                        fast = regular(relpath, entry, st, algo, i, vflags & _F_CAPS)
                         if fast is not None:
                             digest_files += 1
                             differs, digest = fast
@@ -715,8 +706,9 @@ def _check_package(pkgid: str, unsigned: bool) -> _PackageOutcome:
                 continue
             if _digest_applies(entry, st):
                 digest_files += 1
-                algo = digest_name(entry.digest_algo)
-                digest = None if algo is None else check.slow_digest(relpath, entry, st, algo, i)
+                # check_file compared the capabilities
+                fast = None if algo is None else regular(relpath, entry, st, algo, i, False)
+                digest = None if fast is None else fast[1]
                 _record(out, i, entry, st, algo, int(res.differs), digest, dir_fd, relpath, res)
             elif not res.clean:
                 e2, a2 = _details(entry, st, res.differs, dir_fd, relpath)
@@ -783,7 +775,7 @@ def _unowned(dir_fd: int, entries: list[FileEntry], lstats: dict[str, os.stat_re
     children: dict[str, list[str]] = {"": []}   # every expected path -> those expected in it
     for e in entries:
         p = e.path
-        if p in children or not p.startswith("/") or p == "/":
+        if p in children or p[:1] != "/" or p == "/":
             continue
         children[p] = []
         while True:
@@ -810,9 +802,14 @@ def _unowned(dir_fd: int, entries: list[FileEntry], lstats: dict[str, os.stat_re
         base, st = stack.pop()
         paths = children[base]
         if btrfs and st.st_dev == root.st_dev:
-            sts = [lstat(p) for p in paths]
+            try:   # usually the file loop looked at all of them
+                sts = list(map(lstats.__getitem__, paths))
+            except KeyError:
+                sts = [lstat(p) for p in paths]
             if None not in sts and st.st_size == BTRFS_DIR_SIZE_PER_NAME_BYTE * _name_bytes(base, paths):
-                stack.extend((p, s) for p, s in zip(paths, sts) if stat.S_ISDIR(s.st_mode))
+                for p, s in zip(paths, sts):
+                    if stat.S_ISDIR(s.st_mode):
+                        stack.append((p, s))
                 continue
         try:
             fd = os.open(base[1:] or ".", _DIR_FLAGS, dir_fd=dir_fd)
@@ -838,10 +835,11 @@ def _unowned(dir_fd: int, entries: list[FileEntry], lstats: dict[str, os.stat_re
 
 def _name_bytes(base: str, paths: list[str]) -> int:
     """The total length in bytes of the last components of ``paths`` (all in directory
-    ``base``); -1 when one is "." or "..", which lstat finds but no directory holds."""
-    if any(p.endswith(("/.", "/..")) for p in paths):
-        return -1
+    ``base``); -1 when one may be "." or "..", which lstat finds but no directory holds
+    (each path starts with "/": a name "." or ".." is followed by one, or ends them all)."""
     joined = "".join(paths)
+    if "/./" in joined or "/../" in joined or joined.endswith(("/.", "/..")):
+        return -1
     return len(joined if joined.isascii() else os.fsencode(joined)) - len(paths) * (len(base) + 1)
 
 

@@ -345,6 +345,7 @@ class Package:
     payload_offset: int
     has_payload: bool
     _files: list[FileEntry] | None = field(default=None, repr=False)
+    _sha256: str | None = field(default=None, repr=False, compare=False)
 
     # -- identity ---------------------------------------------------------
 
@@ -396,8 +397,11 @@ class Package:
 
     @property
     def header_sha256(self) -> str:
-        """SHA-256 of the signed header region: with the NEVRA, the package's identity."""
-        return hashlib.sha256(self.header.region_bytes).hexdigest()
+        """SHA-256 of the signed header region: with the NEVRA, the package's identity.
+        Computed once: the header digest check and the package's id both need it."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.header.region_bytes).hexdigest()
+        return self._sha256
 
     # -- payload and scriptlets -------------------------------------------
 
