@@ -27,8 +27,8 @@ How it is fast (docs/verify.md, "How it is fast", has the measurements):
   extents are shared, its digest; it sends back only findings, counters and
   the package's digests as one packed blob -- never the file list.  No pool is
   started when at most one package is left to check.
-- Per regular file: lstat, open, fstat, fgetxattr (P), reads into one reused
-  buffer, close.  A file whose type, mode, owner, group, size and mtime all
+- Per regular file: lstat, open, fstat, flistxattr and fgetxattr when it names
+  the capabilities (P), reads into one buffer per process, close.  A file whose type, mode, owner, group, size and mtime all
   equal the header's needs none of rpm -V's case analysis
   (:func:`verifier.filecheck.metadata_matches`); any other file goes through
   :func:`verifier.filecheck.check_file`.
@@ -43,7 +43,9 @@ How it is fast (docs/verify.md, "How it is fast", has the measurements):
 - The package cache (btrfs): a package whose subvolume generation, header file
   identity, keyring fingerprint and owner-name resolutions are those of a
   complete check less than an hour ago gets that check's findings without any
-  file being looked at (docs/verify.md says why that is sound).
+  file being looked at (docs/verify.md says why that is sound).  The subvolumes'
+  generations come from one search of btrfs's root tree (:func:`usrview.btrfs.child_subvolume_states`)
+  after a syncfs that runs while the image and the cache rows are read.
 - Reflink dedupe: a file of at least DEDUPE_MIN_SIZE bytes whose extents are
   all shared (:mod:`usrview.fiemap`) is not hashed by the worker; once every
   package is done, the parent groups such files by file system and physical
