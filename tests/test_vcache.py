@@ -239,3 +239,124 @@ def test_package_cache_without_the_root_tree_search(bworld, monkeypatch):
     changed = bworld.verify()
     assert changed.stats.cached_packages == 0
     assert [f.line for f in changed.findings] == [".M.......    /usr/share/tool/data"]
+
+
+# -- every kind of change the issue lists, behind both caches -------------------------
+
+def _edit_header(w):
+    """A byte of the package's name inside the signed header flipped."""
+    from verifier.header import read_package_file
+    hp = w.store.header_path(w.pkgids["tool"])
+    data = bytearray(hp.read_bytes())
+    pkg = read_package_file(hp)
+    i = bytes(data).rindex(pkg.name.encode(), 0, pkg.payload_offset)
+    data[i] ^= 0x20
+    hp.write_bytes(bytes(data))
+
+
+def _untrusted_header(w, tmp_path):
+    """The same package re-signed by a key the keyring does not hold, its header put in place."""
+    import shutil
+
+    from tests import rpmbuild
+    from verifier.header import read_package_file
+    require_tools("rpmsign")
+    key = rpmbuild.make_gpg_key(tmp_path / "gpg-untrusted")
+    try:
+        copy = tmp_path / "resigned.rpm"
+        shutil.copy2(w.rpms[0], copy)
+        subprocess.run(["rpmsign", "--delsign", str(copy)], check=True, capture_output=True)
+        rpmbuild.sign_rpm(copy, key)
+    finally:
+        rpmbuild.stop_gpg_agent(key)
+    w.store.header_path(w.pkgids["tool"]).write_bytes(copy.read_bytes()[:read_package_file(copy).payload_offset])
+
+
+def _edit_image(w):
+    import json
+
+    from usrview import images
+    path = images.image_path(w.store, w.image.id)
+    data = json.loads(path.read_text())
+    data["packages"] = [w.pkgids["tool"]]
+    path.write_text(json.dumps(data))
+
+
+def _in_package(change):
+    """A change to the files of package tool (its subvolume made writable for it on btrfs,
+    read-only again after, as deploy leaves it)."""
+    def apply(w, _tmp_path):
+        d = w.pkgdir("tool")
+        subvolume = w.store.is_btrfs
+        if subvolume:
+            _writable(d)
+        try:
+            change(d)
+        finally:
+            if subvolume:
+                _writable(d, False)
+    return apply
+
+
+def _extra(d):
+    (d / "usr/bin/backdoor").write_bytes(b"evil")
+
+
+def _issue_changes():
+    from tests import test_verify as tv
+    return {
+        "bytes": (_in_package(tv._bytes), ["..5......    /usr/share/tool/data"]),
+        "size": (_in_package(tv._size), ["S.5....T.    /usr/bin/tool"]),
+        "mode": (_in_package(tv._mode), [".M.......    /usr/bin/tool"]),
+        "owner": (_in_package(tv._owner), [".....U...    /usr/share/tool/small"]),
+        "group": (_in_package(tv._group), ["......G..    /usr/share/tool/small"]),
+        "mtime": (_in_package(tv._mtime), [".......T.    /usr/share/tool/data"]),
+        "symlink target": (_in_package(tv._link), ["....L....    /usr/lib/libtool.so"]),
+        "capabilities": (_in_package(_caps), ["........P    /usr/share/tool/data"]),
+        "deleted file": (_in_package(tv._deleted), ["missing   d /usr/share/doc/tool/README"]),
+        "extra file": (_in_package(_extra), ["unowned     /usr/bin/backdoor"]),
+        "header edited": (lambda w, _t: _edit_header(w), "header"),
+        "header signed by an untrusted key": (_untrusted_header, "header"),
+        "image record edited": (lambda w, _t: _edit_image(w), "image"),
+    }
+
+
+@pytest.fixture(params=["plain", "btrfs"])
+def world2(request, tmp_path, rpm_packages, gpg_key):
+    """Two packages (tool and other) in a store on tmp_path's file system (the file
+    cache only) or on btrfs (the package cache too)."""
+    require_privileged("chown and security.capability")
+    require_tools("rpm")
+    from tests.test_verify import OTHER_FILES
+    where = tmp_path
+    if request.param == "btrfs":
+        require_tools("btrfs")
+        where = request.getfixturevalue("btrfs_dir")
+    rpms = [rpm_packages("tool", "1.0", "1", MAIN_FILES), rpm_packages("other", "2.0", "1", OTHER_FILES)]
+    return World(where, rpms, gpg_key)
+
+
+@pytest.mark.parametrize("name", list(_issue_changes()))
+def test_every_change_is_seen_through_both_caches(world2, tmp_path, name):
+    """Each kind of tampering the issue lists, made after runs that filled the caches: the
+    next incremental run reports exactly what a --full run reports, and the tampered
+    package is not taken from the package cache."""
+    change, expected = _issue_changes()[name]
+    btrfs = world2.store.is_btrfs
+    assert world2.verify().findings == []
+    warm = world2.verify()
+    assert warm.findings == [] and warm.stats.hashed_files == 0
+    assert warm.stats.cached_packages == (2 if btrfs else 0)
+    change(world2, tmp_path)
+    cached = world2.verify()
+    full = world2.verify(full=True)
+    lines = [f.line for f in cached.findings]
+    assert lines == [f.line for f in full.findings] and cached.exit_code == full.exit_code == 1
+    if isinstance(expected, list):
+        assert lines == expected
+        assert all(f.package == world2.pkgids["tool"] for f in cached.findings)
+    else:
+        assert lines and all(f.kind == expected for f in cached.findings), lines
+    if btrfs and name != "image record edited":
+        # the untouched package still comes from the package cache, the tampered one never
+        assert cached.stats.cached_packages == 1

@@ -53,6 +53,7 @@ class World:
     """A store and an rpm root holding the same packages."""
 
     def __init__(self, tmp_path: Path, rpms: list[Path], key):
+        self.rpms = rpms
         self.store, self.image = deploy_store(tmp_path / "store", rpms, key)
         self.keyring = load_keyring([key.public_path])
         self.key = key
