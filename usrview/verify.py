@@ -1076,11 +1076,9 @@ def _subvolume_states(pfd: int, pkgids: Sequence[str]) -> dict[str, str]:
     directory ``pfd`` (absent: not a subvolume): from one search of btrfs's root
     tree where that is allowed (root), else one ioctl per package."""
     try:
-        states = btrfs.child_subvolume_states(pfd)
-    except OSError:
-        states = None
-    if states is not None:
-        return states
+        return btrfs.child_subvolume_states(pfd)
+    except OSError:   # EPERM without CAP_SYS_ADMIN; ENOTTY off btrfs
+        pass
     out = {}
     for p in pkgids:
         state = btrfs.subvolume_state(p, pfd)
