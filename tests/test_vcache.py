@@ -243,35 +243,6 @@ def test_package_cache_without_the_root_tree_search(bworld, monkeypatch):
 
 # -- every kind of change the issue lists, behind both caches -------------------------
 
-def _edit_header(w):
-    """A byte of the package's name inside the signed header flipped."""
-    from verifier.header import read_package_file
-    hp = w.store.header_path(w.pkgids["tool"])
-    data = bytearray(hp.read_bytes())
-    pkg = read_package_file(hp)
-    i = bytes(data).rindex(pkg.name.encode(), 0, pkg.payload_offset)
-    data[i] ^= 0x20
-    hp.write_bytes(bytes(data))
-
-
-def _untrusted_header(w, tmp_path):
-    """The same package re-signed by a key the keyring does not hold, its header put in place."""
-    import shutil
-
-    from tests import rpmbuild
-    from verifier.header import read_package_file
-    require_tools("rpmsign")
-    key = rpmbuild.make_gpg_key(tmp_path / "gpg-untrusted")
-    try:
-        copy = tmp_path / "resigned.rpm"
-        shutil.copy2(w.rpms[0], copy)
-        subprocess.run(["rpmsign", "--delsign", str(copy)], check=True, capture_output=True)
-        rpmbuild.sign_rpm(copy, key)
-    finally:
-        rpmbuild.stop_gpg_agent(key)
-    w.store.header_path(w.pkgids["tool"]).write_bytes(copy.read_bytes()[:read_package_file(copy).payload_offset])
-
-
 def _edit_image(w):
     import json
 
@@ -315,8 +286,8 @@ def _issue_changes():
         "capabilities": (_in_package(_caps), ["........P    /usr/share/tool/data"]),
         "deleted file": (_in_package(tv._deleted), ["missing   d /usr/share/doc/tool/README"]),
         "extra file": (_in_package(_extra), ["unowned     /usr/bin/backdoor"]),
-        "header edited": (lambda w, _t: _edit_header(w), "header"),
-        "header signed by an untrusted key": (_untrusted_header, "header"),
+        "header edited": (lambda w, _t: tv.edit_header(w), "header"),
+        "header signed by an untrusted key": (lambda w, t: tv.resign_header(w, t, w.rpms[0]), "header"),
         "image record edited": (lambda w, _t: _edit_image(w), "image"),
     }
 

@@ -216,14 +216,34 @@ def test_extra_file_is_unowned(world):
     assert report.exit_code == 1
 
 
-def test_header_edited(world):
-    hp = world.store.header_path(world.pkgids["tool"])
+def edit_header(world: World, name: str = "tool") -> None:
+    """Flip a byte of a string inside package ``name``'s stored main header (its name)."""
+    hp = world.store.header_path(world.pkgids[name])
     data = bytearray(hp.read_bytes())
     pkg = read_package_file(hp)
-    # a byte of a string inside the main header's data (the package summary)
     i = bytes(data).rindex(pkg.name.encode(), 0, pkg.payload_offset)
     data[i] ^= 0x20
     hp.write_bytes(bytes(data))
+
+
+def resign_header(world: World, tmp_path: Path, rpm: Path, name: str = "tool") -> None:
+    """Replace package ``name``'s stored header with the same package's (``rpm``) re-signed
+    by a new key the keyring does not hold."""
+    require_tools("rpmsign")
+    other_key = rpmbuild.make_gpg_key(tmp_path / "gpg-untrusted")
+    try:
+        copy = tmp_path / "resigned.rpm"
+        shutil.copy2(rpm, copy)
+        subprocess.run(["rpmsign", "--delsign", str(copy)], check=True, capture_output=True)
+        rpmbuild.sign_rpm(copy, other_key)
+    finally:
+        rpmbuild.stop_gpg_agent(other_key)
+    pkg = read_package_file(copy)
+    world.store.header_path(world.pkgids[name]).write_bytes(copy.read_bytes()[:pkg.payload_offset])
+
+
+def test_header_edited(world):
+    edit_header(world)
     report = world.verify()
     kinds = [(f.kind, f.package) for f in report.findings]
     assert kinds and all(k == ("header", world.pkgids["tool"]) for k in kinds)
@@ -238,21 +258,9 @@ def test_header_missing(world):
     assert f"image     {world.image.id}.json: names {world.pkgids['other']}, which is not in the store" in lines
 
 
-def test_header_signed_by_untrusted_key(world, tmp_path, rpm_packages):
+def test_header_signed_by_untrusted_key(world, tmp_path):
     """The same header, re-signed with a key the keyring does not hold: NOKEY, files not checked."""
-    require_tools("rpmsign")
-    other_key = rpmbuild.make_gpg_key(tmp_path / "gpg2")
-    try:
-        src = rpm_packages("tool", "1.0", "1", MAIN_FILES)  # the one deployed (built once)
-        copy = tmp_path / "resigned.rpm"
-        shutil.copy2(src, copy)
-        subprocess.run(["rpmsign", "--delsign", str(copy)], check=True, capture_output=True)
-        rpmbuild.sign_rpm(copy, other_key)
-    finally:
-        rpmbuild.stop_gpg_agent(other_key)
-    pkg = read_package_file(copy)
-    hp = world.store.header_path(world.pkgids["tool"])
-    hp.write_bytes(copy.read_bytes()[:pkg.payload_offset])
+    resign_header(world, tmp_path, world.rpms[0])   # the tool package deployed (built once)
     _bytes(world.pkgdir("tool"))  # not reported: an untrusted header says nothing about files
     report = world.verify()
     assert [(f.kind, f.actual) for f in report.findings] == [("header", "NOKEY")]
