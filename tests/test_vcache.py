@@ -13,8 +13,9 @@ import subprocess
 
 import pytest
 
-from tests.test_verify import MAIN_FILES, World, _rpm_va  # noqa: F401 - shared world
+from tests import test_verify as tv
 from tests.prereq import require_privileged, require_tools
+from tests.test_verify import MAIN_FILES, OTHER_FILES, World, _rpm_va  # noqa: F401 - shared world
 from usrview import vcache
 
 DATA = "usr/share/tool/data"
@@ -243,16 +244,6 @@ def test_package_cache_without_the_root_tree_search(bworld, monkeypatch):
 
 # -- every kind of change the issue lists, behind both caches -------------------------
 
-def _edit_image(w):
-    import json
-
-    from usrview import images
-    path = images.image_path(w.store, w.image.id)
-    data = json.loads(path.read_text())
-    data["packages"] = [w.pkgids["tool"]]
-    path.write_text(json.dumps(data))
-
-
 def _in_package(change):
     """A change to the files of package tool (its subvolume made writable for it on btrfs,
     read-only again after, as deploy leaves it)."""
@@ -273,23 +264,23 @@ def _extra(d):
     (d / "usr/bin/backdoor").write_bytes(b"evil")
 
 
-def _issue_changes():
-    from tests import test_verify as tv
-    return {
-        "bytes": (_in_package(tv._bytes), ["..5......    /usr/share/tool/data"]),
-        "size": (_in_package(tv._size), ["S.5....T.    /usr/bin/tool"]),
-        "mode": (_in_package(tv._mode), [".M.......    /usr/bin/tool"]),
-        "owner": (_in_package(tv._owner), [".....U...    /usr/share/tool/small"]),
-        "group": (_in_package(tv._group), ["......G..    /usr/share/tool/small"]),
-        "mtime": (_in_package(tv._mtime), [".......T.    /usr/share/tool/data"]),
-        "symlink target": (_in_package(tv._link), ["....L....    /usr/lib/libtool.so"]),
-        "capabilities": (_in_package(_caps), ["........P    /usr/share/tool/data"]),
-        "deleted file": (_in_package(tv._deleted), ["missing   d /usr/share/doc/tool/README"]),
-        "extra file": (_in_package(_extra), ["unowned     /usr/bin/backdoor"]),
-        "header edited": (lambda w, _t: tv.edit_header(w), "header"),
-        "header signed by an untrusted key": (lambda w, t: tv.resign_header(w, t, w.rpms[0]), "header"),
-        "image record edited": (lambda w, _t: _edit_image(w), "image"),
-    }
+#: Each kind of tampering the issue lists: (change(world, tmp_path), the exact lines
+#: expected, or the kind of every finding).
+ISSUE_CHANGES = {
+    "bytes": (_in_package(tv._bytes), ["..5......    /usr/share/tool/data"]),
+    "size": (_in_package(tv._size), ["S.5....T.    /usr/bin/tool"]),
+    "mode": (_in_package(tv._mode), [".M.......    /usr/bin/tool"]),
+    "owner": (_in_package(tv._owner), [".....U...    /usr/share/tool/small"]),
+    "group": (_in_package(tv._group), ["......G..    /usr/share/tool/small"]),
+    "mtime": (_in_package(tv._mtime), [".......T.    /usr/share/tool/data"]),
+    "symlink target": (_in_package(tv._link), ["....L....    /usr/lib/libtool.so"]),
+    "capabilities": (_in_package(_caps), ["........P    /usr/share/tool/data"]),
+    "deleted file": (_in_package(tv._deleted), ["missing   d /usr/share/doc/tool/README"]),
+    "extra file": (_in_package(_extra), ["unowned     /usr/bin/backdoor"]),
+    "header edited": (lambda w, _t: tv.edit_header(w), "header"),
+    "header signed by an untrusted key": (lambda w, t: tv.resign_header(w, t, w.rpms[0]), "header"),
+    "image record edited": (lambda w, _t: tv.edit_image(w), "image"),
+}
 
 
 @pytest.fixture(params=["plain", "btrfs"])
@@ -298,7 +289,6 @@ def world2(request, tmp_path, rpm_packages, gpg_key):
     cache only) or on btrfs (the package cache too)."""
     require_privileged("chown and security.capability")
     require_tools("rpm")
-    from tests.test_verify import OTHER_FILES
     where = tmp_path
     if request.param == "btrfs":
         require_tools("btrfs")
@@ -307,12 +297,12 @@ def world2(request, tmp_path, rpm_packages, gpg_key):
     return World(where, rpms, gpg_key)
 
 
-@pytest.mark.parametrize("name", list(_issue_changes()))
+@pytest.mark.parametrize("name", list(ISSUE_CHANGES))
 def test_every_change_is_seen_through_both_caches(world2, tmp_path, name):
     """Each kind of tampering the issue lists, made after runs that filled the caches: the
     next incremental run reports exactly what a --full run reports, and the tampered
     package is not taken from the package cache."""
-    change, expected = _issue_changes()[name]
+    change, expected = ISSUE_CHANGES[name]
     btrfs = world2.store.is_btrfs
     assert world2.verify().findings == []
     warm = world2.verify()

@@ -267,11 +267,17 @@ def test_header_signed_by_untrusted_key(world, tmp_path):
     assert report.findings[0].line.startswith(f"header    {world.pkgids['tool']}: NOKEY")
 
 
-def test_image_record_edited(world):
+def edit_image(world: World) -> None:
+    """Drop package other from the image record (its id no longer matches its list)."""
     path = images.image_path(world.store, world.image.id)
     data = json.loads(path.read_text())
-    data["packages"] = [world.pkgids["tool"]]  # drop a package
+    data["packages"] = [world.pkgids["tool"]]
     path.write_text(json.dumps(data))
+
+
+def test_image_record_edited(world):
+    edit_image(world)
+    path = images.image_path(world.store, world.image.id)
     report = world.verify()
     assert [f.kind for f in report.findings] == ["image"]
     assert "package list does not match the image id" in report.findings[0].line

@@ -283,10 +283,10 @@ def child_subvolume_states(dir_fd: int) -> dict[str, str]:
     if not names:
         return {}
     out = {}
-    for tree, _typ, _off, data in tree_search(dir_fd, _ROOT_TREE, (min(names), _ROOT_ITEM_KEY, 0),
-                                              (max(names), _ROOT_ITEM_KEY, _U64_MAX)):
+    for tree, typ, _off, data in tree_search(dir_fd, _ROOT_TREE, (min(names), _ROOT_ITEM_KEY, 0),
+                                             (max(names), _ROOT_ITEM_KEY, _U64_MAX)):
         name = names.get(tree)
-        if name is None or _typ != _ROOT_ITEM_KEY or len(data) < _ROOT_ITEM_MIN_SIZE:
+        if name is None or typ != _ROOT_ITEM_KEY or len(data) < _ROOT_ITEM_MIN_SIZE:
             continue
         generation, = _ROOT_ITEM_GENERATION.unpack_from(data, _ROOT_ITEM_GENERATION_AT)
         out[name] = _state(data[_ROOT_ITEM_UUID_AT:_ROOT_ITEM_UUID_AT + 16], tree, generation)

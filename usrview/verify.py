@@ -28,8 +28,9 @@ How it is fast (docs/verify.md, "How it is fast", has the measurements):
   the package's digests as one packed blob -- never the file list.  No pool is
   started when at most one package is left to check.
 - Per regular file: lstat, open, fstat, flistxattr and fgetxattr when it names
-  the capabilities (P), reads into one buffer per process, close.  A file whose type, mode, owner, group, size and mtime all
-  equal the header's needs none of rpm -V's case analysis
+  the capabilities (P), reads into one buffer per process, close.  A file whose
+  type, mode, owner, group, size and mtime all equal the header's needs none of
+  rpm -V's case analysis
   (:func:`verifier.filecheck.metadata_matches`); any other file goes through
   :func:`verifier.filecheck.check_file`.
 - Unowned entries: a walk of the real directories on the file loop's lstat
@@ -44,8 +45,9 @@ How it is fast (docs/verify.md, "How it is fast", has the measurements):
   identity, keyring fingerprint and owner-name resolutions are those of a
   complete check less than an hour ago gets that check's findings without any
   file being looked at (docs/verify.md says why that is sound).  The subvolumes'
-  generations come from one search of btrfs's root tree (:func:`usrview.btrfs.child_subvolume_states`)
-  after a syncfs that runs while the image and the cache rows are read.
+  generations come from one search of btrfs's root tree
+  (:func:`usrview.btrfs.child_subvolume_states`) after a syncfs that runs while
+  the image and the cache rows are read.
 - Reflink dedupe: a file of at least DEDUPE_MIN_SIZE bytes whose extents are
   all shared (:mod:`usrview.fiemap`) is not hashed by the worker; once every
   package is done, the parent groups such files by file system and physical
@@ -1239,12 +1241,12 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
         stats = report.stats
         stats.packages = len(pkgids)
         # while the commit runs: what the package cache needs that does not depend on it
-        rows = _package_rows(store, pkgids, {} if full else vcache.load_packages(cache_file)) \
+        pkg_rows = _package_rows(store, pkgids, {} if full else vcache.load_packages(cache_file)) \
             if commit is not None else None
     finally:
         packages_ok = commit is not None and commit.wait()
-    if packages_ok and rows is not None:
-        _cached_packages(store, keyring, pkgids, unsigned, rows, pkg_keys, cached_findings, stats)
+    if packages_ok and pkg_rows is not None:
+        _cached_packages(store, keyring, pkgids, unsigned, pkg_rows, pkg_keys, cached_findings, stats)
     todo = [p for p in pkgids if p not in cached_findings]
     digests = vcache.load_digests(cache_file, todo) if use_cache and not full and todo else {}
     # largest packages first (by header size: about their number of files), so that
