@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import pkgset, rpmbuild  # noqa: E402
 from tests.bench_store import DEFAULT_WORKDIR, drop_caches, loop_btrfs  # noqa: E402
 from usrview import images, verify  # noqa: E402
-from usrview.checksig_cmd import load_keyring  # noqa: E402
+from usrview.cli._common import load_keyring  # noqa: E402
 from usrview.store import Store  # noqa: E402
 from verifier import sigcheck  # noqa: E402
 from verifier.keyring import Verdict  # noqa: E402

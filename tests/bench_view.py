@@ -183,24 +183,24 @@ def synthetic_tree_memory(store: Path, key: Path, target: int) -> dict:
 
     As in the daemon, each copy's file list is made when the builder asks for it
     and dropped once that package is composed (``Package.read_files``), and the
-    headers go once the tree exists (``mount_cmd.release_free_memory`` as in
+    headers go once the tree exists (``loader.release_free_memory`` as in
     ``usrview mount``).  Reports the tree's own allocations (tracemalloc) and, from
     a second run without tracemalloc (whose own records would count), the process's
     RSS with the modules loaded, with the headers, after the build and at the end."""
     code = r"""
 import dataclasses, gc, json, os, sys, tracemalloc
 from pathlib import Path
-from usrview.checksig_cmd import load_keyring
+from usrview.cli._common import load_keyring
 from usrview.store import Store
 from usrview import images
-from usrview.mount_cmd import load_image, release_free_memory
-from usrview.tree import PackageSource, build_tree
+from usrview.view.loader import load_headers, release_free_memory
+from usrview.view.tree import PackageSource, build_tree
 from verifier.header import Package
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-import usrview.fs, usrview.mount  # what the daemon has loaded too
+import usrview.view.fs, usrview.view.mount  # what the daemon has loaded too
 start = rss()
 
 @dataclasses.dataclass(slots=True)
@@ -217,7 +217,7 @@ class CopiedPackage(Package):
         return self.read_files()
 
 store = Store.open(sys.argv[1]); target = int(sys.argv[3])
-loaded = load_image(store, images.resolve(store, "current"), load_keyring([Path(sys.argv[2])]))
+loaded = load_headers(store, images.resolve(store, "current"), load_keyring([Path(sys.argv[2])]))
 real = sum(1 for s in loaded.sources for f in s.package.read_files()
            if f.path.startswith("/usr/") and f.mode & 0o170000 == 0o100000)
 copies = -(-target // real)
@@ -232,7 +232,7 @@ for k in range(copies):
         digests[pkgid] = loaded.header_digests[s.pkgid]
 gc.collect()
 base = rss()
-gc.disable()  # as mount_cmd.build_view
+gc.disable()  # as loader.build_view
 tracing = sys.argv[4] == "trace"
 if tracing:
     tracemalloc.start()

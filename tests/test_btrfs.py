@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from tests.btrfs_fixture import btrfs_dir  # noqa: F401 - fixture
-from usrview import btrfs
+from usrview.store import btrfs
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 

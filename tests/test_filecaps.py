@@ -17,7 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.prereq import require, require_tools
-from verifier.filecaps import (CAP_NAMES, XATTR_NAME, CapSets, caps_differ, parse_text, parse_xattr)
+from verifier.filecaps import (
+    CAP_NAMES,
+    XATTR_NAME,
+    CapSets,
+    caps_differ,
+    parse_text,
+    parse_xattr,
+)
 
 CAP_EFFECTIVE, CAP_PERMITTED, CAP_INHERITABLE = 0, 1, 2
 

@@ -25,7 +25,13 @@ from typing import Callable
 import pytest
 
 from tests.prereq import require_privileged, require_tools
-from tests.rpmbuild import FileSpec, read_id_map, rpm_file_entries, rpm_root_install, rpm_verify
+from tests.rpmbuild import (
+    FileSpec,
+    read_id_map,
+    rpm_file_entries,
+    rpm_root_install,
+    rpm_verify,
+)
 from verifier.filecheck import DIGEST_CHUNK, FileResult, attribute_marker, check_file
 from verifier.files import FileEntry, FileFlag, VerifyFlag
 

@@ -1,4 +1,4 @@
-"""The FUSE handlers (usrview.fs) and the guard, called directly with pytest-trio: no mount."""
+"""The FUSE handlers (usrview.view.fs) and the guard, called directly with pytest-trio: no mount."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import trio
 
 from tests.rpmbuild import STAGED_MTIME, FileSpec
 from tests.viewstore import deploy_store
-from usrview import fs as fs_module
-from usrview import guard as guard_module
-from usrview.checksig_cmd import load_keyring
-from usrview.fs import CACHE_TIMEOUT, ViewOperations
-from usrview.guard import INTEGRITY_MESSAGE_ID, READAHEAD_START, Guard
-from usrview.mount_cmd import build_view
-from usrview.tree import ROOT_INODE, SYSIMAGE_DIR
+from usrview.cli._common import load_keyring
+from usrview.view import fs as fs_module
+from usrview.view import guard as guard_module
+from usrview.view.fs import CACHE_TIMEOUT, ViewOperations
+from usrview.view.guard import INTEGRITY_MESSAGE_ID, READAHEAD_START, Guard
+from usrview.view.loader import build_view
+from usrview.view.tree import ROOT_INODE, SYSIMAGE_DIR
 from verifier.filecaps import parse_text
 
 TOOL = b"#!/bin/sh\necho hello from the view\n"

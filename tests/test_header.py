@@ -15,6 +15,7 @@ from verifier.files import FileFlag
 from verifier.header import file_entries, read_package, read_package_file
 from verifier.tags import SigTag, Tag, TagType
 
+
 def corpus():
     return corpus_dir()
 

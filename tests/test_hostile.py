@@ -253,8 +253,7 @@ def test_hostile_header_refused(env, store_dir, tmp_path, gpg_key, case):
 def test_symlink_walk_refuses_without_the_header_check(store_dir, tmp_path, gpg_key, monkeypatch):
     """Defence in depth: with the header check switched off, the O_NOFOLLOW walk alone
     stops a file beneath a symlink from landing outside the package."""
-    from usrview import importer
-    from usrview.store import Store
+    from usrview.store import Store, importer
 
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -18,9 +18,9 @@ import pytest
 from tests.btrfs_fixture import store_dir  # noqa: F401 - a fixture
 from tests.rpmbuild import FileSpec
 from usrview import images
-from usrview.images import _Info, diff_packages, make_image_id
+from usrview.images.records import _Info, diff_packages, make_image_id
+from usrview.images.vercmp import EVR
 from usrview.store import Store, pkgid_for
-from usrview.vercmp import EVR
 from verifier.header import read_package_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,9 +22,8 @@ from tests import rpmbuild
 from tests.btrfs_fixture import disk_usage_exclusive
 from tests.corpus import manifest
 from tests.rpmbuild import FileSpec
-from usrview import btrfs
-from usrview.importer import PackageRefused, import_package
-from usrview.store import Store
+from usrview.store import Store, btrfs
+from usrview.store.importer import PackageRefused, import_package
 from verifier.header import read_package_file
 from verifier.keyring import Keyring
 

@@ -26,8 +26,8 @@ from tests.prereq import conformance_path
 from verifier import openpgp as pgp
 from verifier.errors import PGPError
 from verifier.header import read_package
-from verifier.sigcheck import header_signatures
 from verifier.keyring import DEFAULT_KEY_DIR, Keyring, Result, Verdict, combine
+from verifier.sigcheck import header_signatures
 
 _CORPUS = conformance_path()
 CONFORMANCE = _CORPUS or Path("/nonexistent/conformance")

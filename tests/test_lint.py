@@ -14,7 +14,7 @@ import pytest
 
 from tests.prereq import require_privileged
 from tests.rpmbuild import RPM_ROOT_INSTALL_OPTS, FileSpec, rpm_root_cmd
-from usrview.lint import Severity, has_errors, is_under_usr, lint
+from usrview.images.lint import Severity, has_errors, is_under_usr, lint
 from verifier.header import read_package_file
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_verify import MAIN_FILES, World, _mode
 from tests.prereq import require_privileged, require_tools
-from usrview import journal, monitor, verify
-from usrview.guard import INTEGRITY_MESSAGE_ID
+from tests.test_verify import MAIN_FILES, World, _mode
+from usrview import journal, verify
+from usrview.verify import monitor
+from usrview.view.guard import INTEGRITY_MESSAGE_ID
 
 
 def decode(datagram: bytes) -> dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 from tests.prereq import require_fuse
 from tests.rpmbuild import STAGED_MTIME, FileSpec, rpm_root_install
 from tests.viewstore import deploy_store
-from usrview.tree import SYSIMAGE_DIR
+from usrview.view.tree import SYSIMAGE_DIR
 from verifier.filecaps import parse_xattr
 
 MOUNT_TIMEOUT = 30
@@ -205,8 +205,8 @@ def test_tamper_gives_eio_and_sigterm_unmounts(view, built):
 
 
 def test_verify_modes_of_the_command_line_are_the_guards():
-    from usrview.guard import VerifyMode
-    from usrview.mount_cmd import VERIFY_MODES
+    from usrview.cli.mount_cmd import VERIFY_MODES
+    from usrview.view.guard import VerifyMode
 
     assert VERIFY_MODES == tuple(m.value for m in VerifyMode)
     assert VERIFY_MODES[0] == VerifyMode.ENFORCE.value
@@ -214,8 +214,8 @@ def test_verify_modes_of_the_command_line_are_the_guards():
 
 def test_parsing_a_command_line_imports_neither_trio_nor_pyfuse3():
     # `usrview verify` and friends start faster without the FUSE machinery.
-    code = ("import sys; from usrview import cli; cli.build_parser().parse_args(['verify']); "
-            "print(sorted(m for m in ('trio', 'pyfuse3', 'usrview.importer') if m in sys.modules))")
+    code = ("import sys; from usrview.cli import main as cli; cli.build_parser().parse_args(['verify']); "
+            "print(sorted(m for m in ('trio', 'pyfuse3', 'usrview.store.importer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"

@@ -10,9 +10,8 @@ import pytest
 
 from tests import hdrbuild
 from tests.rpmbuild import FileSpec
-from usrview import btrfs
-from usrview.importer import import_package
-from usrview.store import FORMAT_LINE, LAYOUT_DIRS, Store, StoreError, pkgid_for
+from usrview.store import FORMAT_LINE, LAYOUT_DIRS, Store, StoreError, btrfs, pkgid_for
+from usrview.store.importer import import_package
 from verifier.header import read_package
 from verifier.keyring import Keyring
 from verifier.tags import Tag, TagType

@@ -1,4 +1,4 @@
-"""The view's model (usrview.tree), built from real signed rpms, without FUSE."""
+"""The view's model (usrview.view.tree), built from real signed rpms, without FUSE."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ import pytest
 
 from tests.rpmbuild import STAGED_MTIME, FileSpec
 from usrview.store import pkgid_for
-from usrview.tree import (ROOT_INODE, SYSIMAGE_DIR, PackageSource, TreeConflict, build_tree,
-                          digest_label)
+from usrview.view.tree import (
+    ROOT_INODE,
+    SYSIMAGE_DIR,
+    PackageSource,
+    TreeConflict,
+    build_tree,
+    digest_label,
+)
 from verifier.filecaps import parse_text
 from verifier.header import read_package_file
 
@@ -180,7 +186,7 @@ def test_unknown_owner_becomes_root_without_setuid(rpm_packages, expect_logs):
 
 def test_memory_per_node_is_small():
     # Nodes use __slots__: no per-instance dict.
-    from usrview.tree import Node
+    from usrview.view.tree import Node
     assert not hasattr(Node(), "__dict__")
 
 
@@ -208,7 +214,7 @@ def crafted_package(tmp_path, paths: list[str], name: str = "crafted", *, mode: 
 @pytest.mark.parametrize("bad", ["/usr/a/../b", "/usr/a//b", "/usr/./b", "/usr/a/..", "/usr/a/.",
                                  "/usr/../b"])
 def test_unsafe_paths_refused_even_below_a_known_directory(tmp_path, bad):
-    from usrview.tree import TreeError
+    from usrview.view.tree import TreeError
     # /usr/a is known (and cached) before the unsafe path comes.
     pkg = crafted_package(tmp_path, ["/usr/a/ok", bad])
     with pytest.raises(TreeError, match="unsafe file path"):
@@ -254,28 +260,28 @@ def test_file_list_shares_owner_names(image):
 def test_build_view_restores_the_collector(monkeypatch):
     import gc
 
-    from usrview import mount_cmd
+    from usrview.view import loader
 
     def boom(*args):
         assert not gc.isenabled()
         raise RuntimeError("load failed")
 
-    monkeypatch.setattr(mount_cmd, "load_image", boom)
+    monkeypatch.setattr(loader, "load_headers", boom)
     assert gc.isenabled()
     with pytest.raises(RuntimeError):
-        mount_cmd.build_view(None, None, None)
+        loader.build_view(None, None, None)
     assert gc.isenabled()
 
 
 def test_unsigned_header_with_an_import_error_is_refused(tmp_path):
-    """load_image parses each header once, leniently, for the signature check; an
+    """load_headers parses each header once, leniently, for the signature check; an
     UNSIGNED header (allowed for a package imported unsigned) must still pass the
     import check the strict parse makes."""
     import types
 
     from tests import hdrbuild
     from usrview.errors import OperationalError
-    from usrview.mount_cmd import load_image
+    from usrview.view.loader import load_headers
     from verifier.header import read_package
     from verifier.keyring import Keyring
     from verifier.tags import Tag, TagType
@@ -306,10 +312,10 @@ def test_unsigned_header_with_an_import_error_is_refused(tmp_path):
     (tmp_path / f"{pkgid}.rpm").write_bytes(data)
     image = types.SimpleNamespace(id="img", packages=[pkgid])
     with pytest.raises(OperationalError, match="does not match its entries"):
-        load_image(FakeStore(), image, Keyring())
+        load_headers(FakeStore(), image, Keyring())
 
 
 def test_release_free_memory_runs():
     # Best effort (glibc's malloc_trim); it must never fail a mount.
-    from usrview.mount_cmd import release_free_memory
+    from usrview.view.loader import release_free_memory
     release_free_memory()

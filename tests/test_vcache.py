@@ -16,7 +16,7 @@ import pytest
 from tests import test_verify as tv
 from tests.prereq import require_privileged, require_tools
 from tests.test_verify import MAIN_FILES, OTHER_FILES, World, _rpm_va  # noqa: F401 - shared world
-from usrview import vcache
+from usrview.verify import vcache
 
 DATA = "usr/share/tool/data"
 
@@ -224,7 +224,7 @@ def test_digest_blob_roundtrip_and_malformed_blob_is_empty():
 def test_package_cache_without_the_root_tree_search(bworld, monkeypatch):
     """Where btrfs's root tree cannot be searched (no CAP_SYS_ADMIN) each package
     subvolume is asked on its own: the package cache still works, and still sees a change."""
-    from usrview import btrfs
+    from usrview.store import btrfs
 
     def denied(fd):
         raise PermissionError(1, "Operation not permitted")

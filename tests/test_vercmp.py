@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.prereq import require_tools
-from usrview.vercmp import EVR, evrcmp, parse_evr, rpmvercmp
+from usrview.images.vercmp import EVR, evrcmp, parse_evr, rpmvercmp
 
 # (a, b, rpmvercmp(a, b)) -- from rpm's tests/rpmvercmp.at.
 RPM_CASES = [

@@ -25,7 +25,7 @@ from tests.rpmbuild import FileSpec
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount, wait_for_mount
 from tests.viewstore import deploy_store
 from usrview import images
-from usrview.checksig_cmd import load_keyring
+from usrview.cli._common import load_keyring
 from usrview.store import Store
 
 FILES = [

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from usrview import images
-from usrview.checksig_cmd import load_keyring
+from usrview.cli._common import load_keyring
 from usrview.store import Store
 
 

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
+from usrview.errors import UsageError
 
 DEFAULT_CONFIG = Path("/etc/usrview/usrview.toml")
 DEFAULT_KEYS = (Path("/etc/pki/rpm-gpg"),)

@@ -93,7 +93,7 @@ class Journal:
 class JournalHandler(logging.Handler):
     """A logging handler sending each record to the journal with its upper-case
     ``extra`` attributes as fields (MESSAGE_ID, PATH, PACKAGE ...): how the view's
-    on-open violations (usrview.guard) reach the journal in the monitor's format."""
+    on-open violations (usrview.view.guard) reach the journal in the monitor's format."""
 
     def __init__(self, journal: Journal | None = None):
         super().__init__()

@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import EXIT_FINDINGS, EXIT_OK
-from .images import read_source
-from .lint import has_errors, lint
+from usrview.errors import EXIT_FINDINGS, EXIT_OK
+from usrview.images.lint import has_errors, lint
+from usrview.images.records import read_source
 
 HELP = "check a directory of rpms as deploy would"
 DESCRIPTION = """\

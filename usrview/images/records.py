@@ -43,13 +43,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
+from usrview.images.lint import Finding, has_errors, lint
+from usrview.images.vercmp import EVR, evrcmp, package_evr
+from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
-
-from .errors import EXIT_FINDINGS, OperationalError, UsrviewError
-from .lint import Finding, has_errors, lint
-from .store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
-from .vercmp import EVR, evrcmp, package_evr
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ KILL_STAGES = ("deploy-recorded", "deploy-previous", "rollback-current")
 
 
 def _test_kill(stage: str) -> None:
-    from .importer import KILL_AT_ENV
+    from usrview.store.importer import KILL_AT_ENV
 
     if os.environ.get(KILL_AT_ENV) == stage:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -349,7 +348,9 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     in the store, unreferenced, until ``gc``), the image is recorded, and
     ``previous``/``current`` are switched.
     """
-    from .importer import import_packages  # the importer needs the payload machinery
+    from usrview.store.importer import (
+        import_packages,  # the importer needs the payload machinery
+    )
 
     with store.lock():
         sources = read_source(source)
@@ -680,6 +681,8 @@ def _nevra_of(pkgid: str) -> str:
 __all__ = [
     "CURRENT",
     "DEFAULT_KEEP",
+    "ID_HASH_DIGITS",
+    "ID_RE",
     "IMAGE_FORMAT",
     "PREVIOUS",
     "DeployRefused",
@@ -698,6 +701,7 @@ __all__ = [
     "load_image",
     "lock_path",
     "make_image_id",
+    "package_set_hash",
     "pointer",
     "read_source",
     "resolve",

@@ -11,7 +11,7 @@
    files alike in mode, owner and mtime.
 3. Under the store lock, a new package tree (a btrfs subvolume, or a plain
    directory) is made under ``tmp/`` and the payload streamed into it by
-   :mod:`usrview.payload`, which ties every cpio member to its header entry
+   :mod:`usrview.store.payload`, which ties every cpio member to its header entry
    and checks each regular file's digest as its bytes go by.  Files are made
    from the *header's* path, type, mode, owner, mtime and link target, never
    from the cpio header; every component is opened relative to its parent's
@@ -57,16 +57,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from verifier import sigcheck
-from verifier.filecaps import parse_text
-from verifier.files import FileEntry, FileFlag, digest_name
-from verifier.header import Package
-from verifier.keyring import Keyring
-
-from . import btrfs
-from .errors import EXIT_FINDINGS, UsrviewError
-from .payload import CHUNK_SIZE, Member, PayloadError, open_payload
-from .store import (
+from usrview.errors import EXIT_FINDINGS, UsrviewError
+from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
+from usrview.store.store import (
     HEADER_SUFFIX,
     HEADERS_DIR,
     PACKAGES_DIR,
@@ -76,6 +69,13 @@ from .store import (
     StoreError,
     pkgid_for,
 )
+from verifier import sigcheck
+from verifier.filecaps import parse_text
+from verifier.files import FileEntry, FileFlag, digest_name
+from verifier.header import Package
+from verifier.keyring import Keyring
+
+from . import btrfs
 
 log = logging.getLogger(__name__)
 

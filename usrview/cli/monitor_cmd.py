@@ -7,9 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from . import monitor
-from .checksig_cmd import load_keyring
-from .errors import UsageError
+from usrview.cli._common import add_keys_option, add_store_option, load_keyring
+from usrview.errors import UsageError
+from usrview.verify import monitor
 
 HELP = "integrity monitor: periodic verification, journald records, Prometheus metrics"
 DESCRIPTION = """\
@@ -34,8 +34,8 @@ def duration(text: str) -> float:
 
 def register(sub, common) -> None:
     p = sub.add_parser("monitor", parents=[common], help=HELP, description=DESCRIPTION)
-    p.add_argument("--store", type=Path, metavar="DIR", help="the store (default from the configuration)")
-    p.add_argument("--keys", action="append", type=Path, metavar="PATH", help="trusted certificates")
+    add_store_option(p)
+    add_keys_option(p)
     p.add_argument("--once", action="store_true", help="one run, then exit with its status")
     p.add_argument("--full", action="store_true", help="with --once: a full run (ignore the cache)")
     p.add_argument("--interval", default="15min", help="between incremental runs (default 15min)")

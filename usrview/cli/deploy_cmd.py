@@ -5,11 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import images
-from .checksig_cmd import load_keyring
-from .errors import EXIT_OK
-from .import_cmd import _Progress
-from .store import Store
+from usrview import images
+from usrview.cli._common import (
+    Progress,
+    add_store_option,
+    open_store,
+    print_findings,
+    trusted_keys,
+)
+from usrview.errors import EXIT_OK
 
 HELP = "record a directory of rpms as an image and make it current"
 DESCRIPTION = """\
@@ -25,21 +29,6 @@ Exit status: 0 deployed, 1 refused (lint errors, a package refused by the
 import), 2 usage and operational errors."""
 
 
-def add_store_option(p) -> None:
-    p.add_argument("--store", type=Path, metavar="DIR",
-                   help="the store (default from the configuration, else /var/lib/usrview)")
-
-
-def open_store(args, cfg, *, create: bool = False) -> Store:
-    return Store.open(args.store or cfg.store, create=create)
-
-
-def print_findings(findings, stream) -> None:
-    for f in findings:
-        stream.write(f.format() + "\n")
-    stream.flush()
-
-
 def register(sub, common) -> None:
     p = sub.add_parser("deploy", parents=[common], help=HELP, description=DESCRIPTION)
     add_store_option(p)
@@ -53,11 +42,9 @@ def register(sub, common) -> None:
 
 
 def run(args, cfg) -> int:
-    keyring = load_keyring(args.keys or cfg.keys)
-    for warning in keyring.warnings:
-        print(f"usrview: warning: {warning}", file=sys.stderr)
+    keyring = trusted_keys(args, cfg)
     store = open_store(args, cfg, create=True)
-    progress = _Progress(sys.stderr)
+    progress = Progress(sys.stderr)
     try:
         result = images.deploy(store, args.source, keyring, allow_unsigned=args.allow_unsigned,
                                progress=progress)

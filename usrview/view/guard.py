@@ -27,7 +27,7 @@ the first read that would, the hash is carried on in a thread from there.
 Verification read-ahead: a program reading many files (a walk, a backup, a
 compiler going through headers) opens them one after another, and each first
 open waits for its bytes.  Inode numbers follow name order within a directory
-(:mod:`usrview.tree`), so after an open of inode *i* the guard has a thread of
+(:mod:`usrview.view.tree`), so after an open of inode *i* the guard has a thread of
 its own ask the kernel to read the backing files of the next inodes
 (``posix_fadvise(WILLNEED)``: the disk works while the view serves, and the
 metadata reads that asking may wait for do not hold up the event loop).  The
@@ -56,10 +56,9 @@ import threading
 
 import trio
 
+from usrview.journal import INTEGRITY_MESSAGE_ID
+from usrview.view.tree import Node, Tree
 from verifier.files import digest_name
-
-from .journal import INTEGRITY_MESSAGE_ID
-from .tree import Node, Tree
 
 log = logging.getLogger(__name__)
 

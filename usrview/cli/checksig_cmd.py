@@ -6,10 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from usrview.cli._common import trusted_keys
+from usrview.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from verifier import sigcheck
-from verifier.keyring import Keyring
-
-from .errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, OperationalError
 
 HELP = "check the header signatures of rpm packages or header-only files"
 DESCRIPTION = """\
@@ -30,18 +29,8 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-def load_keyring(paths) -> Keyring:
-    """The trusted keys; each path must exist.  Skipped keys are logged."""
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise OperationalError(f"no such key file or directory: {', '.join(missing)}")
-    return Keyring.load(paths)
-
-
 def run(args, cfg) -> int:
-    keyring = load_keyring(args.keys or cfg.keys)
-    for warning in keyring.warnings:
-        print(f"usrview: warning: {warning}", file=sys.stderr)
+    keyring = trusted_keys(args, cfg)
     status = EXIT_OK
     out = sys.stdout
     for path in args.packages:

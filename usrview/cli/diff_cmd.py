@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from . import images
-from .deploy_cmd import add_store_option, open_store
-from .errors import EXIT_OK
+from usrview import images
+from usrview.cli._common import add_store_option, open_store
+from usrview.errors import EXIT_OK
 
 HELP = "compare two images"
 DESCRIPTION = """\

@@ -7,7 +7,7 @@ Layout (docs/store-format.md is the reference; this module checks it)::
     STORE/packages/PKGID/    one package's files (a read-only subvolume on btrfs)
     STORE/headers/PKGID.rpm  the package's header-only rpm, byte-exact
     STORE/unsigned/PKGID     present when the package was imported unsigned
-    STORE/images/, current, previous   the image layer's (usrview/images.py)
+    STORE/images/, current, previous   the image layer's (usrview/images/records.py)
     STORE/tmp/               work in progress; leftovers are removed under the lock
 
 A package exists exactly when its header file exists: the header is written
@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from usrview.errors import OperationalError
 from verifier.errors import HeaderError
 from verifier.files import FileEntry, FileFlag
 from verifier.header import Package, read_package_file
 
 from . import btrfs
-from .errors import OperationalError
 
 log = logging.getLogger(__name__)
 

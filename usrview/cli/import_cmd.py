@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .checksig_cmd import load_keyring
-from .errors import EXIT_OK, UsrviewError
-from .store import Store
+from usrview.cli._common import Progress, add_store_option, open_store, trusted_keys
+from usrview.errors import EXIT_OK, UsrviewError
 
 HELP = "add rpm packages to the store"
 DESCRIPTION = """\
@@ -24,8 +23,7 @@ usage and operational errors (unreadable file, store problem, disk full)."""
 
 def register(sub, common) -> None:
     p = sub.add_parser("import", parents=[common], help=HELP, description=DESCRIPTION)
-    p.add_argument("--store", type=Path, metavar="DIR",
-                   help="the store (default from the configuration, else /var/lib/usrview)")
+    add_store_option(p)
     p.add_argument("--keys", action="append", type=Path, metavar="PATH",
                    help="trusted certificates: a file or a directory (repeatable; "
                         "default from the configuration, else /etc/pki/rpm-gpg)")
@@ -35,37 +33,14 @@ def register(sub, common) -> None:
     p.set_defaults(func=run)
 
 
-class _Progress:
-    """``NEVRA: done/total files`` rewritten in place on a terminal; nothing elsewhere."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.label = ""
-        self._last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        percent = done * 100 // max(total, 1)
-        if self.enabled and percent != self._last:
-            self._last = percent
-            self.stream.write(f"\r\033[K{self.label}: {done}/{total} files")
-            self.stream.flush()
-
-    def clear(self) -> None:
-        if self.enabled and self._last != -1:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-        self._last = -1
-
-
 def run(args, cfg) -> int:
-    from .importer import import_packages  # the payload machinery: only when importing
+    from usrview.store.importer import (
+        import_packages,  # the payload machinery: only when importing
+    )
 
-    keyring = load_keyring(args.keys or cfg.keys)
-    for warning in keyring.warnings:
-        print(f"usrview: warning: {warning}", file=sys.stderr)
-    store = Store.open(args.store or cfg.store, create=True)
-    progress = _Progress(sys.stderr)
+    keyring = trusted_keys(args, cfg)
+    store = open_store(args, cfg, create=True)
+    progress = Progress(sys.stderr)
     status = EXIT_OK
     out = sys.stdout
     def started(path) -> None:

@@ -12,15 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-from . import (
-    __version__,
+from usrview import __version__, config, journal
+from usrview.cli import (
     checksig_cmd,
-    config,
     deploy_cmd,
     diff_cmd,
     gc_cmd,
     import_cmd,
-    journal,
     lint_cmd,
     monitor_cmd,
     mount_cmd,
@@ -28,7 +26,7 @@ from . import (
     status_cmd,
     verify_cmd,
 )
-from .errors import EXIT_ERROR, UsrviewError
+from usrview.errors import EXIT_ERROR, UsrviewError
 
 log = logging.getLogger(__name__)
 

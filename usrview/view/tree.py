@@ -44,13 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from usrview.errors import UsrviewError
+from usrview.store.payload import hardlink_groups
 from verifier.filecaps import parse_text
 from verifier.filecheck import expected_ids_and_mode
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
-
-from .errors import UsrviewError
-from .payload import hardlink_groups
 
 log = logging.getLogger(__name__)
 

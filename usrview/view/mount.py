@@ -28,8 +28,8 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from .errors import OperationalError
-from .fs import ViewOperations
+from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
+from usrview.view.fs import ViewOperations
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +136,57 @@ def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | 
         trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready))
     finally:
         faulthandler.unregister(signal.SIGUSR1)
+
+
+def daemonize(serve, mountpoint: str) -> int:
+    """Double fork; the parent returns once the grandchild mounted (0, after
+    printing the daemon's pid) or failed (2)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            ready = r.read()
+        os.waitpid(pid, 0)
+        if not ready.startswith(b"1 "):
+            return EXIT_ERROR
+        # The daemon's pid, for scripts (kill -TERM PID unmounts too).
+        print(f"usrview: serving {mountpoint} (pid {int(ready[2:])})", flush=True)
+        return EXIT_OK
+    # child
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    # grandchild: the daemon
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+
+    def on_ready():
+        os.write(wfd, b"1 %d" % os.getpid())
+        os.close(wfd)
+        # Detached: log to syslog/journald from now on, not to a terminal.
+        log_to_syslog()
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+
+    status = EXIT_ERROR
+    try:
+        serve(on_ready)
+        status = EXIT_OK
+    except Exception as e:
+        log.error("usrview mount: %s", e)
+    finally:
+        # A forked daemon must never return into the parent's code path.
+        os._exit(status)
+
+
+def log_to_syslog() -> None:
+    import logging.handlers
+
+    if not os.path.exists("/dev/log"):
+        return
+    handler = logging.handlers.SysLogHandler(address="/dev/log")
+    handler.setFormatter(logging.Formatter("usrview[%(process)d]: %(levelname)s: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]

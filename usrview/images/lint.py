@@ -31,9 +31,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from usrview.images.vercmp import package_evr
 from verifier.header import Package
-
-from .vercmp import package_evr
 
 #: The one tree the view shows.
 USR = "/usr"

@@ -38,7 +38,7 @@ How it is fast (docs/verify.md, "How it is fast", has the measurements):
   (all found) holds nothing else and is not read (:func:`_unowned`).
 - A cold page cache: a package's first read that would wait (RWF_NOWAIT) starts
   a read-ahead thread (:class:`_Prefetcher`) for the package's following files.
-- The verified-results cache (:mod:`usrview.vcache`, rows per package): a
+- The verified-results cache (:mod:`usrview.verify.vcache`, rows per package): a
   file whose identity (device, inode, size, mtime, ctime) and algorithm are
   known is not read.
 - The package cache (btrfs): a package whose subvolume generation, header file
@@ -49,7 +49,7 @@ How it is fast (docs/verify.md, "How it is fast", has the measurements):
   (:func:`usrview.btrfs.child_subvolume_states`) after a syncfs that runs while
   the image and the cache rows are read.
 - Reflink dedupe: a file of at least DEDUPE_MIN_SIZE bytes whose extents are
-  all shared (:mod:`usrview.fiemap`) is not hashed by the worker; once every
+  all shared (:mod:`usrview.store.fiemap`) is not hashed by the worker; once every
   package is done, the parent groups such files by file system and physical
   extents and the workers hash one file of each group.  Hard links (same
   inode) are hashed once too.
@@ -82,6 +82,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from usrview import images
+from usrview.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, OperationalError
+from usrview.store import btrfs, fiemap
+from usrview.store.store import (
+    HEADER_SUFFIX,
+    HEADERS_DIR,
+    UNSIGNED_DIR,
+    Store,
+    StoreError,
+    pkgid_for,
+)
+from usrview.verify import vcache
 from verifier import sigcheck
 from verifier.filecaps import XATTR_NAME as CAPS_XATTR
 from verifier.filecaps import caps_differ
@@ -94,17 +106,6 @@ from verifier.filecheck import (
 )
 from verifier.files import FileEntry, FileFlag, VerifyFlag, digest_name
 from verifier.keyring import Keyring, Verdict
-
-from . import btrfs, fiemap, images, vcache
-from .errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, OperationalError
-from .store import (
-    HEADER_SUFFIX,
-    HEADERS_DIR,
-    UNSIGNED_DIR,
-    Store,
-    StoreError,
-    pkgid_for,
-)
 
 log = logging.getLogger(__name__)
 

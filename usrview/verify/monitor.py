@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import verify
-from .errors import UsrviewError
-from .journal import INTEGRITY_MESSAGE_ID, Journal
-from .store import Store
+from usrview import verify
+from usrview.errors import UsrviewError
+from usrview.journal import INTEGRITY_MESSAGE_ID, Journal
+from usrview.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import os
 
 import pyfuse3
 
-from .guard import Guard
-from .tree import Node, Tree, digest_label
+from usrview.view.guard import Guard
+from usrview.view.tree import Node, Tree, digest_label
 
 log = logging.getLogger(__name__)
 

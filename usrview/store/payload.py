@@ -55,11 +55,10 @@ from typing import BinaryIO, Self
 
 import zstandard
 
+from usrview.errors import UsrviewError
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package, read_package_file
 from verifier.tags import Tag
-
-from .errors import UsrviewError
 
 #: Size of the reads the reader makes and of the chunks it hands out.
 CHUNK_SIZE = 1 << 20

@@ -6,10 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import images, verify
-from .checksig_cmd import load_keyring
-from .errors import UsageError
-from .store import Store
+from usrview import images, verify
+from usrview.cli._common import add_store_option, open_store, trusted_keys
+from usrview.errors import UsageError
 
 HELP = "check the image's files and headers against the signed headers (rpm -V lines)"
 DESCRIPTION = """\
@@ -25,7 +24,7 @@ Exit status: 0 clean, 1 discrepancies found, 2 usage or operational error."""
 
 def register(sub, common) -> None:
     p = sub.add_parser("verify", parents=[common], help=HELP, description=DESCRIPTION)
-    p.add_argument("--store", type=Path, metavar="DIR", help="the store (default from the configuration)")
+    add_store_option(p)
     p.add_argument("--image", default=images.CURRENT, metavar="ID",
                    help="the image to check: current (default), previous, an id or a prefix of one")
     p.add_argument("--keys", action="append", type=Path, metavar="PATH",
@@ -64,10 +63,8 @@ class Progress:
 def run(args, cfg) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    store = Store.open(args.store or cfg.store)
-    keyring = load_keyring(args.keys or cfg.keys)
-    for warning in keyring.warnings:
-        print(f"usrview: warning: {warning}", file=sys.stderr)
+    store = open_store(args, cfg)
+    keyring = trusted_keys(args, cfg)
     progress = Progress()
     try:
         report = verify.run(store, keyring, image_ref=args.image, filters=args.targets, jobs=args.jobs,

@@ -1,0 +1,72 @@
+"""What the commands share: the ``--store`` and ``--keys`` options, loading the
+trusted keys, opening the store, printing findings, and the progress line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from usrview.errors import OperationalError
+from usrview.store import Store
+from verifier.keyring import Keyring
+
+STORE_HELP = "the store (default from the configuration, else /var/lib/usrview)"
+KEYS_HELP = ("trusted certificates: a file or a directory (repeatable; "
+             "default from the configuration, else /etc/pki/rpm-gpg)")
+
+
+def add_store_option(p) -> None:
+    p.add_argument("--store", type=Path, metavar="DIR", help=STORE_HELP)
+
+
+def add_keys_option(p) -> None:
+    p.add_argument("--keys", action="append", type=Path, metavar="PATH", help=KEYS_HELP)
+
+
+def open_store(args, cfg, *, create: bool = False) -> Store:
+    return Store.open(args.store or cfg.store, create=create)
+
+
+def load_keyring(paths) -> Keyring:
+    """The trusted keys; each path must exist.  Skipped keys are logged."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise OperationalError(f"no such key file or directory: {', '.join(missing)}")
+    return Keyring.load(paths)
+
+
+def trusted_keys(args, cfg) -> Keyring:
+    """``--keys`` (else the configuration's), each skipped key a warning on stderr."""
+    keyring = load_keyring(args.keys or cfg.keys)
+    for warning in keyring.warnings:
+        print(f"usrview: warning: {warning}", file=sys.stderr)
+    return keyring
+
+
+def print_findings(findings, stream) -> None:
+    for f in findings:
+        stream.write(f.format() + "\n")
+    stream.flush()
+
+
+class Progress:
+    """``LABEL: done/total files`` rewritten in place on a terminal; nothing elsewhere."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.label = ""
+        self._last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = done * 100 // max(total, 1)
+        if self.enabled and percent != self._last:
+            self._last = percent
+            self.stream.write(f"\r\033[K{self.label}: {done}/{total} files")
+            self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self._last != -1:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+        self._last = -1

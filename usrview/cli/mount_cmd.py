@@ -1,0 +1,103 @@
+"""``usrview mount`` and ``usrview umount``: serve an image of the store as a read-only /usr.
+
+``mount`` loads the image (``current`` unless ``--image ID``), checks every
+header file's signature against the trusted keys, composes the tree
+(:mod:`usrview.view.tree`) and serves it (:mod:`usrview.view.mount`).  A header that is
+not GOOD refuses the mount, except a package the store records as imported
+unsigned (``STORE/unsigned/PKGID``) whose header is UNSIGNED: it is served,
+with a warning naming it.
+
+Without ``--foreground`` the command detaches (double fork) and returns once
+the view is mounted, with status 0 after printing the daemon's pid
+(``usrview: serving MOUNTPOINT (pid N)``), or 2 if mounting failed.  systemd runs it
+with ``--foreground`` (``Type=notify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from usrview import images
+from usrview.cli._common import add_store_option, load_keyring, open_store
+from usrview.errors import EXIT_OK, OperationalError
+from usrview.view.loader import build_view, release_free_memory
+
+log = logging.getLogger(__name__)
+
+#: --verify's values (usrview.guard.VerifyMode's, the default first), named here
+#: so that parsing a command line does not import the guard (and trio).
+VERIFY_MODES = ("enforce", "warn", "off")
+
+MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
+UMOUNT_HELP = "unmount a view"
+MOUNT_DESCRIPTION = """\
+Mount the view of an image of the store on MOUNTPOINT: a read-only file system
+whose every file, directory and attribute comes from the image's signed
+headers and whose bytes are checked against the headers' digests before they
+are served (--verify: enforce refuses a file that does not match with EIO,
+warn serves it and logs, off does not check).  Every header's signature is
+checked against the trusted keys first; one that is not GOOD refuses the mount."""
+
+def register(sub, common) -> None:
+    p = sub.add_parser("mount", parents=[common], help=MOUNT_HELP, description=MOUNT_DESCRIPTION)
+    add_store_option(p)
+    p.add_argument("--image", metavar="ID", help="the image to serve: an id, a unique prefix, "
+                   "'current' (the default) or 'previous'")
+    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
+                   help="trusted certificates: a file or a directory (repeatable)")
+    p.add_argument("--verify", choices=VERIFY_MODES, default=VERIFY_MODES[0],
+                   help="check file digests on open (default enforce)")
+    p.add_argument("--foreground", action="store_true",
+                   help="do not detach (systemd's Type=notify service uses this)")
+    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.set_defaults(func=run_mount)
+
+    u = sub.add_parser("umount", parents=[common], help=UMOUNT_HELP,
+                       description="Unmount a view (fusermount3 -u).")
+    u.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    u.set_defaults(func=run_umount)
+
+
+def run_mount(args, cfg) -> int:
+    # Serving needs trio and pyfuse3: imported here, not when the command line
+    # is parsed for every other command.
+    from usrview.view.fs import ViewOperations
+    from usrview.view.guard import Guard
+    from usrview.view.mount import daemonize, run
+
+    keyring = load_keyring(args.keys or cfg.keys)
+    for warning in keyring.warnings:
+        log.warning("%s", warning)
+    store = open_store(args, cfg)
+    image_id = images.resolve(store, args.image or images.CURRENT).id
+    mountpoint = os.fspath(args.mountpoint.absolute())
+    # The in-use lock is held for the life of the mount (the daemon inherits
+    # it): gc keeps the image and its packages meanwhile.
+    with images.hold_image(store, image_id) as image:
+        loaded, tree = build_view(store, image, keyring)
+        log.info("image %s: %d packages, %d inodes", image.id, len(loaded.sources), tree.inode_count)
+        # The parsed headers are not needed once the tree exists: do not keep
+        # them alive in this frame for the life of the mount.
+        del loaded
+        release_free_memory()
+
+        def serve(on_ready=None):
+            ops = ViewOperations(tree, Guard(tree, args.verify))
+            run(ops, mountpoint, on_ready=on_ready)
+
+        if args.foreground:
+            serve()
+            return EXIT_OK
+        return daemonize(serve, mountpoint)
+
+
+def run_umount(args, cfg) -> int:
+    r = subprocess.run(["fusermount3", "-u", os.fspath(args.mountpoint)], capture_output=True,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise OperationalError(f"cannot unmount {args.mountpoint}: "
+                               f"{r.stderr.decode(errors='replace').strip()}")
+    return EXIT_OK

@@ -1,0 +1,6 @@
+"""The images room: recorded images (sets of packages), deploy, rollback, diff
+and gc (:mod:`usrview.images.records`), the lint of a package set and rpm's
+version comparison.  The records' public names are re-exported here."""
+
+from usrview.images.records import *  # noqa: F403 - the room's public face
+from usrview.images.records import __all__  # noqa: F401

@@ -1,0 +1,3 @@
+"""The view room: the composed tree (:mod:`~usrview.view.tree`), the on-access
+guard (:mod:`~usrview.view.guard`), the pyfuse3 adapter (:mod:`~usrview.view.fs`)
+and the mount lifecycle (:mod:`~usrview.view.mount`)."""
