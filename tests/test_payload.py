@@ -37,7 +37,6 @@ from usrview.store.payload import (
     MAX_NAME_SIZE,
     MAX_TRAILER_PADDING,
     DigestCheck,
-    hardlink_groups,
     open_payload,
     read_payload,
 )
@@ -365,12 +364,12 @@ def test_no_hardlinks_without_inode_tags():
     """rpm builds hardlink groups only when FILEINODES and FILEDEVICES are present."""
     files = [F("/usr/a", data=b"same", inode=5), F("/usr/b", data=b"same", inode=5)]
     pkg = read_package(header_bytes(files, inodes=False))
-    assert hardlink_groups(pkg) == {}
+    assert pkg.hardlink_groups() == {}
     pkg = read_package(header_bytes(files, devices=False))
     assert pkg.files[0].inode == pkg.files[1].inode  # the verifier defaults the device to 1 ...
-    assert hardlink_groups(pkg) == {}  # ... rpm makes no groups at all
+    assert pkg.hardlink_groups() == {}  # ... rpm makes no groups at all
     pkg = read_package(header_bytes(files))
-    assert hardlink_groups(pkg) == {0: (0, 1), 1: (0, 1)}
+    assert pkg.hardlink_groups() == {0: (0, 1), 1: (0, 1)}
     c = Cpio().newc("./usr/a", b"same").newc("./usr/b", b"same").trailer()
     assert read_all(header_bytes(files, inodes=False), compress("zstd", c.bytes())).data == {0: b"same", 1: b"same"}
 
@@ -384,7 +383,7 @@ def test_hardlink_groups_follow_rpm():
         F("/usr/d1", "dir", inode=5), F("/usr/d2", "dir", inode=5),  # directories: no group
     ]
     pkg = read_package(header_bytes(files))
-    assert hardlink_groups(pkg) == {0: (0, 1), 1: (0, 1)}
+    assert pkg.hardlink_groups() == {0: (0, 1), 1: (0, 1)}
     c = (Cpio().newc("./usr/z1", b"z").newc("./usr/z2", b"z").newc("./usr/d1", mode=0o40755)
          .newc("./usr/d2", mode=0o40755).newc("./usr/h1").newc("./usr/h2", b"xy").trailer())
     r = read_all(header_bytes(files), compress("zstd", c.bytes()))

@@ -66,6 +66,7 @@ SIG_MAX_DATA = 64 * 1024 * 1024
 COUNT_LIMIT_MASK = 0xFF000000
 #: The lowest tag a data entry may carry (HEADER_I18NTABLE).
 MIN_DATA_TAG = Tag.HEADERI18NTABLE
+_GHOST = int(FileFlag.GHOST)
 
 # The entry check runs for every entry of every header: it works on plain
 # ints, indexed by the raw type number (enum hashing is slow).
@@ -440,6 +441,33 @@ class Package:
         if self._files is not None:
             return self._files
         return file_entries(self.header)
+
+    def hardlink_groups(self, files: list[FileEntry] | None = None) -> dict[int, tuple[int, ...]]:
+        """File index -> its hardlink group (indexes in header order), as rpm builds them.
+
+        rpm (``rpmfilesBuildNLink``) links regular, non-ghost files with equal
+        (FILEDEVICES, FILEINODES) and a non-zero inode, and none at all when either
+        tag is absent.  Files in no group are absent from the result.  ``files``:
+        this package's file list when the caller holds it (see :meth:`read_files`).
+        """
+        header = self.header
+        if Tag.FILEINODES not in header or Tag.FILEDEVICES not in header:
+            return {}
+        if files is None:
+            files = self.files
+        if len({(f.device, f.inode) for f in files}) == len(files):
+            return {}  # most packages: no two files share a pair, no group to make
+        sets: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(files):
+            if f.inode != 0 and stat.S_ISREG(f.mode) and not int(f.flags) & _GHOST:
+                sets.setdefault((f.device, f.inode), []).append(i)
+        groups = {}
+        for members in sets.values():
+            if len(members) > 1:
+                group = tuple(members)
+                for i in group:
+                    groups[i] = group
+        return groups
 
     def header_only(self) -> bytes:
         """The lead, signature header and main header: a header-only rpm."""

@@ -188,21 +188,13 @@ def check_file_list(package: Package) -> None:
                 raise PackageRefused(f"{p} lies beneath {p[:cut]}, which the header lists as "
                                      f"a non-directory")
             cut = p.find("/", cut + 1)
-    for group in _hardlink_sets(files):
+    for group in dict.fromkeys(package.hardlink_groups(files).values()):
         first = files[group[0]]
         for i in group[1:]:
             f = files[i]
             if (f.mode, f.user, f.group, f.mtime) != (first.mode, first.user, first.group, first.mtime):
                 raise PackageRefused(f"hardlinked files {first.path} and {f.path} differ in mode, "
                                      f"owner or mtime")
-
-
-def _hardlink_sets(files: list[FileEntry]) -> list[tuple[int, ...]]:
-    sets: dict[tuple[int, int], list[int]] = {}
-    for i, f in enumerate(files):
-        if f.inode != 0 and stat.S_ISREG(f.mode) and not int(f.flags) & _GHOST:
-            sets.setdefault((f.device, f.inode), []).append(i)
-    return [tuple(m) for m in sets.values() if len(m) > 1]
 
 
 def _parts(path: str) -> tuple[str, ...]:

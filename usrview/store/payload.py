@@ -137,29 +137,6 @@ def _hex(field: bytes, what: str, offset: int) -> int:
     return int(field, 16)
 
 
-def hardlink_groups(package: Package) -> dict[int, tuple[int, ...]]:
-    """File index -> its hardlink group (indexes in header order), as rpm builds them.
-
-    rpm (``rpmfilesBuildNLink``) links regular, non-ghost files with equal
-    (FILEDEVICES, FILEINODES) and a non-zero inode, and none at all when either
-    tag is absent.  Files in no group are absent from the result.
-    """
-    header = package.header
-    if Tag.FILEINODES not in header or Tag.FILEDEVICES not in header:
-        return {}
-    sets: dict[tuple[int, int], list[int]] = {}
-    for i, f in enumerate(package.files):
-        if f.inode != 0 and stat.S_ISREG(f.mode) and not int(f.flags) & _GHOST:
-            sets.setdefault((f.device, f.inode), []).append(i)
-    groups = {}
-    for members in sets.values():
-        if len(members) > 1:
-            group = tuple(members)
-            for i in group:
-                groups[i] = group
-    return groups
-
-
 class Member:
     """One payload member: a file of the header and the bytes the payload holds for it.
 
@@ -317,7 +294,7 @@ class PayloadReader:
         self._error: PayloadError | None = None
         self._ended = False
         self._seen = bytearray(len(self._files))
-        self._groups = hardlink_groups(package)
+        self._groups = package.hardlink_groups()
         self._check_groups()
         rel: dict[str, int] = {}
         for i, f in enumerate(self._files):

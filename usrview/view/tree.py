@@ -16,7 +16,7 @@ every attribute comes from the headers (``docs/view.md`` lists the rules).
   of their children (0 when empty).
 - ``lib/sysimage/packages/PKGID.rpm`` are the image's header files: regular
   files, 0644 root:root, backed by the store's ``headers/`` directory.
-- Hardlinks: one inode per hardlink group (``usrview.payload.hardlink_groups``),
+- Hardlinks: one inode per hardlink group (:meth:`verifier.header.Package.hardlink_groups`),
   with the group's size as link count.
 - Inode numbers and directory entry ids are assigned by a depth-first walk in
   name order, so the same image always gets the same numbers; the root is
@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from usrview.errors import UsrviewError
-from usrview.store.payload import hardlink_groups
 from verifier.filecaps import parse_text
 from verifier.filecheck import expected_ids_and_mode
 from verifier.files import FileEntry, FileFlag, digest_name
@@ -329,15 +328,6 @@ def _add_usr(root: _Draft, entry: FileEntry, pkg_index: int, packages, make_node
         _own_dir(root, make_node(entry, pkg_index, ""), entry, pkg_index)
 
 
-def _hardlink_groups(package: Package, files: list[FileEntry]) -> dict[int, tuple[int, ...]]:
-    """:func:`usrview.payload.hardlink_groups`, skipped when no two files share
-    a (device, inode) pair (most packages): then there is no group."""
-    pairs = {(f.device, f.inode) for f in files}
-    if len(pairs) == len(files):
-        return {}
-    return hardlink_groups(package)
-
-
 def _check_components(rel: str, pkg: str, path: str) -> list[str]:
     parts = rel.split("/") if rel else []
     for part in parts:
@@ -485,7 +475,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
         # Not package.files: that caches the list in the package, and the
         # list is not needed once this package is composed.
         files = package.read_files()
-        groups_of = _hardlink_groups(package, files)
+        groups_of = package.hardlink_groups(files)
         for i, entry in enumerate(files):
             path = entry.path
             if not path.startswith(prefix):
