@@ -530,12 +530,12 @@ def test_digest_reads_in_bounded_chunks(tmp_path, fd, monkeypatch):
     import verifier.filecheck as fc
     e = _regular(tmp_path, b"x" * (3 * DIGEST_CHUNK + 5))
     sizes = []
-    real = fc.os.readv
+    real = fc.os.preadv
 
-    def spy(f, bufs):
+    def spy(f, bufs, *args):
         sizes.append(sum(len(b) for b in bufs))
-        return real(f, bufs)
-    monkeypatch.setattr(fc.os, "readv", spy)
+        return real(f, bufs, *args)
+    monkeypatch.setattr(fc.os, "preadv", spy)
     assert check_file(fd, "f", e).clean
     assert len(sizes) == 4 + 1 and max(sizes) == DIGEST_CHUNK
 

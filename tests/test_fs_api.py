@@ -345,9 +345,9 @@ def test_hash_cached_hands_over_where_the_page_cache_ends(tmp_path, monkeypatch)
         monkeypatch.setattr(guard_module.os, "preadv", preadv)
         digest, h, off = guard_module.hash_cached(fd, "sha256")
         assert digest is None and off == guard_module.HASH_CHUNK
-        assert guard_module.hash_fd(fd, "sha256", h, off) == want
+        assert guard_module.hash_fd(fd, "sha256", h=h, offset=off)[0] == want
         assert calls[0] == (0, os.RWF_NOWAIT) and calls[-1] == (len(data), 0)
-        assert guard_module.hash_fd(fd, "sha256") == want
+        assert guard_module.hash_fd(fd, "sha256")[0] == want
     finally:
         os.close(fd)
 
@@ -405,7 +405,7 @@ async def test_page_cached_small_files_are_hashed_in_the_event_loop(store, gpg_k
     # A file over INLINE_HASH_MAX goes to a thread.
     big = (await lookup_path(ops, "share/api/big")).st_ino
     assert await read_all(ops, big) == BIG
-    assert (ops.guard.hashed, ops.guard.hashed_inline, to_thread) == (2, 1, ["hash_fd"])
+    assert (ops.guard.hashed, ops.guard.hashed_inline, to_thread) == (2, 1, ["_hash_rest"])
 
 
 def test_read_ahead_thread_asks_the_kernel_for_the_backing_files(store, gpg_key, monkeypatch):

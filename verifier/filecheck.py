@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import hashlib
 import os
 import pwd
 import stat
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 
 from verifier.filecaps import XATTR_NAME as CAPS_XATTR
 from verifier.filecaps import caps_differ
+from verifier.fileio import FILE_READ_FLAGS, OwnerIds, hash_fd
 from verifier.files import FileEntry, FileFlag, VerifyFlag, digest_name
 
 #: Bytes read at a time while hashing a file: memory stays bounded for any size.
@@ -199,17 +199,6 @@ def metadata_matches(entry: FileEntry, st: os.stat_result, uid: int, gid: int, m
     return stat.S_ISDIR(st_mode)
 
 
-def _hash_fd(fd: int, algo: str) -> str:
-    h = hashlib.new(algo)
-    buf = bytearray(DIGEST_CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = os.readv(fd, [buf])
-        if n == 0:
-            return h.hexdigest()
-        h.update(view[:n])
-
-
 def _open_regular(dir_fd: int, relpath: str, st: os.stat_result) -> int | None:
     """Open the file lstat found, for reading; None if that is impossible.
 
@@ -322,7 +311,7 @@ def check_file(dir_fd: int, relpath: str, entry: FileEntry, *, check_digest: boo
                 unknown |= _F_DIGEST
             else:
                 try:
-                    actual = _hash_fd(fd, algo)
+                    actual = hash_fd(fd, algo, buf=bytearray(DIGEST_CHUNK))[0]
                 except OSError:
                     differs |= _F_DIGEST
                     unknown |= _F_DIGEST

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import hashlib
 import logging
 import os
 import pwd
@@ -71,6 +70,7 @@ from usrview.store.store import (
 )
 from verifier import sigcheck
 from verifier.filecaps import parse_text
+from verifier.fileio import hash_fd
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 from verifier.keyring import Keyring
@@ -469,8 +469,9 @@ class _Writer:
             return fd
         try:
             st = os.fstat(fd)
-            ok = stat.S_ISREG(st.st_mode) and st.st_size == source.size and _hash_fd(
-                fd, source.digest_algo) == source.digest
+            algo = digest_name(source.digest_algo)
+            ok = (stat.S_ISREG(st.st_mode) and st.st_size == source.size and algo is not None
+                  and hash_fd(fd, algo, size=st.st_size)[0] == source.digest)
         except BaseException:
             os.close(fd)
             raise
@@ -516,20 +517,6 @@ class _Writer:
             finally:
                 os.close(fd)
         self.result.unknown_owners = list(self.owners.unknown)
-
-
-def _hash_fd(fd: int, algo: int) -> str:
-    name = digest_name(algo)
-    if name is None:
-        return ""
-    h = hashlib.new(name)
-    offset = 0
-    while True:
-        data = os.pread(fd, CHUNK_SIZE, offset)
-        if not data:
-            return h.hexdigest()
-        h.update(data)
-        offset += len(data)
 
 
 # -- the operation -----------------------------------------------------------------------

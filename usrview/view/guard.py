@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
 import logging
 import os
 import queue
@@ -58,6 +57,7 @@ import trio
 
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.view.tree import Node, Tree
+from verifier.fileio import FILE_READ_FLAGS, hash_fd, hasher, open_dir_beneath, split_relpath
 from verifier.files import digest_name
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 #: Worker threads hashing at once: FACTS.md measured two threads hashing no
 #: faster than one, but a second lets a small file pass a large one.
 HASH_THREADS = 2
-#: Bytes per read while hashing.
+#: Bytes per read while hashing (each thread's buffer): larger than
+#: :data:`verifier.fileio.HASH_CHUNK`, as an inline hash is one read.
 HASH_CHUNK = 1 << 20
 #: Backing directories whose O_PATH fd is kept (walking a path component by
 #: component costs one openat per component: deep paths made it most of an
@@ -78,49 +79,11 @@ INLINE_HASH_MAX = 1 << 20
 READAHEAD_START = 4
 READAHEAD_MAX = 64
 
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-
 
 class VerifyMode(str, enum.Enum):
     ENFORCE = "enforce"
     WARN = "warn"
     OFF = "off"
-
-
-def _check_relpath(relpath: str) -> list[str]:
-    parts = relpath.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise OSError(errno.EINVAL, f"unsafe backing path {relpath!r}")
-    return parts
-
-
-def open_dir_beneath(base: str | os.PathLike, parts: list[str]) -> int:
-    """An ``O_PATH`` fd of the directory ``base/parts...``, reached without following
-    any symlink; the caller closes it.  Raises OSError (ELOOP or ENOTDIR where a
-    symlink stands)."""
-    dfd = os.open(base, _DIR_FLAGS)
-    try:
-        for part in parts:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
-    except BaseException:
-        os.close(dfd)
-        raise
-    return dfd
-
-
-def open_beneath(base: str | os.PathLike, relpath: str) -> int:
-    """Open ``relpath`` (a plain relative path) below ``base`` without following
-    any symlink on the way; the caller closes the returned fd.  Raises OSError
-    (ELOOP or ENOTDIR where a symlink stands)."""
-    parts = _check_relpath(relpath)
-    dfd = open_dir_beneath(base, parts[:-1])
-    try:
-        return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
-    finally:
-        os.close(dfd)
 
 
 _buffers = threading.local()
@@ -134,25 +97,16 @@ def _buffer() -> bytearray:
     return buf
 
 
-def hash_fd(fd: int, algo: str, h=None, off: int = 0) -> str:
-    """Hex digest of the file behind ``fd`` (pread: the offset is untouched),
-    carrying on with hash object ``h`` from ``off`` when given."""
-    h = h or hashlib.new(algo)
-    buf = _buffer()
-    view = memoryview(buf)
-    while True:
-        n = os.preadv(fd, [buf], off)
-        if n == 0:
-            return h.hexdigest()
-        h.update(view[:n])
-        off += n
-
-
 def hash_cached(fd: int, algo: str):
     """Hash what the page cache holds of ``fd``'s file without waiting for the
     disk: (hex digest, None, size) when it held everything, else (None, hash
-    object, offset) to carry on from with :func:`hash_fd`."""
-    h = hashlib.new(algo)
+    object, offset) to carry on from with :func:`verifier.fileio.hash_fd`.
+
+    Not ``hash_fd``'s ``on_cold``: that tries one read without waiting and then
+    waits for the disk in the caller's thread -- here the event loop, which must
+    hand the rest (also of a file only partly cached) to a worker thread.
+    """
+    h = hasher(algo)()
     buf = _buffer()
     view = memoryview(buf)
     off = 0
@@ -171,10 +125,15 @@ def hash_cached(fd: int, algo: str):
         off += n
 
 
+def _hash_rest(fd: int, algo: str, h, offset: int) -> str:
+    """Hex digest of ``fd``'s file, carrying on with ``h`` from ``offset`` (in a worker thread)."""
+    return hash_fd(fd, algo, h=h, offset=offset, buf=_buffer())[0]
+
+
 def _open_cached(dir_fds: dict, base, node: Node) -> int:
     """Open ``node``'s backing file below ``base``, keeping its directory's fd in
     ``dir_fds`` (emptied when it holds :data:`DIR_FD_CACHE`)."""
-    parts = _check_relpath(node.relpath)
+    parts = split_relpath(node.relpath)
     key = (node.backing, node.relpath.rpartition("/")[0])
     dfd = dir_fds.get(key)
     if dfd is None:
@@ -182,7 +141,7 @@ def _open_cached(dir_fds: dict, base, node: Node) -> int:
         if len(dir_fds) >= DIR_FD_CACHE:
             _close_all(dir_fds)
         dir_fds[key] = dfd
-    return os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+    return os.open(parts[-1], FILE_READ_FLAGS, dir_fd=dfd)
 
 
 def _close_all(dir_fds: dict) -> None:
@@ -395,7 +354,7 @@ class Guard:
                 return actual
         event = self._pending[key] = trio.Event()
         try:
-            actual = await trio.to_thread.run_sync(hash_fd, fd, algo, h, off, limiter=self.limiter)
+            actual = await trio.to_thread.run_sync(_hash_rest, fd, algo, h, off, limiter=self.limiter)
             self.hashed += 1
             self._cache[key] = actual
             return actual
