@@ -49,6 +49,8 @@ from verifier.filecaps import caps_differ
 from verifier.fileio import FILE_READ_FLAGS, OwnerIds, hash_fd
 from verifier.files import FileEntry, FileFlag, VerifyFlag, digest_name
 
+#: A handle on the file's name alone, for its attributes (no read permission needed).
+_NAME_ONLY_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Bytes read at a time while hashing a file: memory stays bounded for any size.
 DIGEST_CHUNK = 1 << 20
 
@@ -206,8 +208,7 @@ def _open_regular(dir_fd: int, relpath: str, st: os.stat_result) -> int | None:
     open must not wait for a writer; the fstat check then refuses it.
     """
     try:
-        fd = os.open(relpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
-                     dir_fd=dir_fd)
+        fd = os.open(relpath, FILE_READ_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
     fst = os.fstat(fd)
@@ -225,7 +226,7 @@ def _read_caps_xattr(dir_fd: int, relpath: str, fd: int | None) -> bytes | None:
             return os.getxattr(fd, CAPS_XATTR)
         # Unreadable file: reading an attribute needs no read permission, but
         # os.getxattr takes no dir_fd, so go through an O_PATH descriptor.
-        pfd = os.open(relpath, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        pfd = os.open(relpath, _NAME_ONLY_FLAGS, dir_fd=dir_fd)
         try:
             return os.getxattr(f"/proc/self/fd/{pfd}", CAPS_XATTR)
         finally:

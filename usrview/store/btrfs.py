@@ -28,6 +28,8 @@ import os
 import stat
 import struct
 
+from verifier.fileio import DIR_FLAGS
+
 #: statfs f_type of btrfs (linux/magic.h).
 BTRFS_SUPER_MAGIC = 0x9123683E
 #: The inode number of every subvolume's root directory (BTRFS_FIRST_FREE_OBJECTID).
@@ -131,7 +133,7 @@ def is_subvolume(path: str | os.PathLike, *, dir_fd: int | None = None) -> bool:
     st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode) or st.st_ino != BTRFS_SUBVOL_ROOT_INO:
         return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = os.open(path, DIR_FLAGS, dir_fd=dir_fd)
     try:
         return is_btrfs(fd)
     finally:
@@ -212,7 +214,7 @@ def subvolume_state(name: str | os.PathLike, dir_fd: int | None = None) -> str |
     """``uuid:treeid:generation`` of the subvolume whose root directory is ``name``
     (relative to ``dir_fd``); None when it is not one, or the ioctl fails."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -312,7 +314,7 @@ def set_readonly(parent_fd: int, name: str) -> None:
     """Make the tree ``name`` read-only if it is a subvolume (a no-op for a directory)."""
     if not is_subvolume(name, dir_fd=parent_fd):
         return
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
         set_subvolume_readonly(fd, True)
     finally:
@@ -337,7 +339,7 @@ def delete_tree(parent_fd: int, name: str) -> None:
     if st.st_ino == BTRFS_SUBVOL_ROOT_INO and is_subvolume(name, dir_fd=parent_fd):
         delete_subvolume(parent_fd, name)
         return
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
         _remove_contents(fd)
     finally:

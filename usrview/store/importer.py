@@ -59,6 +59,7 @@ from pathlib import Path
 from usrview.errors import EXIT_FINDINGS, UsrviewError
 from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from usrview.store.store import (
+    FILE_CREATE_FLAGS,
     HEADER_SUFFIX,
     HEADERS_DIR,
     PACKAGES_DIR,
@@ -70,7 +71,7 @@ from usrview.store.store import (
 )
 from verifier import sigcheck
 from verifier.filecaps import parse_text
-from verifier.fileio import hash_fd
+from verifier.fileio import DIR_FLAGS, hash_fd, open_beneath
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 from verifier.keyring import Keyring
@@ -94,9 +95,6 @@ KILL_AT_ENV = "USRVIEW_TEST_KILL_AT"
 #: Stages USRVIEW_TEST_KILL_AT may name, in the order they happen.
 KILL_STAGES = ("written", "synced", "renamed", "readonly", "header")
 
-_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPECIAL_TYPES = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 _GHOST = int(FileFlag.GHOST)
 #: One import command commits its packages in batches: one syncfs(2) per batch
@@ -272,12 +270,12 @@ class _Tree:
         parent = self.dir_fd(parts[:-1], create=create)
         name = parts[-1]
         try:
-            fd = os.open(name, _DIR_OPEN, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
                 raise
             os.mkdir(name, IMPLICIT_DIR_MODE, dir_fd=parent)
-            fd = os.open(name, _DIR_OPEN, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise PackageRefused(f"/{'/'.join(parts)} is not a directory, yet files lie "
@@ -285,20 +283,6 @@ class _Tree:
             raise
         self._fds[parts] = fd
         return fd
-
-
-def open_beneath(root_fd: int, parts: tuple[str, ...], flags: int = _FILE_READ) -> int:
-    """Open ``parts`` beneath ``root_fd``, each directory with O_NOFOLLOW: no symlink is followed."""
-    fd = root_fd
-    opened = []
-    try:
-        for name in parts[:-1]:
-            fd = os.open(name, _DIR_OPEN, dir_fd=fd)
-            opened.append(fd)
-        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
-    finally:
-        for d in opened:
-            os.close(d)
 
 
 # -- writing one package ---------------------------------------------------------------
@@ -357,7 +341,7 @@ class _Writer:
     def _create(self, parts: tuple[str, ...], path: str) -> int:
         parent = self.tree.dir_fd(parts[:-1])
         try:
-            return os.open(parts[-1], _FILE_CREATE, WRITE_MODE, dir_fd=parent)
+            return os.open(parts[-1], FILE_CREATE_FLAGS, WRITE_MODE, dir_fd=parent)
         except FileExistsError:
             raise PackageRefused(f"{path} appears twice in the package") from None
 
@@ -456,7 +440,7 @@ class _Writer:
 
     def _open_stored(self, pkgid: str, source: FileEntry) -> int | None:
         """An fd on a stored file whose bytes match its header (hashed once per process)."""
-        packages_fd = os.open(self.store.root / PACKAGES_DIR, _DIR_OPEN)
+        packages_fd = os.open(self.store.root / PACKAGES_DIR, DIR_FLAGS)
         try:
             fd = open_beneath(packages_fd, (pkgid, *_parts(source.path)))
         except OSError as e:
@@ -509,7 +493,7 @@ class _Writer:
             paths = ["/" + "/".join(p) for ps in self.group_pending.values() for p in ps]
             raise PackageRefused(f"no member of the hardlink group of {paths[0]} carries its bytes")
         for parts, entry in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
-            fd = os.open(parts[-1], _DIR_OPEN, dir_fd=self.tree.dir_fd(parts[:-1]))
+            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=self.tree.dir_fd(parts[:-1]))
             try:
                 os.fchown(fd, self.owners.uid(entry.user), self.owners.gid(entry.group))
                 os.fchmod(fd, stat.S_IMODE(entry.mode))
@@ -696,7 +680,7 @@ class _Batch:
         #: (algo, digest) -> (tree name in tmp/, parts, size): checked files of this batch
         self.index: dict[tuple[int, str], tuple[str, tuple[str, ...], int]] = {}
         self.bytes = 0
-        self.tmp_fd = os.open(store.root / TMP_DIR, _DIR_OPEN)
+        self.tmp_fd = os.open(store.root / TMP_DIR, DIR_FLAGS)
         self._fds = [self.tmp_fd]
         try:
             self.packages_fd = self._open(PACKAGES_DIR)
@@ -707,7 +691,7 @@ class _Batch:
             raise
 
     def _open(self, sub: str) -> int:
-        fd = os.open(self.store.root / sub, _DIR_OPEN)
+        fd = os.open(self.store.root / sub, DIR_FLAGS)
         self._fds.append(fd)
         return fd
 
@@ -721,7 +705,7 @@ class _Batch:
         header = unsigned = None
         try:
             btrfs.create_tree(tmp_fd, name)
-            root_fd = os.open(name, _DIR_OPEN, dir_fd=tmp_fd)
+            root_fd = os.open(name, DIR_FLAGS, dir_fd=tmp_fd)
             tree = _Tree(root_fd)
             try:
                 writer = _Writer(store, package, tree, result, progress, self)
@@ -868,7 +852,7 @@ class _suppress_missing:
 
 
 def _write_file(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(name, _FILE_CREATE, mode, dir_fd=dir_fd)
+    fd = os.open(name, FILE_CREATE_FLAGS, mode, dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from usrview.errors import OperationalError
 from verifier.errors import HeaderError
+from verifier.fileio import DIR_FLAGS
 from verifier.files import FileEntry, FileFlag
 from verifier.header import Package, read_package_file
 
@@ -70,7 +71,8 @@ NAME_MAX = 255
 LOCK_TIMEOUT = 600.0
 LOCK_POLL = 0.2
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A new file, made here and nowhere else: never through a symlink, never an existing one.
+FILE_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 #: Part of the name of every temp file atomic_write and atomic_symlink make.
@@ -439,7 +441,7 @@ class Store:
         return f"{what}.{os.getpid()}.{secrets.token_hex(4)}"
 
     def _dir_fd(self, sub: str) -> int:
-        return os.open(self.root / sub, _DIR_FLAGS)
+        return os.open(self.root / sub, DIR_FLAGS)
 
     @staticmethod
     def fsync_dir(path: str | os.PathLike) -> None:
@@ -461,7 +463,7 @@ class Store:
         tmp_dir = Path(tmp_dir) if tmp_dir is not None else path.parent
         tmp = tmp_dir / _temp_file_name(path.name)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            fd = os.open(tmp, FILE_CREATE_FLAGS, mode)
             try:
                 view = memoryview(data)
                 while view:

@@ -37,9 +37,9 @@ elsewhere starts a new small window.  Read-ahead only warms the page cache:
 what is verified, logged and refused is decided by each open as before.
 
 Backing files are opened relative to the package directory, one component at
-a time with ``O_NOFOLLOW`` (directories with ``O_PATH|O_DIRECTORY``), the file
-itself ``O_RDONLY|O_NOFOLLOW|O_CLOEXEC``: a symlink planted in the store is
-never followed.  The directories' fds are kept (at most :data:`DIR_FD_CACHE`),
+a time with ``O_NOFOLLOW`` (:func:`verifier.fileio.open_dir_beneath`), the file
+itself with :data:`verifier.fileio.FILE_READ_FLAGS`: a symlink planted in the
+store is never followed.  The directories' fds are kept (at most :data:`DIR_FD_CACHE`),
 so a later open of a file in the same directory costs one ``openat``.
 """
 
