@@ -37,9 +37,7 @@ without ACL support (Debian's) do not check ACLs, and neither do we.
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,23 +142,8 @@ class FileResult:
         return f"{self.flags}  {self.marker} {self.path}"
 
 
-def _resolve_id(name: str, table: Mapping[str, int] | None, lookup) -> int | None:
-    if name == "root":
-        return 0
-    if table is not None:
-        return table.get(name)
-    try:
-        return lookup(name)
-    except KeyError:
-        return None
-
-
-def _system_uid(name: str) -> int:
-    return pwd.getpwnam(name).pw_uid
-
-
-def _system_gid(name: str) -> int:
-    return grp.getgrnam(name).gr_gid
+def _resolve_id(name: str, table: Mapping[str, int]) -> int | None:
+    return 0 if name == "root" else table.get(name)
 
 
 def expected_ids_and_mode(entry: FileEntry, users: Mapping[str, int] | None = None,
@@ -171,11 +154,11 @@ def expected_ids_and_mode(entry: FileEntry, users: Mapping[str, int] | None = No
     bit is dropped: rpm installs such files as root without it.
     """
     mode = entry.mode & 0xFFFF
-    uid = _resolve_id(entry.user, users, _system_uid)
+    uid = _resolve_id(entry.user, OwnerIds.users() if users is None else users)
     if uid is None:
         uid = 0
         mode &= ~stat.S_ISUID
-    gid = _resolve_id(entry.group, groups, _system_gid)
+    gid = _resolve_id(entry.group, OwnerIds.groups() if groups is None else groups)
     if gid is None:
         gid = 0
         mode &= ~stat.S_ISGID

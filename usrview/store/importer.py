@@ -46,10 +46,8 @@ in :data:`KILL_STAGES`.
 from __future__ import annotations
 
 import errno
-import grp
 import logging
 import os
-import pwd
 import signal
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -71,7 +69,7 @@ from usrview.store.store import (
 )
 from verifier import sigcheck
 from verifier.filecaps import parse_text
-from verifier.fileio import DIR_FLAGS, hash_fd, open_beneath
+from verifier.fileio import DIR_FLAGS, OwnerIds, hash_fd, open_beneath
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 from verifier.keyring import Keyring
@@ -206,40 +204,41 @@ CAPABILITY_XATTR = "security.capability"
 
 
 class _Owners:
-    """User and group names resolved through the host's databases; unknown ones -> 0."""
+    """User and group names resolved through the host's databases
+    (:class:`verifier.fileio.OwnerIds`); an unknown one becomes 0.
+
+    Attributes: users, groups (the lookups); unknown ("user NAME", "group NAME"
+    in the order met)."""
 
     def __init__(self):
-        self._users: dict[str, int] = {}
-        self._groups: dict[str, int] = {}
+        self.users = OwnerIds.users()
+        self.groups = OwnerIds.groups()
         self.unknown: list[str] = []
 
     def mode(self, entry: FileEntry) -> int:
         """The permission bits to set: as rpm -i does, a set-uid (set-gid) bit is
         dropped when the owner (group) is unknown here and became root."""
         mode = stat.S_IMODE(entry.mode)
-        if f"user {entry.user}" in self.unknown:
+        if entry.user in self.users.unknown:
             mode &= ~stat.S_ISUID
-        if f"group {entry.group}" in self.unknown:
+        if entry.group in self.groups.unknown:
             mode &= ~stat.S_ISGID
         return mode
 
     def uid(self, name: str) -> int:
-        if name not in self._users:
-            try:
-                self._users[name] = pwd.getpwnam(name).pw_uid
-            except KeyError:
-                self._users[name] = 0
-                self.unknown.append(f"user {name}")
-        return self._users[name]
+        return self._resolve(self.users, "user", name)
 
     def gid(self, name: str) -> int:
-        if name not in self._groups:
-            try:
-                self._groups[name] = grp.getgrnam(name).gr_gid
-            except KeyError:
-                self._groups[name] = 0
-                self.unknown.append(f"group {name}")
-        return self._groups[name]
+        return self._resolve(self.groups, "group", name)
+
+    def _resolve(self, table: OwnerIds, kind: str, name: str) -> int:
+        looked_up = name in table
+        value = table.get(name)
+        if value is not None:
+            return value
+        if not looked_up:
+            self.unknown.append(f"{kind} {name}")
+        return 0
 
 
 # -- walking a tree by directory fds ---------------------------------------------------

@@ -32,11 +32,9 @@ every attribute comes from the headers (``docs/view.md`` lists the rules).
 from __future__ import annotations
 
 import bisect
-import grp
 import hashlib
 import logging
 import os
-import pwd
 import stat
 import sys
 from collections.abc import Iterable, Sequence
@@ -47,6 +45,7 @@ from typing import NamedTuple
 from usrview.errors import UsrviewError
 from verifier.filecaps import parse_text
 from verifier.filecheck import expected_ids_and_mode
+from verifier.fileio import OwnerIds
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 
@@ -262,28 +261,6 @@ class Tree:
 
 # -- building ------------------------------------------------------------------
 
-class _IdTable:
-    """Owner name -> id through pwd or grp, each name looked up once; None when unknown."""
-
-    def __init__(self, lookup):
-        self._lookup = lookup
-        self._ids: dict[str, int | None] = {}
-        self.unknown: set[str] = set()
-
-    def get(self, name: str) -> int | None:
-        try:
-            return self._ids[name]
-        except KeyError:
-            pass
-        try:
-            value = self._lookup(name)
-        except KeyError:
-            value = None
-            self.unknown.add(name)
-        self._ids[name] = value
-        return value
-
-
 class _Shipped(NamedTuple):
     """What a package ships at a path, as far as :func:`_differences` compares
     it: kept per path while the tree is built, instead of the whole FileEntry
@@ -368,7 +345,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
     Raises TreeConflict or TreeError.
     """
     sources = list(sources)
-    users, groups = _IdTable(lambda n: pwd.getpwnam(n).pw_uid), _IdTable(lambda n: grp.getgrnam(n).gr_gid)
+    users, groups = OwnerIds.users(), OwnerIds.groups()
     packages = [sys.intern(s.package.nevra) for s in sources]
     pkgids = [s.pkgid for s in sources]
     backing_dirs: list[Path | None] = [s.package_dir for s in sources]
@@ -536,7 +513,7 @@ def _own_dir(draft: _Draft, node: Node, entry: FileEntry, pkg_index: int) -> Non
     draft.entry, draft.owner = _shipped(entry), pkg_index
 
 
-def _number(root: _Draft, packages, pkgids, backing_dirs, users: _IdTable, groups: _IdTable) -> Tree:
+def _number(root: _Draft, packages, pkgids, backing_dirs, users: OwnerIds, groups: OwnerIds) -> Tree:
     """Assign inode numbers and entry ids depth first in name order; finish the nodes."""
     nodes: list[Node | None] = [None]
     group_inodes: dict[tuple, Node] = {}
