@@ -23,7 +23,8 @@ from tests.btrfs_fixture import btrfs_mount, tree_listing
 from tests.prereq import require_btrfs
 from tests.rpmbuild import FileSpec
 from usrview.store import Store
-from usrview.store.importer import KILL_AFTER_FILES_ENV, KILL_AT_ENV, KILL_STAGES
+from usrview.faults import KILL_AFTER_FILES_ENV, KILL_AT_ENV
+from usrview.store.importer import KILL_STAGES
 
 MiB = 1 << 20
 N_FILES = 24

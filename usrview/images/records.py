@@ -37,12 +37,12 @@ import json
 import logging
 import os
 import re
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from usrview import faults
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images.lint import Finding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
@@ -65,16 +65,9 @@ ID_TIME_FORMAT = "%Y%m%d-%H%M%S"
 ID_RE = re.compile(rf"^\d{{8}}-\d{{6}}-[0-9a-f]{{{ID_HASH_DIGITS}}}$")
 #: What SOURCE directories are read for.
 RPM_SUFFIX = ".rpm"
-#: For crash tests: ``USRVIEW_TEST_KILL_AT=STAGE`` (the importer's variable) SIGKILLs a
+#: For crash tests: ``USRVIEW_TEST_KILL_AT=STAGE`` (:mod:`usrview.faults`) SIGKILLs a
 #: deploy or rollback at one of these points.
 KILL_STAGES = ("deploy-recorded", "deploy-previous", "rollback-current")
-
-
-def _test_kill(stage: str) -> None:
-    from usrview.store.importer import KILL_AT_ENV
-
-    if os.environ.get(KILL_AT_ENV) == stage:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DeployRefused(UsrviewError):
@@ -410,10 +403,10 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
             image = Image(image_id, when.astimezone(UTC).isoformat(timespec="microseconds"),
                           pkgids, unsigned_ids)
             _write_image(store, image)
-            _test_kill("deploy-recorded")
+            faults.kill_at("deploy-recorded")
         if old_current is not None and old_current != image.id:
             _point(store, PREVIOUS, old_current)
-            _test_kill("deploy-previous")
+            faults.kill_at("deploy-previous")
         _point(store, CURRENT, image.id)
         log.info("deployed image %s (%d packages)", image.id, len(pkgids))
         return DeployResult(image, old_current if old_current != image.id else old_previous,
@@ -455,7 +448,7 @@ def rollback(store: Store) -> tuple[str, str]:
             raise OperationalError("no previous image to roll back to")
         _check_packages(store, load_image(store, prev))
         _point(store, CURRENT, prev)
-        _test_kill("rollback-current")
+        faults.kill_at("rollback-current")
         if cur is not None:
             _point(store, PREVIOUS, cur)
         log.info("rolled back to %s", prev)

@@ -37,7 +37,7 @@
 Any failure removes the temp tree; a crash leaves it in ``tmp/``, which the
 next writer's :meth:`Store.lock` removes.
 
-Test hooks (test-only, read from the environment; see tests/test_crash.py):
+Test hooks (:mod:`usrview.faults`; see tests/test_crash.py):
 ``USRVIEW_TEST_KILL_AFTER_FILES=N`` SIGKILLs the process after it created N
 entries in package trees, ``USRVIEW_TEST_KILL_AT=STAGE`` at one of the stages
 in :data:`KILL_STAGES`.
@@ -48,12 +48,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from usrview import faults
 from usrview.errors import EXIT_FINDINGS, UsrviewError
 from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from usrview.store.store import (
@@ -67,7 +67,7 @@ from usrview.store.store import (
     StoreError,
     pkgid_for,
 )
-from verifier import sigcheck
+from verifier import filecaps, sigcheck
 from verifier.filecaps import parse_text
 from verifier.fileio import DIR_FLAGS, OwnerIds, hash_fd, open_beneath
 from verifier.files import FileEntry, FileFlag, digest_name
@@ -88,8 +88,6 @@ MAX_OPEN_DIRS = 256
 #: Mode of a regular file while it is written, before the header's mode is set.
 WRITE_MODE = 0o600
 
-KILL_AFTER_FILES_ENV = "USRVIEW_TEST_KILL_AFTER_FILES"
-KILL_AT_ENV = "USRVIEW_TEST_KILL_AT"
 #: Stages USRVIEW_TEST_KILL_AT may name, in the order they happen.
 KILL_STAGES = ("written", "synced", "renamed", "readonly", "header")
 
@@ -100,7 +98,6 @@ _GHOST = int(FileFlag.GHOST)
 BATCH_MAX_PACKAGES = 128
 BATCH_MAX_BYTES = 1 << 30
 
-_files_created = 0  # for KILL_AFTER_FILES_ENV, counted across packages
 
 
 class PackageRefused(UsrviewError):
@@ -137,21 +134,6 @@ class ImportResult:
     bytes_reflinked: int = 0
     specials: list[str] = field(default_factory=list)
     unknown_owners: list[str] = field(default_factory=list)
-
-
-def _test_kill(stage: str) -> None:
-    if os.environ.get(KILL_AT_ENV) == stage:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_kill_after_files: int | None = None  # KILL_AFTER_FILES_ENV, read when an import starts
-
-
-def _count_file() -> None:
-    global _files_created
-    _files_created += 1
-    if _kill_after_files is not None and _files_created >= _kill_after_files:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- the header's file list -------------------------------------------------------
@@ -198,10 +180,6 @@ def _parts(path: str) -> tuple[str, ...]:
 
 
 # -- owners ---------------------------------------------------------------------------
-
-#: The extended attribute the kernel reads file capabilities from.
-CAPABILITY_XATTR = "security.capability"
-
 
 class _Owners:
     """User and group names resolved through the host's databases
@@ -330,7 +308,7 @@ class _Writer:
             raise PackageRefused(f"{entry.path}: unknown file type {entry.mode:o}")
         self.result.files += 1
         self._tick()
-        _count_file()
+        faults.count_file()
 
     def _tick(self) -> None:
         self.seen += 1
@@ -373,7 +351,7 @@ class _Writer:
                 caps = parse_text(entry.caps)
                 if caps is None:
                     raise PackageRefused(f"{entry.path}: capabilities {entry.caps!r} cannot be parsed")
-                os.setxattr(fd, CAPABILITY_XATTR, caps.to_xattr())
+                os.setxattr(fd, filecaps.XATTR_NAME, caps.to_xattr())
             os.utime(fd, ns=(entry.mtime * 10**9, entry.mtime * 10**9))
         finally:
             os.close(fd)
@@ -555,9 +533,7 @@ def import_packages(store: Store, paths: Iterable[str | os.PathLike], keyring: K
     called before each package is read, ``progress(done, total)`` after each
     payload member.  Abandoning the iteration removes what was not committed.
     """
-    global _kill_after_files
-    limit = os.environ.get(KILL_AFTER_FILES_ENV)
-    _kill_after_files = int(limit) if limit else None  # per file, os.environ costs 10 us
+    faults.arm_file_count()
     with store.lock():
         batch = _Batch(store)
         try:
@@ -715,7 +691,7 @@ class _Batch:
             finally:
                 tree.close()
                 os.close(root_fd)
-            _test_kill("written")
+            faults.kill_at("written")
             header = store.temp_name("header")
             _write_file(tmp_fd, header, package.header_only())
             if result.unsigned:
@@ -752,7 +728,7 @@ class _Batch:
                 fail(p, e)
             self._discard(pending)
             return failed
-        _test_kill("synced")
+        faults.kill_at("synced")
 
         renamed: list[_Pending] = []
         for p in pending:
@@ -763,7 +739,7 @@ class _Batch:
                 self._discard([p])
                 continue
             renamed.append(p)
-            _test_kill("renamed")
+            faults.kill_at("renamed")
 
         def seal(p: _Pending) -> OSError | None:
             try:
@@ -772,7 +748,7 @@ class _Batch:
                 fail(p, e)
                 self._discard([p], in_packages=True)
                 return e
-            _test_kill("readonly")
+            faults.kill_at("readonly")
             return None
 
         # On btrfs each SUBVOL_SETFLAGS commits a transaction, under a lock
@@ -802,7 +778,7 @@ class _Batch:
                 fail(p, e)
                 self._discard([p], in_packages=True)
                 continue
-            _test_kill("header")
+            faults.kill_at("header")
             done.append(p)
         if done:
             try:

@@ -26,6 +26,7 @@ import pyfuse3
 
 from usrview.view.guard import Guard
 from usrview.view.tree import Node, Tree, digest_label
+from verifier import filecaps
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ BLOCK_SIZE = 4096
 #: Longest name statfs reports.
 NAME_MAX = 255
 
-XATTR_CAPS = b"security.capability"
+#: The extended attribute the kernel reads file capabilities from.
+XATTR_CAPS = os.fsencode(filecaps.XATTR_NAME)
 XATTR_PACKAGE = b"user.rpm.package"
 XATTR_DIGEST = b"user.rpm.digest"
 
