@@ -67,6 +67,7 @@ from usrview.store.store import (
     StoreError,
     pkgid_for,
 )
+from usrview.store.trust import header_trust
 from verifier import filecaps, sigcheck
 from verifier.filecaps import parse_text
 from verifier.fileio import DIR_FLAGS, OwnerIds, hash_fd, open_beneath
@@ -484,7 +485,8 @@ class _Writer:
 
 def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: bool = False
                  ) -> tuple[Package, bool]:
-    """The package's parsed header, if its signature lets it in; and whether it is unsigned.
+    """The package's parsed header, if the trust gate lets it in
+    (:func:`usrview.store.trust.header_trust`); and whether it is unsigned.
 
     Raises PackageRefused, or StoreError when the file cannot be read.
     """
@@ -492,13 +494,11 @@ def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: b
         check = sigcheck.check_file(path, keyring)
     except OSError as e:
         raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
-    verdict = check.verdict
-    if verdict is sigcheck.Verdict.UNSIGNED and allow_unsigned:
-        return check.package, True
-    if verdict is not sigcheck.Verdict.GOOD:
-        hint = " (--allow-unsigned accepts unsigned packages)" if verdict is sigcheck.Verdict.UNSIGNED else ""
-        raise PackageRefused(f"signature check: {check.format()}{hint}")
-    return check.package, False
+    trust = header_trust(check, unsigned_allowed=allow_unsigned)
+    if not trust.usable:
+        hint = " (--allow-unsigned accepts unsigned packages)" if trust.unsigned and not allow_unsigned else ""
+        raise PackageRefused(f"signature check: {trust.reason}{hint}")
+    return check.package, trust.unsigned
 
 
 def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,

@@ -1,9 +1,10 @@
 """The image loader: an image's header files read, their signatures checked,
 and the view's tree composed from them (:mod:`usrview.view.tree`).
 
-A header that is not GOOD refuses the mount, except a package the store
-records as imported unsigned whose header is UNSIGNED: it is served, with a
-warning naming it.
+A header the trust gate (:func:`usrview.store.trust.header_trust`) refuses
+refuses the mount: one that is not GOOD, except a package the store records as
+imported unsigned whose header is UNSIGNED (and passes rpm's import check): it
+is served, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from usrview import images
 from usrview.errors import OperationalError
 from usrview.store import PKGID_HASH_DIGITS, Store
+from usrview.store.trust import header_trust
 from usrview.view.tree import PackageSource, Tree, build_tree
 from verifier import sigcheck
 
@@ -36,9 +38,10 @@ class LoadedImage:
 def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
     """Read an image's header files, checking every signature.
 
-    Raises OperationalError when a header is missing, or not GOOD (and not an
-    UNSIGNED header of a package the store records as imported unsigned), or
-    not the header its package id names.
+    Raises OperationalError when a header is missing, or the trust gate refuses
+    it (:func:`usrview.store.trust.header_trust`; an UNSIGNED header is allowed
+    for a package the store records as imported unsigned), or it is not the
+    header its package id names.
     """
     loaded = LoadedImage(image, [], {}, [])
     refused = []
@@ -49,20 +52,16 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
         except OSError as e:
             raise OperationalError(f"image {image.id}: package {pkgid}: {e.strerror or e}") from None
         result = sigcheck.check_bytes(data, keyring)
-        if result.verdict is not sigcheck.Verdict.GOOD:
-            if result.verdict is sigcheck.Verdict.UNSIGNED and store.unsigned_path(pkgid).exists():
-                loaded.unsigned.append(pkgid)
-            else:
-                refused.append(f"{pkgid}: {result.format()}")
-                continue
-        # The package check_bytes parsed (parsing is most of a header's cost:
-        # do it once).  It was parsed leniently; what a strict parse adds is
-        # the import check, which GOOD already includes but UNSIGNED does not.
-        package = result.package
-        import_error = package.signature.import_error or package.header.import_error
-        if import_error:
-            refused.append(f"{pkgid}: {import_error}")
+        trust = header_trust(result, unsigned_allowed=result.verdict is sigcheck.Verdict.UNSIGNED
+                             and store.unsigned_path(pkgid).exists())
+        if not trust.usable:
+            refused.append(f"{pkgid}: {trust.reason}")
             continue
+        if trust.unsigned:
+            loaded.unsigned.append(pkgid)
+        # The package check_bytes parsed (parsing is most of a header's cost:
+        # do it once; the gate made the import check a strict parse adds).
+        package = result.package
         expected_id = f"{package.nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
         if expected_id != pkgid:
             refused.append(f"{pkgid}: the header is that of {expected_id}")
