@@ -9,12 +9,11 @@ The rules (docs/images.md has the reasoning):
   out of the view.  One finding per package, naming the top directories (``/etc``,
   ``/var``, ``/bin`` ...).  ``/usr`` itself and ``%ghost`` entries are not counted.
 - ``scriptlets`` (warning): a package carries scriptlets (``%post`` ...); none runs.
-- ``conflict`` (error): two packages ship one path under ``/usr`` with different
-  file type or permissions, owner, group, content digest (and digest algorithm),
-  symlink target or file capabilities -- as rpm's file conflict check, which also
-  refuses two directories that differ in mode or owner (checked against rpm 4.18).
-  Directories that agree merge; ``%ghost`` entries never conflict (they have no
-  bytes and are not shown); the permission bits of two symlinks are not compared.
+- ``conflict`` (error): two packages ship one path under ``/usr`` differently, by
+  the rule :mod:`usrview.images.conflicts` keeps (rpm 4.18's, measured: file type,
+  permission bits but between symlinks, owner, group, digest and its algorithm,
+  symlink target, device number; and file capabilities).  Directories that agree
+  merge; ``%ghost`` entries never conflict (they have no bytes and are not shown).
 - ``not-a-directory`` (error): a package ships a path beneath one that another
   package (or the same one) ships as something other than a directory.
 - ``duplicate-name`` (error): two versions (EVRs) of one package name, or two
@@ -31,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from usrview.images.conflicts import describe, differences, type_name
 from usrview.images.vercmp import package_evr
 from verifier.header import Package
 
@@ -88,34 +88,6 @@ def has_errors(findings: Iterable[Finding]) -> bool:
 def _top_dir(path: str) -> str:
     head = path.lstrip("/").split("/", 1)[0]
     return "/" + head
-
-
-def _attributes(entry) -> dict[str, object]:
-    """What must agree between two packages shipping one path (rpmfilesCompare in rpm)."""
-    attrs: dict[str, object] = {"type": stat.S_IFMT(entry.mode)}
-    if not stat.S_ISLNK(entry.mode):
-        attrs["mode"] = stat.S_IMODE(entry.mode)
-    attrs["owner"] = entry.user
-    attrs["group"] = entry.group
-    if stat.S_ISREG(entry.mode):
-        attrs["digest"] = (entry.digest_algo, entry.digest)
-    if stat.S_ISLNK(entry.mode):
-        attrs["link target"] = entry.linkto
-    attrs["capabilities"] = entry.caps
-    return attrs
-
-
-def _describe(name: str, value: object) -> str:
-    if name == "type":
-        return {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
-                stat.S_IFCHR: "char device", stat.S_IFBLK: "block device",
-                stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}.get(value, f"type {value:o}")
-    if name == "mode":
-        return f"{value:04o}"
-    if name == "digest":
-        _algo, digest = value
-        return f"{digest[:16]}…" if digest else "(none)"
-    return repr(value) if value != "" else "(none)"
 
 
 def _check_names(packages: list[Package]) -> list[Finding]:
@@ -199,25 +171,15 @@ def _check_conflicts(shipped: dict[str, list]) -> list[Finding]:
         if len(owners) < 2:
             continue
         first_pkg, first_entry = owners[0]
-        first_attrs = _attributes(first_entry)
         reported: set[str] = set()
         for pkg, entry in owners[1:]:
-            attrs = _attributes(entry)
-            differing = [k for k in first_attrs.keys() | attrs.keys()
-                         if first_attrs.get(k) != attrs.get(k)]
-            if not differing or pkg.nevra in reported:
+            found = differences(first_entry, entry)
+            if not found or pkg.nevra in reported:
                 continue
             reported.add(pkg.nevra)
-            order = [k for k in ("type", "mode", "owner", "group", "digest", "link target",
-                                 "capabilities") if k in differing]
-            if "type" in order:
-                order = ["type"]  # the other attributes mean different things per type
-            details = "; ".join(
-                f"{k} {_describe(k, first_attrs.get(k, ''))} vs {_describe(k, attrs.get(k, ''))}"
-                for k in order)
             findings.append(Finding(
                 "conflict", Severity.ERROR,
-                f"{path}: {first_pkg.nevra} and {pkg.nevra} differ ({details})",
+                f"{path}: {first_pkg.nevra} and {pkg.nevra} differ ({describe(found)})",
                 packages=(first_pkg.nevra, pkg.nevra), paths=(path,)))
     return findings
 
@@ -243,7 +205,7 @@ def _check_parents(shipped: dict[str, list]) -> list[Finding]:
                 findings.append(Finding(
                     "not-a-directory", Severity.ERROR,
                     f"{path} ({child_pkg.nevra}) lies beneath {parent}, which "
-                    f"{blocker.nevra} ships as a {_describe('type', stat.S_IFMT(non_dirs[parent][0][1].mode))}",
+                    f"{blocker.nevra} ships as a {type_name(stat.S_IFMT(non_dirs[parent][0][1].mode))}",
                     packages=tuple(dict.fromkeys((blocker.nevra, child_pkg.nevra))),
                     paths=(parent, path)))
                 break

@@ -7,11 +7,11 @@ every attribute comes from the headers (``docs/view.md`` lists the rules).
 
 - Only paths under ``/usr`` appear, with ``/usr`` stripped: the tree's root *is*
   ``/usr``.  ``%ghost`` files and files elsewhere are left out.
-- A path shipped by several packages must be identical (type, mode, owner,
-  group, digest, size, link target, device number, capabilities) or
-  :class:`TreeConflict` names both packages.  Directories merge (the first
-  package in image order gives a directory its mode, owner and mtime; rpm
-  also lets directory metadata differ between packages).
+- A path shipped by several packages must agree by the one conflict rule
+  (:mod:`usrview.images.conflicts`, rpm's: type, mode but between symlinks,
+  owner, group, digest, link target, device number; capabilities) or
+  :class:`TreeConflict` names both packages.  Directories that agree merge (the
+  first package in image order gives a directory its mtime).
 - Directories that no package owns appear 0755 root:root with the newest mtime
   of their children (0 when empty).
 - ``lib/sysimage/packages/PKGID.rpm`` are the image's header files: regular
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from usrview.errors import UsrviewError
+from usrview.images.conflicts import describe, differences
 from verifier.filecaps import parse_text
 from verifier.filecheck import expected_ids_and_mode
 from verifier.fileio import OwnerIds
@@ -262,14 +263,14 @@ class Tree:
 # -- building ------------------------------------------------------------------
 
 class _Shipped(NamedTuple):
-    """What a package ships at a path, as far as :func:`_differences` compares
-    it: kept per path while the tree is built, instead of the whole FileEntry
-    (whose package's file list can then go as soon as it is composed)."""
+    """What a package ships at a path, as far as the conflict rule
+    (:func:`usrview.images.conflicts.differences`) compares it: kept per path
+    while the tree is built, instead of the whole FileEntry (whose package's
+    file list can then go as soon as it is composed)."""
 
     mode: int
     user: str
     group: str
-    size: int
     digest_algo: int
     digest: str
     linkto: str
@@ -278,7 +279,7 @@ class _Shipped(NamedTuple):
 
 
 def _shipped(entry: FileEntry) -> _Shipped:
-    return _Shipped(entry.mode, entry.user, entry.group, entry.size, entry.digest_algo,
+    return _Shipped(entry.mode, entry.user, entry.group, entry.digest_algo,
                     entry.digest, entry.linkto, entry.rdev, entry.caps)
 
 
@@ -298,11 +299,22 @@ class _Draft:
 
 
 def _add_usr(root: _Draft, entry: FileEntry, pkg_index: int, packages, make_node) -> None:
-    """A package's entry for /usr itself: the first one owns the root."""
+    """A package's entry for /usr itself: the first one owns the root, the others must agree."""
     if not stat.S_ISDIR(entry.mode):
         raise TreeConflict(f"{packages[pkg_index]} ships {USR} as a non-directory")
     if root.entry is None:
         _own_dir(root, make_node(entry, pkg_index, ""), entry, pkg_index)
+    else:
+        _check_shared(root, entry, pkg_index, packages)
+
+
+def _check_shared(existing: _Draft, entry: FileEntry, pkg_index: int, packages) -> None:
+    """A second package's entry for a path a package owns: TreeConflict unless
+    the conflict rule lets them share it (:mod:`usrview.images.conflicts`)."""
+    found = differences(existing.entry, entry)
+    if found:
+        raise TreeConflict(f"{entry.path}: packages {packages[existing.owner]} and "
+                           f"{packages[pkg_index]} ship it differently ({describe(found)})")
 
 
 def _check_components(rel: str, pkg: str, path: str) -> list[str]:
@@ -311,29 +323,6 @@ def _check_components(rel: str, pkg: str, path: str) -> list[str]:
         if part in ("", ".", "..") or "\0" in part:
             raise TreeError(f"{pkg}: unsafe file path {path!r} in the header")
     return parts
-
-
-def _differences(a: _Shipped | FileEntry, b: _Shipped | FileEntry) -> list[str]:
-    """What makes two entries for one path conflict (directories: only the type)."""
-    if stat.S_IFMT(a.mode) != stat.S_IFMT(b.mode):
-        return ["type"]
-    if stat.S_ISDIR(a.mode):
-        return []
-    diffs = []
-    if a.mode != b.mode:
-        diffs.append(f"mode {a.mode & 0o7777:04o} vs {b.mode & 0o7777:04o}")
-    if a.user != b.user or a.group != b.group:
-        diffs.append(f"owner {a.user}:{a.group} vs {b.user}:{b.group}")
-    if stat.S_ISREG(a.mode) and (a.size != b.size or a.digest_algo != b.digest_algo
-                                 or a.digest.lower() != b.digest.lower()):
-        diffs.append("content (digest)")
-    if a.linkto != b.linkto:
-        diffs.append(f"link target {a.linkto!r} vs {b.linkto!r}")
-    if a.rdev != b.rdev:
-        diffs.append("device number")
-    if a.caps != b.caps:
-        diffs.append("capabilities")
-    return diffs
 
 
 def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
@@ -441,10 +430,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
                 first = f"{packages[existing.creator]} (which puts files below it)"
             raise TreeConflict(f"{entry.path}: {packages[pkg_index]} ships it as "
                                f"{stat.filemode(entry.mode)} but it is a directory of {first}")
-        diffs = _differences(existing.entry, entry)
-        if diffs:
-            raise TreeConflict(f"{entry.path}: packages {packages[existing.owner]} and "
-                               f"{packages[pkg_index]} ship it differently ({', '.join(diffs)})")
+        _check_shared(existing, entry, pkg_index, packages)
 
     prefix = USR + "/"
     for pkg_index, source in enumerate(sources):
