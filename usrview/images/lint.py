@@ -1,7 +1,7 @@
 """Checks of a package set before it becomes an image: what the view will show, leave out or refuse.
 
 Pure logic over :class:`verifier.header.Package` objects; no I/O.  :func:`lint`
-returns :class:`Finding` objects; any finding of severity ERROR refuses a deploy.
+returns :class:`LintFinding` objects; any finding of severity ERROR refuses a deploy.
 
 The rules (docs/images.md has the reasoning):
 
@@ -50,7 +50,7 @@ class Severity(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class Finding:
+class LintFinding:
     """One result of :func:`lint`.
 
     Attributes:
@@ -81,7 +81,7 @@ def is_under_usr(path: str) -> bool:
     return path == USR or path.startswith(USR + "/")
 
 
-def has_errors(findings: Iterable[Finding]) -> bool:
+def has_errors(findings: Iterable[LintFinding]) -> bool:
     return any(f.severity >= Severity.ERROR for f in findings)
 
 
@@ -90,7 +90,7 @@ def _top_dir(path: str) -> str:
     return "/" + head
 
 
-def _check_names(packages: list[Package]) -> list[Finding]:
+def _check_names(packages: list[Package]) -> list[LintFinding]:
     findings = []
     by_name: dict[str, list[Package]] = defaultdict(list)
     for pkg in packages:
@@ -105,19 +105,19 @@ def _check_names(packages: list[Package]) -> list[Finding]:
         rebuilt = sorted(n for n, shas in nevras.items() if len(shas) > 1)
         listed = tuple(sorted(p.nevra for p in pkgs))
         if len(evrs) > 1:
-            findings.append(Finding(
+            findings.append(LintFinding(
                 "duplicate-name", Severity.ERROR,
                 f"package {name} appears in {len(evrs)} versions: {', '.join(sorted(set(listed)))}",
                 packages=listed))
         elif rebuilt:
-            findings.append(Finding(
+            findings.append(LintFinding(
                 "duplicate-name", Severity.ERROR,
                 f"two different builds of {', '.join(rebuilt)} (different headers)",
                 packages=tuple(rebuilt)))
     return findings
 
 
-def lint(packages: Iterable[Package]) -> list[Finding]:
+def lint(packages: Iterable[Package]) -> list[LintFinding]:
     """Check a package set; the findings come errors first, then in package order.
 
     The same package given twice (equal header SHA-256) counts once.
@@ -127,14 +127,14 @@ def lint(packages: Iterable[Package]) -> list[Finding]:
         unique.setdefault(pkg.header_sha256, pkg)
     pkgs = sorted(unique.values(), key=lambda p: (p.name, p.nevra, p.header_sha256))
 
-    findings: list[Finding] = []
+    findings: list[LintFinding] = []
     findings += _check_names(pkgs)
 
     # path -> [(package, entry)] of everything the view would show
     shipped: dict[str, list[tuple[Package, object]]] = defaultdict(list)
     for pkg in pkgs:
         if pkg.is_source:
-            findings.append(Finding("source-package", Severity.ERROR,
+            findings.append(LintFinding("source-package", Severity.ERROR,
                                     f"{pkg.nevra} is a source package", packages=(pkg.nevra,)))
             continue
         outside: list[str] = []
@@ -147,13 +147,13 @@ def lint(packages: Iterable[Package]) -> list[Finding]:
             shipped[entry.path].append((pkg, entry))
         if outside:
             tops = sorted({_top_dir(p) for p in outside})
-            findings.append(Finding(
+            findings.append(LintFinding(
                 "outside-usr", Severity.WARNING,
                 f"{pkg.nevra}: {len(outside)} file(s) outside /usr, left out of the view: "
                 f"{', '.join(tops)}",
                 packages=(pkg.nevra,), paths=tuple(outside)))
         if pkg.scriptlets:
-            findings.append(Finding(
+            findings.append(LintFinding(
                 "scriptlets", Severity.WARNING,
                 f"{pkg.nevra} carries {', '.join(pkg.scriptlets)} (scriptlets never run)",
                 packages=(pkg.nevra,)))
@@ -164,7 +164,7 @@ def lint(packages: Iterable[Package]) -> list[Finding]:
     return findings
 
 
-def _check_conflicts(shipped: dict[str, list]) -> list[Finding]:
+def _check_conflicts(shipped: dict[str, list]) -> list[LintFinding]:
     findings = []
     for path in sorted(shipped):
         owners = shipped[path]
@@ -177,14 +177,14 @@ def _check_conflicts(shipped: dict[str, list]) -> list[Finding]:
             if not found or pkg.nevra in reported:
                 continue
             reported.add(pkg.nevra)
-            findings.append(Finding(
+            findings.append(LintFinding(
                 "conflict", Severity.ERROR,
                 f"{path}: {first_pkg.nevra} and {pkg.nevra} differ ({describe(found)})",
                 packages=(first_pkg.nevra, pkg.nevra), paths=(path,)))
     return findings
 
 
-def _check_parents(shipped: dict[str, list]) -> list[Finding]:
+def _check_parents(shipped: dict[str, list]) -> list[LintFinding]:
     """A path beneath something shipped as a non-directory cannot exist in the view."""
     findings = []
     non_dirs = {path: owners for path, owners in shipped.items()
@@ -202,7 +202,7 @@ def _check_parents(shipped: dict[str, list]) -> list[Finding]:
                 seen.add(parent)
                 blocker = non_dirs[parent][0][0]
                 child_pkg = shipped[path][0][0]
-                findings.append(Finding(
+                findings.append(LintFinding(
                     "not-a-directory", Severity.ERROR,
                     f"{path} ({child_pkg.nevra}) lies beneath {parent}, which "
                     f"{blocker.nevra} ships as a {type_name(stat.S_IFMT(non_dirs[parent][0][1].mode))}",

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from usrview import faults
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
-from usrview.images.lint import Finding, has_errors, lint
+from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
@@ -78,7 +78,7 @@ class DeployRefused(UsrviewError):
 
     exit_code = EXIT_FINDINGS
 
-    def __init__(self, message: str, findings: list[Finding]):
+    def __init__(self, message: str, findings: list[LintFinding]):
         super().__init__(message)
         self.findings = findings
 
@@ -323,7 +323,7 @@ class DeployResult:
 
     image: Image
     previous: str | None
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[LintFinding] = field(default_factory=list)
     imported: list[str] = field(default_factory=list)
     already_current: bool = False
 

@@ -45,6 +45,7 @@ in :data:`KILL_STAGES`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -222,10 +223,12 @@ class _Owners:
 
 # -- walking a tree by directory fds ---------------------------------------------------
 
-class _Tree:
-    """A package tree being written, walked component by component with O_NOFOLLOW.
+class _PackageDirFds:
+    """The directory fds of a package tree being written, opened component by
+    component with O_NOFOLLOW and made where absent.
 
-    Directory fds are cached by path (at most MAX_OPEN_DIRS at once).
+    Attributes: root_fd (the tree's root, the caller's to close).  Directory fds
+    are cached by path (at most MAX_OPEN_DIRS at once); :meth:`close` closes them.
     """
 
     def __init__(self, root_fd: int):
@@ -268,12 +271,12 @@ class _Tree:
 class _Writer:
     """Lays out one package's payload members in a tree; collects what the result reports."""
 
-    def __init__(self, store: Store, package: Package, tree: _Tree, result: ImportResult,
+    def __init__(self, store: Store, package: Package, dir_fds: _PackageDirFds, result: ImportResult,
                  progress: Callable[[int, int], None] | None, batch: _Batch | None = None):
         self.store = store
         self.batch = batch
         self.package = package
-        self.tree = tree
+        self.dir_fds = dir_fds
         self.result = result
         self.owners = _Owners()
         self.progress = progress
@@ -317,7 +320,7 @@ class _Writer:
             self.progress(self.seen, self.total)
 
     def _create(self, parts: tuple[str, ...], path: str) -> int:
-        parent = self.tree.dir_fd(parts[:-1])
+        parent = self.dir_fds.dir_fd(parts[:-1])
         try:
             return os.open(parts[-1], FILE_CREATE_FLAGS, WRITE_MODE, dir_fd=parent)
         except FileExistsError:
@@ -367,8 +370,8 @@ class _Writer:
                 self._link(parts, other, "/" + "/".join(other))
 
     def _link(self, data: tuple[str, ...], parts: tuple[str, ...], path: str) -> None:
-        src_dir = self.tree.dir_fd(data[:-1])
-        dst_dir = self.tree.dir_fd(parts[:-1])
+        src_dir = self.dir_fds.dir_fd(data[:-1])
+        dst_dir = self.dir_fds.dir_fd(parts[:-1])
         try:
             os.link(data[-1], parts[-1], src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
         except FileExistsError:
@@ -387,7 +390,7 @@ class _Writer:
         try:
             batched = self.batch.index.get(key) if self.batch is not None and local is None else None
             if local is not None:
-                src_fd = open_beneath(self.tree.root_fd, local)
+                src_fd = open_beneath(self.dir_fds.root_fd, local)
             elif batched is not None and batched[2] == entry.size:
                 # a file of a package written earlier in this batch (still in
                 # tmp/): written and checked by this process, like ``local``
@@ -446,16 +449,16 @@ class _Writer:
         return fd
 
     def _directory(self, entry: FileEntry, parts: tuple[str, ...]) -> None:
-        parent = self.tree.dir_fd(parts[:-1])
+        parent = self.dir_fds.dir_fd(parts[:-1])
         try:
             os.mkdir(parts[-1], IMPLICIT_DIR_MODE, dir_fd=parent)
         except FileExistsError:
             pass  # made earlier as a parent; dir_fd checks it is a directory
-        self.tree.dir_fd(parts)
+        self.dir_fds.dir_fd(parts)
         self.dirs.append((parts, entry))
 
     def _symlink(self, entry: FileEntry, parts: tuple[str, ...]) -> None:
-        parent = self.tree.dir_fd(parts[:-1])
+        parent = self.dir_fds.dir_fd(parts[:-1])
         name = parts[-1]
         try:
             os.symlink(entry.linkto, name, dir_fd=parent)
@@ -471,7 +474,7 @@ class _Writer:
             paths = ["/" + "/".join(p) for ps in self.group_pending.values() for p in ps]
             raise PackageRefused(f"no member of the hardlink group of {paths[0]} carries its bytes")
         for parts, entry in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
-            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=self.tree.dir_fd(parts[:-1]))
+            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=self.dir_fds.dir_fd(parts[:-1]))
             try:
                 os.fchown(fd, self.owners.uid(entry.user), self.owners.gid(entry.group))
                 os.fchmod(fd, stat.S_IMODE(entry.mode))
@@ -681,15 +684,15 @@ class _Batch:
         try:
             btrfs.create_tree(tmp_fd, name)
             root_fd = os.open(name, DIR_FLAGS, dir_fd=tmp_fd)
-            tree = _Tree(root_fd)
+            dir_fds = _PackageDirFds(root_fd)
             try:
-                writer = _Writer(store, package, tree, result, progress, self)
+                writer = _Writer(store, package, dir_fds, result, progress, self)
                 with open_payload(path, package) as members:
                     for member in members:
                         writer.add(member)
                 writer.finish()
             finally:
-                tree.close()
+                dir_fds.close()
                 os.close(root_fd)
             faults.kill_at("written")
             header = store.temp_name("header")
@@ -698,9 +701,11 @@ class _Batch:
                 unsigned = store.temp_name("unsigned")
                 _write_file(tmp_fd, unsigned, b"")
         except BaseException:
+            # Best effort, the error that brought us here propagates: what a
+            # failed removal leaves in tmp/ is a leftover Store.cleanup removes.
             for n in (name, header, unsigned):
                 if n is not None:
-                    with _suppress_missing():
+                    with contextlib.suppress(OSError):
                         btrfs.delete_tree(tmp_fd, n)
             raise
         for key, parts in writer.local.items():
@@ -791,16 +796,18 @@ class _Batch:
         return failed
 
     def _discard(self, pending: list[_Pending], *, in_packages: bool = False) -> None:
-        """Remove what these packages left, wherever it is (best effort: cleanup does the rest)."""
+        """Remove what these packages left, wherever it is.  Best effort, any OSError
+        ignored: the caller reports the error that made it discard them, and
+        Store.cleanup removes what a failed removal leaves."""
         for p in pending:
-            with _suppress_missing():
+            with contextlib.suppress(OSError):
                 if in_packages:
                     btrfs.delete_tree(self.packages_fd, p.pkgid)
-                    with _suppress_missing():
+                    with contextlib.suppress(OSError):
                         os.unlink(p.pkgid, dir_fd=self.unsigned_fd)
             for n in (p.tree, p.header, p.unsigned):
                 if n is not None:
-                    with _suppress_missing():
+                    with contextlib.suppress(OSError):
                         btrfs.delete_tree(self.tmp_fd, n)
 
     def close(self) -> None:
@@ -813,17 +820,6 @@ class _Batch:
             for fd in self._fds:
                 os.close(fd)
             self._fds = []
-
-
-class _suppress_missing:
-    """Best-effort removal: ignore OSError (what stays behind is a leftover that
-    Store.cleanup removes); anything else propagates."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb) -> bool:
-        return typ is not None and issubclass(typ, OSError)
 
 
 def _write_file(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
