@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: room -> the rooms it may import (docs/architecture.md).  "shared" is
-#: usrview/errors.py, config.py, journal.py and __init__.py.
+#: usrview/errors.py, config.py, journal.py, faults.py and __init__.py.
 ALLOWED = {
     "verifier": {"verifier"},
     "shared": {"verifier", "shared"},
@@ -45,7 +45,7 @@ def _module_room(name: str) -> str | None:
         return "verifier"
     if parts[0] != "usrview":
         return None
-    if len(parts) == 1 or parts[1] in ("errors", "config", "journal") or parts[1].startswith("__"):
+    if len(parts) == 1 or parts[1] in ("errors", "config", "journal", "faults") or parts[1].startswith("__"):
         return "shared"
     return parts[1]
 

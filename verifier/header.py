@@ -450,24 +450,17 @@ class Package:
         tag is absent.  Files in no group are absent from the result.  ``files``:
         this package's file list when the caller holds it (see :meth:`read_files`).
         """
-        header = self.header
-        if Tag.FILEINODES not in header or Tag.FILEDEVICES not in header:
+        if Tag.FILEINODES not in self.header or Tag.FILEDEVICES not in self.header:
             return {}
-        if files is None:
-            files = self.files
+        files = self.files if files is None else files
         if len({(f.device, f.inode) for f in files}) == len(files):
             return {}  # most packages: no two files share a pair, no group to make
         sets: dict[tuple[int, int], list[int]] = {}
         for i, f in enumerate(files):
             if f.inode != 0 and stat.S_ISREG(f.mode) and not int(f.flags) & _GHOST:
                 sets.setdefault((f.device, f.inode), []).append(i)
-        groups = {}
-        for members in sets.values():
-            if len(members) > 1:
-                group = tuple(members)
-                for i in group:
-                    groups[i] = group
-        return groups
+        groups = [tuple(members) for members in sets.values() if len(members) > 1]
+        return {i: group for group in groups for i in group}
 
     def header_only(self) -> bytes:
         """The lead, signature header and main header: a header-only rpm."""
