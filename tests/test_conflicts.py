@@ -139,10 +139,10 @@ def test_rpm_is_the_oracle(tmp_path, pair, case):
 
 
 def _entry(mode: int, **changes) -> FileEntry:
-    base = dict(path=D, size=1, mode=mode, rdev=0, mtime=0, digest="", digest_algo=8, linkto="a",
-                flags=FileFlag(0), user="root", group="root", verify_flags=VerifyFlag.ALL, device=1,
-                inode=1, lang="", caps="", color=0)
-    return FileEntry(**{**base, **changes})
+    entry = FileEntry(path=D, size=1, mode=mode, rdev=0, mtime=0, digest="", digest_algo=8, linkto="a",
+                      flags=FileFlag(0), user="root", group="root", verify_flags=VerifyFlag.ALL, device=1,
+                      inode=1, lang="", caps="", color=0)
+    return entry._replace(**changes)
 
 
 def test_symlink_permission_bits_are_not_compared():

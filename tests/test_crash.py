@@ -22,8 +22,8 @@ import pytest
 from tests.btrfs_fixture import btrfs_mount, tree_listing
 from tests.prereq import require_btrfs
 from tests.rpmbuild import FileSpec
-from usrview.store import Store
 from usrview.faults import KILL_AFTER_FILES_ENV, KILL_AT_ENV
+from usrview.store import Store
 from usrview.store.importer import KILL_STAGES
 
 MiB = 1 << 20

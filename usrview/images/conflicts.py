@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
+
+from verifier.files import FileEntry
 
 #: The attributes the rule compares, in the order differences are reported.
 ATTRIBUTES = ("type", "mode", "owner", "group", "digest", "link target", "device number", "capabilities")
@@ -38,8 +40,10 @@ _TYPE_NAMES = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "s
                stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
 
 
-class ShippedEntry(Protocol):
-    """What the rule reads of a header's file entry (:class:`verifier.files.FileEntry` has it)."""
+class Shipped(NamedTuple):
+    """What a package ships at a path, as far as the rule compares it: what a
+    caller keeps per path instead of the whole FileEntry (the tree does, so that
+    a package's file list can go once it is composed)."""
 
     mode: int
     user: str
@@ -49,6 +53,11 @@ class ShippedEntry(Protocol):
     linkto: str
     rdev: int
     caps: str
+
+    @classmethod
+    def of(cls, entry: FileEntry) -> Shipped:
+        return cls(entry.mode, entry.user, entry.group, entry.digest_algo, entry.digest, entry.linkto,
+                   entry.rdev, entry.caps)
 
 
 class Difference(NamedTuple):
@@ -60,7 +69,7 @@ class Difference(NamedTuple):
     second: object
 
 
-def differences(a: ShippedEntry, b: ShippedEntry) -> list[Difference]:
+def differences(a: Shipped | FileEntry, b: Shipped | FileEntry) -> list[Difference]:
     """How two packages' entries for one path differ; empty when they may share it
     (see the module docstring).  A type difference is the only one reported."""
     kind = stat.S_IFMT(a.mode)

@@ -54,7 +54,6 @@ from typing import BinaryIO, Self
 from usrview.store.decompress import CHUNK_SIZE, PayloadError, open_stream
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package, read_package_file
-from verifier.tags import Tag
 
 #: rpm's CPIO_NAMESIZE_MAX: the longest name, its terminating NUL included.
 MAX_NAME_SIZE = 4096

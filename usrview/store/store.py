@@ -367,7 +367,7 @@ class Store:
     def open_package_dir(self, pkgid: str) -> int:
         """An fd of the package's directory (``O_DIRECTORY|O_NOFOLLOW``), to open its
         files beneath; the caller closes it.  Raises OSError."""
-        return os.open(self.package_dir(pkgid), _DIR_FLAGS)
+        return os.open(self.package_dir(pkgid), DIR_FLAGS)
 
     def open_packages_dir(self) -> int:
         """An fd of the directory holding every package's directory (for syncfs and

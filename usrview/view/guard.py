@@ -57,7 +57,13 @@ import trio
 
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.view.tree import Node, Tree
-from verifier.fileio import FILE_READ_FLAGS, hash_fd, hasher, open_dir_beneath, split_relpath
+from verifier.fileio import (
+    FILE_READ_FLAGS,
+    hash_fd,
+    hasher,
+    open_dir_beneath,
+    split_relpath,
+)
 from verifier.files import digest_name
 
 log = logging.getLogger(__name__)

@@ -40,10 +40,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from usrview.errors import UsrviewError
-from usrview.images.conflicts import describe, differences
+from usrview.images.conflicts import Shipped, describe, differences
 from verifier.filecaps import parse_text
 from verifier.filecheck import expected_ids_and_mode
 from verifier.fileio import OwnerIds
@@ -262,33 +261,12 @@ class Tree:
 
 # -- building ------------------------------------------------------------------
 
-class _Shipped(NamedTuple):
-    """What a package ships at a path, as far as the conflict rule
-    (:func:`usrview.images.conflicts.differences`) compares it: kept per path
-    while the tree is built, instead of the whole FileEntry (whose package's
-    file list can then go as soon as it is composed)."""
-
-    mode: int
-    user: str
-    group: str
-    digest_algo: int
-    digest: str
-    linkto: str
-    rdev: int
-    caps: str
-
-
-def _shipped(entry: FileEntry) -> _Shipped:
-    return _Shipped(entry.mode, entry.user, entry.group, entry.digest_algo,
-                    entry.digest, entry.linkto, entry.rdev, entry.caps)
-
-
 class _Draft:
     """A path while the tree is being composed (the builder's scratch record)."""
 
     __slots__ = ("node", "entry", "owner", "children", "group", "creator")
 
-    def __init__(self, node: Node, entry: _Shipped | None, owner: int, is_dir: bool,
+    def __init__(self, node: Node, entry: Shipped | None, owner: int, is_dir: bool,
                  creator: int = NO_PACKAGE):
         self.node = node
         self.creator = creator      # the package whose file made an implicit directory
@@ -416,7 +394,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
         existing = parent.children.get(name)
         if existing is None:
             node = make_node(entry, pkg_index, rel)
-            draft = _Draft(node, _shipped(entry), pkg_index, entry.mode & _S_IFMT == _S_IFDIR)
+            draft = _Draft(node, Shipped.of(entry), pkg_index, entry.mode & _S_IFMT == _S_IFDIR)
             draft.group = group
             parent.children[sys.intern(name)] = draft
             return
@@ -496,7 +474,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
 def _own_dir(draft: _Draft, node: Node, entry: FileEntry, pkg_index: int) -> None:
     draft.node.mode, draft.node.uid, draft.node.gid = node.mode, node.uid, node.gid
     draft.node.mtime, draft.node.pkg, draft.node.caps = node.mtime, node.pkg, node.caps
-    draft.entry, draft.owner = _shipped(entry), pkg_index
+    draft.entry, draft.owner = Shipped.of(entry), pkg_index
 
 
 def _number(root: _Draft, packages, pkgids, backing_dirs, users: OwnerIds, groups: OwnerIds) -> Tree:
