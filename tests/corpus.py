@@ -1,17 +1,20 @@
-"""The conformance corpus in ../shared/conformance: where it is, what MANIFEST.tsv says."""
+"""The external conformance corpus (../shared/conformance): what MANIFEST.tsv says.
+
+A test that reads the corpus takes the ``conformance`` fixture (conftest.py),
+which skips the test where the corpus is absent; tests parametrized over its
+files get their parameters from :func:`corpus_params`.
+"""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-from tests.prereq import conformance_dir, require  # noqa: F401  (re-exported)
+import pytest
 
-
-def corpus_dir() -> Path:
-    """The corpus folder; skips the test (fails it under CI) when absent."""
-    return conformance_dir()
+from tests.prereq import conformance_path
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,13 @@ def package_files(root: Path) -> list[str]:
             seen.append(case.file)
     return seen
 
+
+def corpus_params(values: Iterable, ids=None, *, argnames: int = 1) -> list:
+    """Parameters read from the corpus when tests are collected.  Where the corpus
+    is absent: one placeholder (id ``corpus-absent``, every argument None), so the
+    test is still collected and skips through the ``conformance`` fixture -- with
+    the corpus' reason, not pytest's "got empty parameter set"."""
+    if conformance_path() is None:
+        return [pytest.param(*([None] * argnames), id="corpus-absent")]
+    return [pytest.param(*(v if argnames > 1 else (v,)), id=None if ids is None else ids(v))
+            for v in values]

@@ -7,7 +7,7 @@ test suites of rpm, rpm-rs and go-rpmutils, not from us.
 
 from __future__ import annotations
 
-from tests.corpus import corpus_dir, manifest
+from tests.corpus import manifest
 from verifier import sigcheck
 from verifier.keyring import Keyring
 
@@ -24,8 +24,8 @@ def _expected(case) -> str:
     return case.expected
 
 
-def test_every_manifest_row_gives_its_verdict():
-    root = corpus_dir()
+def test_every_manifest_row_gives_its_verdict(conformance):
+    root = conformance
     rings: dict[tuple[str, ...], Keyring] = {}
     agree, disagree = 0, []
     rows = [c for c in manifest(root) if c.is_package_case]
@@ -44,9 +44,9 @@ def test_every_manifest_row_gives_its_verdict():
     assert not disagree, "\n".join(disagree)
 
 
-def test_header_only_files_give_the_same_verdict_as_full_packages():
+def test_header_only_files_give_the_same_verdict_as_full_packages(conformance):
     """A header-only file (what /usr/lib/sysimage/packages holds) carries the whole signature."""
-    root = corpus_dir()
+    root = conformance
     compared = 0
     for case in manifest(root):
         if not case.is_package_case or "#" in case.case_id:
@@ -62,8 +62,8 @@ def test_header_only_files_give_the_same_verdict_as_full_packages():
     assert compared >= 20
 
 
-def test_good_verdicts_name_the_signing_certificate():
-    root = corpus_dir()
+def test_good_verdicts_name_the_signing_certificate(conformance):
+    root = conformance
     ring = Keyring.load([root / "rpm-tests/keys/rpm.org-rsa-2048-test.pub"])
     r = sigcheck.check_file(root / "rpm-tests/RPMS/hello-2.0-1.x86_64-signed.rpm", ring)
     assert r.good

@@ -15,7 +15,6 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.corpus import corpus_dir
 from verifier import sigcheck
 from verifier.errors import HeaderError
 from verifier.header import read_package
@@ -42,8 +41,7 @@ MAX_SECONDS_PER_CHECK = 1.0
 MAX_PEAK_BYTES = 8 * 1024 * 1024
 
 
-def _load():
-    root = corpus_dir()
+def _load(root):
     seeds = []
     for rel, key in SEEDS:
         data = (root / rel).read_bytes()
@@ -135,8 +133,8 @@ def _check_one(data, keyring, original, stats):
     stats[result.verdict.value] = stats.get(result.verdict.value, 0) + 1
 
 
-def test_seeded_mutations_never_crash_and_never_pass():
-    seeds = _load()
+def test_seeded_mutations_never_crash_and_never_pass(conformance):
+    seeds = _load(conformance)
     rng = random.Random(20261125)
     stats = {"refused": 0, "good": 0}
     # Memory is traced over the first mutations of every seed only: tracing
@@ -163,8 +161,8 @@ def test_seeded_mutations_never_crash_and_never_pass():
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_property_mutations(data):
-    seeds = _PROPERTY_SEEDS or _PROPERTY_SEEDS.extend(_load()) or _PROPERTY_SEEDS
+def test_property_mutations(conformance, data):
+    seeds = _PROPERTY_SEEDS or _PROPERTY_SEEDS.extend(_load(conformance)) or _PROPERTY_SEEDS
     _rel, original, keyring = data.draw(st.sampled_from(seeds))
     buf = bytearray(original)
     edits = data.draw(st.lists(st.tuples(st.integers(0, len(buf) - 1), st.integers(0, 255)),

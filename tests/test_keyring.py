@@ -31,7 +31,7 @@ from verifier.sigcheck import header_signatures
 
 _CORPUS = conformance_path()
 CONFORMANCE = _CORPUS or Path("/nonexistent/conformance")
-needs_corpus = pytest.mark.usefixtures("corpus")
+needs_corpus = pytest.mark.usefixtures("conformance")
 needs_gpg = pytest.mark.usefixtures("gpg_tool")
 
 GOOD, BAD, NOKEY, NOTTRUSTED, UNSIGNED = (Verdict.GOOD, Verdict.BAD, Verdict.NOKEY,
