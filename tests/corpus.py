@@ -1,8 +1,15 @@
-"""The external conformance corpus (../shared/conformance): what MANIFEST.tsv says.
+"""The external conformance corpus (../shared/conformance), and what of it the suite builds itself.
 
-A test that reads the corpus takes the ``conformance`` fixture (conftest.py),
-which skips the test where the corpus is absent; tests parametrized over its
-files get their parameters from :func:`corpus_params`.
+- The corpus: test data kept outside the repository (see README.md, "The
+  conformance corpus").  A test that reads it takes the ``conformance`` fixture
+  (conftest.py), which skips the test where the corpus is absent; tests
+  parametrized over its files get their parameters from :func:`corpus_params`.
+  :func:`manifest` reads MANIFEST.tsv.
+- Its ``selfbuilt/`` part -- one package of every shape (symlinks, a 3-way
+  hardlink, set-id, capabilities, %config, %ghost, odd names ...) in six
+  compressions and six file-digest algorithms -- is made by rpmbuild from
+  :data:`SAMPLE_FILES` (after selfbuilt/usrview-sample.spec), so that a clone
+  without the corpus tests those shapes too: :data:`SAMPLE_VARIANTS`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from typing import Iterable
 import pytest
 
 from tests.prereq import conformance_path
+from tests.rpmbuild import FileSpec
+
+# -- the external corpus -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -68,3 +78,49 @@ def corpus_params(values: Iterable, ids=None, *, argnames: int = 1) -> list:
         return [pytest.param(*([None] * argnames), id="corpus-absent")]
     return [pytest.param(*(v if argnames > 1 else (v,)), id=None if ids is None else ids(v))
             for v in values]
+
+
+# -- the corpus' selfbuilt/ package, built here ------------------------------------
+
+MiB = 1 << 20
+
+#: The files of selfbuilt/usrview-sample.spec.
+SAMPLE_FILES = [
+    FileSpec("/usr/bin/hello", content=b"#!/bin/sh\necho hello\n", mode=0o755),
+    FileSpec("/usr/bin/hello-link", kind="symlink", target="hello"),
+    FileSpec("/usr/bin/abs-target-link", kind="symlink", target="../lib/usrview-sample/hard1"),
+    FileSpec("/usr/bin/suidbin", content=b"suid\n", mode=0o4755),
+    FileSpec("/usr/sbin/capbin", content=b"x", mode=0o755, directives="%caps(cap_net_raw=ep)"),
+    FileSpec("/usr/lib/usrview-sample", kind="dir"),
+    FileSpec("/usr/lib/usrview-sample/hard1", content=b"hardlinked content\n"),
+    FileSpec("/usr/lib/usrview-sample/hard2", kind="hardlink", target="/usr/lib/usrview-sample/hard1"),
+    FileSpec("/usr/share/usrview-sample", kind="dir"),
+    FileSpec("/usr/share/usrview-sample/hard3", kind="hardlink", target="/usr/lib/usrview-sample/hard1"),
+    FileSpec("/usr/share/usrview-sample/empty"),
+    FileSpec("/usr/share/usrview-sample/with space.txt", content=b"space\n"),
+    FileSpec("/usr/share/usrview-sample/ünïcödé.txt", content=b"unicode\n"),
+    FileSpec("/usr/share/usrview-sample/nobody-file", content=b"owned by nobody\n", mode=0o640,
+             user="nobody", group="nogroup"),
+    FileSpec("/usr/share/usrview-sample/big.bin", content=b"A" * MiB),
+    FileSpec("/usr/share/usrview-sample/subdir", kind="dir", mode=0o750),
+    FileSpec("/usr/share/doc/usrview-sample/README", content=b"readme\n", directives="%doc"),
+    FileSpec("/usr/share/licenses/usrview-sample/COPYING", content=b"MIT\n", directives="%license"),
+    FileSpec("/etc/usrview.conf", content=b"key=value\n", directives="%config(noreplace)"),
+    FileSpec("/var/log/usrview.log", directives="%ghost", staged=False),
+]
+
+#: Variant name -> rpm_packages options, as in selfbuilt/unsigned/: every payload
+#: compression with SHA-256 file digests, every other file-digest algorithm with gzip.
+SAMPLE_VARIANTS = {
+    **{name: {"compress": c} for name, c in (("gzip", "w9.gzdio"), ("xz", "w6.xzdio"), ("zstd", "w19.zstdio"),
+                                              ("bzip2", "w9.bzdio"), ("none", "w0.ufdio"), ("lzma", "w6.lzdio"))},
+    **{f"fd{name}": {"digest_algo": algo}
+       for name, algo in (("md5", 1), ("sha1", 2), ("sha224", 11), ("sha384", 9), ("sha512", 10))},
+}
+
+
+def build_sample(rpm_packages, variant: str, **kwargs) -> Path:
+    """The sample package in ``variant`` (a key of SAMPLE_VARIANTS), built once per session."""
+    return rpm_packages("usrview-sample", "1.0", f"1.{variant}", SAMPLE_FILES,
+                        **SAMPLE_VARIANTS[variant], **kwargs)
+
