@@ -16,9 +16,11 @@
 - ``conformance``: the external conformance corpus folder, ../shared/conformance or
   $USRVIEW_CONFORMANCE; every test that reads the corpus takes this fixture, so
   that where the corpus is absent it skips with one reason (prereq.CORPUS_ABSENT)
-  and the run counts it: the last line of the terminal summary -- or, where
+  and the run counts it: a line of the terminal summary -- or, where
   $USRVIEW_CORPUS_SUMMARY names a file, that file (``.ci/run`` prints it) -- says
   whether the corpus was found and how many of its tests ran.
+- ``signed_samples``: the corpus' selfbuilt/signed/ packages, made here with
+  rpmsign and gpg (tests/corpus.py), for the tests that need only their shape.
 - ``gpg_key``: a throwaway RSA-3072 signing key for the session.
 - ``rpm_packages``: build (and sign with ``gpg_key``) packages, each distinct
   package once per session -- see tests/rpmbuild.py.
@@ -34,7 +36,7 @@ import re
 
 import pytest
 
-from tests import rpmbuild
+from tests import corpus, rpmbuild
 from tests.prereq import CORPUS_ABSENT, PRIVILEGES, conformance_dir, conformance_path, require_tools
 
 # -- prerequisites -----------------------------------------------------------
@@ -162,6 +164,13 @@ def rpm_packages(tmp_path_factory, gpg_key) -> rpmbuild.PackageCache:
     builds a package signed with ``gpg_key`` (each distinct one once per session)."""
     require_tools("rpmbuild", "rpmsign", "rpm")
     return rpmbuild.PackageCache(tmp_path_factory.mktemp("rpms"), gpg_key)
+
+
+@pytest.fixture(scope="session")
+def signed_samples(tmp_path_factory, rpm_packages) -> dict[str, corpus.SignedSample]:
+    """The corpus' selfbuilt/signed/ packages, made here: name -> SignedSample (tests/corpus.py)."""
+    require_tools("gpg", "gpgconf")
+    return corpus.make_signed_samples(tmp_path_factory.mktemp("signed-samples"), rpm_packages)
 
 
 @pytest.fixture

@@ -9,20 +9,26 @@
   hardlink, set-id, capabilities, %config, %ghost, odd names ...) in six
   compressions and six file-digest algorithms -- is made by rpmbuild from
   :data:`SAMPLE_FILES` (after selfbuilt/usrview-sample.spec), so that a clone
-  without the corpus tests those shapes too: :data:`SAMPLE_VARIANTS`.
+  without the corpus tests those shapes too: :data:`SAMPLE_VARIANTS`.  Its
+  ``selfbuilt/signed/`` part -- that package signed by rpmsign with several key
+  types, a subkey, a key that expired after signing and a revoked key -- is
+  :data:`SIGNED_SAMPLES` (the ``signed_samples`` fixture).
 """
 
 from __future__ import annotations
 
 import csv
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import pytest
 
+from tests import rpmbuild
 from tests.prereq import conformance_path
-from tests.rpmbuild import FileSpec
+from tests.rpmbuild import FileSpec, GpgKey, sign_rpm, stop_gpg_agent
 
 # -- the external corpus -----------------------------------------------------------
 
@@ -124,3 +130,89 @@ def build_sample(rpm_packages, variant: str, **kwargs) -> Path:
     return rpm_packages("usrview-sample", "1.0", f"1.{variant}", SAMPLE_FILES,
                         **SAMPLE_VARIANTS[variant], **kwargs)
 
+
+# -- the corpus' selfbuilt/signed/, signed here --------------------------------------
+
+@dataclass(frozen=True)
+class SignedSample:
+    """The sample package signed by rpmsign, and the public key that made the signature.
+
+    Attributes:
+        package: the signed package (SHA-256 file digests, gzip).
+        public_key: the armored certificate to trust; for "revoked", with its revocation.
+        check_at: the time to check the signature at (None: now).
+    """
+
+    package: Path
+    public_key: Path
+    check_at: float | None = None
+
+
+#: How the signatures of selfbuilt/signed/ were made: name -> (gpg key algorithm,
+#: signing subkey algorithm or None, gpg's digest-algo or None).
+SIGNED_SAMPLES = {
+    "rsa3072-sha256": ("rsa3072", None, None),
+    "rsa3072-sha512": ("rsa3072", None, "SHA512"),
+    "rsa3072-sha1": ("rsa3072", None, "SHA1"),
+    "ed25519": ("ed25519", None, None),
+    "dsa2048": ("dsa2048", None, None),
+    "subkey-signed": ("ed25519", "rsa2048", None),
+    "expired-key-signed-while-valid": ("ed25519", None, None),
+    "revoked-key": ("ed25519", None, None),
+}
+
+#: The expired key's lifetime, and how long after signing its signature is checked.
+EXPIRES_AFTER = "1d"
+CHECKED_AFTER = 3 * 86400
+
+
+def _gpg(home: Path, *args: str) -> str:
+    return rpmbuild._run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+                          "--passphrase", "", *args])
+
+
+def make_signing_key(home: Path, name: str) -> GpgKey:
+    """A key made as SIGNED_SAMPLES says for ``name``, in a new GNUPGHOME under ``home``."""
+    algo, subkey, digest = SIGNED_SAMPLES[name]
+    gnupghome = home / "gnupg"
+    gnupghome.mkdir(mode=0o700, parents=True)
+    if digest:
+        (gnupghome / "gpg.conf").write_text(f"digest-algo {digest}\n")
+    uid = f"{name} <{name}@usrview.invalid>"
+    expire = EXPIRES_AFTER if name == "expired-key-signed-while-valid" else "never"
+    _gpg(gnupghome, "--quick-gen-key", uid, algo, "cert" if subkey else "sign", expire)
+    colons = _gpg(gnupghome, "--with-colons", "--list-secret-keys")
+    fpr = next(line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:"))
+    if subkey:
+        _gpg(gnupghome, "--quick-add-key", fpr, subkey, "sign", "never")
+    return GpgKey(gnupghome, fpr, home / "key.asc")
+
+
+def export_public_key(key: GpgKey, *, revoked: bool = False) -> Path:
+    """Write ``key.public_path``; ``revoked``: after importing the revocation
+    certificate gpg made with the key (reason 0, a hard revocation)."""
+    if revoked:
+        rev = key.gnupghome / "openpgp-revocs.d" / f"{key.fingerprint}.rev"
+        defused = rev.read_text().replace(":-----BEGIN", "-----BEGIN")  # gpg defuses it with a colon
+        (key.gnupghome / "revocation.asc").write_text(defused)
+        _gpg(key.gnupghome, "--import", str(key.gnupghome / "revocation.asc"))
+    key.public_path.write_text(_gpg(key.gnupghome, "--armor", "--export", key.fingerprint))
+    return key.public_path
+
+
+def make_signed_samples(workdir: Path, rpm_packages) -> dict[str, SignedSample]:
+    """Every SIGNED_SAMPLES package: the unsigned sample copied and signed by rpmsign."""
+    unsigned = build_sample(rpm_packages, "gzip", signed=False)
+    samples = {}
+    for name in SIGNED_SAMPLES:
+        key = make_signing_key(workdir / name, name)
+        try:
+            package = workdir / name / f"{name}.rpm"
+            shutil.copyfile(unsigned, package)
+            sign_rpm(package, key)
+        finally:
+            stop_gpg_agent(key)
+        check_at = time.time() + CHECKED_AFTER if name == "expired-key-signed-while-valid" else None
+        samples[name] = SignedSample(package, export_public_key(key, revoked=name == "revoked-key"),
+                                     check_at)
+    return samples
