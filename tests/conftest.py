@@ -13,7 +13,14 @@
           with expect_logs(r"skipped 1 key", level=logging.WARNING):
               ...
 
-- ``conformance``: the corpus folder, ../shared/conformance or $USRVIEW_CONFORMANCE.
+- ``conformance``: the external conformance corpus folder, ../shared/conformance or
+  $USRVIEW_CONFORMANCE; every test that reads the corpus takes this fixture, so
+  that where the corpus is absent it skips with one reason (prereq.CORPUS_ABSENT)
+  and the run counts it: a line of the terminal summary -- or, where
+  $USRVIEW_CORPUS_SUMMARY names a file, that file (``.ci/run`` prints it) -- says
+  whether the corpus was found and how many of its tests ran.
+- ``signed_samples``: the corpus' selfbuilt/signed/ packages, made here with
+  rpmsign and gpg (tests/corpus.py), for the tests that need only their shape.
 - ``gpg_key``: a throwaway RSA-3072 signing key for the session.
 - ``rpm_packages``: build (and sign with ``gpg_key``) packages, each distinct
   package once per session -- see tests/rpmbuild.py.
@@ -22,14 +29,15 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import re
 
 import pytest
 
-from tests import rpmbuild
-from tests.prereq import PRIVILEGES, conformance_dir, require_tools
+from tests import corpus, rpmbuild
+from tests.prereq import CORPUS_ABSENT, PRIVILEGES, conformance_dir, conformance_path, require_tools
 
 # -- prerequisites -----------------------------------------------------------
 
@@ -137,7 +145,7 @@ def expect_logs(request):
 
 @pytest.fixture(scope="session")
 def conformance():
-    """The conformance corpus folder (skips, or fails under CI, when it is absent)."""
+    """The external conformance corpus folder (skips when it is absent, see tests/prereq.py)."""
     return conformance_dir()
 
 
@@ -158,12 +166,11 @@ def rpm_packages(tmp_path_factory, gpg_key) -> rpmbuild.PackageCache:
     return rpmbuild.PackageCache(tmp_path_factory.mktemp("rpms"), gpg_key)
 
 
-@pytest.fixture
-def corpus():
-    """The conformance corpus folder (skips, or fails under CI, when absent)."""
-    from tests.prereq import conformance_dir
-
-    return conformance_dir()
+@pytest.fixture(scope="session")
+def signed_samples(tmp_path_factory, rpm_packages) -> dict[str, corpus.SignedSample]:
+    """The corpus' selfbuilt/signed/ packages, made here: name -> SignedSample (tests/corpus.py)."""
+    require_tools("gpg", "gpgconf")
+    return corpus.make_signed_samples(tmp_path_factory.mktemp("signed-samples"), rpm_packages)
 
 
 @pytest.fixture
@@ -172,6 +179,81 @@ def gpg_tool():
     from tests.prereq import require_tools
 
     require_tools("gpg")
+
+
+# -- how many corpus tests ran -------------------------------------------------
+
+#: A file to write the corpus line to instead of the terminal summary (.ci/run).
+CORPUS_SUMMARY_ENV = "USRVIEW_CORPUS_SUMMARY"
+
+
+class _CorpusTally:
+    """The outcome of every test that took the ``conformance`` fixture."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def record(self, report: pytest.TestReport) -> None:
+        if report.nodeid not in self.outcomes:
+            return
+        if report.failed:
+            self.outcomes[report.nodeid] = "failed"
+        elif report.skipped and self.outcomes[report.nodeid] != "failed":
+            self.outcomes[report.nodeid] = "skipped"
+        elif report.when == "call" and report.passed and self.outcomes[report.nodeid] == "pending":
+            self.outcomes[report.nodeid] = "passed"
+
+    def line(self) -> str:
+        count = {word: 0 for word in ("passed", "failed", "skipped", "pending")}
+        for outcome in self.outcomes.values():
+            count[outcome] += 1
+        ran = count["passed"] + count["failed"]
+        total = len(self.outcomes)
+        path = conformance_path()
+        where = f"found at {path}" if path is not None else "absent"
+        line = (f"conformance corpus: {where}; {ran} of the {total} tests that read it ran "
+                f"({count['passed']} passed, {count['failed']} failed), {count['skipped']} skipped")
+        if path is None:
+            line += " -- see README.md, 'The conformance corpus'"
+        return line
+
+
+_corpus_tally = _CorpusTally()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if "conformance" in getattr(item, "fixturenames", ()):
+        _corpus_tally.outcomes[item.nodeid] = "pending"
+
+
+#: Where the corpus skips are reported: one place, so that ``-rs`` folds them into one line.
+_CORPUS_SKIP_AT = (inspect.getsourcefile(conformance_dir), inspect.getsourcelines(conformance_dir)[1])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if (report.skipped and isinstance(report.longrepr, tuple)
+            and report.longrepr[2] == f"Skipped: {CORPUS_ABSENT}"):
+        report.longrepr = (*_CORPUS_SKIP_AT, report.longrepr[2])
+    return report
+
+
+def pytest_runtest_logreport(report):
+    _corpus_tally.record(report)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _corpus_tally.outcomes and not os.environ.get(CORPUS_SUMMARY_ENV):
+        terminalreporter.write_line(_corpus_tally.line())
+
+
+def pytest_sessionfinish(session):
+    target = os.environ.get(CORPUS_SUMMARY_ENV)
+    if target:
+        with open(target, "w") as f:
+            f.write(_corpus_tally.line() + "\n")
 
 
 # -- btrfs and store directories (tests/btrfs_fixture.py) -------------------------

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import CORPUS_ABSENT
+
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +65,7 @@ def run_inner(pytester: pytest.Pytester, strict: bool) -> dict[str, str]:
         else:
             mp.delenv("USRVIEW_REQUIRE_PRIVILEGED", raising=False)
         mp.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        mp.delenv("USRVIEW_CORPUS_SUMMARY", raising=False)
         result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
     seen: dict[str, set[str]] = {}
     for line in result.outlines:  # "test_inner.py::test_x PASSED [ 10%]"
@@ -94,7 +97,7 @@ def test_under_ci_missing_prerequisites_fail(pytester):
 
 def test_conformance_fixture_honours_the_environment(pytester, tmp_path):
     """USRVIEW_CONFORMANCE points the corpus elsewhere; without a MANIFEST.tsv there,
-    the fixture fails under CI."""
+    the fixture fails under CI (a corpus asked for must be there)."""
     (tmp_path / "corpus").mkdir()
     pytester.makeconftest('pytest_plugins = ["tests.conftest"]\n')
     pytester.makepyfile(test_c="def test_c(conformance):\n    assert conformance.name == 'corpus'\n")
@@ -102,6 +105,61 @@ def test_conformance_fixture_honours_the_environment(pytester, tmp_path):
         mp.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         mp.setenv("USRVIEW_CONFORMANCE", str(tmp_path / "corpus"))
         mp.setenv("USRVIEW_REQUIRE_PRIVILEGED", "1")
+        mp.delenv("USRVIEW_CORPUS_SUMMARY", raising=False)
         assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret != 0
         (tmp_path / "corpus" / "MANIFEST.tsv").write_text("")
         assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret == 0
+
+
+CORPUS_TESTS = textwrap.dedent('''
+    import pytest
+    from tests.corpus import corpus_params
+
+    def test_reads_it(conformance):
+        pass
+
+    def test_reads_it_too(conformance):
+        pass
+
+    @pytest.mark.parametrize("x", corpus_params([1, 2, 3]))
+    def test_parametrized(conformance, x):
+        pass
+
+    def test_other():
+        pass
+''')
+
+
+@pytest.mark.parametrize("absent", [False, True])
+def test_corpus_absent_skips_with_one_reason_and_is_counted(pytester, tmp_path, absent):
+    """An absent corpus is not a missing prerequisite, even under CI: its tests skip
+    with one reason, shown once, and the summary file says how many of them ran."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "MANIFEST.tsv").write_text("")
+    conftest = 'pytest_plugins = ["tests.conftest"]\n'
+    if absent:  # nothing beside the repository either
+        conftest += f'import tests.prereq\ntests.prereq.DEFAULT_CONFORMANCE = tests.prereq.Path("{tmp_path}/none")\n'
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_c=CORPUS_TESTS)
+    summary = tmp_path / "summary"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        if absent:
+            mp.delenv("USRVIEW_CONFORMANCE", raising=False)
+        else:
+            mp.setenv("USRVIEW_CONFORMANCE", str(corpus))
+        mp.setenv("USRVIEW_REQUIRE_PRIVILEGED", "1")
+        mp.setenv("USRVIEW_CORPUS_SUMMARY", str(summary))
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
+    line = summary.read_text()
+    if absent:
+        result.assert_outcomes(passed=1, skipped=3)  # the parameters read from the corpus: one placeholder
+        skips = [out for out in result.outlines if out.startswith("SKIPPED")]
+        assert len(skips) == 1 and skips[0].startswith("SKIPPED [3] ")
+        assert skips[0].endswith(CORPUS_ABSENT)
+        assert line.startswith("conformance corpus: absent; 0 of the 3 tests that read it ran")
+    else:
+        result.assert_outcomes(passed=6)
+        assert line.startswith(f"conformance corpus: found at {corpus}; 5 of the 5 tests that read it ran "
+                               "(5 passed, 0 failed), 0 skipped")

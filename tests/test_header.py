@@ -9,20 +9,17 @@ import subprocess
 import pytest
 
 from tests import hdrbuild
-from tests.corpus import corpus_dir, manifest, package_files, require
+from tests.corpus import manifest, package_files
+from tests.prereq import require
 from verifier.errors import HeaderError
 from verifier.files import FileFlag
 from verifier.header import file_entries, read_package, read_package_file
 from verifier.tags import SigTag, Tag, TagType
 
 
-def corpus():
-    return corpus_dir()
-
-
-def _parse_case_files():
+def _parse_case_files(root):
     """Files the manifest says must be rejected as malformed."""
-    return {c.file for c in manifest(corpus_dir()) if c.expected == "PARSE"}
+    return {c.file for c in manifest(root) if c.expected == "PARSE"}
 
 
 QF = ("[%{FILENAMES}\\t%{FILECAPS}\\t%{FILEVERIFYFLAGS}\\t%{FILEINODES}\\t"
@@ -35,11 +32,11 @@ def rpm_query(path, *args) -> str:
     return r.stdout.decode("utf-8", "surrogateescape")
 
 
-def test_corpus_file_lists_equal_rpm_dump():
+def test_corpus_file_lists_equal_rpm_dump(conformance):
     """Every field of every file of every corpus package equals what rpm prints."""
-    root = corpus()
+    root = conformance
     require(shutil.which("rpm"), "rpm is not installed")
-    parse_cases = _parse_case_files()
+    parse_cases = _parse_case_files(root)
     compared = files_compared = 0
     for rel in package_files(root):
         path = root / rel
@@ -92,11 +89,11 @@ def test_corpus_file_lists_equal_rpm_dump():
     assert compared >= 100 and files_compared >= 200
 
 
-def test_nevra_and_payload_match_rpm():
-    root = corpus()
+def test_nevra_and_payload_match_rpm(conformance):
+    root = conformance
     require(shutil.which("rpm"), "rpm is not installed")
     qf = "%{NAME}|%{EPOCH}|%{VERSION}|%{RELEASE}|%{ARCH}|%{PAYLOADFORMAT}|%{PAYLOADCOMPRESSOR}|%{SOURCERPM}"
-    parse_cases = _parse_case_files()
+    parse_cases = _parse_case_files(root)
     for rel in package_files(root):
         if rel in parse_cases:
             continue
@@ -114,9 +111,9 @@ def test_nevra_and_payload_match_rpm():
         assert pkg.payload_compressor == (comp if comp != "(none)" else "gzip"), rel
 
 
-def test_header_only_files_equal_full_packages():
+def test_header_only_files_equal_full_packages(conformance):
     """A header-only file carries exactly the full package's signed bytes and file list."""
-    root = corpus()
+    root = conformance
     pairs = 0
     for hdr in sorted((root / "derived" / "header-only").rglob("*.hdronly.rpm")):
         rel = hdr.relative_to(root / "derived" / "header-only")
@@ -142,8 +139,8 @@ def test_header_only_files_equal_full_packages():
     assert pairs >= 50
 
 
-def test_v3_package_with_oldfilenames_and_no_region():
-    root = corpus()
+def test_v3_package_with_oldfilenames_and_no_region(conformance):
+    root = conformance
     pkg = read_package_file(root / "rpm-tests/RPMS/hello-1.0-1.x86_64.rpm-v3")
     assert pkg.header.region_tag == 0 and pkg.rpm_format == 3
     assert Tag.OLDFILENAMES in pkg.header and Tag.BASENAMES not in pkg.header
@@ -151,8 +148,8 @@ def test_v3_package_with_oldfilenames_and_no_region():
     assert pkg.header.region_bytes == pkg.header.bytes
 
 
-def test_v6_package_format_and_scriptlets():
-    root = corpus()
+def test_v6_package_format_and_scriptlets(conformance):
+    root = conformance
     pkg = read_package_file(root / "rpm-rs-assets/RPMS/v6/rpm-scriptlets-1.0-1.noarch.rpm")
     assert pkg.rpm_format == 6
     assert {"%pre", "%post", "%preun", "%postun", "%pretrans", "%posttrans"} <= set(pkg.scriptlets)
@@ -162,8 +159,8 @@ def test_v6_package_format_and_scriptlets():
     assert plain.nevra == "rpm-basic-1:2.3.4-5.el9.noarch"
 
 
-def test_every_truncation_of_a_header_is_refused():
-    root = corpus()
+def test_every_truncation_of_a_header_is_refused(conformance):
+    root = conformance
     data = (root / "derived/header-only/rpm-tests/RPMS/hello-2.0-1.x86_64-signed.hdronly.rpm").read_bytes()
     read_package(data)
     for n in range(len(data)):

@@ -20,13 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.corpus import corpus_params
 from tests.prereq import conformance_path
 from verifier import openpgp as pgp
 from verifier.errors import PGPError
 
 _CORPUS = conformance_path()
 CONFORMANCE = _CORPUS or Path("/nonexistent/conformance")
-needs_corpus = pytest.mark.usefixtures("corpus")
+needs_corpus = pytest.mark.usefixtures("conformance")
 needs_gpg = pytest.mark.usefixtures("gpg_tool")
 
 
@@ -65,8 +66,8 @@ def new_packet(tag: int, body: bytes) -> bytes:
 
 @needs_corpus
 @needs_gpg
-@pytest.mark.parametrize("path", [p for p in corpus_key_files() if p.suffix != ".pgp"],
-                         ids=lambda p: str(p.relative_to(CONFORMANCE)))
+@pytest.mark.parametrize("path", corpus_params([p for p in corpus_key_files() if p.suffix != ".pgp"],
+                                               ids=lambda p: str(p.relative_to(CONFORMANCE))))
 def test_dearmor_matches_gpg(path: Path, tmp_path: Path) -> None:
     blocks = pgp.dearmor(path.read_bytes())
     assert len(blocks) == 1
@@ -221,7 +222,7 @@ V4_KEY_FILES = [p for p in corpus_key_files()
 
 @needs_corpus
 @needs_gpg
-@pytest.mark.parametrize("path", V4_KEY_FILES, ids=lambda p: str(p.relative_to(CONFORMANCE)))
+@pytest.mark.parametrize("path", corpus_params(V4_KEY_FILES, ids=lambda p: str(p.relative_to(CONFORMANCE))))
 def test_v4_fingerprints_and_key_ids_match_gpg(path: Path, tmp_path: Path) -> None:
     keys = _keys(path)
     gpg_fprs, gpg_ids = _gpg_listing(tmp_path, path)
@@ -268,7 +269,7 @@ V6_KEY_FILES = [p for p in corpus_key_files() if p not in V4_KEY_FILES]
 
 
 @needs_corpus
-@pytest.mark.parametrize("path", V6_KEY_FILES, ids=lambda p: str(p.relative_to(CONFORMANCE)))
+@pytest.mark.parametrize("path", corpus_params(V6_KEY_FILES, ids=lambda p: str(p.relative_to(CONFORMANCE))))
 def test_v6_fingerprints_match_the_signers_issuer_subpackets(path: Path) -> None:
     """Sequoia/rpm-rs wrote the issuer fingerprint of the key that made each
     self-signature and back-signature; our fingerprints must be the same."""

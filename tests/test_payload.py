@@ -30,8 +30,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.corpus import corpus_dir, require
+from tests.corpus import SAMPLE_VARIANTS, build_sample, corpus_params
 from tests.hdrbuild import build_header, build_package
+from tests.prereq import conformance_path, require
 from usrview.store.decompress import CHUNK_SIZE, PayloadError, detect_format
 from usrview.store.payload import (
     MAX_NAME_SIZE,
@@ -861,7 +862,7 @@ def test_large_member_bounded_memory(size, cpio_format):
     assert elapsed < 30, elapsed
 
 
-# -- the conformance corpus ---------------------------------------------------------
+# -- real packages: the corpus' and the sample built here ------------------------------
 
 def _corpus_cases() -> list[tuple[str, str]]:
     """(file, expected-digests) for every full package in the corpus.
@@ -871,7 +872,7 @@ def _corpus_cases() -> list[tuple[str, str]]:
     (unsigned builds: go-rpmutils, rpm-rs-assets, selfbuilt/unsigned ...) are
     intact packages, expected OK.
     """
-    root = corpus_dir()
+    root = conformance_path()
     if root is None:
         return []
     expected: dict[str, str] = {}
@@ -888,12 +889,7 @@ def _corpus_cases() -> list[tuple[str, str]]:
 
 
 CORPUS = _corpus_cases()
-
-
-def _corpus_root() -> Path:
-    root = corpus_dir()
-    require(root is not None, "the conformance corpus (../shared/conformance) is absent")
-    return root
+OK_CORPUS = [c for c in CORPUS if c[1] == "OK"]
 
 
 def _read_package_members(path: Path):
@@ -909,29 +905,10 @@ def _read_package_members(path: Path):
     return pkg, order, out, reader.compressor
 
 
-def test_corpus_is_present():
-    _corpus_root()
-    assert len(CORPUS) >= 99, len(CORPUS)
-
-
-def test_corpus_covers_every_compression_and_both_cpio_formats():
-    root = _corpus_root()
-    compressors, formats, groups = set(), set(), 0
-    for file, expected in OK_CORPUS:
-        _, members, _, comp = _read_package_members(root / file)
-        compressors.add(comp)
-        formats |= {"stripped" if m.name is None else "newc" for m in members}
-        groups += sum(1 for m in members if m.hardlinks and m.has_content)
-    assert compressors == {"gzip", "bzip2", "xz", "lzma", "zstd", "none"}
-    assert formats == {"newc", "stripped"}
-    assert groups >= 5
-
-
-@pytest.mark.parametrize("file,expected", CORPUS, ids=[c[0] for c in CORPUS])
-def test_corpus_package_payload(file, expected):
-    """Every package: its payload reads, and every file's bytes match the digest
-    rpmbuild wrote in the header; or, for the corrupted ones, PayloadError."""
-    path = _corpus_root() / file
+def _check_payload(path: Path, expected: str) -> None:
+    """The payload reads, and every file's bytes match the digest rpmbuild wrote
+    in the header; or, for a corrupted package (``expected`` PARSE, BAD-PAYLOAD,
+    BAD-HEADER), the reader refuses it."""
     if expected == "PARSE":
         with pytest.raises(HeaderError):  # nothing to read a payload with
             read_package_file(path)
@@ -944,7 +921,7 @@ def test_corpus_package_payload(file, expected):
         pkg, members, data, _ = _read_package_members(path)
     except PayloadError:
         # a damaged header may disagree with its payload; refusing is right
-        assert expected == "BAD-HEADER", file
+        assert expected == "BAD-HEADER", path
         return
     files = pkg.files
     seen = {m.index for m in members}
@@ -1003,14 +980,9 @@ def _our_view(pkg, members, data) -> dict[str, tuple]:
     return view
 
 
-OK_CORPUS = [c for c in CORPUS if c[1] == "OK"]
-
-
-@pytest.mark.parametrize("file", [c[0] for c in OK_CORPUS])
-def test_corpus_against_rpm2archive(file):
+def _check_against_rpm2archive(path: Path) -> None:
     """The same files and bytes as rpm's own archive reader (newc and stripped)."""
     require(shutil.which("rpm2archive") is not None, "rpm2archive is not installed")
-    path = _corpus_root() / file
     with open(path, "rb") as f:
         r = subprocess.run(["rpm2archive", "-n", "-"], stdin=f, capture_output=True, check=False)
     assert r.returncode == 0, r.stderr
@@ -1036,10 +1008,8 @@ def _rpm2cpio_names(path: Path) -> list[str] | None:
     return p2.stdout.decode("utf-8", "surrogateescape").splitlines()
 
 
-@pytest.mark.parametrize("file", [c[0] for c in OK_CORPUS])
-def test_corpus_member_names_as_rpm2cpio(file):
+def _check_member_names_as_rpm2cpio(path: Path) -> None:
     require(shutil.which("rpm2cpio") and shutil.which("cpio"), "rpm2cpio or cpio is not installed")
-    path = _corpus_root() / file
     names = _rpm2cpio_names(path)
     pkg, members, _, _ = _read_package_members(path)
     if names is None:
@@ -1051,10 +1021,75 @@ def test_corpus_member_names_as_rpm2cpio(file):
     assert [m.name for m in members] == names
 
 
-def test_corpus_stripped_format_is_covered():
+# The sample package of the corpus' selfbuilt/, built here (tests/corpus.py): every
+# file type and flag rpmbuild writes, in each compression and file-digest algorithm.
+
+@pytest.mark.parametrize("variant", SAMPLE_VARIANTS)
+def test_sample_package_payload(rpm_packages, variant):
+    """Every file's bytes match the header's digest, and rpm2archive and
+    ``rpm2cpio | cpio -t`` read the same members."""
+    path = build_sample(rpm_packages, variant, signed=False)
+    _check_payload(path, "OK")
+    _check_against_rpm2archive(path)
+    _check_member_names_as_rpm2cpio(path)
+
+
+def test_sample_packages_cover_every_compression(rpm_packages):
+    compressors = set()
+    for variant in SAMPLE_VARIANTS:
+        _, members, _, comp = _read_package_members(build_sample(rpm_packages, variant, signed=False))
+        compressors.add(comp)
+        assert all(m.name is not None for m in members)  # rpm 4.18 writes newc
+        groups = [m.hardlinks for m in members if m.hardlinks and m.has_content]
+        assert [len(g) for g in groups] == [3], variant
+    assert compressors == {"gzip", "bzip2", "xz", "lzma", "zstd", "none"}
+
+
+def test_uncompressed_payload_without_compressor_tag(rpm_packages):
+    """rpmbuild's w0.ufdio writes no PAYLOADCOMPRESSOR."""
+    path = build_sample(rpm_packages, "none", signed=False)
+    pkg = read_package_file(path)
+    assert pkg.header.string(Tag.PAYLOADCOMPRESSOR) is None
+    assert _read_package_members(path)[3] == "none"
+
+
+# The corpus: packages nobody here made (rpm 6's stripped format among them) and
+# the corrupted ones with the verdicts their test suites expect.
+
+def test_corpus_is_present(conformance):
+    assert len(CORPUS) >= 99, len(CORPUS)
+
+
+def test_corpus_covers_every_compression_and_both_cpio_formats(conformance):
+    compressors, formats, groups = set(), set(), 0
+    for file, expected in OK_CORPUS:
+        _, members, _, comp = _read_package_members(conformance / file)
+        compressors.add(comp)
+        formats |= {"stripped" if m.name is None else "newc" for m in members}
+        groups += sum(1 for m in members if m.hardlinks and m.has_content)
+    assert compressors == {"gzip", "bzip2", "xz", "lzma", "zstd", "none"}
+    assert formats == {"newc", "stripped"}
+    assert groups >= 5
+
+
+@pytest.mark.parametrize("file,expected", corpus_params(CORPUS, ids=lambda c: c[0], argnames=2))
+def test_corpus_package_payload(conformance, file, expected):
+    _check_payload(conformance / file, expected)
+
+
+@pytest.mark.parametrize("file", corpus_params([c[0] for c in OK_CORPUS], ids=str))
+def test_corpus_against_rpm2archive(conformance, file):
+    _check_against_rpm2archive(conformance / file)
+
+
+@pytest.mark.parametrize("file", corpus_params([c[0] for c in OK_CORPUS], ids=str))
+def test_corpus_member_names_as_rpm2cpio(conformance, file):
+    _check_member_names_as_rpm2cpio(conformance / file)
+
+
+def test_corpus_stripped_format_is_covered(conformance):
     """The corpus holds stripped payloads (rpm 6 packages), with hardlinks."""
-    root = _corpus_root()
-    path = root / "rpm-rs-assets/RPMS/v6/rpm-hardlinks-1.0-1.noarch.rpm"
+    path = conformance / "rpm-rs-assets/RPMS/v6/rpm-hardlinks-1.0-1.noarch.rpm"
     _, members, data, comp = _read_package_members(path)
     assert comp == "none" and all(m.name is None for m in members)
     by_path = {m.path.rsplit("/", 1)[1]: m for m in members}
@@ -1062,14 +1097,6 @@ def test_corpus_stripped_format_is_covered():
                                                             "beta-1", "beta-2"]
     assert [by_path[n].has_content for n in ("alpha-1", "alpha-2", "alpha-3")] == [False, False, True]
     assert data[by_path["alpha-3"].index] == b"shared-content-alpha\n"
-
-
-def test_corpus_uncompressed_payload_without_compressor_tag():
-    """rpmbuild's w0.ufdio writes no PAYLOADCOMPRESSOR (checked on the selfbuilt package)."""
-    path = _corpus_root() / "selfbuilt/unsigned/usrview-sample-1.0-1.none.x86_64.rpm"
-    pkg = read_package_file(path)
-    assert pkg.header.string(Tag.PAYLOADCOMPRESSOR) is None
-    assert _read_package_members(path)[3] == "none"
 
 
 @pytest.mark.parametrize("fmt", ["gzip", "bzip2", "xz", "lzma"])
