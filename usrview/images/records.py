@@ -7,6 +7,7 @@ Layout in the store (docs/images.md is the reference)::
     STORE/images/ID.lock    held with a shared flock() by every running view of image ID
     STORE/current           symlink -> images/ID.json
     STORE/previous          symlink -> images/ID.json
+    STORE/boot.json         each image's boot state: on trial, good, bad (usrview/images/bootstate.py)
 
 An image id is ``YYYYMMDD-HHMMSS-XXXXXXXX``: its UTC creation time and the first 8 hex
 digits of the SHA-256 of its sorted package ids (one per line).  Ids sort by creation
@@ -15,9 +16,10 @@ time to the second; within one second, by ``created`` (microseconds) -- the orde
 
 Every change happens under the store's exclusive lock (:meth:`Store.lock`); readers
 take no lock and see each change as one ``rename(2)``.  A deploy writes the image
-record, then points ``previous`` at the old current image, then ``current`` at the
-new one: an interruption leaves either the old state (perhaps with an unreferenced
-record, removed by ``gc``) or the new one.
+record, then puts the new image on trial (``boot.json``), then points ``previous`` at
+the old current image, then ``current`` at the new one: an interruption leaves either
+the old state (perhaps with an unreferenced record, removed by ``gc``) or the new one,
+and never a current image that boot counting does not know as on trial.
 
 The in-use protocol (for views, issue 4): a process serving image ID opens
 ``images/ID.lock`` (creating it, mode 0600), takes ``flock(LOCK_SH)`` and only then
@@ -43,6 +45,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from usrview.images import bootstate
+from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images.lint import Finding, has_errors, lint
 from usrview.images.vercmp import EVR, evrcmp, package_evr
@@ -337,7 +341,7 @@ class DeployResult:
 
 
 def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
-           now: datetime | None = None, progress=None) -> DeployResult:
+           now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES) -> DeployResult:
     """Record SOURCE's package set as an image and make it current.
 
     SOURCE is a directory of rpms and/or header-only rpms whose packages are
@@ -346,7 +350,8 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     imported (:func:`usrview.importer.import_packages`, which checks signatures;
     a refused package raises PackageRefused -- packages imported before it stay
     in the store, unreferenced, until ``gc``), the image is recorded, and
-    ``previous``/``current`` are switched.
+    ``previous``/``current`` are switched.  The new image is on trial for
+    ``tries`` boots (:mod:`usrview.images.bootstate`) before it becomes current.
     """
     from usrview.store.importer import (
         import_packages,  # the importer needs the payload machinery
@@ -412,6 +417,7 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
                           pkgids, unsigned_ids)
             _write_image(store, image)
             _test_kill("deploy-recorded")
+        _put_on_trial(store, image.id, tries)
         if old_current is not None and old_current != image.id:
             _point(store, PREVIOUS, old_current)
             _test_kill("deploy-previous")
@@ -436,6 +442,15 @@ def _point(store: Store, name: str, image_id: str) -> None:
         raise OperationalError(f"cannot switch {name} to {image_id}: {e.strerror or e}") from None
 
 
+def _put_on_trial(store: Store, image_id: str, tries: int) -> None:
+    """Before ``current`` names it: an image that is not known good boots on trial."""
+    state = bootstate.load(store)
+    entry = state.images.get(image_id)
+    if entry is None or entry.state != bootstate.GOOD:
+        state.put_on_trial(image_id, tries)
+        bootstate.save(store, state)
+
+
 def _check_packages(store: Store, image: Image) -> None:
     gone = [p for p in image.packages if not store.has(p)]
     if gone:
@@ -443,18 +458,20 @@ def _check_packages(store: Store, image: Image) -> None:
                                f"{', '.join(gone[:3])}{' …' if len(gone) > 3 else ''}")
 
 
-def rollback(store: Store) -> tuple[str, str]:
+def rollback(store: Store, *, tries: int = DEFAULT_TRIES) -> tuple[str, str]:
     """Swap ``current`` and ``previous``; return (new current, new previous).
 
-    ``current`` is switched first (the one atomic step that matters); an
-    interruption before ``previous`` follows leaves both pointing at the new
-    current image.
+    The previous image, unless it is good, is put on trial again (``tries``
+    boots) first: rolling back by hand is a request to boot it.  ``current`` is
+    switched next (the one atomic step that matters); an interruption before
+    ``previous`` follows leaves both pointing at the new current image.
     """
     with store.lock():
         cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
         if prev is None or prev == cur:
             raise OperationalError("no previous image to roll back to")
         _check_packages(store, load_image(store, prev))
+        _put_on_trial(store, prev, tries)
         _point(store, CURRENT, prev)
         _test_kill("rollback-current")
         if cur is not None:
@@ -584,14 +601,18 @@ class GcResult:
 
 
 def gc(store: Store, keep: int = DEFAULT_KEEP) -> GcResult:
-    """Delete image records beyond the newest ``keep`` (never current, previous or one
-    in use), then every stored package that no remaining image lists."""
+    """Delete image records beyond the newest ``keep`` (never current, previous, the
+    last good image, the image this boot serves, or one in use), then every stored
+    package that no remaining image lists, then the deleted images' boot states."""
     if keep < 0:
         raise OperationalError("--keep must be 0 or more")
     result = GcResult()
     with store.lock():
         images = list_images(store)
-        protected = {pointer(store, CURRENT), pointer(store, PREVIOUS)} - {None}
+        state = bootstate.load(store)
+        # The last good image is what the initrd falls back to: never delete it.
+        protected = {pointer(store, CURRENT), pointer(store, PREVIOUS), state.last_good,
+                     state.boot.image if state.boot else None} - {None}
         newest = {im.id for im in images[len(images) - keep:]} if keep else set()
         kept: list[Image] = []
         for image in images:
@@ -616,6 +637,9 @@ def gc(store: Store, keep: int = DEFAULT_KEEP) -> GcResult:
         _delete_packages(store, unused)
         result.deleted_packages = unused
         result.kept = [im.id for im in kept]
+        if set(state.images) - set(result.kept):
+            state.prune(set(result.kept))
+            bootstate.save(store, state)
     return result
 
 
@@ -658,10 +682,13 @@ def _remove_stale_locks(store: Store, live: set[str]) -> None:
 
 
 def status(store: Store) -> dict:
-    """The images, newest first, with the current/previous/in-use marks, as JSON-able data."""
+    """The images, newest first, with the current/previous/in-use marks and boot
+    states, as JSON-able data."""
     cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
+    state = bootstate.load(store)
     images = []
     for image in reversed(list_images(store)):
+        boot = state.of(image.id)
         images.append({
             "id": image.id,
             "created": image.created,
@@ -670,8 +697,14 @@ def status(store: Store) -> dict:
             "previous": image.id == prev,
             "in_use": image_in_use(store, image.id),
             "unsigned": [_nevra_of(p) for p in image.unsigned],
+            "boot": boot.state,
+            "tries": boot.tries,
         })
-    return {"store": str(store.root), "current": cur, "previous": prev, "images": images}
+    event = state.last_event
+    return {"store": str(store.root), "current": cur, "previous": prev, "images": images,
+            "last_good": state.last_good, "booted": state.boot.to_json() if state.boot else None,
+            "last_fallback": event.to_json() if event else None,
+            "boot_state_problem": state.problem or None}
 
 
 def _nevra_of(pkgid: str) -> str:

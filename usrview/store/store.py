@@ -8,6 +8,7 @@ Layout (docs/store-format.md is the reference; this module checks it)::
     STORE/headers/PKGID.rpm  the package's header-only rpm, byte-exact
     STORE/unsigned/PKGID     present when the package was imported unsigned
     STORE/images/, current, previous   the image layer's (usrview/images/records.py)
+    STORE/boot.json          the images' boot states and fallback events (usrview/images/bootstate.py)
     STORE/tmp/               work in progress; leftovers are removed under the lock
 
 A package exists exactly when its header file exists: the header is written
@@ -53,6 +54,8 @@ PACKAGES_DIR = "packages"
 HEADERS_DIR = "headers"
 UNSIGNED_DIR = "unsigned"
 IMAGES_DIR = "images"
+#: The images' boot states (usrview/images/bootstate.py), replaced whole by atomic_write.
+BOOT_STATE_FILE = "boot.json"
 TMP_DIR = "tmp"
 HEADER_SUFFIX = ".rpm"
 #: Directories made by ``Store.open(create=True)``, besides the root.
@@ -292,6 +295,10 @@ class Store:
         return removed
 
     # -- packages ------------------------------------------------------------
+
+    @property
+    def boot_state_path(self) -> Path:
+        return self.root / BOOT_STATE_FILE
 
     def package_dir(self, pkgid: str) -> Path:
         return self.root / PACKAGES_DIR / pkgid
