@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from usrview import images
-from usrview.images import bootstate
 from usrview.cli._common import (
     Progress,
     add_store_option,
@@ -15,6 +14,7 @@ from usrview.cli._common import (
     trusted_keys,
 )
 from usrview.errors import EXIT_OK
+from usrview.images import bootstate
 
 HELP = "record a directory of rpms as an image and make it current"
 DESCRIPTION = """\

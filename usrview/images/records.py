@@ -728,6 +728,7 @@ __all__ = [
     "diff_packages",
     "gc",
     "hold_image",
+    "image_ids",
     "image_in_use",
     "image_path",
     "list_images",
