@@ -14,7 +14,9 @@ The rules (docs/images.md has the reasoning):
   symlink target or file capabilities -- as rpm's file conflict check, which also
   refuses two directories that differ in mode or owner (checked against rpm 4.18).
   Directories that agree merge; ``%ghost`` entries never conflict (they have no
-  bytes and are not shown); the permission bits of two symlinks are not compared.
+  bytes and are not shown), except ``%ghost`` symlinks with a target under
+  ``/usr``, which the view shows (the ``alternatives`` names): those are
+  compared as symlinks; the permission bits of two symlinks are not compared.
 - ``not-a-directory`` (error): a package ships a path beneath one that another
   package (or the same one) ships as something other than a directory.
 - ``duplicate-name`` (error): two versions (EVRs) of one package name, or two
@@ -167,8 +169,8 @@ def lint(packages: Iterable[Package]) -> list[Finding]:
             continue
         outside: list[str] = []
         for entry in pkg.files:
-            if entry.is_ghost:
-                continue
+            if entry.is_ghost and not (entry.is_ghost_symlink and is_under_usr(entry.path)):
+                continue  # no bytes, not in the view (a ghost symlink under /usr is)
             if not is_under_usr(entry.path):
                 outside.append(entry.path)
                 continue

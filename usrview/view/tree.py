@@ -6,7 +6,11 @@ headers, their store directories and their header files) and composes the
 every attribute comes from the headers (``docs/view.md`` lists the rules).
 
 - Only paths under ``/usr`` appear, with ``/usr`` stripped: the tree's root *is*
-  ``/usr``.  ``%ghost`` files and files elsewhere are left out.
+  ``/usr``.  Files elsewhere are left out, and so are ``%ghost`` entries, except
+  a ``%ghost`` symlink whose header gives its target (the names ``alternatives``
+  manages: ``bin/ld -> /etc/alternatives/ld``; the administrator's choice lives
+  in /etc, the link's target is signed).  A ``%ghost`` regular file has no bytes
+  and stays out.
 - A path shipped by several packages must be identical (type, mode, owner,
   group, digest, size, link target, device number, capabilities) or
   :class:`TreeConflict` names both packages.  Directories merge (the first
@@ -492,7 +496,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
                 if path == USR and not int(entry.flags) & _GHOST:
                     _add_usr(root, entry, pkg_index, packages, make_node)
                 continue
-            if int(entry.flags) & _GHOST:
+            if int(entry.flags) & _GHOST and not entry.is_ghost_symlink:
                 continue
             rel = path[len(prefix):].rstrip("/")
             if not rel:  # "/usr/": /usr itself
