@@ -24,6 +24,9 @@ import sys
 #: MESSAGE_ID of integrity-violation records, the view's and the monitor's alike
 #: (journald style, a fixed uuid): one journal query finds both.
 INTEGRITY_MESSAGE_ID = "4b1f6c2e9a7d4f0e8c35d2a1b7e9f604"
+#: MESSAGE_ID of a boot fallback: the initrd served another image than the one
+#: asked for (usrview.verify.monitor.report_boot_events).
+BOOT_FALLBACK_MESSAGE_ID = "8529cb511b004c09b6542c3d724c4b99"
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 #: Overrides JOURNAL_SOCKET (tests).
