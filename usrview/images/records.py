@@ -32,6 +32,7 @@ before gc tries (gc keeps the image and its packages) or finds the record gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -45,9 +46,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from usrview.images import bootstate
 from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
+from usrview.images import bootstate
 from usrview.images.lint import Finding, has_errors, lint
 from usrview.images.vercmp import EVR, evrcmp, package_evr
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
@@ -234,10 +235,17 @@ def image_in_use(store: Store, image_id: str) -> bool:
 def hold_image(store: Store, image_id: str) -> Iterator[Image]:
     """Mark image ``image_id`` in use while the block runs (what a view does while it
     serves the image): gc keeps it and its packages.  OperationalError when the image
-    does not exist (or was just deleted)."""
+    does not exist (or was just deleted).  On a read-only file system (the root
+    as the initrd may mount it) an existing lock file is opened read-only: flock
+    needs no write access, and deploy makes the lock file with the record."""
     path = lock_path(store, image_id)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
         raise OperationalError(f"cannot open {path}: {e.strerror or e}") from None
     try:
@@ -417,6 +425,7 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
                           pkgids, unsigned_ids)
             _write_image(store, image)
             _test_kill("deploy-recorded")
+        _make_lock_file(store, image.id)
         _put_on_trial(store, image.id, tries)
         if old_current is not None and old_current != image.id:
             _point(store, PREVIOUS, old_current)
@@ -440,6 +449,16 @@ def _point(store: Store, name: str, image_id: str) -> None:
         Store.atomic_symlink(_link_target(image_id), store.root / name, tmp_dir=store.root / TMP_DIR)
     except OSError as e:
         raise OperationalError(f"cannot switch {name} to {image_id}: {e.strerror or e}") from None
+
+
+def _make_lock_file(store: Store, image_id: str) -> None:
+    """The image's in-use lock file, made with its record: a view started from a
+    read-only root can then still hold it (:func:`hold_image`)."""
+    try:
+        os.close(os.open(lock_path(store, image_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600))
+    except OSError as e:
+        raise OperationalError(f"cannot make {lock_path(store, image_id)}: {e.strerror or e}") from None
 
 
 def _put_on_trial(store: Store, image_id: str, tries: int) -> None:
