@@ -18,7 +18,8 @@ import pytest
 from tests.btrfs_fixture import store_dir  # noqa: F401 - a fixture
 from tests.rpmbuild import FileSpec
 from usrview import images
-from usrview.images.records import _Info, diff_packages, make_image_id
+from usrview.images.diff import _Info, diff_packages
+from usrview.images.records import make_image_id
 from usrview.images.vercmp import EVR
 from usrview.store import Store, pkgid_for
 from verifier.header import read_package_file

@@ -187,6 +187,20 @@ def test_io_limit_throttles(world, tmp_path):
     assert size > 0
 
 
+def test_io_limit_reaches_every_read_of_a_run(world, monkeypatch):
+    """A run with an I/O limit takes every byte it hashes from its bucket (one
+    process: what the bucket sees stays in this one)."""
+    taken = []
+    monkeypatch.setattr(verify.TokenBucket, "take", lambda self, n: taken.append((self.rate, n)))
+    report = world.verify(full=True, jobs=1, io_limit=123e6)
+    assert report.findings == [] and report.stats.hashed_bytes > 0
+    assert {rate for rate, _n in taken} == {123e6}
+    assert sum(n for _rate, n in taken) == report.stats.hashed_bytes
+    taken.clear()
+    assert world.verify(full=True, jobs=1).findings == []
+    assert taken == []
+
+
 def test_monitor_cli_once(world, sink, tmp_path):
     path, records = sink
     metrics = tmp_path / "m.prom"

@@ -32,13 +32,11 @@ from hypothesis import strategies as st
 
 from tests.corpus import corpus_dir, require
 from tests.hdrbuild import build_header, build_package
+from usrview.store.decompress import CHUNK_SIZE, PayloadError, detect_format
 from usrview.store.payload import (
-    CHUNK_SIZE,
     MAX_NAME_SIZE,
     MAX_TRAILER_PADDING,
     DigestCheck,
-    PayloadError,
-    detect_format,
     hardlink_groups,
     open_payload,
     read_payload,
@@ -1080,7 +1078,7 @@ def test_corpus_uncompressed_payload_without_compressor_tag():
 def test_stdlib_stream_small_reads(fmt, n):
     """Reads smaller than what the decoder holds: nothing is lost at the end of the
     input (zlib may keep output back after consuming its last input byte)."""
-    from usrview.store.payload import _Input, _StdlibStream
+    from usrview.store.decompress import _Input, _StdlibStream
 
     data = b"\0" * 5000 + _bigdata(3000) + b"x" * 5000
     stream = _StdlibStream(_Input(io.BytesIO(b""), compress(fmt, data)), fmt)
@@ -1093,7 +1091,7 @@ def test_stdlib_stream_small_reads(fmt, n):
 
 def test_zstd_stream_block_sized_output():
     """zstd hands out at most one block (128 KiB) per read, whatever it is asked."""
-    from usrview.store.payload import _Input, _ZstdStream
+    from usrview.store.decompress import _Input, _ZstdStream
 
     data = b"\0" * (3 << 20)  # RLE blocks: 4 input bytes each for 128 KiB out
     stream = _ZstdStream(_Input(io.BytesIO(b""), compress("zstd", data)))

@@ -128,7 +128,7 @@ def test_cache_is_used(world):
     incremental run -- proof that the cache is what spares the hashing -- and ignored by
     --full, which then rewrites the cache."""
     world.verify()
-    path = vcache.cache_path(world.store.root)
+    path = vcache.cache_path(world.store)
     rows = vcache.load(path)
     assert rows
     st = (world.pkgdir("tool") / DATA).stat()
@@ -148,7 +148,7 @@ def test_cache_is_used(world):
 
 def test_unreadable_cache_is_ignored(world):
     world.verify()
-    path = vcache.cache_path(world.store.root)
+    path = vcache.cache_path(world.store)
     for suffix in ("-wal", "-shm"):
         if os.path.exists(f"{path}{suffix}"):
             os.unlink(f"{path}{suffix}")
@@ -200,7 +200,7 @@ def test_package_cache_is_used_and_full_ignores_it(bworld):
     _writable(d, False)
     line = ".M.......    /usr/share/tool/data"
     assert [f.line for f in bworld.verify().findings] == [line]
-    path = vcache.cache_path(bworld.store.root)
+    path = vcache.cache_path(bworld.store)
     rows = vcache.load_packages(path)
     (pkgid, (key, checked, outcome)), = rows.items()
     import json

@@ -25,7 +25,8 @@ from tests.viewstore import deploy_store
 from usrview import images, verify
 from usrview.cli._common import load_keyring
 from usrview.errors import OperationalError
-from usrview.verify import runner
+from usrview.verify import check, unowned, workers
+from verifier.fileio import HASH_CHUNK, hash_fd
 from verifier.header import read_package_file
 
 MAIN_FILES = [
@@ -402,10 +403,10 @@ def test_unowned_on_btrfs_equals_a_full_listing(bworld):
                 lstats[e.path] = os.stat(e.path.lstrip("/"), dir_fd=fd, follow_symlinks=False)
             except OSError:
                 lstats[e.path] = None
-        listed = runner._unowned(fd, pkg.files, lstats, btrfs=False)
-        assert runner._unowned(fd, pkg.files, lstats, btrfs=True) == listed == [
+        listed = unowned.unowned_paths(fd, pkg.files, lstats, btrfs=False)
+        assert unowned.unowned_paths(fd, pkg.files, lstats, btrfs=True) == listed == [
             "/usr/share/evil", "/usr/share/tool/smal", "/usr/share/tool/x"]
-        assert runner._unowned(fd, pkg.files, {}, btrfs=True) == listed   # lstat done there
+        assert unowned.unowned_paths(fd, pkg.files, {}, btrfs=True) == listed   # lstat done there
     finally:
         os.close(fd)
 
@@ -423,12 +424,12 @@ def test_cold_files_are_read_ahead(world, monkeypatch):
     files; the results are those of a warm run."""
     started = []
 
-    class Recorder(runner._Prefetcher):
+    class Recorder(check.Prefetcher):
         def start(self):
             started.append(list(self.relpaths))
             super().start()
 
-    monkeypatch.setattr(runner, "_Prefetcher", Recorder)
+    monkeypatch.setattr(check, "Prefetcher", Recorder)
     _bytes(world.pkgdir("tool"))
     warm = [f.line for f in world.verify(full=True, jobs=1).findings]
     assert started == []
@@ -447,7 +448,7 @@ def test_prefetcher_opens_only_regular_files(tmp_path):
     (tmp_path / "link").symlink_to("f")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        p = runner._Prefetcher(fd, ["fifo", "link", "f", "nosuch"])
+        p = check.Prefetcher(fd, ["fifo", "link", "f", "nosuch"])
         p.start()
         p.join(10)
         assert not p.is_alive()
@@ -457,42 +458,42 @@ def test_prefetcher_opens_only_regular_files(tmp_path):
 
 def test_hash_fd_reads_to_the_end_whatever_size_it_is_told(tmp_path):
     import hashlib
-    data = os.urandom(3 * runner.HASH_CHUNK + 5)
+    data = os.urandom(3 * HASH_CHUNK + 5)
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        for size in (None, len(data), 10, len(data) + 10, runner.HASH_CHUNK):
-            assert runner.hash_fd(fd, "sha256", size=size) == (hashlib.sha256(data).hexdigest(), len(data))
+        for size in (None, len(data), 10, len(data) + 10, HASH_CHUNK):
+            assert hash_fd(fd, "sha256", size=size) == (hashlib.sha256(data).hexdigest(), len(data))
         cold = []
         os.fsync(fd)   # clean pages, which DONTNEED drops
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        assert runner.hash_fd(fd, "sha256", on_cold=lambda: cold.append(1))[0] == hashlib.sha256(data).hexdigest()
+        assert hash_fd(fd, "sha256", on_cold=lambda: cold.append(1))[0] == hashlib.sha256(data).hexdigest()
         assert cold == [1]
     finally:
         os.close(fd)
 
 
 def test_split_balances_by_size():
-    bins = runner._split([(100, "a"), (60, "b"), (50, "c"), (10, "d"), (0, "e")], 2)
+    bins = workers.split_by_size([(100, "a"), (60, "b"), (50, "c"), (10, "d"), (0, "e")], 2)
     assert bins == [["a", "d", "e"], ["b", "c"]]   # 110 bytes each
-    assert runner._split([(1, "x")], 3) == [["x"], [], []]
+    assert workers.split_by_size([(1, "x")], 3) == [["x"], [], []]
 
 
 def test_worker_errors_are_raised_not_hung(world, monkeypatch):
-    real = runner._check_package
+    real = check.check_package
 
-    def failing(pkgid, unsigned):
+    def failing(ctx, pkgid, unsigned):
         if pkgid.startswith("other"):
             raise ValueError("boom")
-        return real(pkgid, unsigned)
+        return real(ctx, pkgid, unsigned)
 
-    monkeypatch.setattr(runner, "_check_package", failing)
+    monkeypatch.setattr(check, "check_package", failing)
     with pytest.raises(RuntimeError, match="ValueError: boom"):
         world.verify(jobs=2, full=True)
 
-    def dying(pkgid, unsigned):
+    def dying(ctx, pkgid, unsigned):
         os._exit(3)
 
-    monkeypatch.setattr(runner, "_check_package", dying)
+    monkeypatch.setattr(check, "check_package", dying)
     with pytest.raises(OperationalError, match="died"):
         world.verify(jobs=2, full=True)

@@ -23,6 +23,11 @@ def add_keys_option(p) -> None:
     p.add_argument("--keys", action="append", type=Path, metavar="PATH", help=KEYS_HELP)
 
 
+def add_allow_unsigned_option(p) -> None:
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="accept packages without a header signature (recorded as unsigned)")
+
+
 def open_store(args, cfg, *, create: bool = False) -> Store:
     return Store.open(args.store or cfg.store, create=create)
 

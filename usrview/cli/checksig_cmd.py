@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from usrview.cli._common import trusted_keys
+from usrview.cli._common import add_keys_option, trusted_keys
 from usrview.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 from verifier import sigcheck
 
@@ -21,9 +21,7 @@ when a file cannot be read."""
 
 def register(sub, common) -> None:
     p = sub.add_parser("checksig", parents=[common], help=HELP, description=DESCRIPTION)
-    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
-                   help="trusted certificates: a file or a directory (repeatable; "
-                        "default from the configuration, else /etc/pki/rpm-gpg)")
+    add_keys_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object per package, per line")
     p.add_argument("packages", nargs="+", type=Path, metavar="PKG")
     p.set_defaults(func=run)

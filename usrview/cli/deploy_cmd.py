@@ -8,6 +8,8 @@ from pathlib import Path
 from usrview import images
 from usrview.cli._common import (
     Progress,
+    add_allow_unsigned_option,
+    add_keys_option,
     add_store_option,
     open_store,
     print_findings,
@@ -35,11 +37,8 @@ import), 2 usage and operational errors."""
 def register(sub, common) -> None:
     p = sub.add_parser("deploy", parents=[common], help=HELP, description=DESCRIPTION)
     add_store_option(p)
-    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
-                   help="trusted certificates: a file or a directory (repeatable; "
-                        "default from the configuration, else /etc/pki/rpm-gpg)")
-    p.add_argument("--allow-unsigned", action="store_true",
-                   help="accept packages without a header signature (recorded as unsigned)")
+    add_keys_option(p)
+    add_allow_unsigned_option(p)
     p.add_argument("source", type=Path, metavar="SOURCE")
     p.set_defaults(func=run)
 

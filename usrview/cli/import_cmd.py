@@ -5,7 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from usrview.cli._common import Progress, add_store_option, open_store, trusted_keys
+from usrview.cli._common import (
+    Progress,
+    add_allow_unsigned_option,
+    add_keys_option,
+    add_store_option,
+    open_store,
+    trusted_keys,
+)
 from usrview.errors import EXIT_OK, UsrviewError
 
 HELP = "add rpm packages to the store"
@@ -24,11 +31,8 @@ usage and operational errors (unreadable file, store problem, disk full)."""
 def register(sub, common) -> None:
     p = sub.add_parser("import", parents=[common], help=HELP, description=DESCRIPTION)
     add_store_option(p)
-    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
-                   help="trusted certificates: a file or a directory (repeatable; "
-                        "default from the configuration, else /etc/pki/rpm-gpg)")
-    p.add_argument("--allow-unsigned", action="store_true",
-                   help="accept packages without a header signature (recorded as unsigned)")
+    add_keys_option(p)
+    add_allow_unsigned_option(p)
     p.add_argument("packages", nargs="+", type=Path, metavar="PKG.rpm")
     p.set_defaults(func=run)
 

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from usrview import images
-from usrview.cli._common import add_store_option, load_keyring, open_store
+from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store
 from usrview.errors import EXIT_OK, OperationalError
 from usrview.view.loader import build_view, release_free_memory
 
@@ -46,8 +46,7 @@ def register(sub, common) -> None:
     add_store_option(p)
     p.add_argument("--image", metavar="ID", help="the image to serve: an id, a unique prefix, "
                    "'current' (the default) or 'previous'")
-    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
-                   help="trusted certificates: a file or a directory (repeatable)")
+    add_keys_option(p)
     p.add_argument("--verify", choices=VERIFY_MODES, default=VERIFY_MODES[0],
                    help="check file digests on open (default enforce)")
     p.add_argument("--foreground", action="store_true",

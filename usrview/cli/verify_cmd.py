@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from usrview import images, verify
-from usrview.cli._common import add_store_option, open_store, trusted_keys
+from usrview.cli._common import add_keys_option, add_store_option, open_store, trusted_keys
 from usrview.errors import UsageError
 
 HELP = "check the image's files and headers against the signed headers (rpm -V lines)"
@@ -27,8 +26,7 @@ def register(sub, common) -> None:
     add_store_option(p)
     p.add_argument("--image", default=images.CURRENT, metavar="ID",
                    help="the image to check: current (default), previous, an id or a prefix of one")
-    p.add_argument("--keys", action="append", type=Path, metavar="PATH",
-                   help="trusted certificates: a file or a directory (repeatable)")
+    add_keys_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object per finding, then a summary object")
     p.add_argument("--jobs", type=int, metavar="N", default=None,
                    help=f"worker processes (default: the number of CPUs, {os.cpu_count()})")

@@ -9,6 +9,7 @@ Layout (docs/store-format.md is the reference; this module checks it)::
     STORE/unsigned/PKGID     present when the package was imported unsigned
     STORE/images/, current, previous   the image layer's (usrview/images/records.py)
     STORE/boot.json          the images' boot states and fallback events (usrview/images/bootstate.py)
+    STORE/cache/             hints, rebuilt when lost: verify.sqlite (usrview/verify/vcache.py)
     STORE/tmp/               work in progress; leftovers are removed under the lock
 
 A package exists exactly when its header file exists: the header is written
@@ -30,7 +31,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -57,6 +58,8 @@ IMAGES_DIR = "images"
 #: The images' boot states (usrview/images/bootstate.py), replaced whole by atomic_write.
 BOOT_STATE_FILE = "boot.json"
 TMP_DIR = "tmp"
+#: Made by the first cache written, not by ``Store.open``: a store without it is whole.
+CACHE_DIR = "cache"
 HEADER_SUFFIX = ".rpm"
 #: Directories made by ``Store.open(create=True)``, besides the root.
 LAYOUT_DIRS = (PACKAGES_DIR, HEADERS_DIR, UNSIGNED_DIR, IMAGES_DIR, TMP_DIR)
@@ -322,10 +325,59 @@ class Store:
         return sorted(n[:-len(HEADER_SUFFIX)] for n in names
                       if n.endswith(HEADER_SUFFIX) and _valid_pkgid(n))
 
+    def stored(self, pkgids: Iterable[str]) -> list[str]:
+        """The ``pkgids`` that are stored (as :meth:`has` says), in their order, with one
+        read of ``headers/``; none when it cannot be read."""
+        try:
+            with os.scandir(self.root / HEADERS_DIR) as it:
+                names = {de.name[:-len(HEADER_SUFFIX)] for de in it
+                         if de.name.endswith(HEADER_SUFFIX) and not de.name.startswith(".") and de.is_file()}
+        except OSError:
+            names = set()
+        return [p for p in pkgids if p in names]
+
+    def unsigned_pkgids(self) -> set[str]:
+        """Ids of the packages imported unsigned (their ``unsigned/`` markers); OSError
+        when they cannot be listed."""
+        return set(os.listdir(self.root / UNSIGNED_DIR))
+
     def packages(self) -> list[StoredPackage]:
         """Every stored package, sorted by id; headers are parsed only when asked."""
-        unsigned = set(os.listdir(self.root / UNSIGNED_DIR))
+        unsigned = self.unsigned_pkgids()
         return [StoredPackage(p, self, p in unsigned) for p in self.pkgids()]
+
+    def header_stats(self, pkgids: Iterable[str]) -> dict[str, os.stat_result]:
+        """pkgid -> the lstat of its header file, for the ``pkgids`` whose header file
+        could be looked at, from one open of ``headers/`` (for keys that change with
+        the header file: device, inode, size, mtime, ctime)."""
+        out: dict[str, os.stat_result] = {}
+        try:
+            hfd = self._dir_fd(HEADERS_DIR)
+        except OSError:
+            return out
+        try:
+            for p in pkgids:
+                try:
+                    out[p] = os.stat(p + HEADER_SUFFIX, dir_fd=hfd, follow_symlinks=False)
+                except OSError:
+                    continue
+        finally:
+            os.close(hfd)
+        return out
+
+    def cache_path(self, name: str) -> Path:
+        """The cache file ``name`` (its directory, ``cache/``, may not exist yet)."""
+        return self.root / CACHE_DIR / name
+
+    def open_package_dir(self, pkgid: str) -> int:
+        """An fd of the package's directory (``O_DIRECTORY|O_NOFOLLOW``), to open its
+        files beneath; the caller closes it.  Raises OSError."""
+        return os.open(self.package_dir(pkgid), _DIR_FLAGS)
+
+    def open_packages_dir(self) -> int:
+        """An fd of the directory holding every package's directory (for syncfs and
+        btrfs's subvolume searches); the caller closes it.  Raises OSError."""
+        return self._dir_fd(PACKAGES_DIR)
 
     def get(self, pkgid: str) -> StoredPackage:
         """The stored package ``pkgid``; StoreError when absent."""

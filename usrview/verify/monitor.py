@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,22 +59,8 @@ class MonitorState:
     def save(self, path: Path | None) -> None:
         if path:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write_text(path, json.dumps({"last_full": self.last_full,
-                                                "last_success": self.last_success}) + "\n")
-
-
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``path`` so readers see the old or the new content, never a part
-    (node_exporter reads the textfile at any moment)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+            Store.atomic_write(path, (json.dumps({"last_full": self.last_full,
+                                                  "last_success": self.last_success}) + "\n").encode())
 
 
 def _escape(value: str) -> str:
@@ -164,9 +149,10 @@ class Monitor:
             state.last_full = started
         state.save(self._state_path())
         if self.metrics_file:
-            atomic_write_text(Path(self.metrics_file),
-                              metrics_text(report, full=full, started=started, duration=duration,
-                                           state=state, status=status))
+            # readers see the old or the new file, never a part: node_exporter reads it at any moment
+            Store.atomic_write(Path(self.metrics_file),
+                               metrics_text(report, full=full, started=started, duration=duration,
+                                            state=state, status=status).encode())
         if self.report_dir:
             self.write_report(report, full=full, started=started, duration=duration, status=status,
                               errors=errors)
@@ -190,7 +176,7 @@ class Monitor:
         body = {"started": started, "duration": duration, "full": full, "status": status, "errors": errors,
                 "summary": report.summary() if report else None,
                 "findings": [f.to_json() for f in report.findings] if report else []}
-        atomic_write_text(d / name, json.dumps(body, indent=1) + "\n", mode=0o600)
+        Store.atomic_write(d / name, (json.dumps(body, indent=1) + "\n").encode(), mode=0o600)
         reports = sorted(p for p in d.iterdir() if p.name.startswith(REPORT_PREFIX) and p.suffix == ".json")
         for old in reports[:-self.keep_reports] if self.keep_reports > 0 else []:
             old.unlink()

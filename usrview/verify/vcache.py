@@ -47,9 +47,10 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from usrview.store.store import Store
+
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "cache"
 CACHE_FILE = "verify.sqlite"
 #: Bumped whenever the meaning of a row changes; other versions are discarded.
 SCHEMA_VERSION = 3
@@ -68,8 +69,8 @@ def identity(st: os.stat_result, algo: int) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, algo)
 
 
-def cache_path(store_root: str | os.PathLike) -> Path:
-    return Path(store_root) / CACHE_DIR / CACHE_FILE
+def cache_path(store: Store) -> Path:
+    return store.cache_path(CACHE_FILE)
 
 
 def pack_digests(rows: Iterable[tuple[Identity, str]]) -> bytes:
