@@ -48,7 +48,7 @@ MAX_EVENTS = 16
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 __all__ = ["BAD", "DEFAULT_TRIES", "GOOD", "STATES", "TRIAL", "BootRecord", "BootState", "Event",
-           "ImageBoot", "boot_id", "load", "now", "save"]
+           "ImageBoot", "boot_id", "load", "now", "save", "try_image"]
 
 
 def now() -> str:
@@ -187,6 +187,13 @@ class BootState:
         if self.last_good not in existing:
             self.last_good = None
 
+    def status_json(self) -> dict:
+        """What ``usrview status --json`` adds at its top level."""
+        event = self.last_event
+        return {"last_good": self.last_good, "booted": self.boot.to_json() if self.boot else None,
+                "last_fallback": event.to_json() if event else None,
+                "boot_state_problem": self.problem or None}
+
     @property
     def last_event(self) -> Event | None:
         return self.events[-1] if self.events else None
@@ -234,6 +241,16 @@ def load(store: Store) -> BootState:
         return BootState.from_json(json.loads(data))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         return BootState(problem=f"{path} is corrupt ({e}); every image counts as good")
+
+
+def try_image(store: Store, image_id: str, tries: int = DEFAULT_TRIES) -> None:
+    """Put ``image_id`` on trial unless the file knows it good (deploy and rollback,
+    under the store lock, before ``current`` names it)."""
+    state = load(store)
+    entry = state.images.get(image_id)
+    if entry is None or entry.state != GOOD:
+        state.put_on_trial(image_id, tries)
+        save(store, state)
 
 
 def save(store: Store, state: BootState) -> None:

@@ -425,7 +425,7 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
             _write_image(store, image)
             _test_kill("deploy-recorded")
         _make_lock_file(store, image.id)
-        _put_on_trial(store, image.id, tries)
+        bootstate.try_image(store, image.id, tries)
         if old_current is not None and old_current != image.id:
             _point(store, PREVIOUS, old_current)
             _test_kill("deploy-previous")
@@ -460,15 +460,6 @@ def _make_lock_file(store: Store, image_id: str) -> None:
         raise OperationalError(f"cannot make {lock_path(store, image_id)}: {e.strerror or e}") from None
 
 
-def _put_on_trial(store: Store, image_id: str, tries: int) -> None:
-    """Before ``current`` names it: an image that is not known good boots on trial."""
-    state = bootstate.load(store)
-    entry = state.images.get(image_id)
-    if entry is None or entry.state != bootstate.GOOD:
-        state.put_on_trial(image_id, tries)
-        bootstate.save(store, state)
-
-
 def _check_packages(store: Store, image: Image) -> None:
     gone = [p for p in image.packages if not store.has(p)]
     if gone:
@@ -489,7 +480,7 @@ def rollback(store: Store, *, tries: int = DEFAULT_TRIES) -> tuple[str, str]:
         if prev is None or prev == cur:
             raise OperationalError("no previous image to roll back to")
         _check_packages(store, load_image(store, prev))
-        _put_on_trial(store, prev, tries)
+        bootstate.try_image(store, prev, tries)
         _point(store, CURRENT, prev)
         _test_kill("rollback-current")
         if cur is not None:
@@ -614,11 +605,8 @@ def status(store: Store) -> dict:
             "boot": boot.state,
             "tries": boot.tries,
         })
-    event = state.last_event
     return {"store": str(store.root), "current": cur, "previous": prev, "images": images,
-            "last_good": state.last_good, "booted": state.boot.to_json() if state.boot else None,
-            "last_fallback": event.to_json() if event else None,
-            "boot_state_problem": state.problem or None}
+            **state.status_json()}
 
 
 def _nevra_of(pkgid: str) -> str:

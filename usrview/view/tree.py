@@ -6,11 +6,8 @@ headers, their store directories and their header files) and composes the
 every attribute comes from the headers (``docs/view.md`` lists the rules).
 
 - Only paths under ``/usr`` appear, with ``/usr`` stripped: the tree's root *is*
-  ``/usr``.  Files elsewhere are left out, and so are ``%ghost`` entries, except
-  a ``%ghost`` symlink whose header gives its target (the names ``alternatives``
-  manages: ``bin/ld -> /etc/alternatives/ld``; the administrator's choice lives
-  in /etc, the link's target is signed).  A ``%ghost`` regular file has no bytes
-  and stays out.
+  ``/usr``.  Files elsewhere and ``%ghost`` entries are left out, but a ``%ghost``
+  symlink with a target (an ``alternatives`` name, docs/images.md) is shown.
 - A path shipped by several packages must be identical (type, mode, owner,
   group, digest, size, link target, device number, capabilities) or
   :class:`TreeConflict` names both packages.  Directories merge (the first
