@@ -4,6 +4,8 @@ Recognised keys (all optional)::
 
     keys = ["/etc/pki/rpm-gpg"]     # trusted OpenPGP certificates: files or directories
     store = "/var/lib/usrview"      # the store (used by later commands)
+    tries = 3                       # boots a newly deployed image gets to reach boot-complete
+                                    # before the initrd falls back to the last good image
 """
 
 from __future__ import annotations
@@ -18,16 +20,22 @@ from usrview.errors import UsageError
 DEFAULT_CONFIG = Path("/etc/usrview/usrview.toml")
 DEFAULT_KEYS = (Path("/etc/pki/rpm-gpg"),)
 DEFAULT_STORE = Path("/var/lib/usrview")
+#: Boots a newly deployed image is on trial for (docs/images.md, "Boot states").
+DEFAULT_TRIES = 3
+#: The most tries the setting accepts (a counter, not a duration).
+MAX_TRIES = 100
 #: Setting this variable to a path reads that file instead of DEFAULT_CONFIG.
 CONFIG_ENV = "USRVIEW_CONFIG"
 
 
 @dataclass(frozen=True)
 class Config:
-    """Attributes: keys (trusted certificate paths), store (the store's path)."""
+    """Attributes: keys (trusted certificate paths), store (the store's path),
+    tries (boots a newly deployed image is on trial for)."""
 
     keys: tuple[Path, ...] = DEFAULT_KEYS
     store: Path = DEFAULT_STORE
+    tries: int = DEFAULT_TRIES
     source: Path | None = field(default=None, compare=False)
 
 
@@ -44,7 +52,7 @@ def load(path: Path | None = None) -> Config:
         return Config()
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"cannot read configuration {path}: {e}") from None
-    unknown = set(data) - {"keys", "store"}
+    unknown = set(data) - {"keys", "store", "tries"}
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
     keys = data.get("keys", [str(p) for p in DEFAULT_KEYS])
@@ -55,4 +63,7 @@ def load(path: Path | None = None) -> Config:
     store = data.get("store", str(DEFAULT_STORE))
     if not isinstance(store, str):
         raise UsageError(f"{path}: 'store' must be a path")
-    return Config(keys=tuple(Path(k) for k in keys), store=Path(store), source=path)
+    tries = data.get("tries", DEFAULT_TRIES)
+    if type(tries) is not int or not 1 <= tries <= MAX_TRIES:
+        raise UsageError(f"{path}: 'tries' must be a whole number from 1 to {MAX_TRIES}")
+    return Config(keys=tuple(Path(k) for k in keys), store=Path(store), tries=tries, source=path)

@@ -24,6 +24,9 @@ import sys
 #: MESSAGE_ID of integrity-violation records, the view's and the monitor's alike
 #: (journald style, a fixed uuid): one journal query finds both.
 INTEGRITY_MESSAGE_ID = "4b1f6c2e9a7d4f0e8c35d2a1b7e9f604"
+#: MESSAGE_ID of a boot fallback: the initrd served another image than the one
+#: asked for (usrview.verify.monitor.report_boot_events).
+BOOT_FALLBACK_MESSAGE_ID = "8529cb511b004c09b6542c3d724c4b99"
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 #: Overrides JOURNAL_SOCKET (tests).
@@ -68,12 +71,31 @@ class Journal:
         self.use_journal = under_systemd() if use_journal is None else use_journal
         self.stream = stream if stream is not None else sys.stderr
         self._sock: socket.socket | None = None
+        self._connected = False
+
+    def connect(self) -> None:
+        """Connect to the journal now: later records reach it even when its socket's
+        path no longer resolves from this process's root (a daemon started in the
+        initrd, after switch-root).  Without a journal, records go on as before."""
+        if not self.use_journal or self._connected:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            return
+        self.close()
+        self._sock, self._connected = sock, True
 
     def send(self, message: str, *, priority: int = 6, **fields: object) -> None:
         if self.use_journal:
             record = {"MESSAGE": message, "PRIORITY": priority, "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
             record.update({k: v for k, v in fields.items() if v is not None and v != ""})
             try:
+                if self._connected:
+                    self._sock.send(encode(record))
+                    return
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._sock.sendto(encode(record), self.path)
@@ -87,7 +109,7 @@ class Journal:
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            self._sock = None
+            self._sock, self._connected = None, False
 
 
 class JournalHandler(logging.Handler):

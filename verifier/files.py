@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import stat
 from typing import NamedTuple
 
 
@@ -113,6 +114,14 @@ class FileEntry(NamedTuple):
     @property
     def is_ghost(self) -> bool:
         return bool(self.flags & FileFlag.GHOST)
+
+    @property
+    def is_ghost_symlink(self) -> bool:
+        """A %ghost symlink whose header gives its target: how Fedora and openSUSE
+        ship the names ``alternatives`` manages (/usr/bin/ld -> /etc/alternatives/ld).
+        rpmbuild records a target only for a symlink that existed in the build root;
+        a %ghost missing there has mode 0100000 and no target."""
+        return bool(self.flags & FileFlag.GHOST) and stat.S_ISLNK(self.mode) and bool(self.linkto)
 
     @property
     def is_config(self) -> bool:

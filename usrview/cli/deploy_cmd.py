@@ -16,6 +16,7 @@ from usrview.cli._common import (
     trusted_keys,
 )
 from usrview.errors import EXIT_OK
+from usrview.images import bootstate
 
 HELP = "record a directory of rpms as an image and make it current"
 DESCRIPTION = """\
@@ -26,7 +27,9 @@ a new image and make it current in one atomic switch; the old current image
 becomes the previous one.  Lint errors (conflicting files, two versions of one
 package) refuse the deploy before anything is imported: nothing is recorded and
 the current image stays.  Deploying the current image's package set again
-changes nothing.
+changes nothing.  The new image is on trial for the configured number of
+boots ("tries", default 3): "usrview boot-complete" in a booted system marks it
+good; after that many boots without it the initrd boots the last good image.
 Exit status: 0 deployed, 1 refused (lint errors, a package refused by the
 import), 2 usage and operational errors."""
 
@@ -46,7 +49,7 @@ def run(args, cfg) -> int:
     progress = Progress(sys.stderr)
     try:
         result = images.deploy(store, args.source, keyring, allow_unsigned=args.allow_unsigned,
-                               progress=progress)
+                               progress=progress, tries=cfg.tries)
     except images.DeployRefused as e:
         print_findings(e.findings, sys.stderr)
         raise
@@ -64,4 +67,8 @@ def run(args, cfg) -> int:
     unsigned = f", {len(image.unsigned)} UNSIGNED" if image.unsigned else ""
     out.write(f"deployed image {image.id} ({len(image.packages)} packages{unsigned}); "
               f"previous: {result.previous or '(none)'}\n")
+    boot = bootstate.load(store).of(image.id)
+    if boot.state == bootstate.TRIAL:
+        out.write(f"image {image.id} is on trial for {boot.tries} boot(s) until "
+                  "usrview boot-complete marks it good\n")
     return EXIT_OK

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from usrview import __version__, config, journal
 from usrview.cli import (
+    boot_complete_cmd,
     checksig_cmd,
     deploy_cmd,
     diff_cmd,
     gc_cmd,
     import_cmd,
+    initrd_mount_cmd,
     lint_cmd,
     monitor_cmd,
     mount_cmd,
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Subcommand modules, in the order ``usrview --help`` lists them.
 COMMANDS = (checksig_cmd, import_cmd, lint_cmd, deploy_cmd, status_cmd, diff_cmd, rollback_cmd, gc_cmd,
-            mount_cmd, verify_cmd, monitor_cmd)
+            mount_cmd, verify_cmd, monitor_cmd, initrd_mount_cmd, boot_complete_cmd)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0))
     try:
-        cfg = config.load(getattr(args, "config", None))
+        # initrd-mount ignores the configuration: a file it cannot read must not stop a boot.
+        cfg = config.load(getattr(args, "config", None)) if getattr(args, "needs_config", True) \
+            else config.Config()
         return args.func(args, cfg)
     except UsrviewError as e:
         print(f"usrview: error: {e}", file=sys.stderr)

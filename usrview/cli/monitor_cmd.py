@@ -9,6 +9,7 @@ from pathlib import Path
 
 from usrview.cli._common import add_keys_option, add_store_option, load_keyring
 from usrview.errors import UsageError
+from usrview.journal import BOOT_FALLBACK_MESSAGE_ID
 from usrview.verify import monitor
 
 HELP = "integrity monitor: periodic verification, journald records, Prometheus metrics"
@@ -18,8 +19,10 @@ not read again) and fully every --full-interval, reading at most --io-limit
 MB/s for hashing.  Each finding is a journald record when running under systemd
 (MESSAGE_ID %s), else a line on stderr.  --metrics-file is rewritten
 atomically after each run in node_exporter's textfile-collector format;
---report-dir receives one JSON report per run.  With --once: one run, and the
-exit status of verify (0 clean, 1 findings, 2 error).""" % monitor.INTEGRITY_MESSAGE_ID
+--report-dir receives one JSON report per run.  At its start it reports each boot
+fallback the store records and no monitor reported yet (MESSAGE_ID %s).
+With --once: one run, and the exit status of verify (0 clean, 1 findings, 2 error).
+""" % (monitor.INTEGRITY_MESSAGE_ID, BOOT_FALLBACK_MESSAGE_ID)
 
 _UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -58,6 +61,8 @@ def run(args, cfg) -> int:
         interval=duration(args.interval), full_interval=duration(args.full_interval),
         io_limit=args.io_limit * 1e6 if args.io_limit else None, metrics_file=args.metrics_file,
         report_dir=args.report_dir, keep_reports=args.keep_reports, jobs=args.jobs)
+    # Fallbacks happen at boot, before the monitor starts: reported once, at its start.
+    monitor.report_boot_events(mon.store_root, mon.journal)
     if args.once:
         return mon.run_once(full=True if args.full else None)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,7 +11,9 @@ from usrview.errors import EXIT_OK
 HELP = "switch back to the previous image"
 DESCRIPTION = """\
 Swap the current and the previous image in one atomic switch of "current";
-a second rollback undoes the first.
+a second rollback undoes the first.  An image that is not good is put on trial
+again (the configured tries).  For one boot only, the kernel command line word
+usrview.rollback boots the previous image without changing anything here.
 Exit status: 0, or 2 when there is no previous image or the store is damaged."""
 
 
@@ -23,6 +25,6 @@ def register(sub, common) -> None:
 
 def run(args, cfg) -> int:
     store = open_store(args, cfg)
-    current, previous = images.rollback(store)
+    current, previous = images.rollback(store, tries=cfg.tries)
     sys.stdout.write(f"current image: {current}; previous: {previous or '(none)'}\n")
     return EXIT_OK

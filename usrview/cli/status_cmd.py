@@ -13,7 +13,10 @@ HELP = "list the recorded images"
 DESCRIPTION = """\
 List the store's images, newest first: id, creation time (UTC), number of
 packages, and marks: "current", "previous", "in use" (a running view holds it)
-and the packages imported unsigned.  --json prints one JSON object.
+and the packages imported unsigned.  Then each image's boot state: good, on
+trial (with the boots it has left before the initrd falls back) or bad, which
+image the latest boot serves, and the last fallback event (the initrd served
+the last good image instead of the one asked for).  --json prints one JSON object.
 Exit status: 0, or 2 when the store cannot be read."""
 
 
@@ -46,4 +49,24 @@ def run(args, cfg) -> int:
         star = "*" if im["current"] else " "
         out.write(f"{star} {im['id']:<24}  {created:<19}  {im['packages']:>8}  {', '.join(marks)}".rstrip()
                   + "\n")
+    write_boot_states(data, out)
     return EXIT_OK
+
+
+def boot_state_text(im: dict, data: dict) -> str:
+    text = {"good": "good", "bad": "BAD", "trial": f"on trial ({im['tries']} tries left)"}[im["boot"]]
+    notes = [n for n, on in (("last good", im["id"] == data["last_good"]),
+                             ("this boot", (data["booted"] or {}).get("image") == im["id"])) if on]
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def write_boot_states(data: dict, out) -> None:
+    out.write("boot states\n")
+    for im in data["images"]:
+        out.write(f"  {im['id']:<24}  {boot_state_text(im, data)}\n")
+    event = data["last_fallback"]
+    if event:
+        out.write(f"last fallback: {event['at']}: booted {event['booted']} instead of "
+                  f"{event['requested']}: {event['reason']}\n")
+    if data["boot_state_problem"]:
+        out.write(f"warning: {data['boot_state_problem']}\n")

@@ -13,7 +13,9 @@ The rules (docs/images.md has the reasoning):
   the rule :mod:`usrview.images.conflicts` keeps (rpm 4.18's, measured: file type,
   permission bits but between symlinks, owner, group, digest and its algorithm,
   symlink target, device number; and file capabilities).  Directories that agree
-  merge; ``%ghost`` entries never conflict (they have no bytes and are not shown).
+  merge; ``%ghost`` entries never conflict (they have no bytes and are not shown),
+  except ``%ghost`` symlinks with a target under ``/usr``, which the view shows
+  (the ``alternatives`` names): those are compared as symlinks.
 - ``not-a-directory`` (error): a package ships a path beneath one that another
   package (or the same one) ships as something other than a directory.
 - ``duplicate-name`` (error): two versions (EVRs) of one package name, or two
@@ -139,8 +141,8 @@ def lint(packages: Iterable[Package]) -> list[LintFinding]:
             continue
         outside: list[str] = []
         for entry in pkg.files:
-            if entry.is_ghost:
-                continue
+            if entry.is_ghost and not (entry.is_ghost_symlink and is_under_usr(entry.path)):
+                continue  # no bytes, not in the view (a ghost symlink under /usr is)
             if not is_under_usr(entry.path):
                 outside.append(entry.path)
                 continue

@@ -8,6 +8,7 @@ Layout in the store (docs/images.md is the reference)::
     STORE/images/ID.lock    held with a shared flock() by every running view of image ID
     STORE/current           symlink -> images/ID.json
     STORE/previous          symlink -> images/ID.json
+    STORE/boot.json         each image's boot state: on trial, good, bad (usrview/images/bootstate.py)
 
 An image id is ``YYYYMMDD-HHMMSS-XXXXXXXX``: its UTC creation time and the first 8 hex
 digits of the SHA-256 of its sorted package ids (one per line).  Ids sort by creation
@@ -16,9 +17,10 @@ time to the second; within one second, by ``created`` (microseconds) -- the orde
 
 Every change happens under the store's exclusive lock (:meth:`Store.lock`); readers
 take no lock and see each change as one ``rename(2)``.  A deploy writes the image
-record, then points ``previous`` at the old current image, then ``current`` at the
-new one: an interruption leaves either the old state (perhaps with an unreferenced
-record, removed by ``gc``) or the new one.
+record, then puts the new image on trial (``boot.json``), then points ``previous`` at
+the old current image, then ``current`` at the new one: an interruption leaves either
+the old state (perhaps with an unreferenced record, removed by ``gc``) or the new one,
+and never a current image that boot counting does not know as on trial.
 
 The in-use protocol (for views, issue 4): a process serving image ID opens
 ``images/ID.lock`` (creating it, mode 0600), takes ``flock(LOCK_SH)`` and only then
@@ -31,6 +33,7 @@ before gc tries (gc keeps the image and its packages) or finds the record gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -43,7 +46,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from usrview import faults
+from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
+from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
 from verifier.errors import HeaderError
@@ -222,10 +227,17 @@ def image_in_use(store: Store, image_id: str) -> bool:
 def hold_image(store: Store, image_id: str) -> Iterator[Image]:
     """Mark image ``image_id`` in use while the block runs (what a view does while it
     serves the image): gc keeps it and its packages.  OperationalError when the image
-    does not exist (or was just deleted)."""
+    does not exist (or was just deleted).  On a read-only file system (the root
+    as the initrd may mount it) an existing lock file is opened read-only: flock
+    needs no write access, and deploy makes the lock file with the record."""
     path = lock_path(store, image_id)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
         raise OperationalError(f"cannot open {path}: {e.strerror or e}") from None
     try:
@@ -329,7 +341,7 @@ class DeployResult:
 
 
 def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
-           now: datetime | None = None, progress=None) -> DeployResult:
+           now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES) -> DeployResult:
     """Record SOURCE's package set as an image and make it current.
 
     SOURCE is a directory of rpms and/or header-only rpms whose packages are
@@ -338,7 +350,8 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     imported (:func:`usrview.importer.import_packages`, which checks signatures;
     a refused package raises PackageRefused -- packages imported before it stay
     in the store, unreferenced, until ``gc``), the image is recorded, and
-    ``previous``/``current`` are switched.
+    ``previous``/``current`` are switched.  The new image is on trial for
+    ``tries`` boots (:mod:`usrview.images.bootstate`) before it becomes current.
     """
     from usrview.store.importer import (
         import_packages,  # the importer needs the payload machinery
@@ -404,6 +417,8 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
                           pkgids, unsigned_ids)
             _write_image(store, image)
             faults.kill_at("deploy-recorded")
+        _make_lock_file(store, image.id)
+        bootstate.try_image(store, image.id, tries)
         if old_current is not None and old_current != image.id:
             _point(store, PREVIOUS, old_current)
             faults.kill_at("deploy-previous")
@@ -428,6 +443,16 @@ def _point(store: Store, name: str, image_id: str) -> None:
         raise OperationalError(f"cannot switch {name} to {image_id}: {e.strerror or e}") from None
 
 
+def _make_lock_file(store: Store, image_id: str) -> None:
+    """The image's in-use lock file, made with its record: a view started from a
+    read-only root can then still hold it (:func:`hold_image`)."""
+    try:
+        os.close(os.open(lock_path(store, image_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600))
+    except OSError as e:
+        raise OperationalError(f"cannot make {lock_path(store, image_id)}: {e.strerror or e}") from None
+
+
 def _check_packages(store: Store, image: Image) -> None:
     gone = [p for p in image.packages if not store.has(p)]
     if gone:
@@ -435,18 +460,20 @@ def _check_packages(store: Store, image: Image) -> None:
                                f"{', '.join(gone[:3])}{' …' if len(gone) > 3 else ''}")
 
 
-def rollback(store: Store) -> tuple[str, str]:
+def rollback(store: Store, *, tries: int = DEFAULT_TRIES) -> tuple[str, str]:
     """Swap ``current`` and ``previous``; return (new current, new previous).
 
-    ``current`` is switched first (the one atomic step that matters); an
-    interruption before ``previous`` follows leaves both pointing at the new
-    current image.
+    The previous image, unless it is good, is put on trial again (``tries``
+    boots) first: rolling back by hand is a request to boot it.  ``current`` is
+    switched next (the one atomic step that matters); an interruption before
+    ``previous`` follows leaves both pointing at the new current image.
     """
     with store.lock():
         cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
         if prev is None or prev == cur:
             raise OperationalError("no previous image to roll back to")
         _check_packages(store, load_image(store, prev))
+        bootstate.try_image(store, prev, tries)
         _point(store, CURRENT, prev)
         faults.kill_at("rollback-current")
         if cur is not None:
@@ -472,14 +499,18 @@ class GcResult:
 
 
 def gc(store: Store, keep: int = DEFAULT_KEEP) -> GcResult:
-    """Delete image records beyond the newest ``keep`` (never current, previous or one
-    in use), then every stored package that no remaining image lists."""
+    """Delete image records beyond the newest ``keep`` (never current, previous, the
+    last good image, the image this boot serves, or one in use), then every stored
+    package that no remaining image lists, then the deleted images' boot states."""
     if keep < 0:
         raise OperationalError("--keep must be 0 or more")
     result = GcResult()
     with store.lock():
         images = list_images(store)
-        protected = {pointer(store, CURRENT), pointer(store, PREVIOUS)} - {None}
+        state = bootstate.load(store)
+        # The last good image is what the initrd falls back to: never delete it.
+        protected = {pointer(store, CURRENT), pointer(store, PREVIOUS), state.last_good,
+                     state.boot.image if state.boot else None} - {None}
         newest = {im.id for im in images[len(images) - keep:]} if keep else set()
         kept: list[Image] = []
         for image in images:
@@ -504,6 +535,9 @@ def gc(store: Store, keep: int = DEFAULT_KEEP) -> GcResult:
         _delete_packages(store, unused)
         result.deleted_packages = unused
         result.kept = [im.id for im in kept]
+        if set(state.images) - set(result.kept):
+            state.prune(set(result.kept))
+            bootstate.save(store, state)
     return result
 
 
@@ -546,10 +580,13 @@ def _remove_stale_locks(store: Store, live: set[str]) -> None:
 
 
 def status(store: Store) -> dict:
-    """The images, newest first, with the current/previous/in-use marks, as JSON-able data."""
+    """The images, newest first, with the current/previous/in-use marks and boot
+    states, as JSON-able data."""
     cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
+    state = bootstate.load(store)
     images = []
     for image in reversed(list_images(store)):
+        boot = state.of(image.id)
         images.append({
             "id": image.id,
             "created": image.created,
@@ -558,8 +595,11 @@ def status(store: Store) -> dict:
             "previous": image.id == prev,
             "in_use": image_in_use(store, image.id),
             "unsigned": [_nevra_of(p) for p in image.unsigned],
+            "boot": boot.state,
+            "tries": boot.tries,
         })
-    return {"store": str(store.root), "current": cur, "previous": prev, "images": images}
+    return {"store": str(store.root), "current": cur, "previous": prev, "images": images,
+            **state.status_json()}
 
 
 def _nevra_of(pkgid: str) -> str:
@@ -580,6 +620,7 @@ __all__ = [
     "deploy",
     "gc",
     "hold_image",
+    "image_ids",
     "image_in_use",
     "image_path",
     "list_images",

@@ -8,6 +8,7 @@ Layout (docs/store-format.md is the reference; this module checks it)::
     STORE/headers/PKGID.rpm  the package's header-only rpm, byte-exact
     STORE/unsigned/PKGID     present when the package was imported unsigned
     STORE/images/, current, previous   the image layer's (usrview/images/records.py)
+    STORE/boot.json          the images' boot states and fallback events (usrview/images/bootstate.py)
     STORE/cache/             hints, rebuilt when lost: verify.sqlite (usrview/verify/vcache.py)
     STORE/tmp/               work in progress; leftovers are removed under the lock
 
@@ -55,6 +56,8 @@ PACKAGES_DIR = "packages"
 HEADERS_DIR = "headers"
 UNSIGNED_DIR = "unsigned"
 IMAGES_DIR = "images"
+#: The images' boot states (usrview/images/bootstate.py), replaced whole by atomic_write.
+BOOT_STATE_FILE = "boot.json"
 TMP_DIR = "tmp"
 #: Made by the first cache written, not by ``Store.open``: a store without it is whole.
 CACHE_DIR = "cache"
@@ -297,6 +300,10 @@ class Store:
         return removed
 
     # -- packages ------------------------------------------------------------
+
+    @property
+    def boot_state_path(self) -> Path:
+        return self.root / BOOT_STATE_FILE
 
     def package_dir(self, pkgid: str) -> Path:
         return self.root / PACKAGES_DIR / pkgid

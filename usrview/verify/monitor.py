@@ -188,3 +188,31 @@ class Monitor:
             started = time.monotonic()
             self.run_once()
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+# -- boot fallbacks -------------------------------------------------------------------
+
+def report_boot_events(store_root: Path, journal: Journal) -> int:
+    """Send each boot fallback the store records (usrview.images.bootstate) and no
+    monitor has reported yet to the journal, once: the store then records it as
+    reported.  Returns how many were sent; a store that cannot be read or written
+    is one error record."""
+    # Imported here: this section was added at the module's end, apart from the runs.
+    from usrview.images import bootstate
+    from usrview.journal import BOOT_FALLBACK_MESSAGE_ID
+
+    try:
+        store = Store.open(store_root)
+        with store.lock():
+            state = bootstate.load(store)
+            events = state.unreported()
+            for e in events:
+                journal.send(f"boot fallback: {e.line()}", priority=3, MESSAGE_ID=BOOT_FALLBACK_MESSAGE_ID,
+                             IMAGE=e.booted, REQUESTED=e.requested, REASON=e.reason, BOOT_ID=e.boot_id)
+            if events:
+                state.reported = events[-1].seq
+                bootstate.save(store, state)
+            return len(events)
+    except UsrviewError as e:
+        journal.send(f"cannot report boot fallbacks: {e}", priority=3)
+        return 0

@@ -41,6 +41,11 @@ a time with ``O_NOFOLLOW`` (:func:`verifier.fileio.open_dir_beneath`), the file
 itself with :data:`verifier.fileio.FILE_READ_FLAGS`: a symlink planted in the
 store is never followed.  The directories' fds are kept (at most :data:`DIR_FD_CACHE`),
 so a later open of a file in the same directory costs one ``openat``.
+
+The package directories themselves are opened once, when the guard is made
+(before the view serves): a daemon serving ``/usr`` from the initrd never
+resolves a store path afterwards, which after switch-root would no longer
+lead to the store (docs/boot-core.md).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import trio
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.view.tree import Node, Tree
 from verifier.fileio import (
+    DIR_PATH_FLAGS,
     FILE_READ_FLAGS,
     hash_fd,
     hasher,
@@ -136,9 +142,22 @@ def _hash_rest(fd: int, algo: str, h, offset: int) -> str:
     return hash_fd(fd, algo, h=h, offset=offset, buf=_buffer())[0]
 
 
-def _open_cached(dir_fds: dict, base, node: Node) -> int:
-    """Open ``node``'s backing file below ``base``, keeping its directory's fd in
-    ``dir_fds`` (emptied when it holds :data:`DIR_FD_CACHE`)."""
+def open_backing_dirs(tree: Tree) -> list[int | None]:
+    """An ``O_PATH`` fd of each of the tree's backing directories (None where there
+    is none, or it cannot be opened: its files then answer EIO)."""
+    fds: list[int | None] = []
+    for path in tree.backing_dirs:
+        try:
+            fds.append(os.open(path, DIR_PATH_FLAGS) if path is not None else None)
+        except OSError as e:
+            log.error("backing directory %s cannot be opened: %s", path, e.strerror)
+            fds.append(None)
+    return fds
+
+
+def _open_cached(dir_fds: dict, base: int, node: Node) -> int:
+    """Open ``node``'s backing file below the directory fd ``base``, keeping its
+    directory's fd in ``dir_fds`` (emptied when it holds :data:`DIR_FD_CACHE`)."""
     parts = split_relpath(node.relpath)
     key = (node.backing, node.relpath.rpartition("/")[0])
     dfd = dir_fds.get(key)
@@ -161,8 +180,9 @@ class _ReadAhead:
     (``posix_fadvise(WILLNEED)``): on btrfs that can wait for metadata, which
     must not hold up the event loop.  It has its own directory fds."""
 
-    def __init__(self, tree: Tree):
+    def __init__(self, tree: Tree, bases: list[int | None]):
         self.tree = tree
+        self.bases = bases
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
@@ -184,7 +204,7 @@ class _ReadAhead:
             while (nodes := self.queue.get()) is not None:
                 for node in nodes:
                     try:
-                        fd = _open_cached(dir_fds, self.tree.backing_dirs[node.backing], node)
+                        fd = _open_cached(dir_fds, self.bases[node.backing], node)
                     except OSError:
                         continue
                     try:
@@ -202,6 +222,8 @@ class Guard:
 
     Attributes:
         tree: the view's tree (nodes, package names, backing directories).
+        bases: an O_PATH fd of each backing directory (None: none), indexed as
+            ``tree.backing_dirs``; open while the guard lives.
         mode: VerifyMode.
         limiter: bounds the hashing threads.
         hashed: how many times a file was actually hashed (for tests and stats),
@@ -211,6 +233,7 @@ class Guard:
     def __init__(self, tree: Tree, mode: VerifyMode | str = VerifyMode.ENFORCE, *,
                  limiter: trio.CapacityLimiter | None = None):
         self.tree = tree
+        self.bases = open_backing_dirs(tree)
         self.mode = VerifyMode(mode)
         self.limiter = limiter or trio.CapacityLimiter(HASH_THREADS)
         self.hashed = 0
@@ -228,7 +251,7 @@ class Guard:
         self._ra_seen = bytearray(len(tree.nodes))
         self._ra_pending: set[int] = set()
         self._ra_window = READAHEAD_START
-        self._ra_thread = _ReadAhead(tree)
+        self._ra_thread = _ReadAhead(tree, self.bases)
         self.read_ahead = 0
 
     def close(self) -> None:
@@ -237,6 +260,10 @@ class Guard:
                  self.hashed_inline, self.read_ahead)
         self._ra_thread.stop()
         _close_all(self._dir_fds)
+        for fd in self.bases:
+            if fd is not None:
+                os.close(fd)
+        self.bases = [None] * len(self.bases)
 
     def _open_backing(self, base, node: Node) -> int:
         return _open_cached(self._dir_fds, base, node)
@@ -262,7 +289,7 @@ class Guard:
     async def open(self, node: Node) -> int:
         """An fd of ``node``'s backing file, checked as the mode says.  Raises
         OSError(EIO) for a refused file, after logging why."""
-        base = self.tree.backing_dirs[node.backing] if node.backing >= 0 else None
+        base = self.bases[node.backing] if node.backing >= 0 else None
         if base is None:
             self._violation(node, "no backing file (the package's files are not in the store)", fatal=True)
             raise OSError(errno.EIO, "no backing file")
@@ -299,7 +326,7 @@ class Guard:
             self._ra_seen[i] = 1
             other = nodes[i]
             if (other is None or not other.is_reg or other.backing < 0 or not other.digest or not other.size
-                    or self.tree.backing_dirs[other.backing] is None):
+                    or self.bases[other.backing] is None):
                 continue
             batch.append(other)
             self._ra_pending.add(i)

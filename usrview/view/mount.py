@@ -7,8 +7,11 @@ must be undone; SIGTERM and SIGINT call ``pyfuse3.terminate()``, after which
 mount is *not* unmounted (``close(unmount=False)``): for ``/usr``, the empty
 mountpoint showing through is worse than an error, and the next
 ``usrview mount`` recovers the dead mount.  ``READY=1`` goes to
-``$NOTIFY_SOCKET`` once the kernel mount exists; SIGUSR1 dumps every thread's
-stack (faulthandler).
+``$NOTIFY_SOCKET`` once the kernel mount exists, through a socket connected
+before mounting (after switch-root the socket's path may not resolve from this
+process's root); SIGUSR1 dumps every thread's stack (faulthandler).
+Everything serving and stopping needs is imported at the top of the module:
+nothing is imported once the view serves (docs/boot-core.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import errno
 import faulthandler
 import functools
 import logging
+import logging.handlers
 import os
 import resource
 import signal
@@ -48,16 +52,32 @@ def mount_options() -> set[str]:
     return options
 
 
-def notify_systemd(message: bytes) -> None:
-    """Send ``message`` to $NOTIFY_SOCKET, if there is one (sd_notify)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(address)
-        s.sendall(message)
+class SystemdNotifier:
+    """$NOTIFY_SOCKET (sd_notify), connected when made; sends nothing without one."""
+
+    def __init__(self):
+        self._sock: socket.socket | None = None
+        address = os.environ.get("NOTIFY_SOCKET")
+        if not address:
+            return
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def send(self, message: bytes) -> None:
+        if self._sock is not None:
+            self._sock.sendall(message)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def recover_mountpoint(mountpoint: str) -> None:
@@ -109,6 +129,8 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
+        notifier = SystemdNotifier()
+        stack.callback(notifier.close)
         pyfuse3.init(ops, mountpoint, options if options is not None else mount_options())
         clean = False
 
@@ -119,14 +141,14 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         stack.callback(close)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals)
-            notify_systemd(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
+            notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
             if on_ready is not None:
                 on_ready()
             log.info("serving %s", mountpoint)
             await pyfuse3.main()
             clean = True
             nursery.cancel_scope.cancel()
-        notify_systemd(b"STOPPING=1\n")
+        notifier.send(b"STOPPING=1\n")
 
 
 def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
@@ -183,8 +205,6 @@ def daemonize(serve, mountpoint: str) -> int:
 
 
 def log_to_syslog() -> None:
-    import logging.handlers
-
     if not os.path.exists("/dev/log"):
         return
     handler = logging.handlers.SysLogHandler(address="/dev/log")

@@ -6,7 +6,8 @@ headers, their store directories and their header files) and composes the
 every attribute comes from the headers (``docs/view.md`` lists the rules).
 
 - Only paths under ``/usr`` appear, with ``/usr`` stripped: the tree's root *is*
-  ``/usr``.  ``%ghost`` files and files elsewhere are left out.
+  ``/usr``.  Files elsewhere and ``%ghost`` entries are left out, but a ``%ghost``
+  symlink with a target (an ``alternatives`` name, docs/images.md) is shown.
 - A path shipped by several packages must agree by the one conflict rule
   (:mod:`usrview.images.conflicts`, rpm's: type, mode but between symlinks,
   owner, group, digest, link target, device number; capabilities) or
@@ -423,7 +424,7 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
                 if path == USR and not int(entry.flags) & _GHOST:
                     _add_usr(root, entry, pkg_index, packages, make_node)
                 continue
-            if int(entry.flags) & _GHOST:
+            if int(entry.flags) & _GHOST and not entry.is_ghost_symlink:
                 continue
             rel = path[len(prefix):].rstrip("/")
             if not rel:  # "/usr/": /usr itself

@@ -1,0 +1,233 @@
+"""``usrview initrd-mount`` on a real FUSE mount: a temporary sysroot (a store
+under var/lib/usrview, keys under etc/pki/rpm-gpg, an empty usr), the daemon
+started as systemd starts it from the initrd (argv[0] "@usrview", the modules
+on PYTHONPATH as in an initrd, no virtual environment), and the proof that
+after READY it opens, imports and runs nothing: an audit hook installed at
+READY (USRVIEW_TEST_AUDIT_LOG) records every such event while the test walks,
+reads, reads links, tampers a stored file (EIO and a journal record), signals
+SIGUSR1 and SIGTERM; the store's path and the journal socket's path are made
+to vanish after READY, as switch-root makes them.  Then boot-complete.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import os
+import signal
+import site
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.prereq import require_fuse
+from tests.rpmbuild import FileSpec
+from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
+from tests.viewstore import deploy_store
+from usrview.boot.rootdaemon import AUDIT_ENV
+from usrview.journal import INTEGRITY_MESSAGE_ID
+
+FILES = [
+    FileSpec("/usr/bin", kind="dir"),
+    FileSpec("/usr/bin/life", content=b"#!/bin/sh\necho life\n", mode=0o755),
+    FileSpec("/usr/bin/ld.bfd", content=b"bfd\n", mode=0o755),
+    FileSpec("/usr/bin/ld", kind="symlink", target="/etc/alternatives/ld", directives="%ghost"),
+    FileSpec("/usr/bin/editor", content=b"", directives="%ghost"),
+    FileSpec("/usr/bin/sh-link", kind="symlink", target="life"),
+    FileSpec("/usr/share/life/data", content=b"life data\n" * 100),
+    FileSpec("/usr/share/life/deep/er/file", content=b"deep\n" * 5000),
+    # larger than the guard hashes in the event loop: hashed in a worker thread
+    FileSpec("/usr/share/life/big", content=bytes(range(256)) * 8192),
+]
+
+
+def daemon_env(tmp_path: Path, **extra: str) -> dict:
+    """An initrd's environment: the modules on PYTHONPATH, no venv to find by argv[0]."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "PYTHONPATH")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site.getsitepackages()])
+    env["USRVIEW_CONFIG"] = "/nonexistent/usrview.toml"  # initrd-mount must not read it
+    env.update(extra)
+    return env
+
+
+def initrd_mount(sysroot: Path, cmdline: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(["@usrview", "-m", "usrview.cli", "initrd-mount", "--sysroot", str(sysroot),
+                                 "--cmdline", str(cmdline)], executable=sys.executable, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=log_path.parent)
+
+
+def usrview(*args, env=None, check=0) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "usrview.cli", *map(str, args)], capture_output=True,
+                       text=True, cwd=REPO, env=env or {**os.environ, "USRVIEW_CONFIG": "/dev/null"},
+                       check=False)
+    assert r.returncode == check, r.stdout + r.stderr
+    return r
+
+
+@pytest.fixture
+def sysroot(rpm_packages, gpg_key, tmp_path):
+    require_fuse()
+    root = tmp_path / "sysroot"
+    store, image = deploy_store(root / "var/lib/usrview", [rpm_packages("life", files=FILES)], gpg_key)
+    keys = root / "etc/pki/rpm-gpg"
+    keys.mkdir(parents=True)
+    keys.joinpath("RPM-GPG-KEY-test").write_bytes(gpg_key.public_path.read_bytes())
+    (root / "usr").mkdir()
+    yield root, store, image
+    unmount(root / "usr")
+    assert not os.path.ismount(root / "usr") and not _dead_mount(root / "usr")
+
+
+def _mapped_files(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+
+
+def _store_names(store_root: Path) -> set[str]:
+    names = {"."}
+    for _, dirs, files in os.walk(store_root):
+        names.update(dirs, files)
+    return names
+
+
+def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
+    root, _, image = sysroot
+    mnt = root / "usr"
+    cmdline = tmp_path / "cmdline"
+    # Two wrong words: a line each on the console, and the boot goes on.
+    cmdline.write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda rw usrview.verify=bogus usrview.image=nope quiet\n")
+    audit, kmsg = tmp_path / "audit.log", tmp_path / "kmsg"
+    kmsg.touch()
+    notify_path, journal_path = tmp_path / "notify", tmp_path / "journal"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+        notify.bind(str(notify_path))
+        notify.settimeout(MOUNT_TIMEOUT)
+        journal.bind(str(journal_path))
+        journal.settimeout(MOUNT_TIMEOUT)
+        env = daemon_env(tmp_path, NOTIFY_SOCKET=str(notify_path), INVOCATION_ID="test",
+                         USRVIEW_JOURNAL_SOCKET=str(journal_path), USRVIEW_KMSG=str(kmsg),
+                         **{AUDIT_ENV: str(audit)})
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log")
+        try:
+            try:
+                ready = notify.recv(4096)
+            except TimeoutError:
+                proc.kill()
+                pytest.fail("no READY=1: " + (tmp_path / "daemon.log").read_text())
+            assert b"READY=1" in ready.split(b"\n")
+            assert os.path.ismount(mnt)
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                assert f.read().split(b"\0")[0] == b"@usrview"
+            assert os.readlink(f"/proc/{proc.pid}/cwd") == "/"
+            maps_at_ready = _mapped_files(proc.pid)
+            # As switch-root: the store's and the journal socket's paths no longer lead there.
+            moved = root / "var/lib/usrview-moved"
+            os.rename(root / "var/lib/usrview", moved)
+            journal_path.unlink()
+
+            # exercise: walk, read, readlink, the alternatives link
+            seen = []
+            for dirpath, dirnames, filenames in os.walk(mnt):
+                for name in filenames:
+                    path = Path(dirpath, name)
+                    if path.is_symlink():
+                        seen.append((name, os.readlink(path)))
+                    else:
+                        seen.append((name, len(path.read_bytes())))
+            assert ("ld", "/etc/alternatives/ld") in seen and ("sh-link", "life") in seen
+            assert ("big", 2 << 20) in seen
+            os.statvfs(mnt)
+            assert os.getxattr(mnt / "bin/life", "user.rpm.package", follow_symlinks=False)
+            assert "user.rpm.digest" in os.listxattr(mnt / "bin/life")
+            assert os.access(mnt / "bin/life", os.X_OK)
+            with pytest.raises(OSError) as e:
+                (mnt / "bin/new").write_bytes(b"")
+            assert e.value.errno == errno.EROFS
+            assert not (mnt / "bin/editor").exists()  # a %ghost regular file stays out
+            assert (mnt / "share/life/deep/er/file").read_bytes() == b"deep\n" * 5000
+            # tamper: EIO, and a record on the journal socket connected before READY
+            data = moved / "packages" / image.packages[0] / "usr/share/life/data"
+            os.chmod(data, 0o644)
+            data.write_bytes(b"evil data\n" * 100)
+            with pytest.raises(OSError) as e:
+                (mnt / "share/life/data").read_bytes()
+            assert e.value.errno == errno.EIO
+            record = journal.recv(65536)
+            assert f"MESSAGE_ID={INTEGRITY_MESSAGE_ID}".encode() in record
+            assert b"PATH=/usr/share/life/data" in record
+            # SIGUSR1: a stack dump (faulthandler), no file opened for it
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            assert proc.poll() is None
+            assert _mapped_files(proc.pid) == maps_at_ready
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            assert b"STOPPING=1" in notify.recv(4096).split(b"\n")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log = (tmp_path / "daemon.log").read_text()
+    assert not os.path.ismount(mnt)
+    assert "Current thread" in log or "Thread 0x" in log  # the SIGUSR1 dump
+
+    # The console: one line per wrong word, the fallback, on stderr and in the kernel log.
+    console = kmsg.read_text()
+    assert "<4>usrview: usrview.verify=bogus: not one of enforce, warn, off" in console
+    assert f"booting image {image.id} instead of nope: no image 'nope'" in console
+    assert "usrview.verify=bogus" in log
+
+    # After READY: no import, no exec, no open by path; only opens of names
+    # below the package directories opened before READY.
+    lines = audit.read_text().splitlines()
+    assert lines[0].startswith("# audit hook installed")
+    names = _store_names(moved)
+    wrong = []
+    for line in lines[1:]:
+        event, _, args = line.partition(" ")
+        if event == "open":
+            path = ast.literal_eval(args)[0]  # the recorder's repr of (path, mode, flags)
+            if isinstance(path, str) and not path.startswith("/") and path in names:
+                continue
+        wrong.append(line)
+    assert wrong == [], "\n".join(wrong)
+
+    # The store, back in place: the boot is recorded; boot-complete marks the image good.
+    os.rename(moved, root / "var/lib/usrview")
+    state = json.loads((root / "var/lib/usrview/boot.json").read_text())
+    assert state["boot"]["image"] == image.id and state["boot"]["fallback"] is True
+    assert state["events"][-1]["requested"] == "nope" and state["events"][-1]["booted"] == image.id
+    r = usrview("boot-complete", "--store", root / "var/lib/usrview")
+    assert r.stdout == f"image {image.id} is good (was on trial)\n"
+    st = json.loads(usrview("status", "--store", root / "var/lib/usrview", "--json").stdout)
+    assert st["images"][0]["boot"] == "good" and st["last_good"] == image.id
+    assert st["last_fallback"]["requested"] == "nope"
+
+
+def test_nothing_to_serve_exits_2_with_one_line(tmp_path, gpg_key):
+    root = tmp_path / "sysroot"
+    (root / "usr").mkdir(parents=True)
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("usrview.store=/srv/store\n")
+    kmsg = tmp_path / "kmsg"
+    kmsg.touch()
+    proc = subprocess.run([sys.executable, "-m", "usrview.cli", "initrd-mount", "--sysroot", str(root),
+                           "--cmdline", str(cmdline)], capture_output=True, text=True, cwd=REPO,
+                          env=daemon_env(tmp_path, USRVIEW_KMSG=str(kmsg)), timeout=MOUNT_TIMEOUT,
+                          check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"usrview: usrview.store=/srv/store: no store at {root}/srv/store")
+    assert lines[0].endswith("trying /var/lib/usrview")
+    assert lines[1] == f"usrview: no store at {root}/var/lib/usrview (import or deploy a package to create " \
+                       "one); nothing to serve"
+    assert kmsg.read_text().splitlines() == ["<4>" + lines[0], "<3>" + lines[1]]

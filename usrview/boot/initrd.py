@@ -1,0 +1,276 @@
+"""``usrview initrd-mount``'s work: pick the image, count the boot, serve it on SYSROOT/usr.
+
+Run by a ``Type=notify`` unit in the initrd once the root file system is mounted
+on SYSROOT (docs/boot-core.md):
+
+1. Read the kernel command line (:mod:`usrview.boot.cmdline`); each wrong value is
+   one line on the console and its default is used.
+2. Open the store (``usrview.store=``, within SYSROOT; if it is not a store, the
+   default one) and the trusted keys (``--keys``, else SYSROOT/etc/pki/rpm-gpg).
+3. Under the store lock: plan the boot (:func:`usrview.boot.select.plan`), mark
+   an image whose tries ran out bad, and spend a try of the image on trial that
+   is about to be served -- written before anything is mounted, so a boot that
+   dies later counts.  A store that cannot be written (a read-only root) turns
+   counting off for this boot, with a line on the console; the boot goes on.
+4. Load the candidates in order until one loads (signatures checked, tree
+   composed).  Record which image this boot serves, and a fallback event when
+   it is not the one asked for.
+5. Make the daemon independent of every file (:mod:`usrview.boot.rootdaemon`),
+   mount the view on SYSROOT/usr and send READY=1.
+
+Exit status 2 only when nothing can be served: no store, no keys, no image
+that loads, or the mount itself fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from usrview import images
+from usrview.boot import cmdline, rootdaemon
+from usrview.boot.select import Candidate, Plan, plan
+from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError, UsrviewError
+from usrview.images import bootstate
+from usrview.store import Store
+from verifier.keyring import Keyring
+
+#: The kernel log: what the console shows while booting.
+KMSG = "/dev/kmsg"
+#: Tests: a file to write instead of /dev/kmsg.
+KMSG_ENV = "USRVIEW_KMSG"
+#: The kernel log's message priorities (syslog's).
+KERN_ERR, KERN_WARNING, KERN_NOTICE = 3, 4, 5
+#: The kernel takes at most this many bytes per record.
+KMSG_MAX = 900
+#: Trusted keys within SYSROOT when --keys is not given.
+DEFAULT_KEYS = "etc/pki/rpm-gpg"
+#: Seconds to wait for the store lock at boot (nothing else should hold it).
+BOOT_LOCK_TIMEOUT = 10.0
+
+
+class Console:
+    """Messages for the boot console: one line each on stderr and in the kernel log.
+
+    Attributes: lines (the messages said, for tests), kmsg_fd (None when the
+    kernel log is not writable)."""
+
+    def __init__(self, kmsg: str | None = None):
+        self.lines: list[str] = []
+        path = kmsg or os.environ.get(KMSG_ENV) or KMSG
+        try:
+            self.kmsg_fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError:
+            self.kmsg_fd = None
+
+    def say(self, message: str, priority: int = KERN_WARNING) -> None:
+        self.lines.append(message)
+        line = f"usrview: {message}"
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        if self.kmsg_fd is not None:
+            try:
+                os.write(self.kmsg_fd, f"<{priority}>{line}"[:KMSG_MAX].encode("utf-8", "replace") + b"\n")
+            except OSError:
+                pass  # the console line on stderr is written already
+
+    def close(self) -> None:
+        if self.kmsg_fd is not None:
+            os.close(self.kmsg_fd)
+            self.kmsg_fd = None
+
+
+def read_cmdline(path: Path, console: Console) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        console.say(f"cannot read the kernel command line {path}: {e.strerror or e}; using the defaults")
+        return ""
+
+
+def within(sysroot: Path, path: str) -> Path:
+    return sysroot / path.lstrip("/")
+
+
+def open_store(sysroot: Path, params: cmdline.BootParams, console: Console) -> Store | None:
+    try:
+        return Store.open(within(sysroot, params.store))
+    except UsrviewError as e:
+        if params.store == cmdline.DEFAULT_STORE:
+            console.say(f"{e}; nothing to serve", KERN_ERR)
+            return None
+        console.say(f"usrview.store={params.store}: {e}; trying {cmdline.DEFAULT_STORE}")
+    try:
+        return Store.open(within(sysroot, cmdline.DEFAULT_STORE))
+    except UsrviewError as e:
+        console.say(f"{e}; nothing to serve", KERN_ERR)
+        return None
+
+
+def load_keys(paths: list[Path], console: Console) -> Keyring | None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        console.say(f"no trusted keys: {', '.join(missing)} missing; nothing can be served", KERN_ERR)
+        return None
+    keyring = Keyring.load(paths)
+    for warning in keyring.warnings:
+        console.say(warning)
+    return keyring
+
+
+def recorded_images(store: Store, console: Console) -> list[images.Image]:
+    """The images that can be read, newest first; one console line per damaged record."""
+    found = []
+    for image_id in images.image_ids(store):
+        try:
+            found.append(images.load_image(store, image_id))
+        except UsrviewError as e:
+            console.say(str(e))
+    return sorted(found, key=lambda im: im.sort_key, reverse=True)
+
+
+def make_plan(store: Store, params: cmdline.BootParams, ids: list[str], state: bootstate.BootState) -> Plan:
+    requested_id, not_found = None, ""
+    try:
+        requested_id = images.resolve(store, params.image).id
+    except UsrviewError as e:
+        not_found = str(e)
+    pointers = {}
+    for name in (images.CURRENT, images.PREVIOUS):
+        try:
+            pointers[name] = images.pointer(store, name)
+        except UsrviewError:
+            pointers[name] = None
+    return plan(state, ids, requested=params.image, requested_id=requested_id, explicit=params.explicit,
+                not_found=not_found, current=pointers[images.CURRENT], previous=pointers[images.PREVIOUS])
+
+
+def count_boot(store: Store, params: cmdline.BootParams, ids: list[str], console: Console) -> tuple[Plan, bool]:
+    """Plan the boot and spend the try, under the store lock; (plan, whether the
+    boot state can be written)."""
+    try:
+        with store.lock(timeout=BOOT_LOCK_TIMEOUT):
+            state = bootstate.load(store)
+            if state.problem:
+                console.say(state.problem)
+            boot_plan = make_plan(store, params, ids, state)
+            first = boot_plan.candidates[0] if boot_plan.candidates else None
+            if boot_plan.mark_bad:
+                state.mark_bad(*boot_plan.mark_bad)
+            if first is not None and first.spend_try:
+                left = state.spend_try(first.image)
+                console.say(f"image {first.image} is on trial: {left} more boot(s) after this one "
+                            "unless usrview boot-complete marks it good", KERN_NOTICE)
+            if boot_plan.mark_bad or (first is not None and first.spend_try):
+                bootstate.save(store, state)
+            return boot_plan, True
+    except (UsrviewError, OSError) as e:
+        console.say(f"boot counting is off for this boot, the store cannot be written: "
+                    f"{getattr(e, 'strerror', None) or e}")
+        return make_plan(store, params, ids, bootstate.load(store)), False
+
+
+def record_boot(store: Store, boot_plan: Plan, chosen: Candidate, reason: str) -> None:
+    with store.lock(timeout=BOOT_LOCK_TIMEOUT):
+        state = bootstate.load(store)
+        fallback = bool(reason) or chosen.image != boot_plan.requested
+        boot = bootstate.boot_id()
+        state.record_boot(chosen.image, boot, fallback=fallback)
+        if fallback:
+            state.add_event(boot, boot_plan.requested, chosen.image, reason or "fallback")
+        bootstate.save(store, state)
+
+
+def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, console: Console,
+                    serving: contextlib.ExitStack):
+    """Steps 3 and 4: the image this boot serves, loaded; (its id, its tree), or
+    None when no image loads.  Its in-use lock joins ``serving``."""
+    from usrview.view.loader import build_view  # the tree needs the view room
+
+    ids = [im.id for im in recorded_images(store, console)]
+    if not ids:
+        console.say(f"the store {store.root} has no image; nothing to serve", KERN_ERR)
+        return None
+    boot_plan, writable = count_boot(store, params, ids, console)
+    failures: list[str] = []
+    for candidate in boot_plan.candidates:
+        with contextlib.ExitStack() as attempt:
+            try:
+                image = attempt.enter_context(images.hold_image(store, candidate.image))
+                tree = build_view(store, image, keyring)[1]
+            except (UsrviewError, OSError) as e:
+                failures.append(f"image {candidate.image} cannot be served: {e}")
+                console.say(failures[-1], KERN_ERR)
+                continue
+            serving.enter_context(attempt.pop_all())  # the in-use lock, for the mount's life
+            break
+    else:
+        console.say("no image can be served", KERN_ERR)
+        return None
+    reason = "; ".join(filter(None, [candidate.reason, *failures]))
+    if reason:
+        console.say(f"booting image {candidate.image} instead of {boot_plan.requested}: {reason}", KERN_ERR)
+    if writable:
+        try:
+            record_boot(store, boot_plan, candidate, reason)
+        except (UsrviewError, OSError) as e:
+            console.say(f"cannot record this boot's image: {getattr(e, 'strerror', None) or e}")
+    return candidate.image, tree
+
+
+def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console) -> int:
+    """Serve this boot's image on SYSROOT/usr until unmounted; the exit status."""
+    # Serving needs trio and pyfuse3 (imported here, not for every command line).
+    from usrview.view.fs import ViewOperations
+    from usrview.view.guard import Guard
+    from usrview.view.loader import release_free_memory
+    from usrview.view.mount import run
+
+    sysroot = sysroot.absolute()
+    params = cmdline.parse(read_cmdline(cmdline_path, console))
+    for problem in params.problems:
+        console.say(problem)
+    store = open_store(sysroot, params, console)
+    keyring = load_keys(keys or [sysroot / DEFAULT_KEYS], console) if store else None
+    if store is None or keyring is None:
+        return EXIT_ERROR
+    with contextlib.ExitStack() as serving:
+        chosen = choose_and_load(store, params, keyring, console, serving)
+        if chosen is None:
+            return EXIT_ERROR
+        image_id, tree = chosen
+        release_free_memory()
+        mountpoint = sysroot / "usr"
+        with contextlib.suppress(OSError):  # then mounting says why
+            mountpoint.mkdir(mode=0o755)
+        console.say(f"serving image {image_id} on {mountpoint} (verify={params.verify})", KERN_NOTICE)
+        ops = ViewOperations(tree, Guard(tree, params.verify))
+        rootdaemon.prepare()
+        try:
+            run(ops, os.fspath(mountpoint), on_ready=rootdaemon.on_ready)
+        except UsrviewError as e:
+            console.say(f"cannot serve {mountpoint}: {e}", KERN_ERR)
+            return EXIT_ERROR
+    return EXIT_OK
+
+
+def boot_complete(store: Store) -> tuple[str, str]:
+    """Mark the image this boot serves good; (its id, its state before)."""
+    with store.lock():
+        state = bootstate.load(store)
+        boot = state.boot
+        if boot is None:
+            raise OperationalError(f"{store.boot_state_path} records no boot: this /usr was not mounted "
+                               "by usrview initrd-mount")
+        this_boot = bootstate.boot_id()
+        if boot.boot_id and this_boot and boot.boot_id != this_boot:
+            raise OperationalError(f"the latest boot recorded ({boot.at}, image {boot.image}) is not this "
+                               "one: this /usr was not mounted by usrview initrd-mount")
+        if boot.image not in images.image_ids(store):
+            raise OperationalError(f"image {boot.image} of this boot no longer exists")
+        before = state.of(boot.image).state
+        state.mark_good(boot.image)
+        bootstate.save(store, state)
+    return boot.image, before

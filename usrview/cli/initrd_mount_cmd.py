@@ -1,0 +1,38 @@
+"""``usrview initrd-mount``: in the initrd, serve this boot's image on SYSROOT/usr
+(:mod:`usrview.boot.initrd`; docs/boot-core.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from usrview.boot import cmdline
+from usrview.boot.initrd import DEFAULT_KEYS, Console, initrd_mount
+
+HELP = "in the initrd: pick this boot's image (boot counting) and serve it on SYSROOT/usr"
+DESCRIPTION = f"""\
+Run by a Type=notify unit in the initrd, once the root file system is mounted on
+SYSROOT.  The kernel command line chooses: usrview.store=PATH (within SYSROOT,
+default {cmdline.DEFAULT_STORE}), usrview.image=current|previous|ID (default
+current), usrview.verify=enforce|warn|off (default enforce), and the manual
+rollback word usrview.rollback (the same as usrview.image=previous).  An image on
+trial spends one of its tries before it is mounted; one with none left is bad
+and the last good image is served instead, the event recorded in the store.
+A wrong value is one line on the console (stderr and /dev/kmsg) and the boot
+goes on with the default, or with the last good image.  The view is mounted in
+the foreground and READY=1 sent on $NOTIFY_SOCKET.
+Exit status: 0 after the view was unmounted, 2 when no image can be served."""
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("initrd-mount", parents=[common], help=HELP, description=DESCRIPTION)
+    p.add_argument("--sysroot", type=Path, default=Path("/sysroot"), metavar="DIR",
+                   help="where the root file system is mounted (default /sysroot)")
+    p.add_argument("--cmdline", type=Path, default=Path("/proc/cmdline"), metavar="FILE",
+                   help="the kernel command line (default /proc/cmdline)")
+    p.add_argument("--keys", action="extend", nargs="+", type=Path, metavar="DIR",
+                   help=f"trusted certificates: files or directories (default SYSROOT/{DEFAULT_KEYS})")
+    p.set_defaults(func=run, needs_config=False)
+
+
+def run(args, cfg) -> int:
+    return initrd_mount(args.sysroot, args.cmdline, args.keys, Console())
