@@ -353,12 +353,19 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     ``previous``/``current`` are switched.  The new image is on trial for
     ``tries`` boots (:mod:`usrview.images.bootstate`) before it becomes current.
     """
+    with store.lock():
+        return deploy_sources(store, read_source(source), keyring, allow_unsigned=allow_unsigned,
+                              now=now, progress=progress, tries=tries)
+
+
+def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow_unsigned: bool = False,
+                   now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES) -> DeployResult:
+    """:func:`deploy` of packages already read (a SOURCE directory's, or pull's)."""
     from usrview.store.importer import (
         import_packages,  # the importer needs the payload machinery
     )
 
     with store.lock():
-        sources = read_source(source)
         missing = [s for s in sources if s.header_only and not store.has(s.pkgid)]
         if missing:
             listed = ", ".join(f"{s.path.name} ({s.package.nevra})" for s in missing)
@@ -617,7 +624,9 @@ __all__ = [
     "DeployResult",
     "GcResult",
     "Image",
+    "SourcePackage",
     "deploy",
+    "deploy_sources",
     "gc",
     "hold_image",
     "image_ids",
