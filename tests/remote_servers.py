@@ -151,19 +151,23 @@ def make_tls_pair(where: Path) -> tuple[Path, Path]:
 
 #: Faults: truncate (half the body, then close), stall (half, then silence),
 #: corrupt (same length, bytes flipped), error500, reset (TCP RST, nothing sent),
-#: endless (200, no length, bytes for ever), redirect_file (302 to file://), notfound.
-FAULTS = ("truncate", "stall", "corrupt", "error500", "reset", "endless", "redirect_file", "notfound")
+#: endless (200, no length, bytes for ever), overlong (the whole file, Range ignored, then bytes
+#: for ever), redirect_file (302 to file://), notfound.
+FAULTS = ("truncate", "stall", "corrupt", "error500", "reset", "endless", "overlong", "redirect_file",
+          "notfound")
 ENDLESS_LIMIT = 256 << 20
+ENDLESS_CHUNK = 1 << 16
 STALL_SECONDS = 30
 
 
 @dataclass
 class Rule:
-    """``fault`` for the next ``times`` requests whose path contains ``match``."""
+    """``fault`` for ``times`` requests whose path contains ``match``, after ``after`` such requests."""
 
     match: str
     fault: str
     times: int = 1
+    after: int = 0
 
 
 @dataclass
@@ -180,10 +184,18 @@ class FaultProxy:
 
     def _fault_for(self, path: str) -> str:
         for rule in self.rules:
-            if rule.match in path and rule.times:
+            if rule.match in path and rule.after:
+                rule.after -= 1
+            elif rule.match in path and rule.times:
                 rule.times -= 1
                 return rule.fault
         return ""
+
+    @staticmethod
+    async def _endless(writer: asyncio.StreamWriter) -> None:
+        for _ in range(ENDLESS_LIMIT // ENDLESS_CHUNK):
+            writer.write(b"\x5a" * ENDLESS_CHUNK)
+            await writer.drain()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -209,12 +221,10 @@ class FaultProxy:
                 return
             if fault == "endless":
                 writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-                sent = 0
-                while sent < ENDLESS_LIMIT:
-                    writer.write(b"\x5a" * 65536)
-                    await writer.drain()
-                    sent += 65536
+                await self._endless(writer)
                 return
+            if fault == "overlong":  # the whole file, Range ignored, then bytes for ever
+                headers = [h for h in headers if not h.lower().startswith("range:")]
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             request = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.upstream_port}",
                        "Connection: close", *headers, "", ""]
@@ -225,6 +235,10 @@ class FaultProxy:
             resp_head, _, body = response.partition(b"\r\n\r\n")
             if fault == "corrupt" and body:
                 body = bytes(b ^ 0xFF for b in body)
+            if fault == "overlong":
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body)
+                await self._endless(writer)
+                return
             if fault in ("truncate", "stall"):
                 writer.write(resp_head + b"\r\n\r\n" + body[:len(body) // 2])
                 await writer.drain()

@@ -138,6 +138,8 @@ class Fetcher:
                         continue
                     return await self._body(url, response, start, end, sink)
             except httpx.TransportError as e:
+                if _tls_failure(e):  # a certificate does not get better by asking again
+                    raise HttpError(f"{url}: {_describe(e)}") from None
                 raise _Retry(0, _describe(e)) from None
         raise HttpError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
@@ -177,8 +179,23 @@ class Fetcher:
         return passed
 
 
+def _causes(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _tls_failure(e: BaseException) -> bool:
+    return any(isinstance(c, ssl.SSLError) for c in _causes(e))
+
+
 def _describe(e: httpx.TransportError) -> str:
+    """One line: the innermost cause's words (httpx's own are often empty)."""
     if isinstance(e, httpx.TimeoutException):
         return "timed out"
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0]
+    for cause in _causes(e):
+        text = getattr(cause, "verify_message", None) or getattr(cause, "strerror", None) or str(cause)
+        if text:
+            name = type(cause).__name__
+            return f"{name}: {text.splitlines()[0]}" if cause is not e else text.splitlines()[0]
+    return type(e).__name__

@@ -225,8 +225,12 @@ class _Downloader:
                     have = 0
                 elif have:
                     self.resumed.append(entry.nevra)
-                if await self._fill(fd, url, entry, have):
-                    return
+                try:
+                    if await self._fill(fd, url, entry, have):
+                        return
+                except _BadBytes:
+                    os.ftruncate(fd, 0)  # the next source starts afresh
+                    raise
                 if not have:
                     break  # a fresh download that does not verify: the next source
                 log.info("%s: resumed download does not verify; fetching it again", entry.nevra)
