@@ -316,3 +316,35 @@ def test_https_with_a_named_ca(tmp_path, origin, gpg_key):
         r = pull(tmp_path / "store", server.url, gpg_key, check=2)
         assert "CERTIFICATE_VERIFY_FAILED" in r.stderr or "certificate" in r.stderr.lower(), r.stderr
         pull(tmp_path / "store", server.url, gpg_key, "--ca-file", cert)
+
+
+# -- a fleet behind a cache ------------------------------------------------------------------------
+
+FLEET = 20
+
+
+@pytest.mark.slow
+def test_twenty_pulls_through_a_cache_reach_the_origin_once_per_object(tmp_path, origin, gpg_key):
+    """docs/fleet.md's nginx cache in front of the origin: 20 machines pull at once,
+    the origin serves each file once."""
+    env = dict(os.environ, USRVIEW_CONFIG="/dev/null", PYTHONPATH=str(REPO))
+    with nginx(tmp_path / "cache", upstream=origin.url) as cache:
+        procs = [subprocess.Popen([sys.executable, "-m", "usrview.cli", "pull", "--store", tmp_path / f"m{i}",
+                                   "--keys", gpg_key.public_path, "--json", cache.url],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+                 for i in range(FLEET)]
+        try:
+            outcomes = [(p.wait(timeout=TIMEOUT), *p.communicate()) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert [rc for rc, _, _ in outcomes] == [0] * FLEET, [err for _, _, err in outcomes]
+        images = {json.loads(out)["image"].split("-")[-1] for _, out, _ in outcomes}
+        assert len(images) == 1  # one package set everywhere
+        served = [req[1] for req in origin.requests()]
+        assert sorted(served) == sorted(set(served)), served  # each file once
+        assert len([u for u in served if "/objects/" in u]) == 3
+        misses = [req for req in cache.requests() if req[-1] == "MISS"]
+        assert len(misses) == len(served)
