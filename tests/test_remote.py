@@ -8,6 +8,7 @@ signed by gpg; pull runs as the CLI in a subprocess, as a user runs it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,9 +22,9 @@ import pytest
 from tests import rpmbuild
 from tests.remote_servers import Rule, copy_repository, fault_proxy, make_tls_pair, nginx, port_of
 from tests.rpmbuild import FileSpec
+from tests.test_images import usrview
 from usrview.remote.index import index_path, latest_path, parse_index
 from usrview.remote.publish import publish
-from usrview.store import Store
 from verifier.keyring import Keyring, Verdict
 from verifier.sigcheck import check_detached
 
@@ -31,18 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 
 
-def usrview(*args, check: int | None = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, USRVIEW_CONFIG="/dev/null", PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "usrview.cli", *map(str, args)], capture_output=True,
-                       text=True, env=env, cwd=REPO, timeout=TIMEOUT, check=False)
-    if check is not None:
-        assert r.returncode == check, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
-
-
 def big(seed: int, size: int = 300_000) -> bytes:
     """Bytes that do not compress: the payload spans many reads."""
-    import hashlib
     out = bytearray()
     block = str(seed).encode()
     while len(out) < size:
@@ -136,7 +127,6 @@ def test_publish_writes_content_addressed_objects_and_signed_indexes(tmp_path, m
     assert [e.nevra.split("-")[0] for e in index.packages] == ["rlib", "rtool"]
     for e in index.packages:
         data = (repo / e.path).read_bytes()
-        import hashlib
         assert hashlib.sha256(data).hexdigest() == e.rpm_sha256 and len(data) == e.size
         assert e.path.endswith(f"{e.rpm_sha256}.rpm")
     assert len(list((repo / "objects").rglob("*.rpm"))) == 4  # tool1, tool2, lib, data
