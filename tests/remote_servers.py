@@ -181,6 +181,8 @@ class FaultProxy:
     url: str = ""
     rules: list[Rule] = field(default_factory=list)
     seen: list[tuple[str, str, str]] = field(default_factory=list)
+    open_writers: set = field(default_factory=set)
+    stopping: asyncio.Event | None = None
 
     def _fault_for(self, path: str) -> str:
         for rule in self.rules:
@@ -198,6 +200,7 @@ class FaultProxy:
             await writer.drain()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open_writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
@@ -243,7 +246,8 @@ class FaultProxy:
                 writer.write(resp_head + b"\r\n\r\n" + body[:len(body) // 2])
                 await writer.drain()
                 if fault == "stall":
-                    await asyncio.sleep(STALL_SECONDS)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), STALL_SECONDS)
                 return
             writer.write(resp_head + b"\r\n\r\n" + body)
             await writer.drain()
@@ -251,6 +255,7 @@ class FaultProxy:
             pass  # the client went away: nothing to answer
         finally:
             writer.close()
+            self.open_writers.discard(writer)
 
 
 @contextlib.contextmanager
@@ -264,13 +269,17 @@ def fault_proxy(upstream_port: int, rules: list[Rule] | None = None):
     async def serve() -> None:
         server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
         proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        stop["event"] = asyncio.Event()
+        stop["event"] = proxy.stopping = asyncio.Event()
         ready.set()
         async with server:
             await stop["event"].wait()
             server.close()
-        for task in asyncio.all_tasks() - {asyncio.current_task()}:
-            task.cancel()
+            for writer in proxy.open_writers:
+                writer.transport.abort()  # stalled and endless answers end here
+            # handlers end by themselves (a stall waits on the stop event): cancelling
+            # one makes asyncio's stream callback log an error
+            await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}), return_exceptions=True)
+            await asyncio.sleep(0)  # the aborted transports close
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     thread.start()
