@@ -22,6 +22,7 @@ import pytest
 from tests import rpmbuild
 from tests.remote_servers import Rule, copy_repository, fault_proxy, make_tls_pair, nginx, port_of
 from tests.rpmbuild import FileSpec
+from tests.test_images import source as make_dir  # noqa: F401 - a fixture, with this module's rpms
 from tests.test_images import usrview
 from usrview.remote.index import index_path, latest_path, parse_index
 from usrview.remote.publish import publish
@@ -58,17 +59,6 @@ def other_key(tmp_path_factory):
     key = rpmbuild.make_gpg_key(tmp_path_factory.mktemp("other-gpg"), uid="intruder <x@usrview.invalid>")
     yield key
     rpmbuild.stop_gpg_agent(key)
-
-
-@pytest.fixture
-def make_dir(tmp_path, rpms):
-    def make(name: str, *keys: str) -> Path:
-        d = tmp_path / "images" / name
-        d.mkdir(parents=True)
-        for key in keys:
-            shutil.copy(rpms[key], d)
-        return d
-    return make
 
 
 def do_publish(image_dir: Path, repo: Path, key, *more) -> subprocess.CompletedProcess:
