@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from usrview.store import fiemap
 from usrview.store.store import Store, StoreError, pkgid_for
+from usrview.store.trust import header_trust
 from usrview.verify import vcache
 from usrview.verify.context import RunContext
 from usrview.verify.dedupe import DEDUPE_MIN_SIZE, Deferred
@@ -96,15 +97,17 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
                         message=f"header file unreadable: {e.strerror}")], None
     findings = []
     pkg = check.package
-    trusted = check.verdict is Verdict.GOOD or (check.verdict is Verdict.UNSIGNED and unsigned)
-    if check.verdict is Verdict.UNSIGNED and unsigned:
+    trust = header_trust(check, unsigned_allowed=unsigned)
+    trusted = trust.usable
+    if trust.usable and trust.unsigned:
         findings.append(Finding("unsigned", pkgid, str(hpath),
                                 f"unsigned  {pkgid}: imported unsigned (--allow-unsigned)",
                                 expected="GOOD", actual="UNSIGNED",
                                 message="package was imported without a signature"))
-    elif check.verdict is not Verdict.GOOD:
-        findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {check.format()}",
-                                expected="GOOD", actual=check.verdict.value, message=check.format()))
+    elif not trust.usable:
+        actual = check.verdict.value if check.verdict is not Verdict.UNSIGNED or not unsigned else "PARSE"
+        findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {trust.reason}",
+                                expected="GOOD", actual=actual, message=trust.reason))
     if pkg is not None:
         try:
             real = pkgid_for(pkg)
