@@ -1,5 +1,7 @@
 """Verification on open: a regular file's bytes are served only after they hashed
-to the digest its signed header records.
+to the digest its signed header records.  (Where the kernel opens files without
+asking, docs/view.md "Letting the kernel answer", the first READ opens and
+checks: :meth:`Guard.open_checked`, then :meth:`Guard.still_checked` per READ.)
 
 :class:`Guard` opens a node's backing file safely and, depending on the mode,
 checks it:
