@@ -223,7 +223,7 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console) -> int:
     """Serve this boot's image on SYSROOT/usr until unmounted; the exit status."""
     # Serving needs trio and pyfuse3 (imported here, not for every command line).
-    from usrview.view.fs import ViewOperations, kernel_cache_features
+    from usrview.view.fs import ViewOperations
     from usrview.view.guard import Guard
     from usrview.view.loader import release_free_memory
     from usrview.view.mount import run
@@ -246,7 +246,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         with contextlib.suppress(OSError):  # then mounting says why
             mountpoint.mkdir(mode=0o755)
         console.say(f"serving image {image_id} on {mountpoint} (verify={params.verify})", KERN_NOTICE)
-        ops = ViewOperations(tree, Guard(tree, params.verify), kernel_cache_features())
+        ops = ViewOperations(tree, Guard(tree, params.verify))
         rootdaemon.prepare()
         try:
             run(ops, os.fspath(mountpoint), on_ready=rootdaemon.on_ready)
