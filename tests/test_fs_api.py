@@ -74,6 +74,19 @@ async def read_all(ops, inode, chunk=128 << 10):
         await ops.release(info.fh)
 
 
+def count_opens(monkeypatch, guard, method: str) -> list[int]:
+    """The inodes ``guard.<method>(node)`` is called for, from now on."""
+    calls = []
+    real = getattr(guard, method)
+
+    async def counting(node):
+        calls.append(node.inode)
+        return await real(node)
+
+    monkeypatch.setattr(guard, method, counting)
+    return calls
+
+
 def backing(store, rel):
     st, image = store
     (pkgid,) = image.packages
@@ -357,14 +370,7 @@ async def test_unchanged_file_is_opened_at_its_first_read_and_checked_again(stor
     ops = make_ops(store, gpg_key)
     tool = (await lookup_path(ops, "bin/tool")).st_ino
     assert await read_all(ops, tool) == TOOL
-    opened = []
-    real_open = ops.guard.open
-
-    async def counting_open(node):
-        opened.append(node.inode)
-        return await real_open(node)
-
-    monkeypatch.setattr(ops.guard, "open", counting_open)
+    opened = count_opens(monkeypatch, ops.guard, "open")
     # Unchanged since its check passed: the open costs one lstat, the read opens it.
     info = await ops.open(tool, os.O_RDONLY, None)
     assert opened == []
@@ -454,14 +460,7 @@ async def test_no_open_answers_enosys_and_reads_by_inode(store, gpg_key, expect_
     assert await ops.read(tool, 0, 4096) == TOOL
     assert ops.guard.hashed == 1
     await ops.release(0)  # the RELEASE of the first file opened without OPEN
-    checked = []
-    real = ops.guard.open_checked
-
-    async def counting(node):
-        checked.append(node.inode)
-        return await real(node)
-
-    monkeypatch.setattr(ops.guard, "open_checked", counting)
+    checked = count_opens(monkeypatch, ops.guard, "open_checked")
     assert await ops.read(tool, 5, 10) == TOOL[5:15]
     assert checked == []  # the kept fd, same identity: one fstat
     # Changed after its check (the kernel dropped its pages, READ comes again): refused.
