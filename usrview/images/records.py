@@ -51,6 +51,7 @@ from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
+from verifier import policy as policies
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
 
@@ -401,6 +402,11 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
         if unsigned_ids and not allow_unsigned:  # stored unsigned, given as a full rpm
             raise OperationalError("stored unsigned: " + ", ".join(unsigned_ids)
                                    + " (--allow-unsigned deploys them)")
+        # given as header-only rpms, their signatures were not checked under this policy
+        legacy_ids = sorted(set(pkgids) & store.legacy_pkgids())
+        if legacy_ids and not policies.covers(keyring.policy, policies.LEGACY.name):
+            raise OperationalError("stored under the legacy signature policy: " + ", ".join(legacy_ids)
+                                   + f" ({policies.LEGACY.opt_in} deploys them)")
         old_current = pointer(store, CURRENT)
         old_previous = pointer(store, PREVIOUS)
         if old_current is not None:
@@ -580,10 +586,12 @@ def _remove_stale_locks(store: Store, live: set[str]) -> None:
 
 
 def status(store: Store) -> dict:
-    """The images, newest first, with the current/previous/in-use marks and boot
-    states, as JSON-able data."""
+    """The images, newest first, with the current/previous/in-use marks, the
+    packages only the legacy signature policy accepts, and boot states, as
+    JSON-able data."""
     cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
     state = bootstate.load(store)
+    legacy = store.legacy_pkgids()
     images = []
     for image in reversed(list_images(store)):
         boot = state.of(image.id)
@@ -595,6 +603,7 @@ def status(store: Store) -> dict:
             "previous": image.id == prev,
             "in_use": image_in_use(store, image.id),
             "unsigned": [_nevra_of(p) for p in image.unsigned],
+            "legacy_signature_policy": [_nevra_of(p) for p in image.packages if p in legacy],
             "boot": boot.state,
             "tries": boot.tries,
         })

@@ -4,7 +4,9 @@
 
 1. The header's signature is checked (:func:`verifier.sigcheck.check_file`).
    Anything but GOOD is refused; UNSIGNED is accepted only with
-   ``allow_unsigned`` and then recorded in ``unsigned/PKGID``.
+   ``allow_unsigned`` and then recorded in ``unsigned/PKGID``.  A package only
+   the legacy signature policy accepts (the keyring's policy) is recorded in
+   ``legacy/PKGID``.
 2. The header's file list is checked before anything is written: every path
    absolute and normalized (no empty, ``.`` or ``..`` component, no NUL), no
    path twice, no path beneath a non-directory of the same header, hardlinked
@@ -26,7 +28,7 @@
    still read and hashed.  Files below :data:`REFLINK_MIN_SIZE` are written:
    btrfs keeps them inline in metadata, where there is nothing to share.
 5. Packages are committed in batches (:class:`_Batch`, many packages per
-   ``usrview import``): trees, header files and unsigned markers are made
+   ``usrview import``): trees, header files and markers are made
    under ``tmp/``; one ``syncfs(2)`` per batch (instead of an fsync per file
    or a sync per package: see docs/store-format.md for the measurements);
    then each tree renamed to ``packages/PKGID`` and set read-only (btrfs
@@ -58,9 +60,12 @@ from usrview import faults
 from usrview.errors import EXIT_FINDINGS, UsrviewError
 from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from usrview.store.store import (
+    DEFAULT_POLICY,
     FILE_CREATE_FLAGS,
     HEADER_SUFFIX,
     HEADERS_DIR,
+    LEGACY_DIR,
+    LEGACY_POLICY,
     PACKAGES_DIR,
     TMP_DIR,
     UNSIGNED_DIR,
@@ -117,6 +122,8 @@ class ImportResult:
         nevra: its NEVRA.
         already_stored: True when it was in the store already (nothing done).
         unsigned: True when it was imported (or is stored) unsigned.
+        signature_policy: "legacy" when only the legacy signature policy accepts
+            it (it is, or was, recorded so), else "default".
         files: entries made from the header: regular files, hardlinks,
             directories, symlinks.
         reflinked: regular files cloned rather than written.
@@ -130,6 +137,7 @@ class ImportResult:
     nevra: str
     already_stored: bool = False
     unsigned: bool = False
+    signature_policy: str = DEFAULT_POLICY
     files: int = 0
     reflinked: int = 0
     bytes_written: int = 0
@@ -487,9 +495,10 @@ class _Writer:
 # -- the operation -----------------------------------------------------------------------
 
 def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: bool = False
-                 ) -> tuple[Package, bool]:
+                 ) -> tuple[Package, bool, str]:
     """The package's parsed header, if the trust gate lets it in
-    (:func:`usrview.store.trust.header_trust`); and whether it is unsigned.
+    (:func:`usrview.store.trust.header_trust`); whether it is unsigned; and the
+    signature policy that accepts it ("default" or "legacy", :mod:`verifier.policy`).
 
     Raises PackageRefused, or StoreError when the file cannot be read.
     """
@@ -501,7 +510,7 @@ def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: b
     if not trust.usable:
         hint = " (--allow-unsigned accepts unsigned packages)" if trust.unsigned and not allow_unsigned else ""
         raise PackageRefused(f"signature check: {trust.reason}{hint}")
-    return check.package, trust.unsigned
+    return check.package, trust.unsigned, check.policy or DEFAULT_POLICY
 
 
 def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,
@@ -582,22 +591,24 @@ def _storage_error(nevra: str, e: OSError) -> StoreError:
 def _prepare(store: Store, batch: _Batch, path: str | os.PathLike, keyring: Keyring,
              allow_unsigned: bool, progress: Callable[[int, int], None] | None) -> ImportResult:
     """Check one package and write it into the batch (not committed yet)."""
-    package, unsigned = check_header(path, keyring, allow_unsigned=allow_unsigned)
+    package, unsigned, policy = check_header(path, keyring, allow_unsigned=allow_unsigned)
     if not package.has_payload:
         raise PackageRefused("a header-only rpm has no files to import")
     try:
         pkgid = pkgid_for(package)
     except StoreError as e:
         raise PackageRefused(str(e)) from None
-    result = ImportResult(pkgid, package.nevra, unsigned=unsigned)
+    result = ImportResult(pkgid, package.nevra, unsigned=unsigned, signature_policy=policy)
     pending = batch.pending_by_id.get(pkgid)
     if pending is not None:  # given twice: stored by the first, when its batch commits
         result.already_stored = True
         result.unsigned = pending.result.unsigned
+        result.signature_policy = pending.result.signature_policy
         return result
     if store.has(pkgid):
         result.already_stored = True
         result.unsigned = store.unsigned_path(pkgid).exists()
+        result.signature_policy = store.signature_policy(pkgid)
         return result
     check_file_list(package)
     try:
@@ -618,7 +629,7 @@ class _Pending:
     result: ImportResult
     tree: str               #: its tree's name in tmp/
     header: str             #: its header file's name in tmp/
-    unsigned: str | None    #: its unsigned marker's name in tmp/, if unsigned
+    markers: dict[str, str]  #: marker directory (unsigned/, legacy/) -> its marker's name in tmp/
 
 
 class _Batch:
@@ -626,7 +637,7 @@ class _Batch:
 
     Per package, :meth:`write` makes everything that must be durable before the
     package may appear, all of it under ``tmp/``: the tree (a subvolume on
-    btrfs), the header file, the unsigned marker.  :meth:`commit` then:
+    btrfs), the header file, its markers (``unsigned/``, ``legacy/``).  :meth:`commit` then:
 
     1. ``syncfs(2)``, once: every tree, header file and marker of the batch is
        on disk (on btrfs this also commits the transaction).  One call instead
@@ -638,7 +649,7 @@ class _Batch:
        between directories); on btrfs that ioctl commits a transaction, which
        makes the renames durable; then one ``fsync`` of ``packages/`` for the
        other file systems.
-    3. the unsigned markers renamed into ``unsigned/``, and ``unsigned/``
+    3. the markers renamed into ``unsigned/`` and ``legacy/``, and those
        fsynced, before any header appears (a header made durable by a later
        fsync must not outlive its package's marker).
     4. per package, the header renamed to ``headers/PKGID.rpm`` -- the moment
@@ -661,9 +672,11 @@ class _Batch:
         self.tmp_fd = os.open(store.root / TMP_DIR, DIR_FLAGS)
         self._fds = [self.tmp_fd]
         try:
+            store.make_later_dirs()
             self.packages_fd = self._open(PACKAGES_DIR)
             self.headers_fd = self._open(HEADERS_DIR)
-            self.unsigned_fd = self._open(UNSIGNED_DIR)
+            #: marker directory -> its fd
+            self.marker_fds = {d: self._open(d) for d in (UNSIGNED_DIR, LEGACY_DIR)}
         except BaseException:
             self.close()
             raise
@@ -680,7 +693,8 @@ class _Batch:
               progress: Callable[[int, int], None] | None) -> None:
         store, tmp_fd = self.store, self.tmp_fd
         name = store.temp_name("import")
-        header = unsigned = None
+        header = None
+        markers: dict[str, str] = {}
         try:
             btrfs.create_tree(tmp_fd, name)
             root_fd = os.open(name, DIR_FLAGS, dir_fd=tmp_fd)
@@ -697,13 +711,15 @@ class _Batch:
             faults.kill_at("written")
             header = store.temp_name("header")
             _write_file(tmp_fd, header, package.header_only())
-            if result.unsigned:
-                unsigned = store.temp_name("unsigned")
-                _write_file(tmp_fd, unsigned, b"")
+            for marker, wanted in ((UNSIGNED_DIR, result.unsigned),
+                                   (LEGACY_DIR, result.signature_policy == LEGACY_POLICY)):
+                if wanted:
+                    markers[marker] = store.temp_name(marker)
+                    _write_file(tmp_fd, markers[marker], b"")
         except BaseException:
             # Best effort, the error that brought us here propagates: what a
             # failed removal leaves in tmp/ is a leftover Store.cleanup removes.
-            for n in (name, header, unsigned):
+            for n in (name, header, *markers.values()):
                 if n is not None:
                     with contextlib.suppress(OSError):
                         btrfs.delete_tree(tmp_fd, n)
@@ -711,7 +727,7 @@ class _Batch:
         for key, parts in writer.local.items():
             self.index.setdefault(key, (name, parts, writer.local_sizes[key]))
         self.bytes += result.bytes_written
-        p = _Pending(package, pkgid, result, name, header, unsigned)
+        p = _Pending(package, pkgid, result, name, header, markers)
         self.pending.append(p)
         self.pending_by_id[pkgid] = p
 
@@ -764,12 +780,14 @@ class _Batch:
         try:
             if moved:
                 os.fsync(self.packages_fd)
-            marked = [p for p in moved if p.unsigned is not None]
-            for p in marked:
-                os.rename(p.unsigned, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.unsigned_fd)
-                p.unsigned = None
-            if marked:
-                os.fsync(self.unsigned_fd)
+            marked = set()
+            for p in moved:
+                for marker, name in list(p.markers.items()):
+                    os.rename(name, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.marker_fds[marker])
+                    del p.markers[marker]
+                    marked.add(marker)
+            for marker in sorted(marked):
+                os.fsync(self.marker_fds[marker])
         except OSError as e:
             for p in moved:
                 fail(p, e)
@@ -803,9 +821,10 @@ class _Batch:
             with contextlib.suppress(OSError):
                 if in_packages:
                     btrfs.delete_tree(self.packages_fd, p.pkgid)
-                    with contextlib.suppress(OSError):
-                        os.unlink(p.pkgid, dir_fd=self.unsigned_fd)
-            for n in (p.tree, p.header, p.unsigned):
+                    for fd in self.marker_fds.values():
+                        with contextlib.suppress(OSError):
+                            os.unlink(p.pkgid, dir_fd=fd)
+            for n in (p.tree, p.header, *p.markers.values()):
                 if n is not None:
                     with contextlib.suppress(OSError):
                         btrfs.delete_tree(self.tmp_fd, n)

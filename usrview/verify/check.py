@@ -96,12 +96,20 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
                         message=f"header file unreadable: {e.strerror}")], None
     findings = []
     pkg = check.package
-    trusted = check.verdict is Verdict.GOOD or (check.verdict is Verdict.UNSIGNED and unsigned)
+    # Accepted by a looser signature policy than this run's (keys bound by SHA-1
+    # under default): reported, and its files still checked against it.
+    looser = check.verdict is Verdict.NOTTRUSTED and check.policy is not None
+    trusted = check.verdict is Verdict.GOOD or (check.verdict is Verdict.UNSIGNED and unsigned) or looser
     if check.verdict is Verdict.UNSIGNED and unsigned:
         findings.append(Finding("unsigned", pkgid, str(hpath),
                                 f"unsigned  {pkgid}: imported unsigned (--allow-unsigned)",
                                 expected="GOOD", actual="UNSIGNED",
                                 message="package was imported without a signature"))
+    elif looser:
+        findings.append(Finding("legacy", pkgid, str(hpath),
+                                f"legacy    {pkgid}: accepted only by the {check.policy} signature policy: "
+                                f"{check.format()}",
+                                expected=keyring.policy.name, actual=check.policy, message=check.format()))
     elif check.verdict is not Verdict.GOOD:
         findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {check.format()}",
                                 expected="GOOD", actual=check.verdict.value, message=check.format()))
