@@ -14,7 +14,10 @@ oracle):
 - device nodes: a different device number conflicts;
 - mtime, size, file flags (``%config``, ``%doc`` ...), verify flags, language
   and color do not matter; ``%ghost`` entries never conflict (callers leave them
-  out: they have no bytes and the view does not show them).
+  out: they have no bytes and the view does not show them).  The view does show
+  a ``%ghost`` symlink whose signed header gives its target (the alternatives
+  names), and lint and the tree compare such a link as the symlink it shows:
+  stricter than rpm, for the same reason as capabilities below.
 
 So directories merge only when mode, owner and group agree.
 

@@ -106,7 +106,6 @@ BATCH_MAX_PACKAGES = 128
 BATCH_MAX_BYTES = 1 << 30
 
 
-
 class PackageRefused(UsrviewError):
     """A package may not enter the store: its signature, header or payload is not acceptable."""
 

@@ -32,7 +32,7 @@ from usrview.images.bootstate import BAD, GOOD, TRIAL, BootState, ImageBoot
 from usrview.images.lint import lint
 from usrview.journal import BOOT_FALLBACK_MESSAGE_ID, Journal
 from usrview.store import Store
-from usrview.store.importer import KILL_AT_ENV
+from usrview.faults import KILL_AT_ENV
 from usrview.verify import monitor
 from verifier.header import read_package_file
 
