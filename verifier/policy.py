@@ -63,3 +63,9 @@ def by_name(name: str) -> Policy:
 
 def names() -> list[str]:
     return [p.name for p in POLICIES]
+
+
+def covers(policy: Policy, needed: str) -> bool:
+    """Whether ``policy`` accepts what the policy called ``needed`` accepts (it is
+    that policy or a looser one)."""
+    return POLICIES.index(policy) >= POLICIES.index(by_name(needed))
