@@ -3,8 +3,8 @@ mount and verify agree.
 
 An rpm's header that is UNSIGNED (accepted with ``--allow-unsigned``) but that
 rpm's import check refuses (its data store has a gap) used to be imported --
-the importer looked at the signature verdict only -- and then refused at mount,
-whose loader also made the import check.
+the importer looked at the signature verdict only -- and pass verify, and then
+be refused at mount, whose loader also made the import check.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from usrview.errors import OperationalError
 from usrview.store import Store, pkgid_for
 from usrview.store.importer import PackageRefused, import_package
 from usrview.store.trust import HeaderTrust, header_trust
+from usrview.verify.check import header_findings
 from usrview.view.loader import load_headers
 from verifier.header import read_package
 from verifier.keyring import Keyring, Verdict
@@ -59,6 +60,12 @@ def test_import_and_mount_agree_on_an_unsigned_header_with_an_import_error(rpm_p
     image = types.SimpleNamespace(id="img", packages=[pkgid])
     with pytest.raises(OperationalError, match="does not match its entries"):
         load_headers(store, image, Keyring())
+
+    # And verify reports its header, and does not check its files against it.
+    findings, trusted_package = header_findings(store, pkgid, True, Keyring())
+    assert trusted_package is None
+    assert [(f.kind, f.actual) for f in findings] == [("header", "PARSE")]
+    assert "does not match its entries" in findings[0].line
 
 
 def _check(verdict: Verdict, import_error: str | None = None) -> HeaderCheck:

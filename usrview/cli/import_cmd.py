@@ -14,7 +14,6 @@ from usrview.cli._common import (
     trusted_keys,
 )
 from usrview.errors import EXIT_OK, UsrviewError
-from usrview.store import LEGACY_POLICY
 
 HELP = "add rpm packages to the store"
 DESCRIPTION = """\
@@ -66,7 +65,7 @@ def run(args, cfg) -> int:
                 continue
             result = outcome
             unsigned = " [UNSIGNED]" if result.unsigned else ""
-            if result.signature_policy == LEGACY_POLICY:
+            if result.legacy:
                 unsigned += " [legacy signature policy]"
             if result.already_stored:
                 out.write(f"{path}: {result.nevra} already stored{unsigned}\n")

@@ -4,9 +4,7 @@
 
 1. The header's signature is checked (:func:`verifier.sigcheck.check_file`).
    Anything but GOOD is refused; UNSIGNED is accepted only with
-   ``allow_unsigned`` and then recorded in ``unsigned/PKGID``.  A package only
-   the legacy signature policy accepts (the keyring's policy) is recorded in
-   ``legacy/PKGID``.
+   ``allow_unsigned`` and then recorded in ``unsigned/PKGID``.
 2. The header's file list is checked before anything is written: every path
    absolute and normalized (no empty, ``.`` or ``..`` component, no NUL), no
    path twice, no path beneath a non-directory of the same header, hardlinked
@@ -27,7 +25,7 @@
    package) is cloned with FICLONE instead of written; its payload bytes are
    still read and hashed.  Files below :data:`REFLINK_MIN_SIZE` are written:
    btrfs keeps them inline in metadata, where there is nothing to share.
-5. Packages are committed in batches (:class:`_Batch`, many packages per
+5. Packages are committed in batches (:class:`_ImportBatch`, many packages per
    ``usrview import``): trees, header files and markers are made
    under ``tmp/``; one ``syncfs(2)`` per batch (instead of an fsync per file
    or a sync per package: see docs/store-format.md for the measurements);
@@ -47,7 +45,6 @@ in :data:`KILL_STAGES`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -58,17 +55,12 @@ from pathlib import Path
 
 from usrview import faults
 from usrview.errors import EXIT_FINDINGS, UsrviewError
+from usrview.store.commit import PackageBatch, StagedPackage, storage_error
 from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from usrview.store.store import (
-    DEFAULT_POLICY,
     FILE_CREATE_FLAGS,
-    HEADER_SUFFIX,
-    HEADERS_DIR,
-    LEGACY_DIR,
     LEGACY_POLICY,
     PACKAGES_DIR,
-    TMP_DIR,
-    UNSIGNED_DIR,
     Store,
     StoreError,
     pkgid_for,
@@ -101,7 +93,7 @@ KILL_STAGES = ("written", "synced", "renamed", "readonly", "header")
 _SPECIAL_TYPES = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
 _GHOST = int(FileFlag.GHOST)
 #: One import command commits its packages in batches: one syncfs(2) per batch
-#: (see :class:`_Batch`), after this many packages or this many bytes written.
+#: (see :class:`_ImportBatch`), after this many packages or this many bytes written.
 BATCH_MAX_PACKAGES = 128
 BATCH_MAX_BYTES = 1 << 30
 
@@ -121,8 +113,7 @@ class ImportResult:
         nevra: its NEVRA.
         already_stored: True when it was in the store already (nothing done).
         unsigned: True when it was imported (or is stored) unsigned.
-        signature_policy: "legacy" when only the legacy signature policy accepts
-            it (it is, or was, recorded so), else "default".
+        legacy: True when only the legacy signature policy accepts it (legacy/PKGID).
         files: entries made from the header: regular files, hardlinks,
             directories, symlinks.
         reflinked: regular files cloned rather than written.
@@ -136,7 +127,7 @@ class ImportResult:
     nevra: str
     already_stored: bool = False
     unsigned: bool = False
-    signature_policy: str = DEFAULT_POLICY
+    legacy: bool = False
     files: int = 0
     reflinked: int = 0
     bytes_written: int = 0
@@ -279,7 +270,7 @@ class _Writer:
     """Lays out one package's payload members in a tree; collects what the result reports."""
 
     def __init__(self, store: Store, package: Package, dir_fds: _PackageDirFds, result: ImportResult,
-                 progress: Callable[[int, int], None] | None, batch: _Batch | None = None):
+                 progress: Callable[[int, int], None] | None, batch: _ImportBatch | None = None):
         self.store = store
         self.batch = batch
         self.package = package
@@ -494,10 +485,10 @@ class _Writer:
 # -- the operation -----------------------------------------------------------------------
 
 def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: bool = False
-                 ) -> tuple[Package, bool, str]:
+                 ) -> tuple[Package, bool, bool]:
     """The package's parsed header, if the trust gate lets it in
-    (:func:`usrview.store.trust.header_trust`); whether it is unsigned; and the
-    signature policy that accepts it ("default" or "legacy", :mod:`verifier.policy`).
+    (:func:`usrview.store.trust.header_trust`); whether it is unsigned; and
+    whether only the legacy signature policy accepts it (:mod:`verifier.policy`).
 
     Raises PackageRefused, or StoreError when the file cannot be read.
     """
@@ -509,7 +500,7 @@ def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: b
     if not trust.usable:
         hint = " (--allow-unsigned accepts unsigned packages)" if trust.unsigned and not allow_unsigned else ""
         raise PackageRefused(f"signature check: {trust.reason}{hint}")
-    return check.package, trust.unsigned, check.policy or DEFAULT_POLICY
+    return check.package, trust.unsigned, check.policy == LEGACY_POLICY
 
 
 def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,
@@ -539,14 +530,14 @@ def import_packages(store: Store, paths: Iterable[str | os.PathLike], keyring: K
 
     The outcome is the ImportResult, or the PackageRefused/StoreError that kept
     that package out (the others go on).  Packages are committed in batches
-    (:class:`_Batch`): a package's outcome is yielded once its batch is
+    (:class:`_ImportBatch`): a package's outcome is yielded once its batch is
     committed, i.e. once it is durably in the store.  ``started(path)`` is
     called before each package is read, ``progress(done, total)`` after each
     payload member.  Abandoning the iteration removes what was not committed.
     """
     faults.arm_file_count()
     with store.lock():
-        batch = _Batch(store)
+        batch = _ImportBatch(store)
         try:
             waiting: list[tuple[str | os.PathLike, ImportResult | UsrviewError]] = []
             for path in paths:
@@ -566,7 +557,7 @@ def import_packages(store: Store, paths: Iterable[str | os.PathLike], keyring: K
             batch.close()
 
 
-def _settle(batch: _Batch, waiting: list) -> Iterator[tuple[str | os.PathLike, ImportResult | UsrviewError]]:
+def _settle(batch: _ImportBatch, waiting: list) -> Iterator[tuple[str | os.PathLike, ImportResult | UsrviewError]]:
     failed = batch.commit()
     for path, outcome in waiting:
         if isinstance(outcome, ImportResult):
@@ -582,32 +573,25 @@ def _settle(batch: _Batch, waiting: list) -> Iterator[tuple[str | os.PathLike, I
         yield path, outcome
 
 
-def _storage_error(nevra: str, e: OSError) -> StoreError:
-    what = "no space left in the store" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"{e.strerror or e}"
-    return StoreError(f"cannot store {nevra}: {what}")
-
-
-def _prepare(store: Store, batch: _Batch, path: str | os.PathLike, keyring: Keyring,
+def _prepare(store: Store, batch: _ImportBatch, path: str | os.PathLike, keyring: Keyring,
              allow_unsigned: bool, progress: Callable[[int, int], None] | None) -> ImportResult:
     """Check one package and write it into the batch (not committed yet)."""
-    package, unsigned, policy = check_header(path, keyring, allow_unsigned=allow_unsigned)
+    package, unsigned, legacy = check_header(path, keyring, allow_unsigned=allow_unsigned)
     if not package.has_payload:
         raise PackageRefused("a header-only rpm has no files to import")
     try:
         pkgid = pkgid_for(package)
     except StoreError as e:
         raise PackageRefused(str(e)) from None
-    result = ImportResult(pkgid, package.nevra, unsigned=unsigned, signature_policy=policy)
+    result = ImportResult(pkgid, package.nevra, unsigned=unsigned, legacy=legacy)
     pending = batch.pending_by_id.get(pkgid)
     if pending is not None:  # given twice: stored by the first, when its batch commits
         result.already_stored = True
-        result.unsigned = pending.result.unsigned
-        result.signature_policy = pending.result.signature_policy
+        result.unsigned, result.legacy = pending.result.unsigned, pending.result.legacy
         return result
     if store.has(pkgid):
         result.already_stored = True
-        result.unsigned = store.unsigned_path(pkgid).exists()
-        result.signature_policy = store.signature_policy(pkgid)
+        result.unsigned, result.legacy = store.unsigned_path(pkgid).exists(), store.legacy_path(pkgid).exists()
         return result
     check_file_list(package)
     try:
@@ -615,75 +599,24 @@ def _prepare(store: Store, batch: _Batch, path: str | os.PathLike, keyring: Keyr
     except PayloadError as e:
         raise PackageRefused(str(e)) from None
     except OSError as e:
-        raise _storage_error(package.nevra, e) from None
+        raise storage_error(package.nevra, e) from None
     return result
 
 
-@dataclass
-class _Pending:
-    """A package written under ``tmp/`` and not committed yet."""
-
-    package: Package
-    pkgid: str
-    result: ImportResult
-    tree: str               #: its tree's name in tmp/
-    header: str             #: its header file's name in tmp/
-    markers: dict[str, str]  #: marker directory (unsigned/, legacy/) -> its marker's name in tmp/
-
-
-class _Batch:
-    """Packages written under ``tmp/`` and committed together, with one syncfs(2).
-
-    Per package, :meth:`write` makes everything that must be durable before the
-    package may appear, all of it under ``tmp/``: the tree (a subvolume on
-    btrfs), the header file, its markers (``unsigned/``, ``legacy/``).  :meth:`commit` then:
-
-    1. ``syncfs(2)``, once: every tree, header file and marker of the batch is
-       on disk (on btrfs this also commits the transaction).  One call instead
-       of one per package: each call costs a transaction commit and a device
-       flush, measured at about 30 ms on a loop-mounted btrfs (250 packages:
-       7 s of syncfs alone).
-    2. per package, the tree renamed to ``packages/PKGID``; then (all renames
-       first) each set read-only (btrfs refuses to move a read-only subvolume
-       between directories); on btrfs that ioctl commits a transaction, which
-       makes the renames durable; then one ``fsync`` of ``packages/`` for the
-       other file systems.
-    3. the markers renamed into ``unsigned/`` and ``legacy/``, and those
-       fsynced, before any header appears (a header made durable by a later
-       fsync must not outlive its package's marker).
-    4. per package, the header renamed to ``headers/PKGID.rpm`` -- the moment
-       the package exists -- and ``headers/`` fsynced once at the end.
-
-    A header is renamed in only after its bytes, its tree and its read-only
-    flag are durable, so whatever a crash interrupts, a header on disk names
-    a complete package; trees and markers without a header, and everything
-    in ``tmp/``, are leftovers the next writer removes (Store.cleanup).  A
-    package's outcome is reported after step 4.
-    """
+class _ImportBatch(PackageBatch):
+    """The store's :class:`~usrview.store.commit.PackageBatch`, staged from rpm
+    payloads: :meth:`write` makes each package's tree, header file and markers
+    under ``tmp/``, and keeps an index of the batch's checked files for
+    reflinks between its packages."""
 
     def __init__(self, store: Store):
-        self.store = store
-        self.pending: list[_Pending] = []
-        self.pending_by_id: dict[str, _Pending] = {}
+        super().__init__(store)
+        self._reset()
+
+    def _reset(self) -> None:
         #: (algo, digest) -> (tree name in tmp/, parts, size): checked files of this batch
         self.index: dict[tuple[int, str], tuple[str, tuple[str, ...], int]] = {}
         self.bytes = 0
-        self.tmp_fd = os.open(store.root / TMP_DIR, DIR_FLAGS)
-        self._fds = [self.tmp_fd]
-        try:
-            store.make_later_dirs()
-            self.packages_fd = self._open(PACKAGES_DIR)
-            self.headers_fd = self._open(HEADERS_DIR)
-            #: marker directory -> its fd
-            self.marker_fds = {d: self._open(d) for d in (UNSIGNED_DIR, LEGACY_DIR)}
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(self, sub: str) -> int:
-        fd = os.open(self.store.root / sub, DIR_FLAGS)
-        self._fds.append(fd)
-        return fd
 
     def full(self) -> bool:
         return len(self.pending) >= BATCH_MAX_PACKAGES or self.bytes >= BATCH_MAX_BYTES
@@ -691,11 +624,9 @@ class _Batch:
     def write(self, path: Path, package: Package, pkgid: str, result: ImportResult,
               progress: Callable[[int, int], None] | None) -> None:
         store, tmp_fd = self.store, self.tmp_fd
-        name = store.temp_name("import")
-        header = None
-        markers: dict[str, str] = {}
+        name = header = unsigned = legacy = None
         try:
-            btrfs.create_tree(tmp_fd, name)
+            name = self.new_tree()
             root_fd = os.open(name, DIR_FLAGS, dir_fd=tmp_fd)
             dir_fds = _PackageDirFds(root_fd)
             try:
@@ -708,143 +639,12 @@ class _Batch:
                 dir_fds.close()
                 os.close(root_fd)
             faults.kill_at("written")
-            header = store.temp_name("header")
-            _write_file(tmp_fd, header, package.header_only())
-            for marker, wanted in ((UNSIGNED_DIR, result.unsigned),
-                                   (LEGACY_DIR, result.signature_policy == LEGACY_POLICY)):
-                if wanted:
-                    markers[marker] = store.temp_name(marker)
-                    _write_file(tmp_fd, markers[marker], b"")
+            header = self.stage_header(package)
+            unsigned, legacy = self.stage_markers(result.unsigned, result.legacy)
         except BaseException:
-            # Best effort, the error that brought us here propagates: what a
-            # failed removal leaves in tmp/ is a leftover Store.cleanup removes.
-            for n in (name, header, *markers.values()):
-                if n is not None:
-                    with contextlib.suppress(OSError):
-                        btrfs.delete_tree(tmp_fd, n)
+            self.remove_staged(name, header, unsigned, legacy)
             raise
         for key, parts in writer.local.items():
             self.index.setdefault(key, (name, parts, writer.local_sizes[key]))
         self.bytes += result.bytes_written
-        p = _Pending(package, pkgid, result, name, header, markers)
-        self.pending.append(p)
-        self.pending_by_id[pkgid] = p
-
-    def commit(self) -> dict[str, UsrviewError]:
-        """Make the pending packages appear (see the class); the errors of those that did not."""
-        failed: dict[str, UsrviewError] = {}
-        pending, self.pending, self.pending_by_id = self.pending, [], {}
-        self.index, self.bytes = {}, 0
-        if not pending:
-            return failed
-
-        def fail(p: _Pending, e: OSError) -> None:
-            failed[p.pkgid] = _storage_error(p.package.nevra, e)
-
-        try:
-            btrfs.syncfs(self.tmp_fd)
-        except OSError as e:
-            for p in pending:
-                fail(p, e)
-            self._discard(pending)
-            return failed
-        faults.kill_at("synced")
-
-        renamed: list[_Pending] = []
-        for p in pending:
-            try:
-                os.rename(p.tree, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.packages_fd)
-            except OSError as e:
-                fail(p, e)
-                self._discard([p])
-                continue
-            renamed.append(p)
-            faults.kill_at("renamed")
-
-        def seal(p: _Pending) -> OSError | None:
-            try:
-                btrfs.set_readonly(self.packages_fd, p.pkgid)
-            except OSError as e:
-                fail(p, e)
-                self._discard([p], in_packages=True)
-                return e
-            faults.kill_at("readonly")
-            return None
-
-        # On btrfs each SUBVOL_SETFLAGS commits a transaction, under a lock
-        # (subvol_sem) that serializes them: calls from several threads took
-        # as long (about 8-15 ms each on a loop device).  One after another.
-        errors = [seal(p) for p in renamed]
-        moved = [p for p, e in zip(renamed, errors, strict=True) if e is None]
-        try:
-            if moved:
-                os.fsync(self.packages_fd)
-            marked = set()
-            for p in moved:
-                for marker, name in list(p.markers.items()):
-                    os.rename(name, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.marker_fds[marker])
-                    del p.markers[marker]
-                    marked.add(marker)
-            for marker in sorted(marked):
-                os.fsync(self.marker_fds[marker])
-        except OSError as e:
-            for p in moved:
-                fail(p, e)
-            self._discard(moved, in_packages=True)
-            return failed
-        done: list[_Pending] = []
-        for p in moved:
-            try:
-                os.rename(p.header, p.pkgid + HEADER_SUFFIX, src_dir_fd=self.tmp_fd, dst_dir_fd=self.headers_fd)
-            except OSError as e:
-                fail(p, e)
-                self._discard([p], in_packages=True)
-                continue
-            faults.kill_at("header")
-            done.append(p)
-        if done:
-            try:
-                os.fsync(self.headers_fd)
-            except OSError as e:
-                # the headers are in place; whether they are durable is unknown
-                raise StoreError(f"cannot sync {self.store.root / HEADERS_DIR}: {e.strerror or e}") from None
-        for p in done:
-            self.store.index_package(p.pkgid, p.package)
-        return failed
-
-    def _discard(self, pending: list[_Pending], *, in_packages: bool = False) -> None:
-        """Remove what these packages left, wherever it is.  Best effort, any OSError
-        ignored: the caller reports the error that made it discard them, and
-        Store.cleanup removes what a failed removal leaves."""
-        for p in pending:
-            with contextlib.suppress(OSError):
-                if in_packages:
-                    btrfs.delete_tree(self.packages_fd, p.pkgid)
-                    for fd in self.marker_fds.values():
-                        with contextlib.suppress(OSError):
-                            os.unlink(p.pkgid, dir_fd=fd)
-            for n in (p.tree, p.header, *p.markers.values()):
-                if n is not None:
-                    with contextlib.suppress(OSError):
-                        btrfs.delete_tree(self.tmp_fd, n)
-
-    def close(self) -> None:
-        """Remove anything not committed, and close the directory fds."""
-        try:
-            if self.pending:
-                pending, self.pending, self.pending_by_id = self.pending, [], {}
-                self._discard(pending)
-        finally:
-            for fd in self._fds:
-                os.close(fd)
-            self._fds = []
-
-
-def _write_file(dir_fd: int, name: str, data: bytes, mode: int = 0o644) -> None:
-    fd = os.open(name, FILE_CREATE_FLAGS, mode, dir_fd=dir_fd)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+        self.add(StagedPackage(package, pkgid, result, name, header, unsigned, legacy))

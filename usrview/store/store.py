@@ -428,6 +428,28 @@ class Store:
         btrfs's subvolume searches); the caller closes it.  Raises OSError."""
         return self._dir_fd(PACKAGES_DIR)
 
+    def open_tmp_dir(self) -> int:
+        """An fd of ``tmp/``, where writers stage their work; the caller closes it."""
+        return self._dir_fd(TMP_DIR)
+
+    def open_headers_dir(self) -> int:
+        """An fd of ``headers/``; the caller closes it."""
+        return self._dir_fd(HEADERS_DIR)
+
+    def open_unsigned_dir(self) -> int:
+        """An fd of ``unsigned/``; the caller closes it."""
+        return self._dir_fd(UNSIGNED_DIR)
+
+    def open_legacy_dir(self) -> int:
+        """An fd of ``legacy/``, made first in an older store (needs the lock); the
+        caller closes it."""
+        self.make_later_dirs()
+        return self._dir_fd(LEGACY_DIR)
+
+    @property
+    def headers_dir(self) -> Path:
+        return self.root / HEADERS_DIR
+
     def get(self, pkgid: str) -> StoredPackage:
         """The stored package ``pkgid``; StoreError when absent."""
         if not self.has(pkgid):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from usrview.store import fiemap
 from usrview.store.store import Store, StoreError, pkgid_for
+from usrview.store.trust import header_trust
 from usrview.verify import vcache
 from usrview.verify.context import RunContext
 from usrview.verify.dedupe import DEDUPE_MIN_SIZE, Deferred
@@ -98,21 +99,22 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
     pkg = check.package
     # Accepted by a looser signature policy than this run's (keys bound by SHA-1
     # under default): reported, and its files still checked against it.
-    looser = check.verdict is Verdict.NOTTRUSTED and check.policy is not None
-    trusted = check.verdict is Verdict.GOOD or (check.verdict is Verdict.UNSIGNED and unsigned) or looser
-    if check.verdict is Verdict.UNSIGNED and unsigned:
+    trust = header_trust(check, unsigned_allowed=unsigned, looser_policy_allowed=True)
+    trusted = trust.usable
+    if trust.usable and trust.unsigned:
         findings.append(Finding("unsigned", pkgid, str(hpath),
                                 f"unsigned  {pkgid}: imported unsigned (--allow-unsigned)",
                                 expected="GOOD", actual="UNSIGNED",
                                 message="package was imported without a signature"))
-    elif looser:
+    elif trust.looser_policy is not None:
         findings.append(Finding("legacy", pkgid, str(hpath),
-                                f"legacy    {pkgid}: accepted only by the {check.policy} signature policy: "
-                                f"{check.format()}",
-                                expected=keyring.policy.name, actual=check.policy, message=check.format()))
-    elif check.verdict is not Verdict.GOOD:
-        findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {check.format()}",
-                                expected="GOOD", actual=check.verdict.value, message=check.format()))
+                                f"legacy    {pkgid}: accepted only by the {trust.looser_policy} signature policy: "
+                                f"{trust.reason}",
+                                expected=keyring.policy.name, actual=trust.looser_policy, message=trust.reason))
+    elif not trust.usable:
+        actual = check.verdict.value if check.verdict is not Verdict.UNSIGNED or not unsigned else "PARSE"
+        findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {trust.reason}",
+                                expected="GOOD", actual=actual, message=trust.reason))
     if pkg is not None:
         try:
             real = pkgid_for(pkg)
