@@ -142,7 +142,7 @@ def test_the_configuration_chooses_the_policy(signed, tmp_path):
 
 
 def test_every_command_that_checks_signatures_takes_the_option():
-    for command in ("checksig", "import", "deploy", "mount", "verify", "monitor", "initrd-mount"):
+    for command in ("checksig", "import", "deploy", "pull", "mount", "verify", "monitor", "initrd-mount"):
         assert "--signature-policy {default,legacy}" in usrview(command, "--help").stdout, command
 
 

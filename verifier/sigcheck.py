@@ -17,9 +17,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HeaderError
+from .errors import HeaderError, PGPError
 from .header import Package, read_package, read_package_file, sig_digests
 from .keyring import Keyring, Result, Verdict, combine
+from .openpgp import Tag, dearmor, is_armored, parse_packets, parse_signature
 from .tags import SigTag
 
 
@@ -185,3 +186,28 @@ def check_file(path: str | Path, keyring: Keyring, *, now: float | None = None) 
     except HeaderError as e:
         return HeaderCheck(Verdict.PARSE, str(e))
     return check_package(pkg, keyring, now=now)
+
+
+def check_detached(signature: bytes, data: bytes, keyring: Keyring, *,
+                   now: float | None = None) -> Result:
+    """The verdict on a detached signature over ``data`` (``gpg --detach-sign``,
+    binary or armored): every signature packet is a binary-document signature
+    judged by :meth:`Keyring.check_packet`'s rules, and the verdicts are
+    combined as a header's are (one GOOD from a trusted key vouches).  Never
+    raises: anything but signature packets is BAD, no packet is UNSIGNED."""
+    try:
+        blocks = dearmor(signature) if is_armored(signature) else [signature]
+        packets = [p for block in blocks for p in parse_packets(block)]
+    except PGPError as e:
+        return Result(Verdict.BAD, f"malformed detached signature: {e}")
+    if any(p.tag != Tag.SIGNATURE for p in packets):
+        return Result(Verdict.BAD, "a detached signature holds only signature packets")
+    results = []
+    for p in packets:
+        try:
+            sig = parse_signature(p.body)
+        except PGPError as e:
+            results.append(Result(Verdict.BAD, f"malformed OpenPGP signature: {e}"))
+            continue
+        results.append(keyring.check(sig, data, now=now))
+    return combine(results)

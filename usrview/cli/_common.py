@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from usrview.errors import OperationalError
+from usrview.remote.index import DEFAULT_IMAGE, DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from usrview.store import Store
 from verifier import policy as policies
 from verifier.keyring import Keyring
@@ -43,6 +44,22 @@ def signature_policy(args, cfg) -> policies.Policy:
 def add_allow_unsigned_option(p) -> None:
     p.add_argument("--allow-unsigned", action="store_true",
                    help="accept packages without a header signature (recorded as unsigned)")
+
+
+def add_remote_options(p) -> None:
+    """pull's options, which ``deploy URL`` takes too."""
+    p.add_argument("--image", default=DEFAULT_IMAGE, metavar="NAME",
+                   help=f"the image's name in the repository (default {DEFAULT_IMAGE})")
+    p.add_argument("--mirror", action="append", metavar="URL",
+                   help="a mirror of the repository's packages, tried in order before URL (repeatable); "
+                        "the index always comes from URL")
+    p.add_argument("--ca-file", type=Path, metavar="FILE", help="also trust this CA for HTTPS")
+    p.add_argument("--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
+                   help=f"packages fetched at a time (default {DEFAULT_JOBS})")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"give up on a connection silent this long (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N",
+                   help=f"retries per request, with backoff (default {DEFAULT_RETRIES})")
 
 
 def open_store(args, cfg, *, create: bool = False) -> Store:

@@ -51,7 +51,7 @@ from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
-from verifier import policy as policies
+from usrview.store.trust import stored_policy_refusal
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
 
@@ -354,12 +354,19 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     ``previous``/``current`` are switched.  The new image is on trial for
     ``tries`` boots (:mod:`usrview.images.bootstate`) before it becomes current.
     """
+    with store.lock():
+        return deploy_sources(store, read_source(source), keyring, allow_unsigned=allow_unsigned,
+                              now=now, progress=progress, tries=tries)
+
+
+def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow_unsigned: bool = False,
+                   now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES) -> DeployResult:
+    """:func:`deploy` of packages already read (a SOURCE directory's, or pull's)."""
     from usrview.store.importer import (
         import_packages,  # the importer needs the payload machinery
     )
 
     with store.lock():
-        sources = read_source(source)
         missing = [s for s in sources if s.header_only and not store.has(s.pkgid)]
         if missing:
             listed = ", ".join(f"{s.path.name} ({s.package.nevra})" for s in missing)
@@ -402,11 +409,8 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
         if unsigned_ids and not allow_unsigned:  # stored unsigned, given as a full rpm
             raise OperationalError("stored unsigned: " + ", ".join(unsigned_ids)
                                    + " (--allow-unsigned deploys them)")
-        # given as header-only rpms, their signatures were not checked under this policy
-        legacy_ids = sorted(set(pkgids) & store.legacy_pkgids())
-        if legacy_ids and not policies.covers(keyring.policy, policies.LEGACY.name):
-            raise OperationalError("stored under the legacy signature policy: " + ", ".join(legacy_ids)
-                                   + f" ({policies.LEGACY.opt_in} deploys them)")
+        if refusal := stored_policy_refusal(store, pkgids, keyring.policy):  # header-only: not re-checked
+            raise OperationalError(refusal)
         old_current = pointer(store, CURRENT)
         old_previous = pointer(store, PREVIOUS)
         if old_current is not None:
@@ -586,9 +590,8 @@ def _remove_stale_locks(store: Store, live: set[str]) -> None:
 
 
 def status(store: Store) -> dict:
-    """The images, newest first, with the current/previous/in-use marks, the
-    packages only the legacy signature policy accepts, and boot states, as
-    JSON-able data."""
+    """The images, newest first, with the current/previous/in-use/legacy marks and
+    boot states, as JSON-able data."""
     cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
     state = bootstate.load(store)
     legacy = store.legacy_pkgids()
@@ -626,7 +629,9 @@ __all__ = [
     "DeployResult",
     "GcResult",
     "Image",
+    "SourcePackage",
     "deploy",
+    "deploy_sources",
     "gc",
     "hold_image",
     "image_ids",

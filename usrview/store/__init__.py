@@ -13,8 +13,9 @@ from usrview.store.store import (
     StoredPackage,
     StoreError,
     is_enospc,
+    make_pkgid,
     pkgid_for,
 )
 
-__all__ = ["FORMAT_LINE", "LAYOUT_DIRS", "LEGACY_POLICY", "PKGID_HASH_DIGITS", "Store", "StoreError", "StoredPackage",
-           "is_enospc", "pkgid_for"]
+__all__ = ["FORMAT_LINE", "LAYOUT_DIRS", "LEGACY_POLICY", "PKGID_HASH_DIGITS", "Store", "StoreError",
+           "StoredPackage", "is_enospc", "make_pkgid", "pkgid_for"]

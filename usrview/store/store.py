@@ -11,6 +11,9 @@ Layout (docs/store-format.md is the reference; this module checks it)::
     STORE/images/, current, previous   the image layer's (usrview/images/records.py)
     STORE/boot.json          the images' boot states and fallback events (usrview/images/bootstate.py)
     STORE/cache/             hints, rebuilt when lost: verify.sqlite (usrview/verify/vcache.py)
+    STORE/downloads/         pull's rpms by SHA-256: H.part being fetched (kept to resume),
+                             H.rpm fetched whole and verified; never a package (usrview/remote/)
+    STORE/remote.json        the newest image index serial accepted per repository and image
     STORE/tmp/               work in progress; leftovers are removed under the lock
 
 A package exists exactly when its header file exists: the header is written
@@ -68,6 +71,10 @@ BOOT_STATE_FILE = "boot.json"
 TMP_DIR = "tmp"
 #: Made by the first cache written, not by ``Store.open``: a store without it is whole.
 CACHE_DIR = "cache"
+#: Made by the first pull: what ``tmp/`` cannot hold, as the lock empties it.
+DOWNLOADS_DIR = "downloads"
+#: The serials of the image indexes accepted by pull (replayed old ones are refused).
+REMOTE_STATE_FILE = "remote.json"
 HEADER_SUFFIX = ".rpm"
 #: Directories made by ``Store.open(create=True)``, besides the root.
 LAYOUT_DIRS = (PACKAGES_DIR, HEADERS_DIR, UNSIGNED_DIR, IMAGES_DIR, TMP_DIR)
@@ -107,9 +114,13 @@ def pkgid_for(package: Package) -> str:
 
     Raises StoreError when the NEVRA cannot be a file name (a hostile header).
     """
-    nevra = package.nevra
-    pkgid = f"{nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
-    if ("/" in nevra or "\0" in nevra or nevra.startswith(".") or not package.name
+    return make_pkgid(package.nevra if package.name else "", package.header_sha256)
+
+
+def make_pkgid(nevra: str, header_sha256: str) -> str:
+    """The id of the package NEVRA whose header region has this SHA-256 (:func:`pkgid_for`)."""
+    pkgid = f"{nevra}-{header_sha256[:PKGID_HASH_DIGITS]}"
+    if ("/" in nevra or "\0" in nevra or nevra.startswith(".") or not nevra
             or len(os.fsencode(pkgid + HEADER_SUFFIX)) > NAME_MAX):
         raise StoreError(f"package name {nevra!r} cannot be stored (not a valid file name)")
     return pkgid
@@ -320,6 +331,14 @@ class Store:
     @property
     def boot_state_path(self) -> Path:
         return self.root / BOOT_STATE_FILE
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / DOWNLOADS_DIR
+
+    @property
+    def remote_state_path(self) -> Path:
+        return self.root / REMOTE_STATE_FILE
 
     def package_dir(self, pkgid: str) -> Path:
         return self.root / PACKAGES_DIR / pkgid

@@ -15,8 +15,10 @@ NOKEY, other NOTTRUSTED and PARSE never.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from verifier import policy as policies
 from verifier.keyring import Verdict
 from verifier.sigcheck import HeaderCheck
 
@@ -68,3 +70,15 @@ def header_trust(check: HeaderCheck, *, unsigned_allowed: bool,
     if looser:
         return HeaderTrust(True, False, check.format(), check.policy)
     return HeaderTrust(True, True)
+
+
+def stored_policy_refusal(store, pkgids: Iterable[str], policy: policies.Policy) -> str | None:
+    """Why stored packages may not be used under ``policy`` (None: they may): those
+    the store records as accepted only by the legacy signature policy
+    (``legacy/PKGID``), when ``policy`` is stricter.  For stored packages whose
+    signatures are not checked again here (deploy of header-only rpms)."""
+    legacy_ids = sorted(set(pkgids) & store.legacy_pkgids())
+    if not legacy_ids or policies.covers(policy, policies.LEGACY.name):
+        return None
+    return (f"stored under the legacy signature policy: {', '.join(legacy_ids)} "
+            f"({policies.LEGACY.opt_in} deploys them)")
