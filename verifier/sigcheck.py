@@ -35,7 +35,7 @@ class SignatureInfo:
         r = self.result
         return {"tag": self.tag, "verdict": r.verdict.value, "reason": r.reason,
                 "fingerprint": r.fingerprint, "cert_fingerprint": r.cert_fingerprint,
-                "key_id": r.key_id}
+                "key_id": r.key_id, "policy": r.policy}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class HeaderCheck:
         signatures: every header signature that counted, with its result.
         digests: header digest name -> "OK" or "BAD".
         package: the parsed package, when it parsed.
+        policy: the strictest signature policy (its name, :mod:`verifier.policy`)
+            under which the deciding signature is GOOD, whatever the keyring's:
+            with a GOOD verdict, the policy that accepts the package; with a
+            NOTTRUSTED one, the policy that would.  None otherwise.
     """
 
     verdict: Verdict
@@ -61,6 +65,7 @@ class HeaderCheck:
     signatures: tuple[SignatureInfo, ...] = ()
     digests: dict[str, str] = field(default_factory=dict)
     package: Package | None = field(default=None, repr=False, compare=False)
+    policy: str | None = None
 
     @property
     def good(self) -> bool:
@@ -88,6 +93,7 @@ class HeaderCheck:
             "header_sha256": pkg.header_sha256 if pkg else None,
             "digests": self.digests,
             "signatures": [s.to_json() for s in self.signatures],
+            "policy": self.policy,
         }
 
 
@@ -157,7 +163,8 @@ def check_package(pkg: Package, keyring: Keyring, *, now: float | None = None) -
             verdict, reason = Verdict.PARSE, import_error
     return HeaderCheck(verdict, reason,
                        fingerprint=combined.cert_fingerprint if combined.verdict is not Verdict.NOKEY else None,
-                       key_id=combined.key_id, signatures=infos, digests=digests, package=pkg)
+                       key_id=combined.key_id, signatures=infos, digests=digests, package=pkg,
+                       policy=combined.policy if verdict is combined.verdict else None)
 
 
 def check_bytes(data: bytes, keyring: Keyring, *, now: float | None = None) -> HeaderCheck:

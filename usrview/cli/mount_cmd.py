@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from usrview import images
-from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store
+from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store, signature_policy
 from usrview.errors import EXIT_OK, OperationalError
 from usrview.view.loader import build_view, release_free_memory
 
@@ -75,7 +75,7 @@ def run_mount(args, cfg) -> int:
     from usrview.view.guard import Guard
     from usrview.view.mount import daemonize, run
 
-    keyring = load_keyring(args.keys or cfg.keys)
+    keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
         log.warning("%s", warning)
     store = open_store(args, cfg)

@@ -51,6 +51,7 @@ from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
+from usrview.store.trust import stored_policy_refusal
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
 
@@ -408,6 +409,8 @@ def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow
         if unsigned_ids and not allow_unsigned:  # stored unsigned, given as a full rpm
             raise OperationalError("stored unsigned: " + ", ".join(unsigned_ids)
                                    + " (--allow-unsigned deploys them)")
+        if refusal := stored_policy_refusal(store, pkgids, keyring.policy):  # header-only: not re-checked
+            raise OperationalError(refusal)
         old_current = pointer(store, CURRENT)
         old_previous = pointer(store, PREVIOUS)
         if old_current is not None:
@@ -587,10 +590,11 @@ def _remove_stale_locks(store: Store, live: set[str]) -> None:
 
 
 def status(store: Store) -> dict:
-    """The images, newest first, with the current/previous/in-use marks and boot
-    states, as JSON-able data."""
+    """The images, newest first, with the current/previous/in-use/legacy marks and
+    boot states, as JSON-able data."""
     cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
     state = bootstate.load(store)
+    legacy = store.legacy_pkgids()
     images = []
     for image in reversed(list_images(store)):
         boot = state.of(image.id)
@@ -602,6 +606,7 @@ def status(store: Store) -> dict:
             "previous": image.id == prev,
             "in_use": image_in_use(store, image.id),
             "unsigned": [_nevra_of(p) for p in image.unsigned],
+            "legacy_signature_policy": [_nevra_of(p) for p in image.packages if p in legacy],
             "boot": boot.state,
             "tries": boot.tries,
         })
