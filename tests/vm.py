@@ -247,15 +247,7 @@ def guest_packages(cache: Path = CACHE, *, roots=GUEST_PACKAGES) -> Path:
     tmp = cache / f"guest-pkgs-{tag}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    result = pkgset.build_set(tmp, len(names), names=names, update_fraction=0.1, relocate=True,
-                              log=lambda *a: log(*a))
-    try:
-        rpm = usrview_package(tmp / "usrview-build", result.key)
-    finally:
-        pkgset.stop_gpg_agent(result.key)
-    for d in image_dirs(tmp):
-        shutil.copy2(rpm, d / rpm.name)
-    shutil.rmtree(tmp / "usrview-build")
+    pkgset.build_set(tmp, len(names), names=names, update_fraction=0.1, relocate=True, log=lambda *a: log(*a))
     # the key's path in the manifest moves with the directory
     tmp.rename(setdir)
     return setdir
@@ -290,7 +282,7 @@ def usrview_package(workdir: Path, key) -> Path:
     if libpython.exists():
         dest = f"{GUEST_RUNTIME}/python/lib/{libpython.name}"
         files[dest] = FileSpec(dest, content=libpython.read_bytes(), mode=0o755)
-    wrapper = (f"#!/bin/sh\n# usrview from its own runtime ({GUEST_RUNTIME})\n"
+    wrapper = (f"#!/bin/bash\n# usrview from its own runtime ({GUEST_RUNTIME})\n"
                f"PYTHONHOME={GUEST_RUNTIME}/python PYTHONPATH={GUEST_RUNTIME}/site "
                f"LD_LIBRARY_PATH={GUEST_RUNTIME}/python/lib PYTHONDONTWRITEBYTECODE=1 \\\n"
                f"    exec {bindest} -m usrview.cli \"$@\"\n")
@@ -411,15 +403,32 @@ def booted_view_unit() -> str:
     return text
 
 
-def image_dirs(setdir: Path) -> list[Path]:
-    return [setdir / "set-v1", setdir / "set-v2"]
+def guest_images(setdir: Path, workdir: Path) -> list[Path]:
+    """The guest's two images, as directories of rpms in ``workdir``: set-v1 and
+    set-v2 of the cached package set (hard links), each with usrview's package
+    built now from this tree (:func:`usrview_package`, signed with the set's key)."""
+    key = pkgset.load_or_make_key(setdir / "key")
+    try:
+        rpm = usrview_package(workdir / "usrview-build", key)
+    finally:
+        pkgset.stop_gpg_agent(key)
+    dirs = []
+    for name in ("set-v1", "set-v2"):
+        d = workdir / name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        for src in (setdir / name).glob("*.rpm"):
+            os.link(src, d / src.name)
+        shutil.copy2(rpm, d / rpm.name)
+        dirs.append(d)
+    return dirs
 
 
-def make_view_disk(out: Path, setdir: Path, images: list[Path] | None = None, *,
-                   size: int = DISK_BYTES, work: Path | None = None) -> Path:
-    """A raw btrfs disk: the root file system with a store holding ``images`` (default
-    set-v1 then set-v2: current is v2, previous v1), deployed by ``usrview deploy``."""
-    images = image_dirs(setdir) if images is None else images
+def make_view_disk(out: Path, setdir: Path, images: list[Path], *, size: int = DISK_BYTES,
+                   work: Path | None = None) -> Path:
+    """A raw btrfs disk: the root file system with a store holding ``images``
+    (deployed in that order by ``usrview deploy``: the last is current)."""
     key = setdir / "key" / pkgset.PUBKEY_NAME
     out.unlink(missing_ok=True)
     with open(out, "wb") as f:
@@ -438,12 +447,11 @@ def make_view_disk(out: Path, setdir: Path, images: list[Path] | None = None, *,
     return out
 
 
-def make_plain_disk(out: Path, setdir: Path, image: Path | None = None, *, size: int = DISK_BYTES,
+def make_plain_disk(out: Path, setdir: Path, image: Path, *, size: int = DISK_BYTES,
                     work: Path | None = None) -> Path:
     """A raw btrfs disk with the same root file system, the packages of ``image``
-    (default set-v2) installed by ``rpm --root`` into its /usr: no view, no loop
-    device (``mkfs.btrfs --rootdir``)."""
-    image = image_dirs(setdir)[1] if image is None else image
+    installed by ``rpm --root`` into its /usr: no view, no loop device
+    (``mkfs.btrfs --rootdir``)."""
     out.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=work or out.parent) as tmp:
         root = Path(tmp) / "root"
