@@ -104,7 +104,8 @@ OUT=/run/vmtest/out BOOT=$boot bash /run/vmtest/run > "run.$boot.log" 2>&1
 echo $? > "rc.$boot"
 tar -cf /dev/vdb -C /run/vmtest run out
 sync
-echo "usrview-vmtest: boot $boot done, rc $(cat "rc.$boot")" > /dev/kmsg
+# priority 2: shown on the console whatever the loglevel (the poweroff is timed from it)
+echo "<2>usrview-vmtest: boot $boot done, rc $(cat "rc.$boot")" > /dev/kmsg
 next=$(cat next 2>/dev/null || echo poweroff)
 systemctl --no-block "$next"
 """
