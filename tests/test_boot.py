@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,18 +135,31 @@ class Env:
         return pkgset.load(self.setdir)
 
 
+#: Where each session's disks and runs go (not pytest's tmp_path: its old numbered
+#: directories are removed by other pytest sessions, which must not happen to a disk
+#: under a running qemu).  The console logs stay; the disks and images go.
+WORK_ROOT = Path(os.environ.get("USRVIEW_BOOT_TEST_DIR", "/var/tmp"))
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> Env:
+def env() -> Env:
     require_tools(vm.QEMU, "dracut", "mkfs.btrfs", "btrfs", "losetup", "rpmbuild", "rpmsign", "apt-get", "dpkg-deb",
                   "depmod")
-    work = tmp_path_factory.mktemp("boot")
-    kernel = vm.fetch_kernel()
-    setdir = vm.guest_packages()
-    images = vm.guest_images(setdir, work)
-    key = setdir / "key" / pkgset.PUBKEY_NAME
-    initrd = vm.build_initrd(kernel, work / "initrd.img", keys=key)
-    base = vm.make_view_disk(work / "view.raw", setdir, images)
-    return Env(work, kernel, setdir, images, key, initrd, base)
+    work = Path(tempfile.mkdtemp(prefix="usrview-boot-", dir=WORK_ROOT))
+    try:
+        kernel = vm.fetch_kernel()
+        setdir = vm.guest_packages()
+        images = vm.guest_images(setdir, work)
+        key = setdir / "key" / pkgset.PUBKEY_NAME
+        initrd = vm.build_initrd(kernel, work / "initrd.img", keys=key)
+        base = vm.make_view_disk(work / "view.raw", setdir, images)
+        yield Env(work, kernel, setdir, images, key, initrd, base)
+    finally:
+        for big in [*work.glob("*.raw"), *work.glob("*.img"), *work.glob("run-*/io.img")]:
+            big.unlink()
+        for d in ("set-v1", "set-v2", "usrview-build", "broken"):
+            shutil.rmtree(work / d, ignore_errors=True)
+        vm.log(f"boot test logs kept in {work}")
 
 
 @dataclass
@@ -164,7 +178,11 @@ def main_boot(env) -> MainBoot:
                      timeout=BOOT_TIMEOUT, persist=True)
     assert result.boots == 1 and not result.timed_out, result.why()
     assert result.text("rc.1").strip() == "0", result.text("run.1.log") + result.why()
-    return MainBoot(result, disk, json.loads(result.text("check.json")))
+    check = json.loads(result.text("check.json"))
+    vm.log(f"main boot: multi-user.target {result.target_seconds():.1f} s after the kernel started, qemu "
+           f"{result.seconds:.1f} s; daemon RSS {check['rss_kib'] / 1024:.1f} MiB; read {check['stress']['files']} "
+           f"files ({check['stress']['bytes'] / 1e6:.0f} MB) through the view in {check['stress']['seconds']:.1f} s")
+    return MainBoot(result, disk, check)
 
 
 def store_ids(disk: Path, work: Path) -> dict:
@@ -173,7 +191,8 @@ def store_ids(disk: Path, work: Path) -> dict:
         store = mnt / vm.STORE
         ids = sorted(p.stem for p in (store / "images").glob("*.json"))
         boot = json.loads((store / "boot.json").read_text()) if (store / "boot.json").exists() else {}
-        current = os.readlink(store / "images" / "current") if (store / "images" / "current").is_symlink() else None
+        link = store / "current"  # -> images/ID.json (docs/store-format.md)
+        current = Path(os.readlink(link)).name.removesuffix(".json") if link.is_symlink() else None
     return {"ids": ids, "boot": boot, "current": current}
 
 
@@ -222,8 +241,8 @@ def test_daemon_needs_no_file_gone_or_under_usr(main_boot):
     assert stress["files"] > 3000 and not stress["errors"], stress
     assert c["alive_after"] and not c["maps_after_under_usr"], c["maps_after_under_usr"]
     journal = main_boot.result.text("journal")
-    daemon_lines = [line for line in journal.splitlines() if re.search(r"usrview\[%d\]|python3\.\d+\[%d\]" %
-                                                                        (c["pid"], c["pid"]), line)]
+    pid = c["pid"]
+    daemon_lines = [line for line in journal.splitlines() if re.search(rf"usrview\[{pid}\]|python3\.\d+\[{pid}\]", line)]
     assert not [line for line in daemon_lines if re.search(r"Traceback|Error|No module", line)], daemon_lines
 
 
@@ -233,12 +252,14 @@ def test_poweroff_within_limit(main_boot):
     down = re.findall(r"\[\s*(\d+\.\d+)\] reboot: Power down", console)
     assert done and down, main_boot.result.why()
     seconds = float(down[-1]) - float(done[-1])
+    vm.log(f"poweroff: {seconds:.1f} s")
     assert seconds < POWEROFF_LIMIT, f"poweroff took {seconds:.1f} s; {main_boot.result.console}"
     assert main_boot.result.returncode == 0
 
 
 def test_store_consistent_after_poweroff(main_boot, env):
-    r = subprocess.run(["btrfs", "check", "--readonly", str(main_boot.disk)], capture_output=True, text=True)
+    r = subprocess.run(["btrfs", "check", "--readonly", str(main_boot.disk)], capture_output=True, text=True,
+                       check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     state = store_ids(main_boot.disk, env.work)
     current = state["boot"]["boot"]["image"]
@@ -302,11 +323,14 @@ def previous_boot(env) -> PreviousBoot:
     updated = sorted((n, p) for n, p in man["packages"].items() if p["update"])
     changed = updated[0][1]["update"]["changed"]
     # a file of a package no update touched (the same in v1 and v2), not needed to boot
-    steady = sorted(n for n, p in man["packages"].items() if not p["update"] and n.startswith("coreutils"))[0]
-    rpm = next((env.setdir / "set-v1").glob(f"{steady}-[0-9]*.rpm"))
-    docs = [line for line in subprocess.run(["rpm", "-qpl", "--nosignature", str(rpm)], capture_output=True,
-                                            text=True, check=True).stdout.splitlines()
-            if line.startswith("/usr/share/doc/") and line.endswith("copyright")]
+    docs = []
+    for name in sorted(n for n, p in man["packages"].items() if not p["update"]):
+        rpm = env.setdir / "set-v1" / man["packages"][name]["rpm"]
+        docs = [line for line in subprocess.run(["rpm", "-qpl", "--nosignature", str(rpm)], capture_output=True,
+                                                text=True, check=True).stdout.splitlines()
+                if line.startswith("/usr/share/doc/") and line.endswith("/copyright")]
+        if docs:
+            break
     tampered_path = docs[0]
     disk = vm.copy_disk(env.base, env.work / "previous.raw")
     tamper(disk, env.work, tampered_path)

@@ -35,6 +35,7 @@ failure; qemu is killed by pid at its timeout.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -52,8 +53,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import pkgset  # noqa: E402
-from tests.rpmbuild import FileSpec, build_rpm, rpm_root_install  # noqa: E402
+from tests import pkgset
+from tests.rpmbuild import FileSpec, build_rpm, rpm_root_install
 
 REPO = Path(__file__).resolve().parents[1]
 #: Kernels, package sets and initrds survive between sessions here.
@@ -130,7 +131,8 @@ def log(*args) -> None:
 
 
 def _run(cmd, *, timeout: float = 600, **kw) -> str:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, **kw)
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
+                       check=False, **kw)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {r.returncode}\n"
                            f"{r.stdout.decode(errors='replace')[-3000:]}\n{r.stderr.decode(errors='replace')[-3000:]}")
@@ -226,7 +228,8 @@ def build_initrd(kernel: Kernel, out: Path, *, usrview: bool = True, keys: Path 
         r = subprocess.run(["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
                             "--kver", kernel.kver, "--kmoddir", str(kernel.moddir), "-m", " ".join(modules),
                             "--add-drivers", " ".join(DRACUT_DRIVERS), str(out)],
-                           env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, timeout=900)
+                           env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, timeout=900,
+                           check=False)
     problems = [line for line in dracut_log.read_text(errors="replace").splitlines()
                 if re.search(r"\b(FAILED|ERROR)\b|usrview:", line)]
     if r.returncode != 0 or problems:
@@ -241,7 +244,7 @@ def guest_packages(cache: Path = CACHE, *, roots=GUEST_PACKAGES) -> Path:
     """The guest's package set (tests/pkgset.py relocated: set-v1, set-v2 with 10%
     updated, key/, manifest.json), built once into ``cache``."""
     names = pkgset.dependency_closure(list(roots))
-    tag = pkgset.hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
     setdir = cache / f"guest-pkgs-{tag}"
     if (setdir / "manifest.json").exists():
         return setdir
@@ -316,11 +319,11 @@ def loop_mount(image: Path, mountpoint: Path):
         try:
             yield mountpoint
         finally:
-            r = subprocess.run(["umount", str(mountpoint)], capture_output=True)
+            r = subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
             if r.returncode != 0:
-                subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+                subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
     finally:
-        subprocess.run(["losetup", "-d", loop], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
 
 
 def skeleton(root: Path) -> None:
@@ -435,16 +438,15 @@ def make_view_disk(out: Path, setdir: Path, images: list[Path], *, size: int = D
     with open(out, "wb") as f:
         f.truncate(size)
     _run(["mkfs.btrfs", "-q", "-L", "usrview-root", out])
-    with tempfile.TemporaryDirectory(dir=work or out.parent) as tmp:
-        with loop_mount(out, Path(tmp) / "mnt") as mnt:
-            skeleton(mnt)
-            write_etc(mnt, setdir)
-            store = mnt / STORE
-            for image in images:
-                t0 = time.monotonic()
-                _run(usrview_cmd("deploy", "--store", store, "--keys", key, image),
-                     env={**os.environ, "USRVIEW_CONFIG": "/dev/null"}, timeout=900)
-                log(f"deployed {image.name} in {time.monotonic() - t0:.1f} s")
+    with tempfile.TemporaryDirectory(dir=work or out.parent) as tmp, loop_mount(out, Path(tmp) / "mnt") as mnt:
+        skeleton(mnt)
+        write_etc(mnt, setdir)
+        store = mnt / STORE
+        for image in images:
+            t0 = time.monotonic()
+            _run(usrview_cmd("deploy", "--store", store, "--keys", key, image),
+                 env={**os.environ, "USRVIEW_CONFIG": "/dev/null"}, timeout=900)
+            log(f"deployed {image.name} in {time.monotonic() - t0:.1f} s")
     return out
 
 
