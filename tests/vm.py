@@ -322,6 +322,8 @@ def loop_mount(image: Path, mountpoint: Path):
             r = subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
             if r.returncode != 0:
                 subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
     finally:
         subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
 
