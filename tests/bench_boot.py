@@ -38,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import pkgset, vm
 
 SCRIPT = r"""
+systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic > times
+systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic \
+    usrview-sysroot-usr.service | sed 's/^/view_/' >> times
 pid=$(systemctl show -p MainPID --value usrview-sysroot-usr.service 2>/dev/null)
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then
     grep VmRSS /proc/$pid/status > rss
@@ -51,6 +54,15 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
     if result.boots != 1:
         raise RuntimeError(result.why())
     row = {"kind": kind, "target_s": result.target_seconds(), "wall_s": result.seconds}
+    times = {k: int(v) / 1e6 for k, v in (line.split("=", 1) for line in result.text("times").splitlines())
+             if v.strip().isdigit()}
+    # initrd start, the view's daemon started and ready (in the initrd), switch-root (the
+    # booted system's systemd starting): seconds after the kernel started
+    row["initrd_s"] = times.get("InitRDTimestampMonotonic", 0)
+    row["switch_root_s"] = times.get("UserspaceTimestampMonotonic", 0)
+    if times.get("view_ActiveEnterTimestampMonotonic"):
+        row["view_start_s"] = times["view_ExecMainStartTimestampMonotonic"]
+        row["view_ready_s"] = times["view_ActiveEnterTimestampMonotonic"]
     if (result.out / "rss").exists():
         row["rss_kib"] = int(result.text("rss").split()[1])
         io = dict(line.split(": ") for line in result.text("io").splitlines())
@@ -91,6 +103,15 @@ def main(argv=None) -> int:
         print(f"  plain (rpm --root):   median {mp:.2f} s  (min {min(plain):.2f}, max {max(plain):.2f})")
         print(f"  ratio view/plain: {mv / mp:.2f}x (medians); best against best {min(view) / min(plain):.2f}x; "
               f"goal <= 1.3x")
+        for kind in ("view", "plain"):
+            mine = [r for r in rows if r["kind"] == kind]
+            med = {k: statistics.median(r.get(k, 0) for r in mine)
+                   for k in ("initrd_s", "switch_root_s", "view_start_s", "view_ready_s", "target_s")}
+            line = f"  {kind:5} stages (medians, s after kernel start): initrd {med['initrd_s']:.1f}"
+            if kind == "view" and med["view_ready_s"]:
+                line += f", view daemon started {med['view_start_s']:.1f}, ready {med['view_ready_s']:.1f}"
+            line += f", switch-root {med['switch_root_s']:.1f}, multi-user.target {med['target_s']:.1f}"
+            print(line)
         rss = [r["rss_kib"] for r in rows if "rss_kib" in r]
         writes = [r["daemon_writes"] for r in rows if "daemon_writes" in r]
         if rss:
