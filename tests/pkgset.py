@@ -78,6 +78,9 @@ MAX_BYTES = 24 * 1024 * 1024
 #: Paths a %files line can name: printable UTF-8 without quotes, backslashes or braces
 #: (glob characters are escaped by :func:`files_path`, '%' doubled).
 SAFE_PATH = re.compile(r'^/[^"\\{}\x00-\x1f\x7f\udc80-\udcff]*$')
+#: The same, with backslashes (see :func:`files_path`): for the relocated sets only,
+#: so that the benchmark sets stay what they were.
+SAFE_PATH_RELOCATED = re.compile(r'^/[^"{}\x00-\x1f\x7f\udc80-\udcff]*$')
 #: Never packaged from the live system.
 VIRTUAL_ROOTS = ("/proc/", "/sys/", "/dev/", "/run/", "/tmp/")
 #: Bytes appended to the changed file of an updated package.
@@ -97,12 +100,23 @@ class Entry:
     size: int
     mtime: int
     target: str = ""
+    #: Where the bytes come from when not from ``path`` itself: the live path of a
+    #: relocated entry (/bin/bash for /usr/bin/bash), a compiled .pyc; "" for a %ghost.
+    source: str = ""
+    #: A %ghost entry (the alternatives links): listed, never installed by rpm.
+    ghost: bool = False
+
+    @property
+    def live(self) -> str:
+        return self.source or self.path
 
     def files_line(self) -> str:
         mode = "-" if self.kind == "symlink" else f"{self.mode:04o}"
         words = [f"%attr({mode},{self.user},{self.group})"]
         if self.kind == "dir":
             words.append("%dir")
+        if self.ghost:
+            words.append("%ghost")
         words.append(f'"{files_path(self.path)}"')
         return " ".join(words)
 
@@ -110,8 +124,12 @@ class Entry:
 def files_path(path: str) -> str:
     """``path`` as a %files entry matching only itself: rpmbuild globs every entry
     (a backslash does not escape), so glob characters go in brackets; and expands
-    macros, so '%' is doubled."""
-    return re.sub(r"[][*?]", lambda m: f"[{m.group()}]", path).replace("%", "%%")
+    macros, so '%' is doubled.  A backslash (systemd's escaped unit names, e.g.
+    ``system-systemd\\x2dcryptsetup.slice``) cannot be written at all, in brackets or
+    not: it becomes '?', and :func:`build_batch` checks that the pattern matches
+    only the one staged file."""
+    return (re.sub(r"[][*?]", lambda m: f"[{m.group()}]", path).replace("%", "%%")
+            .replace("\\", "?"))
 
 
 @dataclass
@@ -125,6 +143,9 @@ class DebPackage:
     version: str
     release: str
     entries: list[Entry]
+    #: Relocated packages (:func:`usr_package`): the entries under /etc, which a
+    #: machine on the view keeps in its own /etc, not in the image.
+    etc: list[Entry] = field(default_factory=list)
 
     @property
     def files(self) -> list[Entry]:
@@ -241,18 +262,25 @@ def _group(gid: int) -> str | None:
     return _GROUPS[gid]
 
 
-def scan(name: str, arch: str, version: str) -> tuple[DebPackage | None, str]:
+def scan(name: str, arch: str, version: str, *, relocated: bool = False) -> tuple[DebPackage | None, str]:
     """Read a package's files from the live system; (None, why) when it cannot be
     packaged faithfully: a listed path missing, unreadable, not a regular file,
     directory or symlink, under /proc /sys /dev, named with characters rpm's %files
-    parser would interpret, or owned by an id with no name."""
+    parser would interpret, or owned by an id with no name.
+
+    ``relocated``: only the paths that belong in a /usr image or in /etc (see
+    :func:`usr_path`) are read, the rest (/var, /dev, /run ... directories) are left
+    out; names with a backslash are accepted (see :func:`files_path`)."""
     paths = dpkg_paths(name, arch)
+    if relocated:
+        paths = [p for p in paths if usr_path(p).startswith(("/usr/", "/etc/")) or usr_path(p) in ("/usr", "/etc")]
     if not paths:
         return None, "no files"
     parents = {p.rsplit("/", 1)[0] for p in paths}
+    safe = SAFE_PATH_RELOCATED if relocated else SAFE_PATH
     entries = []
     for path in paths:
-        if not SAFE_PATH.match(path):
+        if not safe.match(path):
             return None, f"path rpm cannot list literally: {path!r}"
         if path.startswith(VIRTUAL_ROOTS) or path in {p.rstrip("/") for p in VIRTUAL_ROOTS}:
             return None, f"virtual filesystem path {path}"
@@ -288,7 +316,8 @@ def eligible(pkg: DebPackage) -> bool:
     return pkg.usr_bytes >= MIN_USR_BYTES and pkg.bytes <= MAX_BYTES
 
 
-def select(count: int, *, names: list[str] | None = None, verbose: bool = False) -> list[DebPackage]:
+def select(count: int, *, names: list[str] | None = None, verbose: bool = False,
+           relocated: bool = False) -> list[DebPackage]:
     """The first ``count`` qualifying installed packages in name order (or the
     named ones, when ``names`` is given: each must be packageable)."""
     chosen: list[DebPackage] = []
@@ -296,7 +325,7 @@ def select(count: int, *, names: list[str] | None = None, verbose: bool = False)
     for name, arch, version in installed():
         if names is not None and name not in names:
             continue
-        pkg, why = scan(name, arch, version)
+        pkg, why = scan(name, arch, version, relocated=relocated)
         if pkg is None:
             if names is not None:
                 raise ValueError(f"{name}: cannot be packaged: {why}")
@@ -312,6 +341,201 @@ def select(count: int, *, names: list[str] | None = None, verbose: bool = False)
         if len(chosen) == count:
             break
     return chosen
+
+
+# --- relocated sets: packages as Fedora ships them, everything in /usr ---------
+
+#: Top-level directories that live in /usr on a merged-/usr system: Fedora packages
+#: ship /usr/bin/bash where Debian's list says /bin/bash.
+USR_MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: Where Debian keeps the alternatives (one file per name: mode, master link, slaves).
+ALTERNATIVES_ADMIN = Path("/var/lib/dpkg/alternatives")
+ALTERNATIVES_LINKS = Path("/etc/alternatives")
+#: The Python that compiles the bytecode of the packaged modules: the one the
+#: packages belong to (Debian's), not whatever runs this script.
+DEBIAN_PYTHON = "/usr/bin/python3"
+#: Modules Debian byte-compiles at install time (py3compile): the standard library
+#: and dist-packages.
+PYTHON_MODULE = re.compile(r"^/usr/lib/python3(\.\d+)?/.+\.py$")
+
+
+def usr_path(path: str) -> str:
+    """Where ``path`` is in a relocated package: /bin/ls -> /usr/bin/ls, /lib64/x ->
+    /usr/lib64/x; other paths stay."""
+    top, sep, rest = path[1:].partition("/")
+    return f"/usr/{top}{sep}{rest}" if top in USR_MERGED else path
+
+
+def dependency_closure(roots: list[str]) -> list[str]:
+    """``roots`` and every installed package they need (Depends and Pre-Depends,
+    the first installed choice of each alternative, virtual names resolved through
+    Provides), sorted."""
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Pre-Depends}, ${Depends}\t${Provides}\n"],
+        capture_output=True, text=True, check=True, timeout=TOOL_TIMEOUT).stdout
+    depends: dict[str, str] = {}
+    provided: dict[str, str] = {}
+    for line in out.splitlines():
+        name, status, deps, provides = line.split("\t")
+        if status.strip() != "ii":
+            continue
+        depends[name] = deps
+        for virtual in provides.split(","):
+            provided.setdefault(virtual.strip().split(" ")[0], name)
+
+    def needs(name: str) -> list[str]:
+        found = []
+        for clause in depends[name].split(","):
+            for choice in clause.split("|"):
+                choice = re.sub(r"\(.*?\)|\[.*?\]", "", choice).strip().split(":")[0]
+                if choice in depends or choice in provided:
+                    found.append(choice if choice in depends else provided[choice])
+                    break
+        return found
+
+    missing = [r for r in roots if r not in depends]
+    if missing:
+        raise ValueError(f"not installed: {', '.join(missing)}")
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += needs(name)
+    return sorted(seen)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One link ``update-alternatives`` manages (a master or a slave): ``link``
+    (e.g. /usr/bin/awk) points at /etc/alternatives/``name``, which points at the
+    selected ``target`` (/usr/bin/mawk)."""
+
+    name: str
+    link: str
+    target: str
+
+
+def alternatives() -> list[Alternative]:
+    """The alternatives links of this machine with their current targets (the
+    names ``update-alternatives --get-selections`` lists, masters and slaves; a
+    slave the selected choice does not provide has no /etc/alternatives link and
+    is left out)."""
+    found = []
+    if not ALTERNATIVES_ADMIN.is_dir():
+        return found
+    for admin in sorted(ALTERNATIVES_ADMIN.iterdir()):
+        lines = admin.read_text(errors="surrogateescape").splitlines()
+        if len(lines) < 2:
+            continue
+        pairs = [(admin.name, lines[1])]
+        i = 2
+        while i + 1 < len(lines) and lines[i]:
+            pairs.append((lines[i], lines[i + 1]))
+            i += 2
+        for name, link in pairs:
+            try:
+                target = os.readlink(ALTERNATIVES_LINKS / name)
+            except OSError:
+                continue
+            found.append(Alternative(name, link, target))
+    return found
+
+
+def _compile_bytecode(sources: list[tuple[str, str, str]]) -> None:
+    """Compile (live source, install path, .pyc file) with Debian's Python, as its
+    py3compile does at install time: timestamp-checked .pyc whose header matches the
+    packaged source's mtime and size, tracebacks naming the install path.  Sources
+    that do not compile (test data, Python 2 leftovers) are skipped, as there."""
+    script = ("import json, py_compile, sys\n"
+              "for src, dfile, cfile in json.load(sys.stdin):\n"
+              "    try:\n"
+              "        py_compile.compile(src, cfile, dfile, doraise=True)\n"
+              "    except (py_compile.PyCompileError, SyntaxError, UnicodeDecodeError, ValueError):\n"
+              "        pass\n")
+    subprocess.run([DEBIAN_PYTHON, "-c", script], input=json.dumps(sources), text=True, check=True,
+                   capture_output=True, timeout=TOOL_TIMEOUT)
+
+
+def _cache_tag() -> str:
+    return subprocess.run([DEBIAN_PYTHON, "-c", "import sys; print(sys.implementation.cache_tag)"],
+                          capture_output=True, text=True, check=True, timeout=TOOL_TIMEOUT).stdout.strip()
+
+
+def usr_packages(pkgs: list[DebPackage], pyc_dir: Path, alts: list[Alternative] | None = None,
+                 log=print) -> list[DebPackage]:
+    """The packages relocated as Fedora ships them: every path that Debian keeps in
+    /bin, /sbin, /lib* moved into /usr (:func:`usr_path`); /etc entries set aside in
+    ``etc`` (a machine on the view has its own /etc); paths elsewhere left out.
+    Added: the ``__pycache__`` bytecode of each Python module (compiled into
+    ``pyc_dir``), and each alternatives link as a %ghost symlink to
+    /etc/alternatives/NAME in the package that ships the selected target."""
+    tag = _cache_tag()
+    out: list[DebPackage] = []
+    compile_jobs: list[tuple[str, str, str]] = []
+    for pkg in pkgs:
+        entries: dict[str, Entry] = {}
+        etc: list[Entry] = []
+        for e in pkg.entries:
+            if e.path[1:] in USR_MERGED and e.kind == "symlink":
+                continue  # the merged-/usr alias itself (/lib -> usr/lib): the root disk's
+            path = usr_path(e.path)
+            moved = dataclasses.replace(e, path=path, source=e.path if path != e.path else "")
+            if path == "/etc" or path.startswith("/etc/"):
+                etc.append(moved)
+            elif path.startswith("/usr/") and path not in entries:
+                entries[path] = moved
+            elif path in entries and e.kind != "dir" and entries[path].kind != e.kind:
+                raise ValueError(f"{pkg.deb_name}: {e.path} and {entries[path].live} both become {path}")
+        for e in list(entries.values()):
+            if e.kind != "file" or not PYTHON_MODULE.match(e.path):
+                continue
+            head, _, base = e.path.rpartition("/")
+            cache_dir = f"{head}/__pycache__"
+            pyc = f"{cache_dir}/{base[:-3]}.{tag}.pyc"
+            if pyc in entries:
+                continue
+            built = pyc_dir / pyc.lstrip("/")
+            compile_jobs.append((e.live, e.path, str(built)))
+            if cache_dir not in entries:
+                entries[cache_dir] = Entry(cache_dir, "dir", 0o755, "root", "root", 0, e.mtime)
+            entries[pyc] = Entry(pyc, "file", 0o644, "root", "root", -1, e.mtime, source=str(built))
+        out.append(dataclasses.replace(pkg, entries=list(entries.values()), etc=etc))
+    if compile_jobs:
+        todo = [job for job in compile_jobs if not Path(job[2]).exists()]
+        if todo:
+            _compile_bytecode(todo)
+        for pkg in out:
+            kept = []
+            for e in pkg.entries:
+                if e.size == -1:  # a .pyc: its size is known once compiled
+                    try:
+                        st = os.stat(e.source)
+                    except FileNotFoundError:
+                        continue  # the source did not compile
+                    os.utime(e.source, (e.mtime, e.mtime))
+                    e = dataclasses.replace(e, size=st.st_size)
+                kept.append(e)
+            pkg.entries = kept
+        dirs_used = {e.path.rpartition("/")[0] for p in out for e in p.entries if e.kind != "dir"}
+        for pkg in out:  # no empty __pycache__ (every module of it failed to compile)
+            pkg.entries = [e for e in pkg.entries
+                           if not (e.kind == "dir" and e.path.endswith("/__pycache__") and e.path not in dirs_used)]
+    owners = {e.path: (p, e) for p in out for e in p.entries if e.kind != "dir"}
+    added = 0
+    for alt in alternatives() if alts is None else alts:
+        link, target = usr_path(alt.link), usr_path(alt.target)
+        if target not in owners or not link.startswith("/usr/") or link in owners:
+            continue
+        owner, selected = owners[target]
+        ghost = Entry(link, "symlink", 0o777, "root", "root", 0, selected.mtime,
+                      target=f"/etc/alternatives/{alt.name}", ghost=True)
+        owner.entries.append(ghost)
+        owners[link] = (owner, ghost)
+        added += 1
+    log(f"pkgset: relocated {len(out)} packages into /usr: {len(compile_jobs)} .pyc, {added} alternatives links")
+    return out
 
 
 # --- building ------------------------------------------------------------------
@@ -342,14 +566,16 @@ def _stage(root: Path, pkgs: list[DebPackage], changed: dict[str, str]) -> None:
             if dest.exists() or dest.is_symlink():
                 continue  # a path two packages of the batch ship
             if e.path in changed.get(pkg.name, ()):
-                shutil.copy2(e.path, dest)
+                shutil.copy2(e.live, dest)
                 with open(dest, "ab") as f:
                     f.write(UPDATE_TAIL)
                 os.utime(dest, (e.mtime + 86400, e.mtime + 86400))
-            elif e.kind == "symlink" and not os.path.islink(e.path):
-                os.symlink(e.target, dest)  # a live symlink standing in a merged-/usr alias
+            elif e.kind == "symlink" and (e.ghost or not os.path.islink(e.live)):
+                # a %ghost link, or a live symlink standing in a merged-/usr alias
+                os.symlink(e.target, dest)
+                os.utime(dest, (e.mtime, e.mtime), follow_symlinks=False)
             else:
-                _link_or_copy(e.path, dest)
+                _link_or_copy(e.live, dest)
     for path in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
         e = dirs[path]
         dest = root / path.lstrip("/")
@@ -405,6 +631,13 @@ def build_batch(workdir: Path, batch: str, pkgs: list[DebPackage], *, compress: 
     (topdir / "SOURCES" / "root").mkdir(parents=True)
     (topdir / "tmp").mkdir()
     _stage(topdir / "SOURCES" / "root", pkgs, changed or {})
+    for p in pkgs:  # a backslash became '?' in %files: it must match one file only
+        for e in p.entries:
+            if "\\" in e.path:
+                pattern = files_path(e.path).replace("%%", "%")
+                hits = list((topdir / "SOURCES" / "root").glob(pattern.lstrip("/")))
+                if len(hits) != 1:
+                    raise RuntimeError(f"{e.path}: the %files pattern {pattern} matches {len(hits)} staged files")
     spec = topdir / "batch.spec"
     spec.write_text(_spec(batch, pkgs))
     defines = {
@@ -473,13 +706,16 @@ def _batches(pkgs: list[DebPackage], size: int) -> list[list[DebPackage]]:
 
 def build_set(outdir: Path, count: int = 250, *, update_fraction: float = 0.1, key_dir: Path | None = None,
               compress: str = DEFAULT_COMPRESS, names: list[str] | None = None, batch: int = BATCH,
-              jobs: int = JOBS, log=print) -> PackageSet:
-    """Build the set into ``outdir`` (set-v1, set-v2, key, manifest.json); see the module doc."""
+              jobs: int = JOBS, relocate: bool = False, log=print) -> PackageSet:
+    """Build the set into ``outdir`` (set-v1, set-v2, key, manifest.json); see the module doc.
+    ``relocate``: packages as :func:`usr_packages` makes them (everything in /usr)."""
     t0 = time.monotonic()
     outdir = Path(outdir).resolve()
     outdir.mkdir(parents=True, exist_ok=True)
     key = load_or_make_key(Path(key_dir).resolve() if key_dir else outdir / "key")
-    pkgs = select(count, names=names)
+    pkgs = select(count, names=names, relocated=relocate)
+    if relocate:
+        pkgs = usr_packages(pkgs, outdir / "pyc", log=log)
     if names is None and len(pkgs) < count:
         log(f"pkgset: only {len(pkgs)} installed packages qualify (asked for {count})")
     t_scan = time.monotonic() - t0
@@ -543,13 +779,15 @@ def build_set(outdir: Path, count: int = 250, *, update_fraction: float = 0.1, k
             "files": len(p.files), "symlinks": sum(e.kind == "symlink" for e in p.entries),
             "dirs": sum(e.kind == "dir" for e in p.entries), "bytes": p.bytes,
             "outside_usr": sum(not e.path.startswith("/usr/") and e.kind != "dir" for e in p.entries),
+            "etc": [e.path for e in p.etc],
+            "ghosts": {e.path: e.target for e in p.entries if e.ghost},
             "rpm": v1_by_name[p.name].name,
             "update": None if up is None else {"evr": up.evr(), "rpm": upd_by_name[p.name].name,
                                                "changed": changed[p.name]},
         }
     result.seconds = time.monotonic() - t0
     (outdir / "manifest.json").write_text(json.dumps({
-        "count": len(pkgs), "compress": compress, "update_fraction": update_fraction,
+        "count": len(pkgs), "compress": compress, "update_fraction": update_fraction, "relocated": relocate,
         "key": str(key.public_path), "fingerprint": key.fingerprint,
         "files": sum(len(p.files) for p in pkgs),
         "symlinks": sum(v["symlinks"] for v in result.packages.values()),
@@ -582,11 +820,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=JOBS, help=f"rpmbuild runs at a time (default {JOBS})")
     ap.add_argument("--package", action="append", dest="names", metavar="NAME",
                     help="package exactly these Debian packages (repeatable) instead of choosing")
+    ap.add_argument("--closure", action="append", metavar="NAME",
+                    help="package these Debian packages and every package they depend on (repeatable)")
+    ap.add_argument("--relocate", action="store_true",
+                    help="everything in /usr as Fedora ships it: /bin, /sbin, /lib* moved, /etc set aside, "
+                         "Python bytecode and alternatives links (%%ghost) added")
     args = ap.parse_args(argv)
+    if args.closure:
+        args.names = sorted(set(args.names or []) | set(dependency_closure(args.closure)))
     if not 0 <= args.update_fraction <= 1:
         ap.error("--update-fraction must be within 0..1")
     build_set(args.outdir, args.count, update_fraction=args.update_fraction, key_dir=args.key_dir,
-              compress=args.compress, names=args.names, batch=args.batch, jobs=args.jobs)
+              compress=args.compress, names=args.names, batch=args.batch, jobs=args.jobs,
+              relocate=args.relocate)
     return 0
 
 

@@ -170,7 +170,7 @@ def _stage(root: Path, files: Iterable[FileSpec]) -> None:
 
 
 def _spec_text(name: str, version: str, release: str, files: Iterable[FileSpec], *, summary: str,
-               scriptlets: Mapping[str, str] | None) -> str:
+               scriptlets: Mapping[str, str] | None, noarch: bool = True) -> str:
     lines = [
         "%define debug_package %{nil}",
         f"Name: {name}",
@@ -178,7 +178,7 @@ def _spec_text(name: str, version: str, release: str, files: Iterable[FileSpec],
         f"Release: {release}",
         f"Summary: {summary}",
         "License: MIT",
-        "BuildArch: noarch",
+        *(["BuildArch: noarch"] if noarch else []),
         "AutoReqProv: no",
         "%description",
         f"{summary}.",
@@ -196,8 +196,9 @@ def _spec_text(name: str, version: str, release: str, files: Iterable[FileSpec],
 def build_rpm(workdir: Path, name: str, version: str = "1.0", release: str = "1",
               files: Iterable[FileSpec] = (), *, summary: str | None = None, digest_algo: int = 8,
               compress: str = "w9.gzdio", sign_key: GpgKey | None = None,
-              scriptlets: Mapping[str, str] | None = None) -> Path:
-    """Build (and with ``sign_key``, sign) a noarch package; return its path.
+              scriptlets: Mapping[str, str] | None = None, noarch: bool = True) -> Path:
+    """Build (and with ``sign_key``, sign) a noarch package (``noarch=False``: one of
+    the build machine's architecture, for compiled files); return its path.
 
     ``digest_algo`` is the file-digest algorithm (OpenPGP id: 1 MD5, 2 SHA-1,
     8 SHA-256, 9 SHA-384, 10 SHA-512, 11 SHA-224); ``compress`` the payload
@@ -212,7 +213,7 @@ def build_rpm(workdir: Path, name: str, version: str = "1.0", release: str = "1"
     _stage(topdir / "SOURCES" / "root", files)
     spec = topdir / f"{name}.spec"
     spec.write_text(_spec_text(name, version, release, files, summary=summary or f"Test package {name}",
-                               scriptlets=scriptlets))
+                               scriptlets=scriptlets, noarch=noarch))
     defines = {
         "_topdir": str(topdir),
         "_tmppath": str(topdir / "tmp"),

@@ -107,3 +107,59 @@ def test_update_variant(built):
         if other != name:
             assert os.path.samefile(built.v1_dir / p["rpm"], built.v2_dir / p["rpm"]) or \
                 (built.v1_dir / p["rpm"]).read_bytes() == (built.v2_dir / p["rpm"]).read_bytes()
+
+
+# --- relocated sets (the boot tests' guest image) ----------------------------------
+
+#: bash ships /bin/bash (moved into /usr) and /etc files; mawk is awk's selected
+#: alternative on a Debian machine; libpython3.11-minimal ships modules whose
+#: bytecode Debian makes at install time.
+RELOCATED = ["bash", "mawk", "libpython3.11-minimal"]
+
+
+@pytest.fixture(scope="module")
+def relocated(tmp_path_factory):
+    require_tools("rpmbuild", "rpmsign", "rpmkeys", "dpkg", "dpkg-query", "gpg", "gpgconf")
+    out = tmp_path_factory.mktemp("pkgset-relocated")
+    return pkgset.build_set(out, names=RELOCATED, update_fraction=0, relocate=True, log=lambda *a: None)
+
+
+def test_relocated_everything_in_usr(relocated):
+    man = pkgset.load(relocated.outdir)
+    for name, info in man["packages"].items():
+        paths = [d.path for d in rpm_dump(relocated.v1_dir / info["rpm"])]
+        assert paths and all(p.startswith("/usr/") for p in paths), [p for p in paths if not p.startswith("/usr/")]
+    bash = {d.path: d for d in rpm_dump(relocated.v1_dir / man["packages"]["bash"]["rpm"])}
+    assert "/usr/bin/bash" in bash and bash["/usr/bin/bash"].size == os.stat("/bin/bash").st_size
+    # /etc entries are set aside for the machine's /etc
+    assert "/etc/bash.bashrc" in man["packages"]["bash"]["etc"]
+
+
+def test_relocated_bytecode_as_debian_makes_it(relocated):
+    import importlib.util
+    man = pkgset.load(relocated.outdir)
+    dump = {d.path: d for d in rpm_dump(relocated.v1_dir / man["packages"]["libpython3.11-minimal"]["rpm"])}
+    sources = [p for p in dump if p.endswith(".py")]
+    assert len(sources) > 100
+    compiled = [p for p in sources if importlib.util.cache_from_source(p) in dump]
+    assert len(compiled) > 0.95 * len(sources), set(sources) - set(compiled)
+    # the .pyc header names the source's mtime and size, as the packaged .py has them
+    import struct
+    src = "/usr/lib/python3.11/os.py"
+    pyc = importlib.util.cache_from_source(src)
+    data = (relocated.outdir / "pyc" / pyc.lstrip("/")).read_bytes()
+    flags, mtime, size = struct.unpack("<III", data[4:16])
+    assert (flags, mtime, size) == (0, dump[src].mtime, dump[src].size)
+
+
+def test_relocated_alternatives_as_ghost_links(relocated):
+    selected = {a.name: a for a in pkgset.alternatives()}
+    if os.path.realpath("/etc/alternatives/awk") != "/usr/bin/mawk":
+        pytest.skip("awk is not mawk here")
+    man = pkgset.load(relocated.outdir)
+    rpm = relocated.v1_dir / man["packages"]["mawk"]["rpm"]
+    dump = {d.path: d for d in rpm_dump(rpm)}
+    assert dump[selected["awk"].link].linkto == "/etc/alternatives/awk"
+    ghosts = subprocess.run(["rpm", "-qp", "--nosignature", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", str(rpm)],
+                            capture_output=True, text=True, check=True).stdout
+    assert f"{selected['awk'].link} g" in ghosts.splitlines(), ghosts

@@ -51,8 +51,8 @@ def units(tmp_path) -> Path:
 
 
 def test_expected_units_exist():
-    assert UNITS == ["usrview-monitor.service", "usrview-verify.service", "usrview-verify.timer",
-                     "usrview-view.service"]
+    assert UNITS == ["usrview-boot-complete.service", "usrview-monitor.service", "usrview-verify.service",
+                     "usrview-verify.timer", "usrview-view.service"]
 
 
 @pytest.mark.parametrize("name", UNITS)

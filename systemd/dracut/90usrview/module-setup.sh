@@ -1,0 +1,104 @@
+#!/bin/bash
+# usrview's dracut module: the view of the store as /sysroot/usr, served from the
+# initrd by a daemon that outlives switch-root (see docs/boot.md).
+#
+# Put the daemon and its whole runtime into the initrd: the Python interpreter
+# that runs usrview, the standard-library modules and packages the daemon
+# imports, usrview, verifier and the packages they import (listed by
+# usrview-runtime.py), libfuse3 (through the compiled modules' libraries), fuse.ko,
+# fusermount3, the trusted keys, and usrview-sysroot-usr.service.
+#
+# Settings (dracut.conf.d or the environment):
+#   usrview_python   the interpreter that runs usrview (default: the one in the
+#                    `#!` line of the usrview command on PATH)
+#   usrview_pythonpath  where that interpreter finds usrview if not by itself
+#   usrview_keys     the trusted keys copied into the initrd (default /etc/pki/rpm-gpg)
+#   usrview_args     extra arguments of `usrview initrd-mount` (e.g. "-v")
+
+# Only when asked for (-m / add_dracutmodules+=" usrview ").
+check() {
+    return 255
+}
+
+depends() {
+    echo systemd systemd-initrd
+    return 0
+}
+
+installkernel() {
+    hostonly='' instmods fuse
+}
+
+_usrview_python() {
+    local python=${usrview_python:-${USRVIEW_PYTHON:-}} cmd
+    if [[ -z $python ]]; then
+        cmd=$(command -v usrview) || return 1
+        read -r python < "$cmd"
+        python=${python#\#!}
+        python=${python%% *}
+    fi
+    [[ -x $python ]] || return 1
+    echo "$python"
+}
+
+install() {
+    local python list kind src rel home exe keys
+    local site=/usr/lib/usrview/site
+    python=$(_usrview_python) || {
+        derror "usrview: no Python that runs usrview (set usrview_python)"
+        return 1
+    }
+    list=$(PYTHONPATH=${usrview_pythonpath:-${USRVIEW_PYTHONPATH:-}} PYTHONDONTWRITEBYTECODE=1 \
+        "$python" "$moddir/usrview-runtime.py") || {
+        derror "usrview: $python cannot list usrview's runtime"
+        return 1
+    }
+    while IFS=$'\t' read -r kind src rel; do
+        case $kind in
+            python) exe=$src ;;
+            home) home=$src ;;
+            stdlib)
+                if [[ $src == *.so ]]; then
+                    inst_library "$src"
+                else
+                    mkdir -p "$initdir${src%/*}" && cp -a "$src" "$initdir$src"
+                fi
+                ;;
+            site)
+                if [[ $src == *.so ]]; then
+                    inst_library "$src" "$site/$rel"
+                else
+                    mkdir -p "$initdir$site/${rel%/*}" && cp -a "$src" "$initdir$site/$rel"
+                fi
+                ;;
+        esac
+    done <<< "$list"
+    inst_binary "$exe"
+    # Bytecode for every module (compileall skips those whose .pyc is current); the
+    # .pyc name the path the module has in the initrd.
+    "$python" -m compileall -q -j 0 -s "$initdir" -p / "$initdir$home/lib" "$initdir$site" > /dev/null || {
+        derror "usrview: compiling the runtime's modules failed"
+        return 1
+    }
+
+    sed -e "s|@PYTHON@|$exe|" -e "s|@PYTHONHOME@|$home|" -e "s|@SITE@|$site|" \
+        -e "s|@ARGS@|${usrview_args:-${USRVIEW_ARGS:-}}|" \
+        "$moddir/usrview-sysroot-usr.service" > "$initdir$systemdsystemunitdir/usrview-sysroot-usr.service"
+    $SYSTEMCTL -q --root "$initdir" add-wants initrd-usr-fs.target usrview-sysroot-usr.service
+
+    # /dev/fuse: the module is loaded before the daemon starts.
+    mkdir -p "$initdir/etc/modules-load.d"
+    echo fuse > "$initdir/etc/modules-load.d/usrview.conf"
+    inst_multiple -o fusermount3 modprobe
+
+    keys=${usrview_keys:-${USRVIEW_KEYS:-/etc/pki/rpm-gpg}}
+    mkdir -p "$initdir/etc/usrview/keys"
+    if [[ -d $keys ]]; then
+        cp -L "$keys"/* "$initdir/etc/usrview/keys/" 2> /dev/null
+    elif [[ -f $keys ]]; then
+        cp -L "$keys" "$initdir/etc/usrview/keys/"
+    fi
+    if [[ -z $(ls -A "$initdir/etc/usrview/keys") ]]; then
+        dwarn "usrview: no trusted keys in the initrd (usrview_keys=$keys): the view will not mount"
+    fi
+}

@@ -1,0 +1,134 @@
+"""Boot time with the view as /usr against the same packages installed plainly.
+
+Not a test: figures for issue 11, section 6.  Two disks of the same kind (a raw
+btrfs root, tests/vm.py), the same package set (the guest image of tests/vm.py:
+set-v2 and usrview's package), the same qemu settings (TCG, 2 CPUs, 1 GiB):
+
+- **view**: the store on the root, the image deployed, the initrd made by dracut
+  with usrview's module, which mounts the view on /sysroot/usr;
+- **plain**: the packages installed by ``rpm --root`` into the root's /usr, the
+  initrd made by the same dracut command without usrview's module.
+
+Rounds alternate view and plain boots in the same sitting.  A boot's time is the
+guest's own: kernel start to multi-user.target (its ActiveEnterTimestampMonotonic),
+read by a script run after the target, which then powers off.  Also printed: the
+wall time of each qemu run, the daemon's RSS at the end of boot, the number of
+FUSE requests it answered during boot (estimated: every answer is one write to
+/dev/fuse, so the daemon's write system calls from /proc/PID/io, its few log
+writes included), and the sizes of both initrds.
+
+    .venv/bin/python tests/bench_boot.py [--rounds 3] [--workdir DIR] [--keep]
+
+The machine is shared and TCG is CPU-bound: run it on a quiet machine, and read
+the median and the spread, not one boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import pkgset, vm
+
+SCRIPT = r"""
+systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic > times
+systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic \
+    usrview-sysroot-usr.service | sed 's/^/view_/' >> times
+pid=$(systemctl show -p MainPID --value usrview-sysroot-usr.service 2>/dev/null)
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+    grep VmRSS /proc/$pid/status > rss
+    cat /proc/$pid/io > io
+fi
+"""
+
+
+def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: Path) -> dict:
+    result = vm.boot(disk, kernel, initrd, workdir, script=SCRIPT, timeout=600)
+    if result.boots != 1:
+        raise RuntimeError(result.why())
+    row = {"kind": kind, "target_s": result.target_seconds(), "wall_s": result.seconds}
+    times = {k: int(v) / 1e6 for k, v in (line.split("=", 1) for line in result.text("times").splitlines())
+             if v.strip().isdigit()}
+    # initrd start, the view's daemon started and ready (in the initrd), switch-root (the
+    # booted system's systemd starting): seconds after the kernel started
+    row["initrd_s"] = times.get("InitRDTimestampMonotonic", 0)
+    row["switch_root_s"] = times.get("UserspaceTimestampMonotonic", 0)
+    if times.get("view_ActiveEnterTimestampMonotonic"):
+        row["view_start_s"] = times["view_ExecMainStartTimestampMonotonic"]
+        row["view_ready_s"] = times["view_ActiveEnterTimestampMonotonic"]
+    if (result.out / "rss").exists():
+        row["rss_kib"] = int(result.text("rss").split()[1])
+        io = dict(line.split(": ") for line in result.text("io").splitlines())
+        row["daemon_writes"] = int(io["syscw"])
+        row["daemon_reads"] = int(io["syscr"])
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="view+plain boot pairs (default 3)")
+    ap.add_argument("--workdir", type=Path, help="where disks and logs go (default a temporary directory)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-boot-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        kernel = vm.fetch_kernel()
+        setdir = vm.guest_packages()
+        images = vm.guest_images(setdir, work)
+        key = setdir / "key" / pkgset.PUBKEY_NAME
+        initrd_view = vm.build_initrd(kernel, work / "initrd-usrview.img", keys=key)
+        initrd_plain = vm.build_initrd(kernel, work / "initrd-plain.img", usrview=False)
+        view_disk = vm.make_view_disk(work / "view.raw", setdir, [images[1]])
+        plain_disk = vm.make_plain_disk(work / "plain.raw", setdir, images[1])
+        rows = []
+        for i in range(args.rounds):
+            for kind, disk, initrd in (("view", view_disk, initrd_view), ("plain", plain_disk, initrd_plain)):
+                row = boot_once(kind, disk, kernel, initrd, work / f"run-{kind}-{i}")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        view = [r["target_s"] for r in rows if r["kind"] == "view"]
+        plain = [r["target_s"] for r in rows if r["kind"] == "plain"]
+        mv, mp = statistics.median(view), statistics.median(plain)
+        print(f"\nboot to multi-user.target (guest clock, {args.rounds} rounds, TCG, {vm.CPUS} CPUs, "
+              f"{vm.MEMORY_MB} MiB):")
+        print(f"  view  (usrview /usr): median {mv:.2f} s  (min {min(view):.2f}, max {max(view):.2f})")
+        print(f"  plain (rpm --root):   median {mp:.2f} s  (min {min(plain):.2f}, max {max(plain):.2f})")
+        print(f"  ratio view/plain: {mv / mp:.2f}x (medians); best against best {min(view) / min(plain):.2f}x; "
+              f"goal <= 1.3x")
+        for kind in ("view", "plain"):
+            mine = [r for r in rows if r["kind"] == kind]
+            med = {k: statistics.median(r.get(k, 0) for r in mine)
+                   for k in ("initrd_s", "switch_root_s", "view_start_s", "view_ready_s", "target_s")}
+            line = f"  {kind:5} stages (medians, s after kernel start): initrd {med['initrd_s']:.1f}"
+            if kind == "view" and med["view_ready_s"]:
+                line += f", view daemon started {med['view_start_s']:.1f}, ready {med['view_ready_s']:.1f}"
+            line += f", switch-root {med['switch_root_s']:.1f}, multi-user.target {med['target_s']:.1f}"
+            print(line)
+        rss = [r["rss_kib"] for r in rows if "rss_kib" in r]
+        writes = [r["daemon_writes"] for r in rows if "daemon_writes" in r]
+        if rss:
+            print(f"  daemon RSS at the end of boot: median {statistics.median(rss) / 1024:.1f} MiB")
+            print(f"  FUSE requests answered during boot (daemon write calls, upper bound): "
+                  f"median {statistics.median(writes):.0f}")
+        size_view, size_plain = initrd_view.stat().st_size, initrd_plain.stat().st_size
+        print(f"  initrd: {size_view / 1e6:.1f} MB with usrview's module, {size_plain / 1e6:.1f} MB without "
+              f"(+{(size_view - size_plain) / 1e6:.1f} MB)")
+        (work / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        elif args.keep:
+            print(f"(kept {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
