@@ -184,6 +184,27 @@ def test_unknown_owner_becomes_root_without_setuid(rpm_packages, expect_logs):
     assert tree.unknown_owners == {"nosuchuser-uv", "nosuchgroup-uv"}
 
 
+def test_owners_resolve_in_the_tables_given(rpm_packages, tmp_path, expect_logs):
+    """The initrd resolves owner names in the root file system's own /etc (its
+    own /etc/passwd knows only root): the tables given, not this system's."""
+    from verifier.fileio import OwnerIds
+
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/bash\nuvowner:x:4321:4321::/:/bin/false\n")
+    (tmp_path / "group").write_text("root:x:0:\nuvgroup:x:8765:\nbroken-line\n")
+    pkg = source(rpm_packages("rootowners", files=[
+        FileSpec("/usr/bin/shadowish", content=b"s\n", mode=0o2755, user="uvowner", group="uvgroup"),
+        FileSpec("/usr/bin/daemonish", content=b"d\n", user="daemon", group="daemon"),
+    ]))
+    owners = OwnerIds.from_file(tmp_path / "passwd"), OwnerIds.from_file(tmp_path / "group")
+    with expect_logs(r"daemon", level=logging.WARNING):
+        tree = build_tree([pkg], owners=owners)
+    s = tree.resolve("bin/shadowish")
+    assert (s.uid, s.gid, stat.S_IMODE(s.mode)) == (4321, 8765, 0o2755)
+    d = tree.resolve("bin/daemonish")  # known here, unknown to the tables given: root
+    assert (d.uid, d.gid) == (0, 0)
+    assert OwnerIds.from_file(tmp_path / "nosuch").get("root") is None
+
+
 def test_memory_per_node_is_small():
     # Nodes use __slots__: no per-instance dict.
     from usrview.view.tree import Node

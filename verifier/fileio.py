@@ -153,6 +153,26 @@ class OwnerIds(dict):
     def groups(cls) -> OwnerIds:
         return cls(lambda name: grp.getgrnam(name).gr_gid)
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> OwnerIds:
+        """Names and ids from a file in the format of ``/etc/passwd`` or
+        ``/etc/group`` (``name:x:id:...``), not from this system's databases: the
+        initrd serves the root file system's owners, named in the root's own
+        ``/etc``.  A missing file gives an empty table (every name unknown)."""
+        table: dict[str, int] = {}
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    fields = line.rstrip("\n").split(":")
+                    if len(fields) >= 3 and fields[0] and fields[2].isdigit():
+                        table.setdefault(fields[0], int(fields[2]))
+        except FileNotFoundError:
+            pass
+
+        def lookup(name: str) -> int:
+            return table[name]
+        return cls(lookup)
+
     def get(self, name, default=None):
         try:
             return self[name]

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from .errors import PGPError
 from . import policy as policies
+from .errors import PGPError
 from .openpgp import (
     ALGORITHMS,
     CERTIFICATION_TYPES,

@@ -39,6 +39,7 @@ from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.store import Store
 from verifier import policy as policies
+from verifier.fileio import OwnerIds
 from verifier.keyring import Keyring
 
 #: The kernel log: what the console shows while booting.
@@ -203,8 +204,15 @@ def record_boot(store: Store, boot_plan: Plan, chosen: Candidate, reason: str) -
         bootstate.save(store, state)
 
 
+def root_owners(sysroot: Path) -> tuple[OwnerIds, OwnerIds]:
+    """The (users, groups) tables of the root file system's own ``/etc``: the
+    initrd's ``/etc/passwd`` knows only root, and the view must show the owners
+    the booted system knows (a set-gid ``shadow`` program stays ``shadow``)."""
+    return OwnerIds.from_file(sysroot / "etc/passwd"), OwnerIds.from_file(sysroot / "etc/group")
+
+
 def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, console: Console,
-                    serving: contextlib.ExitStack):
+                    serving: contextlib.ExitStack, owners: tuple[OwnerIds, OwnerIds] | None = None):
     """Steps 3 and 4: the image this boot serves, loaded; (its id, its tree), or
     None when no image loads.  Its in-use lock joins ``serving``."""
     from usrview.view.loader import build_view  # the tree needs the view room
@@ -219,7 +227,7 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
         with contextlib.ExitStack() as attempt:
             try:
                 image = attempt.enter_context(images.hold_image(store, candidate.image))
-                tree = build_view(store, image, keyring)[1]
+                tree = build_view(store, image, keyring, owners=owners)[1]
             except (UsrviewError, OSError) as e:
                 failures.append(f"image {candidate.image} cannot be served: {e}")
                 console.say(failures[-1], KERN_ERR)
@@ -261,7 +269,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     if store is None or keyring is None:
         return EXIT_ERROR
     with contextlib.ExitStack() as serving:
-        chosen = choose_and_load(store, params, keyring, console, serving)
+        chosen = choose_and_load(store, params, keyring, console, serving, root_owners(sysroot))
         if chosen is None:
             return EXIT_ERROR
         image_id, tree = chosen

@@ -107,6 +107,7 @@ class Fetcher:
         """Pass the bytes ``[start, end)`` of ``url`` to ``sink`` (to the end of the
         file when ``end`` is None), retrying and resuming where the last try stopped."""
         done = 0
+        reason = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 pause = self.backoff * 2 ** (attempt - 1)

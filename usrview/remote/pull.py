@@ -61,8 +61,8 @@ from usrview.remote.index import (
     parse_latest,
 )
 from usrview.store import Store
-from usrview.store.store import TMP_DIR
 from usrview.store.importer import PackageRefused
+from usrview.store.store import TMP_DIR
 from usrview.store.trust import header_trust
 from verifier import sigcheck
 from verifier.errors import HeaderError

@@ -23,6 +23,7 @@ from usrview.store import LEGACY_POLICY, PKGID_HASH_DIGITS, Store
 from usrview.store.trust import header_trust
 from usrview.view.tree import PackageSource, Tree, build_tree
 from verifier import sigcheck
+from verifier.fileio import OwnerIds
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,10 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
     return loaded
 
 
-def build_view(store: Store, image: images.Image, keyring) -> tuple[LoadedImage, Tree]:
+def build_view(store: Store, image: images.Image, keyring, *,
+               owners: tuple[OwnerIds, OwnerIds] | None = None) -> tuple[LoadedImage, Tree]:
+    """The image's headers loaded (:func:`load_headers`) and its tree built, owner
+    names resolved in ``owners`` (users, groups), by default this system's."""
     # Loading makes several objects per file and frees few until the tree is
     # built: the collector's passes over them would find nothing to collect
     # (about a tenth of the build's time).  Cycles made meanwhile are
@@ -102,7 +106,7 @@ def build_view(store: Store, image: images.Image, keyring) -> tuple[LoadedImage,
     gc.disable()
     try:
         loaded = load_headers(store, image, keyring)
-        return loaded, build_tree(loaded.sources, header_digests=loaded.header_digests)
+        return loaded, build_tree(loaded.sources, header_digests=loaded.header_digests, owners=owners)
     finally:
         if collecting:
             gc.enable()

@@ -305,15 +305,18 @@ def _check_components(rel: str, pkg: str, path: str) -> list[str]:
 
 
 def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
-               header_digests: dict[str, str] | None = None) -> Tree:
+               header_digests: dict[str, str] | None = None,
+               owners: tuple[OwnerIds, OwnerIds] | None = None) -> Tree:
     """Compose the view of an image (packages in image order; the first to ship a
     path gives it its mtime).  ``header_digests`` maps a pkgid to the SHA-256 of
     its header file when the caller already has it; otherwise the file is hashed.
+    ``owners``: the (users, groups) tables owner names resolve in; this system's
+    databases by default.
 
     Raises TreeConflict or TreeError.
     """
     sources = list(sources)
-    users, groups = OwnerIds.users(), OwnerIds.groups()
+    users, groups = owners or (OwnerIds.users(), OwnerIds.groups())
     packages = [sys.intern(s.package.nevra) for s in sources]
     pkgids = [s.pkgid for s in sources]
     backing_dirs: list[Path | None] = [s.package_dir for s in sources]
