@@ -12,8 +12,9 @@ from usrview.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
 #: Kinds of finding.  ``file``: an rpm -V line with flags; ``missing``; ``unowned``;
 #: ``header``: a header file missing, altered or not trusted; ``unsigned``: a package
-#: imported unsigned (flagged on every run); ``image``: the image record.
-KINDS = ("file", "missing", "unowned", "header", "unsigned", "image")
+#: imported unsigned (flagged on every run); ``image``: the image record; ``notdir``: a
+#: non-directory (a symlink too) where a package's tree needs a directory.
+KINDS = ("file", "missing", "unowned", "header", "unsigned", "image", "notdir")
 
 
 @dataclass
