@@ -8,14 +8,26 @@ makes them) or into a plain directory.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.prereq import require_privileged, require_tools
-from tests.test_verify import MAIN_FILES, World, _writable
+from tests.rpmbuild import FileSpec
+from tests.test_verify import MAIN_FILES, OTHER_FILES, World, _writable
+from usrview import images
+from usrview.errors import OperationalError
+from usrview.store.importer import import_package
+from usrview.view.loader import load_headers
+from verifier.header import read_package
+from verifier.headerfile import header_file_error
 
 
 @pytest.fixture
@@ -87,3 +99,70 @@ def test_symlinked_directory_in_a_plain_store(tmp_path, rpm_packages, gpg_key):
     (tmp_path / "share-tool" / "small").write_bytes(b"SMALL\n")
     for report in (world.verify(), world.verify(full=True)):
         assert sorted(_lines(report)) == sorted(SYMLINKED)
+
+
+# -- 2. header files carrying unsigned bytes -------------------------------------------
+
+def _other_payload(rpm_packages) -> bytes:
+    other = rpm_packages("intruder", "1.0", "1", [FileSpec("/usr/bin/intruder", content=b"evil\n", mode=0o755)])
+    data = other.read_bytes()
+    return data[read_package(data).payload_offset:]
+
+
+def _lead_renamed(data: bytes) -> bytes:
+    return data[:10] + b"evil-1.0-1".ljust(66, b"\0") + data[76:]
+
+
+@pytest.mark.parametrize("tamper", ["appended", "lead"])
+def test_header_file_with_unsigned_bytes_is_refused(tmp_path, rpm_packages, gpg_key, tamper):
+    """A header file in the store with another package's payload appended, or with its lead
+    renamed: the loader refuses the mount, verify reports the header and checks none of its
+    files.  Before: the mount served the file, verify exited 0."""
+    require_privileged("owners and modes as rpm -i makes them")
+    require_tools("rpm")
+    world = World(tmp_path, [rpm_packages("tool", "1.0", "1", MAIN_FILES)], gpg_key)
+    pkgid = world.pkgids["tool"]
+    hpath = world.store.header_path(pkgid)
+    data = hpath.read_bytes()
+    hpath.write_bytes(data + _other_payload(rpm_packages) if tamper == "appended" else _lead_renamed(data))
+    with pytest.raises(OperationalError, match="header file: " + (
+            r"\d+ byte\(s\) after the header" if tamper == "appended" else "the lead does not match")):
+        load_headers(world.store, world.image, world.keyring)
+    report = world.verify()
+    assert [(f.kind, f.package) for f in report.findings] == [("header", pkgid)]
+    assert "header file: " in report.findings[0].line and report.exit_code == 1
+    assert header_file_error(read_package(data)) is None   # the importer wrote it canonical
+
+
+def _rpmkeys_ok(db: Path, path: Path) -> bool:
+    r = subprocess.run(["rpmkeys", "--dbpath", str(db), "--checksig", str(path)], capture_output=True,
+                       text=True, timeout=120)
+    return r.returncode == 0
+
+
+def test_checksig_agrees_with_rpmkeys_on_unsigned_bytes(tmp_path, rpm_packages, gpg_key):
+    """rpmkeys --checksig as the oracle beside ``usrview checksig``: a package whose payload was
+    swapped, a header file with a payload appended (what a tampered store served) and bytes
+    after a whole package are NOT OK to rpmkeys and not GOOD to us; an untouched package and
+    one whose lead alone was renamed (rpm ignores the lead) are OK to both.  Before: GOOD for
+    the swapped and the appended payload."""
+    require_tools("rpmkeys")
+    db = tmp_path / "rpmdb"
+    subprocess.run(["rpmkeys", "--dbpath", str(db), "--import", str(gpg_key.public_path)], check=True,
+                   timeout=120, capture_output=True)
+    good = rpm_packages("tool", "1.0", "1", MAIN_FILES)
+    data = good.read_bytes()
+    pkg = read_package(data)
+    intruder = _other_payload(rpm_packages)
+    cases = {"good": data, "swapped-payload": data[:pkg.payload_offset] + intruder,
+             "header-appended": pkg.header_only() + intruder, "trailing": data + b"\0" * 64,
+             "lead-renamed": _lead_renamed(data)}
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.rpm"
+        path.write_bytes(content)
+        r = subprocess.run([sys.executable, "-m", "usrview.cli", "checksig", "--json", "--keys",
+                            str(gpg_key.public_path), str(path)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "USRVIEW_CONFIG": "/dev/null"})
+        ours = json.loads(r.stdout)["verdict"]
+        assert (ours == "GOOD") == _rpmkeys_ok(db, path), (name, ours, r.stdout)
+        assert r.returncode == (0 if ours == "GOOD" else 1), name

@@ -8,12 +8,19 @@ import check (:attr:`verifier.header.Header.import_error`, see
 headers are allowed (the importer's ``--allow-unsigned``; for a stored package,
 its ``unsigned/PKGID`` marker), and it passes that same import check.  Nothing
 else: BAD, NOKEY, NOTTRUSTED and PARSE never.
+
+A header file of the store (``stored=True``: the loader and verify) must moreover be
+exactly the signed parts and what rpm derives from them
+(:func:`verifier.headerfile.header_file_error`): no byte after the main header,
+the lead rpm writes for that header.  Those bytes are served in
+``/usr/lib/sysimage/packages/`` and no signature covers them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from verifier.headerfile import header_file_error
 from verifier.keyring import Verdict
 from verifier.sigcheck import HeaderCheck
 
@@ -37,14 +44,19 @@ class HeaderTrust:
     reason: str = ""
 
 
-def header_trust(check: HeaderCheck, *, unsigned_allowed: bool) -> HeaderTrust:
+def header_trust(check: HeaderCheck, *, unsigned_allowed: bool, stored: bool = False) -> HeaderTrust:
     """Whether the header ``check`` judged may be used (see the module docstring).
 
     ``check``: :func:`verifier.sigcheck.check_file`'s or ``check_bytes``'s result
     (a lenient parse: this makes the import check an UNSIGNED verdict skips).
     ``unsigned_allowed``: whether an UNSIGNED header is acceptable here.
+    ``stored``: ``check`` judged a whole header file of the store (see the module docstring).
     """
     verdict = check.verdict
+    if stored and check.package is not None:
+        form = header_file_error(check.package)
+        if form is not None:
+            return HeaderTrust(False, verdict is Verdict.UNSIGNED, f"header file: {form}")
     if verdict is Verdict.GOOD:
         return HeaderTrust(True, False)
     unsigned = verdict is Verdict.UNSIGNED

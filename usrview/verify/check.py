@@ -92,7 +92,7 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
     """(findings, package or None when its files must not be trusted)."""
     hpath = store.header_path(pkgid)
     try:
-        check = sigcheck.check_file(hpath, keyring)
+        check = sigcheck.check_bytes(store.read_header(pkgid), keyring)
     except FileNotFoundError:
         return [Finding("header", pkgid, str(hpath), f"header    {pkgid}: header file missing",
                         message="header file missing")], None
@@ -101,7 +101,7 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
                         message=f"header file unreadable: {e.strerror}")], None
     findings = []
     pkg = check.package
-    trust = header_trust(check, unsigned_allowed=unsigned)
+    trust = header_trust(check, unsigned_allowed=unsigned, stored=True)
     trusted = trust.usable
     if trust.usable and trust.unsigned:
         findings.append(Finding("unsigned", pkgid, str(hpath),
@@ -109,7 +109,9 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
                                 expected="GOOD", actual="UNSIGNED",
                                 message="package was imported without a signature"))
     elif not trust.usable:
-        actual = check.verdict.value if check.verdict is not Verdict.UNSIGNED or not unsigned else "PARSE"
+        # PARSE also for a GOOD header whose file carries unsigned bytes (trust.reason says which)
+        actual = check.verdict.value if check.verdict not in (Verdict.UNSIGNED, Verdict.GOOD) \
+            or (check.verdict is Verdict.UNSIGNED and not unsigned) else "PARSE"
         findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {trust.reason}",
                                 expected="GOOD", actual=actual, message=trust.reason))
     if pkg is not None:
