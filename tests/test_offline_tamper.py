@@ -166,3 +166,45 @@ def test_checksig_agrees_with_rpmkeys_on_unsigned_bytes(tmp_path, rpm_packages, 
         ours = json.loads(r.stdout)["verdict"]
         assert (ours == "GOOD") == _rpmkeys_ok(db, path), (name, ours, r.stdout)
         assert r.returncode == (0 if ours == "GOOD" else 1), name
+
+
+# -- 3. the image record ------------------------------------------------------------------
+
+def _edit_record(store, image, packages) -> None:
+    """The current record rewritten in place (same name, same unsigned list)."""
+    path = images.image_path(store, image.id)
+    data = json.loads(path.read_bytes())
+    data["packages"] = sorted(packages)
+    path.write_text(json.dumps(data))
+
+
+def test_the_mount_honours_the_image_record(tmp_path, rpm_packages, gpg_key, expect_logs):
+    """The issue's attack: a set-uid unsigned package imported with --allow-unsigned, its id
+    then added in place to the current record (which still lists it as signed).  The loader
+    refuses: the record's id no longer matches; and with a consistent id, the record does
+    not list the package as unsigned.  A record edited to drop a package is refused too.
+    Before: served with one WARNING (and the dropped package silently)."""
+    require_privileged("set-uid files as rpm -i makes them")
+    require_tools("rpm")
+    world = World(tmp_path, [rpm_packages("tool", "1.0", "1", MAIN_FILES),
+                             rpm_packages("other", "2.0", "1", OTHER_FILES)], gpg_key)
+    store, image = world.store, world.image
+    suid = rpm_packages("suid", "1.0", "1", [FileSpec("/usr/bin/suid", content=b"#!/bin/sh\nid\n",
+                                                      mode=0o4755)], signed=False)
+    pkgid = import_package(store, suid, world.keyring, allow_unsigned=True).pkgid
+    assert store.unsigned_path(pkgid).exists()
+    _edit_record(store, image, [*image.packages, pkgid])
+    edited = images.resolve(store, images.CURRENT)
+    with pytest.raises(OperationalError, match="record was changed: package list does not match"):
+        load_headers(store, edited, world.keyring)
+    consistent = images.Image(images.make_image_id([*image.packages, pkgid], datetime.now(UTC)),
+                              image.created, tuple(sorted([*image.packages, pkgid])), ())
+    with pytest.raises(OperationalError, match=f"{pkgid}: UNSIGNED"):
+        load_headers(store, consistent, world.keyring)
+    opted_in = dataclasses.replace(consistent, unsigned=(pkgid,))
+    with expect_logs("serves UNSIGNED packages"):
+        assert load_headers(store, opted_in, world.keyring).unsigned == [pkgid]   # deploy's opt-in
+    _edit_record(store, image, [p for p in image.packages if p != world.pkgids["other"]])
+    with pytest.raises(OperationalError, match="record was changed"):
+        load_headers(store, images.resolve(store, images.CURRENT), world.keyring)
+    assert any(f.kind == "image" for f in world.verify().findings)

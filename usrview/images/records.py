@@ -117,6 +117,17 @@ def package_set_hash(pkgids) -> str:
     return hashlib.sha256("".join(f"{p}\n" for p in sorted(pkgids)).encode()).hexdigest()
 
 
+def id_mismatch(image: Image) -> str | None:
+    """Why ``image``'s id does not vouch for its package list (the last 8 hex digits of the
+    id are the package-set hash of the list it was recorded with), or None when it does.
+    A record edited in place -- a package added, dropped or swapped for another version --
+    fails this; one rewritten and renamed consistently does not (records are not signed)."""
+    want = package_set_hash(image.packages)[:ID_HASH_DIGITS]
+    if image.id.rsplit("-", 1)[-1] != want:
+        return f"package list does not match the image id (hash {want}, id {image.id})"
+    return None
+
+
 def make_image_id(pkgids, when: datetime) -> str:
     return f"{when.astimezone(UTC).strftime(ID_TIME_FORMAT)}-{package_set_hash(pkgids)[:ID_HASH_DIGITS]}"
 
@@ -622,6 +633,7 @@ __all__ = [
     "hold_image",
     "image_ids",
     "image_in_use",
+    "id_mismatch",
     "image_path",
     "list_images",
     "load_image",

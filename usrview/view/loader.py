@@ -47,8 +47,12 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
     package both the record and the store record as imported unsigned), or it is
     not the header its package id names.
     """
+    mismatch = images.id_mismatch(image)
+    if mismatch:
+        raise OperationalError(f"refusing to mount image {image.id}: its record was changed: {mismatch}")
     loaded = LoadedImage(image, [], {}, [])
     refused = []
+    recorded_unsigned = set(image.unsigned)
     for pkgid in image.packages:
         header_path = store.header_path(pkgid)
         try:
@@ -56,8 +60,9 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
         except OSError as e:
             raise OperationalError(f"image {image.id}: package {pkgid}: {e.strerror or e}") from None
         result = sigcheck.check_bytes(data, keyring)
+        # unsigned only by the record's own opt-in (deploy --allow-unsigned), and the store's marker
         trust = header_trust(result, unsigned_allowed=result.verdict is sigcheck.Verdict.UNSIGNED
-                             and store.unsigned_path(pkgid).exists(),
+                             and pkgid in recorded_unsigned and store.unsigned_path(pkgid).exists(),
                              stored=True)
         if not trust.usable:
             refused.append(f"{pkgid}: {trust.reason}")
