@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -208,3 +211,103 @@ def test_the_mount_honours_the_image_record(tmp_path, rpm_packages, gpg_key, exp
     with pytest.raises(OperationalError, match="record was changed"):
         load_headers(store, images.resolve(store, images.CURRENT), world.keyring)
     assert any(f.kind == "image" for f in world.verify().findings)
+
+
+# -- 4. inputs that hang or exhaust -------------------------------------------------------
+
+#: Seconds a command may take on a hostile store file before it counts as hung.
+HANG_TIMEOUT = 60
+
+
+def _usrview(*args: str, timeout: float = HANG_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "usrview.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "USRVIEW_CONFIG": "/dev/null", "NOTIFY_SOCKET": ""})
+
+
+def _plant(path: Path, kind: str) -> None:
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("usrview: error:")]
+    assert len(lines) == 1, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+@pytest.mark.parametrize("which", ["record", "header"])
+def test_hostile_store_files_never_hang(tmp_path, rpm_packages, gpg_key, kind, which):
+    """An image record or a header file replaced by a FIFO or a symlink to /dev/zero: mount,
+    verify, status and monitor --once answer within the timeout with one line, no
+    traceback.  Before: each hung on the FIFO (and read /dev/zero without a cap)."""
+    require_privileged("mount and owners as rpm -i makes them")
+    require_tools("rpm", "fusermount3")
+    world = World(tmp_path, [rpm_packages("tool", "1.0", "1", MAIN_FILES)], gpg_key)
+    store, key = str(world.store.root), str(gpg_key.public_path)
+    target = (images.image_path(world.store, world.image.id) if which == "record"
+              else world.store.header_path(world.pkgids["tool"]))
+    _plant(target, kind)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        r = _usrview("mount", "--store", store, "--keys", key, str(mnt))
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], timeout=30)
+    assert r.returncode == 2, r.stderr
+    _one_line_error(r)
+    r = _usrview("verify", "--store", store, "--keys", key)
+    assert "Traceback" not in r.stderr
+    if which == "record":
+        assert r.returncode == 1 and r.stdout.startswith("image "), r.stdout + r.stderr
+    else:   # a header file that is no regular file is no stored package: a finding, as before
+        assert r.returncode == 1 and "which is not in the store" in r.stdout, r.stdout + r.stderr
+    r = _usrview("status", "--store", store)
+    assert "Traceback" not in r.stderr
+    if which == "record":
+        assert r.returncode == 2, r.stdout + r.stderr
+        _one_line_error(r)
+    r = _usrview("monitor", "--once", "--store", store, "--keys", key)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr
+
+
+def test_monitor_answers_sigterm_during_a_stuck_run(tmp_path, rpm_packages, gpg_key):
+    """A run stuck on I/O (here: verify.run blocked reading a pipe nobody writes): the metrics
+    say a run is in progress since its start (stale, not the last clean status), and SIGTERM
+    ends the monitor at once.  Before: SIGTERM only set a flag looked at between runs."""
+    require_privileged("owners as rpm -i makes them")
+    require_tools("rpm")
+    world = World(tmp_path, [rpm_packages("tool", "1.0", "1", MAIN_FILES)], gpg_key)
+    metrics = tmp_path / "metrics.prom"
+    script = f"""
+import os, sys
+from usrview import verify
+from usrview.cli.main import main
+r, w = os.pipe()
+verify.run = lambda *a, **k: os.read(r, 1)   # stuck on I/O
+sys.exit(main(["monitor", "--store", {str(world.store.root)!r}, "--keys", {str(gpg_key.public_path)!r},
+               "--metrics-file", {str(metrics)!r}, "--interval", "1s"]))
+"""
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "USRVIEW_CONFIG": "/dev/null"})
+    try:
+        deadline = time.monotonic() + HANG_TIMEOUT
+        while not (metrics.exists() and "usrview_verify_run_in_progress 1" in metrics.read_text()):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate(timeout=5)
+            time.sleep(0.1)
+        text = metrics.read_text()
+        started = float(re.search(r"^usrview_verify_run_started_timestamp_seconds (\S+)$", text, re.M).group(1))
+        assert 0 < time.time() - started < HANG_TIMEOUT
+        assert "usrview_verify_last_run_status" not in text   # no run finished: no status to show
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+        assert p.returncode == 0 and "Traceback" not in err, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()

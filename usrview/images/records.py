@@ -50,7 +50,15 @@ from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
-from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
+from usrview.store.store import (
+    IMAGES_DIR,
+    JSON_FILE_MAX,
+    TMP_DIR,
+    Store,
+    StoreError,
+    pkgid_for,
+    read_store_file,
+)
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
 
@@ -150,7 +158,7 @@ def load_image(store: Store, image_id: str) -> Image:
     """The image record ``image_id``; OperationalError when absent or malformed."""
     path = image_path(store, image_id)
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_store_file(path, JSON_FILE_MAX))
     except FileNotFoundError:
         raise OperationalError(f"no image {image_id} in the store {store.root}") from None
     except OSError as e:

@@ -52,11 +52,16 @@ def header_trust(check: HeaderCheck, *, unsigned_allowed: bool, stored: bool = F
     ``unsigned_allowed``: whether an UNSIGNED header is acceptable here.
     ``stored``: ``check`` judged a whole header file of the store (see the module docstring).
     """
-    verdict = check.verdict
-    if stored and check.package is not None:
+    trust = _verdict_trust(check, unsigned_allowed)
+    if trust.usable and stored:
         form = header_file_error(check.package)
         if form is not None:
-            return HeaderTrust(False, verdict is Verdict.UNSIGNED, f"header file: {form}")
+            return HeaderTrust(False, trust.unsigned, f"header file: {form}")
+    return trust
+
+
+def _verdict_trust(check: HeaderCheck, unsigned_allowed: bool) -> HeaderTrust:
+    verdict = check.verdict
     if verdict is Verdict.GOOD:
         return HeaderTrust(True, False)
     unsigned = verdict is Verdict.UNSIGNED
