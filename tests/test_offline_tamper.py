@@ -9,7 +9,9 @@ makes them) or into a plain directory.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import mmap
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ import pytest
 from tests.prereq import require_privileged, require_tools
 from tests.rpmbuild import FileSpec
 from tests.test_verify import MAIN_FILES, OTHER_FILES, World, _writable
+from tests.test_view_lifecycle import mountpoint, start, store  # noqa: F401 -- fixtures
 from usrview import images
 from usrview.errors import OperationalError
 from usrview.store.importer import import_package
@@ -311,3 +314,34 @@ sys.exit(main(["monitor", "--store", {str(world.store.root)!r}, "--keys", {str(g
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+# -- 5. while the view runs (outside the threat model: today's behaviour, written down) ---
+
+def test_backing_file_changed_while_served(store, gpg_key, mountpoint, tmp_path):
+    """docs/trust-chain.md, "While the view runs": a backing file changed in place after its
+    first verified read is served changed through a file descriptor opened before, and through
+    an existing mmap, once the kernel's cached pages are gone; a new open gets EIO.  Should
+    this change (re-checking on store change, fs-verity), this test says so."""
+    mnt, daemons = mountpoint
+    start(store, gpg_key, mnt, daemons, tmp_path / "mount.log")
+    served = mnt / "share/life/data"
+    backing = store.package_dir(next(p for p in store.pkgids() if p.startswith("life-"))) / "usr/share/life/data"
+    original = b"life data\n" * 100
+    fd = os.open(served, os.O_RDONLY)
+    try:
+        assert os.pread(fd, len(original), 0) == original
+        mapped = mmap.mmap(fd, len(original), prot=mmap.PROT_READ)
+        assert mapped[:4] == b"life"
+        with open(backing, "r+b") as f:   # same size, in place
+            f.write(b"EVIL")
+        mapped.madvise(mmap.MADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)   # the kernel's cached pages evicted
+        assert os.pread(fd, 4, 0) == b"EVIL"     # the open fd: served changed
+        assert mapped[:4] == b"EVIL"             # the existing mapping: served changed
+        mapped.close()
+        with pytest.raises(OSError) as e:        # a new open: checked again, refused
+            os.open(served, os.O_RDONLY)
+        assert e.value.errno == errno.EIO
+    finally:
+        os.close(fd)
