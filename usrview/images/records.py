@@ -172,7 +172,8 @@ def load_image(store: Store, image_id: str) -> Image:
     packages, unsigned = data.get("packages"), data.get("unsigned", [])
     if (data.get("id") != image_id or not isinstance(data.get("created"), str)
             or not isinstance(packages, list) or not all(isinstance(p, str) for p in packages)
-            or not isinstance(unsigned, list) or not set(unsigned) <= set(packages)):
+            or not isinstance(unsigned, list) or not all(isinstance(p, str) for p in unsigned)
+            or not set(unsigned) <= set(packages)):
         raise OperationalError(f"image record {path} is corrupt")
     return Image(image_id, data["created"], tuple(sorted(packages)), tuple(sorted(unsigned)))
 
