@@ -50,15 +50,7 @@ from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
-from usrview.store.store import (
-    IMAGES_DIR,
-    JSON_FILE_MAX,
-    TMP_DIR,
-    Store,
-    StoreError,
-    pkgid_for,
-    read_store_file,
-)
+from usrview.store.store import IMAGES_DIR, JSON_FILE_MAX, TMP_DIR, Store, StoreError, pkgid_for, read_store_file
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
 
@@ -126,10 +118,9 @@ def package_set_hash(pkgids) -> str:
 
 
 def id_mismatch(image: Image) -> str | None:
-    """Why ``image``'s id does not vouch for its package list (the last 8 hex digits of the
-    id are the package-set hash of the list it was recorded with), or None when it does.
-    A record edited in place -- a package added, dropped or swapped for another version --
-    fails this; one rewritten and renamed consistently does not (records are not signed)."""
+    """Why ``image``'s id (its last 8 hex digits: the package-set hash) does not vouch for its
+    package list, or None.  A record edited in place -- a package added, dropped or swapped
+    for another version -- fails this; one rewritten and renamed consistently does not."""
     want = package_set_hash(image.packages)[:ID_HASH_DIGITS]
     if image.id.rsplit("-", 1)[-1] != want:
         return f"package list does not match the image id (hash {want}, id {image.id})"
