@@ -163,9 +163,11 @@ class Monitor:
         t0 = time.monotonic()
         last = self._last_metrics or {"report": None, "full": False, "started": 0.0, "duration": 0.0,
                                       "status": None}
-        self._write_metrics(**last, state=state, running_since=started)
-        self.running = True
+        self.running = True   # before the metrics say so: a SIGTERM from then on ends the run
         try:
+            self._write_metrics(**last, state=state, running_since=started)
+            if self.stop_event.is_set():   # asked to stop just before
+                raise Terminated()
             store = Store.open(self.store_root)
             report = verify.run(store, self.keyring, full=full, io_limit=self.io_limit, jobs=self.jobs)
             status = report.exit_code
