@@ -23,9 +23,19 @@ beside the figures.  Asserts nothing.
     .venv/bin/python tests/bench_view.py [--pkgset DIR] [--workdir DIR] [--layers N]
     .venv/bin/python tests/bench_view.py --mount-store STORE [--mount-runs N] [--pkgset DIR]
 
+    .venv/bin/python tests/bench_view.py --kernel-cache STORE NATIVE [--mount-runs N] [--pkgset DIR]
+
 The second form only times ``usrview mount`` of an already deployed store's current
 image, N times (median printed): the way to measure the mount-time goal's 300
 packages, with a store deployed from ``tests/pkgset.py OUT --count 300``.
+
+The third (issue 14) serves the store's current image twice at once, with
+``--kernel-cache off`` (what a stock pyfuse3 does) and ``auto`` (the patched
+pyfuse3 .ci/setup installs: symlinks, listings and opens left to the kernel),
+and times, warm, in them and in NATIVE (the same packages' ``/usr`` installed
+by ``rpm --root``): a walk (``find -ls``), a readlink of every symlink, an open
+and close of every regular file, a read of every byte.  Trees are interleaved
+round by round; the best of N rounds is printed.
 
 Needs root.  Every mount is unmounted and the loop device detached, on errors too.
 """
@@ -38,6 +48,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -276,6 +287,86 @@ def mount_times(store: Path, key: Path, workdir: Path, runs: int) -> list[float]
     return times
 
 
+#: What --kernel-cache times, in each tree.
+KERNEL_CACHE_MEASURES = ("walk", "readlink", "open_close", "read")
+
+
+def _tree_paths(root: Path) -> tuple[list[str], list[str]]:
+    """The symlinks and regular files below ``root`` (relative, walk order)."""
+    links, files = [], []
+    for d, dirs, names in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(d, root)
+        for name in sorted(names):
+            mode = os.lstat(os.path.join(d, name)).st_mode
+            (links if stat.S_ISLNK(mode) else files if stat.S_ISREG(mode) else []).append(
+                os.path.normpath(os.path.join(rel, name)))
+    return links, files
+
+
+def _time_tree(root: Path, links: list[str], files: list[str]) -> dict[str, float]:
+    out = {"walk": walk(root, cold=False)[0]}
+    t0 = time.perf_counter()
+    for p in links:
+        os.readlink(root / p)
+    t1 = time.perf_counter()
+    for p in files:
+        os.close(os.open(root / p, os.O_RDONLY))
+    t2 = time.perf_counter()
+    out["readlink"], out["open_close"] = t1 - t0, t2 - t1
+    out["read"] = read_all(root, cold=False)[0]
+    return out
+
+
+def kernel_cache_compare(store: Path, key: Path, native: Path, workdir: Path, rounds: int) -> dict:
+    """Best-of-``rounds`` warm times in NATIVE and in the view with the kernel's caches off and on."""
+    top = Path(tempfile.mkdtemp(prefix="kcache-", dir=workdir))
+    daemons: list[Daemon] = []
+    try:
+        trees = {"native": native}
+        for mode, name in (("off", "stock"), ("auto", "kernel cache")):
+            mnt = top / mode
+            mnt.mkdir()
+            daemons.append(Daemon([*usrview_cmd(), "-v", "mount", "--foreground", "--kernel-cache", mode,
+                                   "--store", str(store), "--keys", str(key), str(mnt)], mnt, top / f"{mode}.log"))
+            trees[name] = mnt
+        links, files = _tree_paths(native)
+        for root in trees.values():  # first reads (the view hashes every file once) and caches filled
+            _time_tree(root, links, files)
+        best: dict[str, dict[str, float]] = {name: {} for name in trees}
+        for r in range(rounds):
+            order = list(trees) if r % 2 == 0 else list(reversed(trees))
+            for name in order:
+                for k, v in _time_tree(trees[name], links, files).items():
+                    best[name][k] = min(best[name].get(k, v), v)
+        caching = [line.split("kernel caching: ", 1)[1] for d in daemons
+                   for line in d.log.read_text(errors="replace").splitlines() if "kernel caching: " in line]
+        return {"best": best, "links": len(links), "files": len(files), "rounds": rounds, "caching": caching,
+                "bytes": sum(os.lstat(native / p).st_size for p in files)}
+    finally:
+        for d in daemons:
+            d.stop()
+        for p in top.iterdir():
+            p.rmdir() if p.is_dir() else p.unlink()
+        top.rmdir()
+
+
+def kernel_cache_report(res: dict) -> None:
+    best = res["best"]
+    nat = best["native"]
+    print(f"=== kernel caches (issue 14): warm, best of {res['rounds']}; {res['files']} files "
+          f"({res['bytes'] / 1e6:.0f} MB), {res['links']} symlinks ===")
+    for line in res["caching"]:
+        print(f"  view: kernel caching: {line}")
+    labels = {"walk": "find -ls", "readlink": "readlink every symlink", "open_close": "open+close every file",
+              "read": "read every byte"}
+    print(f"{'':24}" + "".join(f"{n:>22}" for n in best))
+    for k in KERNEL_CACHE_MEASURES:
+        cells = [f"{nat[k]:8.3f} s"] + [f"{best[n][k]:8.3f} s ({best[n][k] / nat[k]:5.2f}x)"
+                                        for n in best if n != "native"]
+        print(f"{labels[k]:24}" + "".join(f"{c:>22}" for c in cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
@@ -285,10 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mount-store", type=Path, metavar="STORE",
                     help="only time mounting this deployed store's current image, then exit")
     ap.add_argument("--mount-runs", type=int, default=5, metavar="N")
+    ap.add_argument("--kernel-cache", type=Path, nargs=2, metavar=("STORE", "NATIVE"),
+                    help="only compare the view with and without the kernel's caches, and NATIVE")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("needs root (loop device, mounts, drop_caches)")
     setdir = (args.pkgset or args.workdir / "pkgs").resolve()
+    if args.kernel_cache:
+        if not (setdir / "manifest.json").exists():
+            ap.error(f"--kernel-cache needs the package set's key: no {setdir}/manifest.json (--pkgset)")
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        store, native = (p.resolve() for p in args.kernel_cache)
+        kernel_cache_report(kernel_cache_compare(store, Path(pkgset.load(setdir)["key"]), native,
+                                                 args.workdir, args.mount_runs))
+        return 0
     if args.mount_store:
         # Only the set's key is needed: never build a set (and a new key) here.
         if not (setdir / "manifest.json").exists():

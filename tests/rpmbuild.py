@@ -119,12 +119,15 @@ def _run(cmd: list[str], *, env: Mapping[str, str] | None = None, cwd: Path | No
     return r.stdout.decode("utf-8", "surrogateescape")
 
 
-def make_gpg_key(home: Path, *, algo: str = "rsa3072", uid: str = "usrview test <test@usrview.invalid>") -> GpgKey:
-    """Make a passphrase-less signing key in a new GNUPGHOME under ``home``."""
+def make_gpg_key(home: Path, *, algo: str = "rsa3072", uid: str = "usrview test <test@usrview.invalid>",
+                 cert_digest_algo: str | None = None) -> GpgKey:
+    """Make a passphrase-less signing key in a new GNUPGHOME under ``home``
+    (``cert_digest_algo``: the hash of its self-signature, e.g. SHA1)."""
     gnupghome = home / "gnupg"
     gnupghome.mkdir(mode=0o700, parents=True)
     env = {**os.environ, "GNUPGHOME": str(gnupghome)}
-    _run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+    digest = ["--cert-digest-algo", cert_digest_algo] if cert_digest_algo else []
+    _run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", *digest,
           "--quick-gen-key", uid, algo, "sign", "never"], env=env)
     colons = _run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env=env)
     fprs = [line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:")]
@@ -218,6 +221,8 @@ def build_rpm(workdir: Path, name: str, version: str = "1.0", release: str = "1"
         "__os_install_post": "%{nil}",
         "_build_id_links": "none",
         "_buildhost": "usrview.test",
+        # a program (ELF) in a noarch test package: to run one from the view
+        "_binaries_in_noarch_packages_terminate_build": "0",
     }
     cmd = ["rpmbuild", "-bb", "--quiet"]
     for key, value in defines.items():
@@ -231,13 +236,15 @@ def build_rpm(workdir: Path, name: str, version: str = "1.0", release: str = "1"
     return built[0]
 
 
-def sign_rpm(path: Path, key: GpgKey, *more: Path, chunk: int = 64) -> None:
+def sign_rpm(path: Path, key: GpgKey, *more: Path, chunk: int = 64, digest_algo: str | None = None) -> None:
     """Add a header signature with ``rpmsign --addsign`` (in place), to one or
-    more packages: one rpmsign process per ``chunk`` files."""
+    more packages: one rpmsign process per ``chunk`` files (``digest_algo``: the
+    signature's hash, e.g. sha1; default rpm's, sha256)."""
     env = {**os.environ, "GNUPGHOME": str(key.gnupghome)}
     paths = [path, *more]
+    digest = ["--define", f"_gpg_digest_algo {digest_algo}"] if digest_algo else []
     for i in range(0, len(paths), chunk):
-        _run(["rpmsign", "--addsign",
+        _run(["rpmsign", "--addsign", *digest,
               "--define", "__gpg /usr/bin/gpg",
               "--define", f"_gpg_name {key.fingerprint}",
               "--define", f"_gpg_path {key.gnupghome}",

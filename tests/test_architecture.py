@@ -20,7 +20,8 @@ ALLOWED = {
     "view": {"verifier", "shared", "store", "images", "view"},
     "verify": {"verifier", "shared", "store", "images", "verify"},
     "boot": {"verifier", "shared", "store", "images", "view", "verify", "boot"},
-    "cli": {"verifier", "shared", "store", "images", "view", "verify", "boot", "cli"},
+    "remote": {"verifier", "shared", "store", "images", "remote"},
+    "cli": {"verifier", "shared", "store", "images", "view", "verify", "boot", "remote", "cli"},
 }
 #: Lines a module may have; one over it says why it is one job.
 MAX_LINES = 650

@@ -44,10 +44,10 @@ def store(rpm_packages, gpg_key, tmp_path):
     return deploy_store(tmp_path / "store", [rpm], gpg_key)
 
 
-def make_ops(store, gpg_key, mode="enforce"):
+def make_ops(store, gpg_key, mode="enforce", kernel_cache=frozenset()):
     st, image = store
     _, tree = build_view(st, image, load_keyring([gpg_key.public_path]))
-    return ViewOperations(tree, Guard(tree, mode))
+    return ViewOperations(tree, Guard(tree, mode), kernel_cache)
 
 
 async def lookup_path(ops, path):
@@ -72,6 +72,19 @@ async def read_all(ops, inode, chunk=128 << 10):
             off += len(piece)
     finally:
         await ops.release(info.fh)
+
+
+def count_opens(monkeypatch, guard, method: str) -> list[int]:
+    """The inodes ``guard.<method>(node)`` is called for, from now on."""
+    calls = []
+    real = getattr(guard, method)
+
+    async def counting(node):
+        calls.append(node.inode)
+        return await real(node)
+
+    monkeypatch.setattr(guard, method, counting)
+    return calls
 
 
 def backing(store, rel):
@@ -357,14 +370,7 @@ async def test_unchanged_file_is_opened_at_its_first_read_and_checked_again(stor
     ops = make_ops(store, gpg_key)
     tool = (await lookup_path(ops, "bin/tool")).st_ino
     assert await read_all(ops, tool) == TOOL
-    opened = []
-    real_open = ops.guard.open
-
-    async def counting_open(node):
-        opened.append(node.inode)
-        return await real_open(node)
-
-    monkeypatch.setattr(ops.guard, "open", counting_open)
+    opened = count_opens(monkeypatch, ops.guard, "open")
     # Unchanged since its check passed: the open costs one lstat, the read opens it.
     info = await ops.open(tool, os.O_RDONLY, None)
     assert opened == []
@@ -424,3 +430,83 @@ def test_read_ahead_thread_asks_the_kernel_for_the_backing_files(store, gpg_key,
     want = [(str(backing(store, f"usr/share/many/f{i:03d}")), os.POSIX_FADV_WILLNEED)
             for i in range(1, 1 + READAHEAD_START)]
     assert asked == want
+
+
+# -- letting the kernel answer: no OPEN, the check at the first READ ----------
+
+def test_kernel_cache_features_are_what_pyfuse3_offers(monkeypatch):
+    assert fs_module.kernel_cache_features("off") == frozenset()
+    monkeypatch.delattr(pyfuse3, "KERNEL_CACHE_FEATURES", raising=False)
+    assert fs_module.kernel_cache_features() == frozenset()  # a stock pyfuse3
+    assert "pyfuse3" in fs_module.describe_kernel_cache(frozenset())
+    monkeypatch.setattr(pyfuse3, "KERNEL_CACHE_FEATURES", frozenset({"no_open", "other"}), raising=False)
+    assert fs_module.kernel_cache_features() == {"no_open"}
+    assert fs_module.kernel_cache_features("off") == frozenset()
+
+
+async def test_no_open_answers_enosys_and_reads_by_inode(store, gpg_key, expect_logs, monkeypatch):
+    ops = make_ops(store, gpg_key, kernel_cache=fs_module.KERNEL_CACHE)
+    assert ops.enable_symlink_caching
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    for call in (ops.open(tool, os.O_RDONLY, None), ops.opendir(ROOT_INODE, None)):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == errno.ENOSYS
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.open(tool, os.O_WRONLY, None)
+    assert e.value.errno == errno.EROFS
+    # Under no_open pyfuse3 hands read() the inode; nothing was checked before.
+    assert ops.guard.hashed == 0
+    assert await ops.read(tool, 0, 4096) == TOOL
+    assert ops.guard.hashed == 1
+    await ops.release(0)  # the RELEASE of the first file opened without OPEN
+    checked = count_opens(monkeypatch, ops.guard, "open_checked")
+    assert await ops.read(tool, 5, 10) == TOOL[5:15]
+    assert checked == []  # the kept fd, same identity: one fstat
+    # Changed after its check (the kernel dropped its pages, READ comes again): refused.
+    with open(backing(store, "usr/bin/tool"), "r+b") as f:  # noqa: ASYNC230 - the test's own file
+        f.write(TOOL.replace(b"hello", b"HELLO"))
+    for _ in range(2):
+        with expect_logs(r"integrity violation: /usr/bin/tool", level=logging.ERROR), \
+                pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.read(tool, 0, 4096)
+        assert e.value.errno == errno.EIO
+    assert checked == [tool, tool]
+    ops.close_all()
+    assert not ops.inode_fds
+
+
+async def test_no_open_first_reads_of_a_tampered_file_are_all_eio(store, gpg_key, expect_logs):
+    ops = make_ops(store, gpg_key, kernel_cache=fs_module.KERNEL_CACHE)
+    big = (await lookup_path(ops, "share/api/big")).st_ino
+    with open(backing(store, "usr/share/api/big"), "r+b") as f:  # noqa: ASYNC230 - the test's own file
+        f.seek(len(BIG) - 1)  # the last byte: reads of the first bytes are refused too
+        f.write(b"\x00" if BIG[-1] else b"\x01")
+    errors = []
+
+    async def reader(off):
+        try:
+            await ops.read(big, off, 4096)
+        except pyfuse3.FUSEError as e:
+            errors.append(e.errno)
+
+    with expect_logs(r"integrity violation: /usr/share/api/big", level=logging.ERROR, count=8):
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(reader, i * 4096)
+    assert errors == [errno.EIO] * 8
+    assert ops.guard.hashed == 1  # hashed once, refused to every reader
+    assert not ops.inode_fds
+
+
+async def test_no_open_keeps_a_bounded_number_of_backing_fds(store, gpg_key, monkeypatch):
+    monkeypatch.setattr(fs_module, "INODE_FDS", 4)
+    ops = make_ops(store, gpg_key, kernel_cache=fs_module.KERNEL_CACHE)
+    many = [(await lookup_path(ops, f"share/many/f{i:03d}")).st_ino for i in range(10)]
+    for i, inode in enumerate(many):
+        assert await ops.read(inode, 0, 100) == b"%d\n" % i
+    assert list(ops.inode_fds) == many[-4:]
+    # An fd let go is opened and checked again (by identity: the digest is cached).
+    assert await ops.read(many[0], 0, 100) == b"0\n"
+    assert list(ops.inode_fds) == many[-3:] + many[:1]
+    ops.close_all()

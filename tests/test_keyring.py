@@ -27,6 +27,7 @@ from verifier import openpgp as pgp
 from verifier.errors import PGPError
 from verifier.header import read_package
 from verifier.keyring import DEFAULT_KEY_DIR, Keyring, Result, Verdict, combine
+from verifier.policy import DEFAULT, LEGACY
 from verifier.sigcheck import header_signatures
 
 _CORPUS = conformance_path()
@@ -116,7 +117,7 @@ def test_unbound_subkeys_are_reported(name: str) -> None:
         return
     assert [s.key.fingerprint_hex for s in unbound] == ["b31e5aa680af713915901533185e6146f00650f8"]
     assert any("no valid binding signature" in w for w in ring.warnings)
-    assert "not validly bound" in cert.signing_problem(unbound[0].key, int(time.time()))
+    assert "not validly bound" in cert.signing_problem(unbound[0].key, int(time.time()), DEFAULT)
 
 
 @needs_corpus
@@ -460,10 +461,10 @@ class Signer:
 
     ALGO = {"eddsa": 22, "rsa": 1, "ed25519": 27, "ed448": 28}
 
-    def __init__(self, kind: str = "eddsa", version: int = 4, created: int = T0):
+    def __init__(self, kind: str = "eddsa", version: int = 4, created: int = T0, bits: int = 2048):
         self.kind, self.version, self.created = kind, version, created
         if kind == "rsa":
-            self.priv = rsa.generate_private_key(65537, 2048)
+            self.priv = rsa.generate_private_key(65537, bits)
             nums = self.priv.public_key().public_numbers()
             material = mpi(nums.n) + mpi(nums.e)
         else:
@@ -533,14 +534,14 @@ class Signer:
         return packet(6, self.body) + packet(13, uid) + packet(2, selfsig)
 
     def bind(self, sub: Signer, flags: int = 0x02, back_signed: bool = True,
-             hashed: bytes = b"") -> bytes:
+             hashed: bytes = b"", hash_algo: int = 8, back_hash_algo: int = 8) -> bytes:
         v = self.version
         chunks = (self.prefix(v), sub.prefix(v))
         unhashed = subpacket(16, self.key.key_id) if v == 4 else b""
         if back_signed:   # in the unhashed area, as gpg puts it
-            unhashed += subpacket(32, sub.sign(0x19, *chunks))
+            unhashed += subpacket(32, sub.sign(0x19, *chunks, hash_algo=back_hash_algo))
         binding = self.sign(0x18, *chunks, hashed=subpacket(27, bytes((flags,))) + hashed,
-                            unhashed=unhashed)
+                            unhashed=unhashed, hash_algo=hash_algo)
         return packet(14, sub.body) + packet(2, binding)
 
     def document(self, data: bytes = DATA, **kw) -> bytes:
@@ -647,6 +648,70 @@ def test_sha1_self_signatures_do_not_count() -> None:
     assert ring.warnings and "SHA1 self-signatures are not accepted" in ring.warnings[0]
     result = check(ring, key.document())
     assert result.verdict == NOTTRUSTED and "no valid self-signature" in result.reason
+
+
+MD5, SHA1, SHA256 = 1, 2, 8
+
+
+def _subkey_cert(binding: int, back: int) -> tuple[bytes, Signer]:
+    primary, sub = Signer(), Signer()
+    return primary.certificate(flags=0x01) + primary.bind(sub, hash_algo=binding, back_hash_algo=back), sub
+
+
+def _two_self_sigs() -> tuple[bytes, Signer]:
+    """A SHA-1 self-signature and a newer SHA-256 one (a key re-signed later)."""
+    key = Signer()
+    uid = b"re-signed <rs@usrview.invalid>"
+    newer = key.sign(0x13, key.prefix(4), pgp.user_id_hash_prefix(uid, 4), created=T0 + 10,
+                     hashed=subpacket(27, b"\x03"))
+    return key.certificate(uid, hash_algo=SHA1) + packet(2, newer), key
+
+
+def _primary(hash_algo: int, kind: str = "eddsa", bits: int = 2048) -> tuple[bytes, Signer]:
+    key = Signer(kind, bits=bits)
+    return key.certificate(hash_algo=hash_algo), key
+
+
+#: (case, certificate builder, data signature hash, verdict under default, under
+#: legacy, Result.policy).  legacy accepts SHA-1 on self-, binding and back-
+#: signatures only: never on data signatures, never MD5, never small keys.
+POLICY_CASES = [
+    ("sha256 bindings", lambda: _primary(SHA256), SHA256, GOOD, GOOD, "default"),
+    ("sha1 self-signature", lambda: _primary(SHA1), SHA256, NOTTRUSTED, GOOD, "legacy"),
+    ("sha1 self-signature, rsa", lambda: _primary(SHA1, "rsa"), SHA256, NOTTRUSTED, GOOD, "legacy"),
+    ("sha1 self-signature, sha1 data", lambda: _primary(SHA1), SHA1, NOTTRUSTED, NOTTRUSTED, None),
+    ("sha256 bindings, sha1 data", lambda: _primary(SHA256), SHA1, NOTTRUSTED, NOTTRUSTED, None),
+    ("md5 self-signature", lambda: _primary(MD5), SHA256, NOTTRUSTED, NOTTRUSTED, None),
+    ("sha1 self-signature, rsa1024", lambda: _primary(SHA1, "rsa", 1024), SHA256, NOTTRUSTED, NOTTRUSTED,
+     None),
+    ("sha1 subkey binding", lambda: _subkey_cert(SHA1, SHA256), SHA256, NOTTRUSTED, GOOD, "legacy"),
+    ("sha1 back-signature", lambda: _subkey_cert(SHA256, SHA1), SHA256, NOTTRUSTED, GOOD, "legacy"),
+    ("md5 back-signature", lambda: _subkey_cert(SHA1, MD5), SHA256, NOTTRUSTED, NOTTRUSTED, None),
+    ("sha1 and a newer sha256 self-signature", _two_self_sigs, SHA256, GOOD, GOOD, "default"),
+]
+
+
+@pytest.mark.parametrize("build, data_hash, under_default, under_legacy, accepting",
+                         [c[1:] for c in POLICY_CASES], ids=[c[0] for c in POLICY_CASES])
+def test_signature_policies(build, data_hash, under_default, under_legacy, accepting) -> None:
+    cert, signer = build()
+    doc = signer.document(hash_algo=data_hash)
+    default = check(Keyring.from_bytes(cert), doc)
+    legacy = check(Keyring.from_bytes(cert, policy=LEGACY), doc)
+    assert (default.verdict, legacy.verdict) == (under_default, under_legacy)
+    assert default.policy == legacy.policy == accepting
+    # Under default the verdict says how to opt in, exactly when that would help.
+    opt_in = "its bindings use SHA1, which the legacy signature policy accepts: --signature-policy legacy"
+    assert (opt_in in default.reason) == (accepting == "legacy"), default.reason
+
+
+def test_combine_prefers_the_strictest_policy() -> None:
+    """Two GOOD signatures: the one default accepts decides the package's policy."""
+    legacy_good = Result(GOOD, "a", policy="legacy")
+    default_good = Result(GOOD, "b", policy="default")
+    assert combine([legacy_good, default_good]) is default_good
+    hinted = Result(NOTTRUSTED, "c", policy="legacy")
+    assert combine([Result(NOTTRUSTED, "d"), hinted]) is hinted
 
 
 @pytest.mark.parametrize("kind, version", [("rsa", 3), ("rsa", 6), ("ed25519", 6), ("ed448", 6)])

@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from tests.prereq import require_fuse
 from tests.rpmbuild import STAGED_MTIME, FileSpec, rpm_root_install
 from tests.viewstore import deploy_store
+from usrview.view.fs import describe_kernel_cache, kernel_cache_features
 from usrview.view.tree import SYSIMAGE_DIR
 from verifier.filecaps import parse_xattr
 
@@ -38,9 +40,16 @@ PKG_A = [
     FileSpec("/usr/share/empty.d", kind="dir"),
     FileSpec("/etc/a.conf", content=b"conf\n", directives="%config(noreplace)"),
 ]
+#: More than the guard hashes in the event loop: hashed in a thread, so that
+#: concurrent first reads arrive while its check runs.
+BIG = bytes(range(251)) * 8192
+#: A real program (an ELF executable) to run from the view.
+TRUE_ELF = Path("/usr/bin/true").read_bytes()
 PKG_B = [
     FileSpec("/usr/bin", kind="dir"),
     FileSpec("/usr/bin/b-tool", content=b"\x7fELF-ish\0\1\2" * 50, mode=0o755),
+    FileSpec("/usr/lib/b/big", content=BIG),
+    FileSpec("/usr/bin/true", content=TRUE_ELF, mode=0o755),
     FileSpec("/usr/share/doc/b/README", content=b"readme of b\n", directives="%doc"),
     FileSpec("/usr/share/zero", content=b""),
 ]
@@ -74,10 +83,12 @@ def _dead_mount(mountpoint: Path) -> bool:
 
 
 class View:
-    """A running ``usrview mount --foreground``: process, mountpoint, its log file."""
+    """A running ``usrview mount --foreground``: process, mountpoint, its log file,
+    and whether files are opened without OPEN (checked at their first READ)."""
 
-    def __init__(self, proc, mountpoint, log_path):
+    def __init__(self, proc, mountpoint, log_path, no_open=False):
         self.proc, self.mountpoint, self.log_path = proc, mountpoint, log_path
+        self.no_open = no_open
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -90,8 +101,13 @@ def built(rpm_packages, gpg_key, tmp_path):
     return rpms, store, image
 
 
-@pytest.fixture
-def view(built, gpg_key, tmp_path):
+#: ``--kernel-cache``: with the pyfuse3 patch (.ci/setup installs it) "auto"
+#: lets the kernel cache and open without asking; "off" is a stock pyfuse3's behaviour.
+KERNEL_CACHE_PARAMS = [pytest.param("auto", id="kernel-cache"), pytest.param("off", id="stock")]
+
+
+@pytest.fixture(params=KERNEL_CACHE_PARAMS)
+def view(built, gpg_key, tmp_path, request):
     require_fuse()
     _, store, _ = built
     mountpoint = tmp_path / "mnt"
@@ -100,7 +116,7 @@ def view(built, gpg_key, tmp_path):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "usrview.cli", "-v", "mount", "--foreground", "--store", str(store.root),
-             "--keys", str(gpg_key.public_path), str(mountpoint)],
+             "--keys", str(gpg_key.public_path), "--kernel-cache", request.param, str(mountpoint)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env={**os.environ, "USRVIEW_CONFIG": "/dev/null"})
     try:
@@ -110,7 +126,13 @@ def view(built, gpg_key, tmp_path):
                 pytest.fail(f"usrview mount exited {proc.returncode}:\n{log_path.read_text()}")
             assert time.monotonic() < deadline, "the view did not mount in time"
             time.sleep(0.05)
-        yield View(proc, mountpoint, log_path)
+        import pyfuse3
+
+        no_open = request.param == "auto" and "no_open" in kernel_cache_features()
+        expected = (describe_kernel_cache(kernel_cache_features(request.param)))
+        assert f"kernel caching: {expected}" in log_path.read_text()  # what `mount -v` says runs
+        assert no_open or request.param == "off" or not hasattr(pyfuse3, "KERNEL_CACHE_FEATURES")
+        yield View(proc, mountpoint, log_path, no_open)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -177,6 +199,7 @@ def test_view_equals_rpm_install(view, built, tmp_path):
     # A program of the view runs (suid/exec allowed by the mount options).
     out = subprocess.run([str(view.mountpoint / "bin/hello")], capture_output=True, check=True)
     assert out.stdout == b"hello\n"
+    subprocess.run([str(view.mountpoint / "bin/true")], check=True)
     opts = {line.split()[1]: line.split()[3] for line in Path("/proc/self/mounts").read_text().splitlines()}
     options = opts[str(view.mountpoint)].split(",")
     assert "ro" in options and "nosuid" not in options
@@ -219,3 +242,112 @@ def test_parsing_a_command_line_imports_neither_trio_nor_pyfuse3():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"
+
+
+# -- no unverified byte is ever served: with files opened without OPEN (the
+# check at the first READ) as with a stock pyfuse3 (the check at OPEN) ----------
+
+def _tamper(store, image, pkg: str, rel: str, offset: int = 0) -> bytes:
+    """Flip one byte of a package's backing file (same size); the original bytes."""
+    pkgid = next(p for p in image.packages if p.startswith(pkg))
+    path = store.package_dir(pkgid) / rel
+    data = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes([data[offset] ^ 0x20]))
+    return data
+
+
+#: A child that maps a file of the view and prints its first bytes (it dies of
+#: SIGBUS when the kernel's READ is refused; an open refused prints EIO).
+MMAP_CHILD = '''
+import mmap, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+except OSError as e:
+    print(os.strerror(e.errno)); sys.exit(0)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+print(m[:16])
+'''
+
+
+def test_tampered_file_is_never_served_read_mmap_exec(view, built):
+    _, store, image = built
+    _tamper(store, image, "mnt-a", "usr/bin/hello", offset=15)  # "echo hello" -> "echo Hello"
+    _tamper(store, image, "mnt-a", "usr/lib/a/data")
+    _tamper(store, image, "mnt-b", "usr/lib/b/big", offset=len(BIG) - 1)  # its last byte
+    _tamper(store, image, "mnt-b", "usr/bin/true", offset=len(TRUE_ELF) // 2)
+    # exec of a program and of a script: the kernel reads the first page -- refused.
+    for program in ("bin/true", "bin/hello"):
+        with pytest.raises(OSError) as e:
+            subprocess.run([str(view.mountpoint / program)], capture_output=True, check=False)
+        assert e.value.errno == errno.EIO, program
+    # mmap: the page fault's READ is refused (SIGBUS), or the open is.
+    r = subprocess.run([sys.executable, "-c", MMAP_CHILD, str(view.mountpoint / "lib/a/data")],
+                       capture_output=True, text=True, check=False)
+    if view.no_open:
+        assert r.returncode == -signal.SIGBUS, r
+    else:
+        assert (r.returncode, r.stdout.strip()) == (0, os.strerror(errno.EIO)), r
+    # read of the first bytes of a file whose last byte changed.
+    with pytest.raises(OSError) as e, open(view.mountpoint / "lib/b/big", "rb") as f:
+        f.read(16)
+    assert e.value.errno == errno.EIO
+    # Untouched files are served, and the refusals were logged, not crashed on.
+    assert (view.mountpoint / "bin/b-tool").read_bytes() == b"\x7fELF-ish\0\1\2" * 50
+    log = view.log()
+    for path in ("/usr/bin/true", "/usr/bin/hello", "/usr/lib/a/data", "/usr/lib/b/big"):
+        assert f"integrity violation: {path} of " in log
+    assert "Traceback" not in log and "internal error" not in log
+
+
+def test_concurrent_first_reads_of_a_tampered_file_all_get_eio(view, built):
+    _, store, image = built
+    _tamper(store, image, "mnt-b", "usr/lib/b/big", offset=len(BIG) // 2)
+    path = view.mountpoint / "lib/b/big"
+    start = threading.Barrier(8)
+    results = []
+
+    def reader(offset):
+        start.wait()
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                results.append(f.read(4096))
+        except OSError as e:
+            results.append(e.errno)
+
+    # Processes too: each its own open, all at once.
+    code = ("import os, sys\ntry:\n    print(len(open(sys.argv[1], 'rb').read(4096)))\n"
+            "except OSError as e:\n    print(e.errno)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    threads = [threading.Thread(target=reader, args=(i * 65536,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outs = [p.communicate()[0].strip() for p in procs]
+    assert results == [errno.EIO] * 8
+    assert outs == [str(errno.EIO)] * 4
+
+
+def test_file_changed_after_it_was_served_is_checked_again(view, built):
+    _, store, image = built
+    path = view.mountpoint / "lib/a/data"
+    assert path.read_bytes() == b"a data\n" * 1000  # checked and served (pages cached)
+    _tamper(store, image, "mnt-a", "usr/lib/a/data")
+    refused_at = "open"
+    with pytest.raises(OSError) as e:
+        # Opened without OPEN, the kernel drops the view file's pages: its next
+        # READ reaches the daemon.  (A stock pyfuse3's OPEN checks, and refuses.)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            refused_at = "read"
+            os.pread(fd, 16, 0)
+        finally:
+            os.close(fd)
+    assert e.value.errno == errno.EIO
+    assert refused_at == ("read" if view.no_open else "open")
+    assert "integrity violation: /usr/lib/a/data of " in view.log()

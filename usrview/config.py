@@ -6,6 +6,8 @@ Recognised keys (all optional)::
     store = "/var/lib/usrview"      # the store (used by later commands)
     tries = 3                       # boots a newly deployed image gets to reach boot-complete
                                     # before the initrd falls back to the last good image
+    signature_policy = "default"    # or "legacy": also keys bound by SHA-1 self-signatures
+                                    # (docs/signature-policy.md, "Named policies")
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from usrview.errors import UsageError
+from verifier import policy as policies
 
 DEFAULT_CONFIG = Path("/etc/usrview/usrview.toml")
 DEFAULT_KEYS = (Path("/etc/pki/rpm-gpg"),)
@@ -31,11 +34,13 @@ CONFIG_ENV = "USRVIEW_CONFIG"
 @dataclass(frozen=True)
 class Config:
     """Attributes: keys (trusted certificate paths), store (the store's path),
-    tries (boots a newly deployed image is on trial for)."""
+    tries (boots a newly deployed image is on trial for), signature_policy (the
+    :class:`verifier.policy.Policy` signatures are judged by)."""
 
     keys: tuple[Path, ...] = DEFAULT_KEYS
     store: Path = DEFAULT_STORE
     tries: int = DEFAULT_TRIES
+    signature_policy: policies.Policy = policies.DEFAULT
     source: Path | None = field(default=None, compare=False)
 
 
@@ -52,7 +57,7 @@ def load(path: Path | None = None) -> Config:
         return Config()
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"cannot read configuration {path}: {e}") from None
-    unknown = set(data) - {"keys", "store", "tries"}
+    unknown = set(data) - {"keys", "store", "tries", "signature_policy"}
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
     keys = data.get("keys", [str(p) for p in DEFAULT_KEYS])
@@ -66,4 +71,9 @@ def load(path: Path | None = None) -> Config:
     tries = data.get("tries", DEFAULT_TRIES)
     if type(tries) is not int or not 1 <= tries <= MAX_TRIES:
         raise UsageError(f"{path}: 'tries' must be a whole number from 1 to {MAX_TRIES}")
-    return Config(keys=tuple(Path(k) for k in keys), store=Path(store), tries=tries, source=path)
+    try:
+        policy = policies.by_name(data.get("signature_policy", policies.DEFAULT.name))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path}: 'signature_policy': {e}") from None
+    return Config(keys=tuple(Path(k) for k in keys), store=Path(store), tries=tries,
+                  signature_policy=policy, source=path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .errors import PGPError
+from . import policy as policies
 from .openpgp import (
     ALGORITHMS,
     CERTIFICATION_TYPES,
@@ -44,6 +45,7 @@ from .openpgp import (
     parse_signature,
     user_id_hash_prefix,
 )
+from .policy import NEVER_FOR_BINDINGS, WEAK_HASHES, Policy
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,12 @@ DEFAULT_KEY_DIR = "/etc/pki/rpm-gpg"
 
 #: Tolerated clock difference for signatures "from the future" (rpm-sequoia's).
 CLOCK_SKEW = 5 * 60
-#: Hashes rpm 6 no longer accepts (Sequoia's standard policy: MD5 and
-#: RIPEMD-160 long since, SHA-1 for data signatures since 2013 and for self-
-#: and binding signatures since February 2023).  A data signature using one is
-#: NOTTRUSTED; a self- or binding signature using one does not count.
-#: Revocations are honoured whatever their hash.
-WEAK_HASHES = frozenset({1, 2, 3})  # MD5, SHA-1, RIPEMD-160
+#: verifier.policy.WEAK_HASHES: hashes rpm 6 no longer accepts (Sequoia's
+#: standard policy: MD5 and RIPEMD-160 long since, SHA-1 for data signatures
+#: since 2013 and for self- and binding signatures since February 2023).  A data
+#: signature using one is NOTTRUSTED under every policy; a self- or binding
+#: signature using one counts only where the keyring's policy accepts its hash
+#: (``legacy``: SHA-1).  Revocations are honoured whatever their hash.
 _ANY_HASH: frozenset[int] = frozenset()
 #: Smaller RSA / DSA keys are NOTTRUSTED (Sequoia's standard policy).
 MIN_KEY_BITS = {PubkeyAlgo.RSA: 2048, PubkeyAlgo.RSA_SIGN: 2048, PubkeyAlgo.DSA: 2048}
@@ -96,6 +98,10 @@ class Result:
         cert_fingerprint: lowercase hex fingerprint of that key's certificate
             (its primary key), as rpm prints it.
         key_id: lowercase hex issuer key ID named by the signature.
+        policy: the name of the strictest signature policy
+            (:data:`verifier.policy.POLICIES`) under which this signature is
+            GOOD, whatever the keyring's policy; None when there is none.  A
+            NOTTRUSTED signature with a policy is one that policy would accept.
     """
 
     verdict: Verdict
@@ -103,6 +109,7 @@ class Result:
     fingerprint: str | None = None
     cert_fingerprint: str | None = None
     key_id: str | None = None
+    policy: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -110,7 +117,7 @@ class Result:
 # --------------------------------------------------------------------------
 
 def _valid_by(key: PublicKey, sig: Signature, *chunks: bytes,
-              weak: frozenset[int] = WEAK_HASHES) -> bool:
+              weak: frozenset[int] = NEVER_FOR_BINDINGS) -> bool:
     """Whether ``sig`` is a well-formed, policy-acceptable signature by ``key``."""
     h = HASHES.get(sig.hash_algo)
     if sig.unknown_critical or h is None or not h.supported or sig.hash_algo in weak:
@@ -191,12 +198,16 @@ class Binding:
 
     Attributes:
         sig: the binding signature (type 0x18) by the primary key.
-        back_signed: whether it embeds a valid primary-key binding signature
-            (type 0x19) made by the subkey.
+        back_hashes: the hash algorithms of the valid primary-key binding
+            signatures (type 0x19, made by the subkey) it embeds.
     """
 
     sig: Signature
-    back_signed: bool
+    back_hashes: frozenset[int]
+
+    def back_signed(self, policy: Policy) -> bool:
+        """Whether it embeds a back-signature whose hash ``policy`` accepts."""
+        return any(h not in policy.weak_binding_hashes for h in self.back_hashes)
 
 
 @dataclass
@@ -206,6 +217,10 @@ class Subkey:
     key: PublicKey
     bindings: list[Binding] = field(default_factory=list)
     revocations: list[Signature] = field(default_factory=list)
+
+    def bindings_under(self, policy: Policy) -> list[Binding]:
+        """The bindings whose hash ``policy`` accepts."""
+        return [b for b in self.bindings if b.sig.hash_algo not in policy.weak_binding_hashes]
 
 
 @dataclass
@@ -222,8 +237,12 @@ class Certificate:
         direct_sigs: valid direct-key signatures.
         revocations: valid key revocation signatures.
         source: where the certificate was read from.
-        rejected_hashes: names of weak hashes (:data:`WEAK_HASHES`) whose
-            self- or binding signatures were ignored.
+        weak_binding_hashes: the weak hashes (:data:`WEAK_HASHES`) of the self-
+            and binding signatures seen, valid or not.  Those a policy accepts
+            are kept (and verified) with the others; each validity question
+            names the policy that judges.
+        rejected_hashes: names of the weak hashes whose self- or binding
+            signatures the loading keyring's policy does not accept.
     """
 
     primary: PublicKey
@@ -232,6 +251,7 @@ class Certificate:
     direct_sigs: list[Signature] = field(default_factory=list)
     revocations: list[Signature] = field(default_factory=list)
     source: str = ""
+    weak_binding_hashes: set[int] = field(default_factory=set)
     rejected_hashes: set[str] = field(default_factory=set)
 
     @property
@@ -249,12 +269,13 @@ class Certificate:
     # -- building ----------------------------------------------------------
 
     @classmethod
-    def from_packets(cls, packets: list[Packet], source: str,
-                     warnings: list[str]) -> Certificate:
+    def from_packets(cls, packets: list[Packet], source: str, warnings: list[str],
+                     policy: Policy = policies.DEFAULT) -> Certificate:
         """Build a certificate from its packets (the first is the primary key).
 
         Raises PGPError when the primary key itself is unusable or malformed;
-        problems with its parts are appended to ``warnings``.
+        problems with its parts (as ``policy`` judges them) are appended to
+        ``warnings``.
         """
         primary = parse_public_key(packets[0].body, packets[0].tag)
         if primary.subkey:
@@ -278,13 +299,17 @@ class Certificate:
                     cert._add_signature(packet.body, component, label)
             else:
                 log.debug("%s: ignoring packet type %d", label, packet.tag)
+        cert.rejected_hashes = {hash_name(h) for h in cert.weak_binding_hashes
+                                & policy.weak_binding_hashes}
         why = ""
         if cert.rejected_hashes:
-            why = f" ({', '.join(sorted(cert.rejected_hashes))} self-signatures are not accepted)"
-        if not cert._self_sigs():
+            looser = cert.looser_policy(policy)
+            hint = f"; the {looser[0].name} signature policy accepts them: {looser[0].opt_in}" if looser else ""
+            why = f" ({', '.join(sorted(cert.rejected_hashes))} self-signatures are not accepted{hint})"
+        if not cert._self_sigs(policy=policy):
             warnings.append(f"{label}: no valid self-signature{why}; the key is not trusted")
         for sub in cert.subkeys:
-            if not sub.bindings:
+            if not sub.bindings_under(policy):
                 warnings.append(f"{label}: subkey {sub.key.fingerprint_hex} has no valid "
                                 f"binding signature{why}; it is not trusted")
         return cert
@@ -329,8 +354,9 @@ class Certificate:
         key_prefix = primary.hash_prefix(sig.version)
         t = sig.sig_type
         if sig.hash_algo in WEAK_HASHES and t not in _REVOCATION_TYPES:
-            self.rejected_hashes.add(hash_name(sig.hash_algo))
-            return
+            self.weak_binding_hashes.add(sig.hash_algo)
+            if sig.hash_algo in NEVER_FOR_BINDINGS:
+                return
         if t == SigType.KEY_REVOCATION:
             if _valid_by(primary, sig, key_prefix, weak=_ANY_HASH):
                 self.revocations.append(sig)
@@ -355,15 +381,19 @@ class Certificate:
             elif sig.created >= sub.created and _valid_by(primary, sig, *chunks):
                 component.bindings.append(Binding(sig, self._back_signed(sig, sub)))
 
-    def _back_signed(self, binding: Signature, sub: PublicKey) -> bool:
-        """Whether ``binding`` embeds a valid primary-key binding signature by ``sub``."""
+    def _back_signed(self, binding: Signature, sub: PublicKey) -> frozenset[int]:
+        """The hashes of the valid primary-key binding signatures by ``sub`` that
+        ``binding`` embeds."""
+        hashes = set()
         for back in binding.embedded:
             if back.sig_type != SigType.PRIMARY_KEY_BINDING or not _names(back, sub):
                 continue
             chunks = (self.primary.hash_prefix(back.version), sub.hash_prefix(back.version))
+            if back.hash_algo in WEAK_HASHES:
+                self.weak_binding_hashes.add(back.hash_algo)
             if _valid_by(sub, back, *chunks):
-                return True
-        return False
+                hashes.add(back.hash_algo)
+        return frozenset(hashes)
 
     def merge(self, other: Certificate) -> None:
         """Add the valid signatures and components of ``other`` (same primary)."""
@@ -390,21 +420,31 @@ class Certificate:
 
     # -- validity ----------------------------------------------------------
 
-    def _self_sigs(self, t: int | None = None) -> list[Signature]:
-        """Valid self-signatures on the primary key: direct-key signatures and
-        certifications of user IDs not revoked at ``t``."""
+    def _self_sigs(self, t: int | None = None, *, policy: Policy) -> list[Signature]:
+        """Valid self-signatures on the primary key whose hash ``policy`` accepts:
+        direct-key signatures and certifications of user IDs not revoked at ``t``."""
         sigs = list(self.direct_sigs)
         for uid in self.user_ids:
             if t is None or _revoked(uid.revocations, t) is None:
                 sigs.extend(uid.self_sigs)
+        sigs = [s for s in sigs if s.hash_algo not in policy.weak_binding_hashes]
         if not sigs and t is not None:  # every user ID revoked: still a key
-            return self._self_sigs()
+            return self._self_sigs(policy=policy)
         return sigs
 
-    def primary_problem(self, t: int) -> str | None:
-        """Why the primary key was not valid at ``t``, or None if it was."""
+    def looser_policy(self, policy: Policy) -> tuple[Policy, list[str]] | None:
+        """The first policy looser than ``policy`` that accepts weak hashes this
+        certificate's bindings use, and those hashes' names; None when there is none."""
+        for other in policies.POLICIES[policies.POLICIES.index(policy) + 1:]:
+            hashes = self.weak_binding_hashes & policy.weak_binding_hashes - other.weak_binding_hashes
+            if hashes:
+                return other, sorted(map(hash_name, hashes))
+        return None
+
+    def primary_problem(self, t: int, policy: Policy) -> str | None:
+        """Why the primary key was not valid at ``t`` under ``policy``, or None if it was."""
         key = self.primary
-        binding = _in_force(self._self_sigs(t), t)
+        binding = _in_force(self._self_sigs(t, policy=policy), t)
         if binding is None:
             return "the key has no valid self-signature"
         rev = _revoked(self.revocations, t)
@@ -420,19 +460,20 @@ class Certificate:
             return f"the key expired on {_ts(expires)}"
         return _weak_key(key)
 
-    def signing_problem(self, key: PublicKey, t: int) -> str | None:
+    def signing_problem(self, key: PublicKey, t: int, policy: Policy) -> str | None:
         """Why ``key`` (the primary or one of its subkeys) could not make a
-        data signature at ``t``, or None if it could."""
-        problem = self.primary_problem(t)
+        data signature at ``t`` under ``policy``, or None if it could."""
+        problem = self.primary_problem(t, policy)
         if problem is not None:
             return problem
         if key is self.primary:
-            flags = _in_force(self._self_sigs(t), t).key_flags
+            flags = _in_force(self._self_sigs(t, policy=policy), t).key_flags
             if flags is not None and not flags & KeyFlag.SIGN:
                 return "the key flags do not allow signing"
             return None
         sub = next(s for s in self.subkeys if s.key is key)
-        if not sub.bindings:
+        bindings = sub.bindings_under(policy)
+        if not bindings:
             return f"subkey {key.fingerprint_hex} is not validly bound to its primary key"
         rev = _revoked(sub.revocations, t)
         if rev is not None:
@@ -440,14 +481,14 @@ class Certificate:
                     f"({_revocation_text(rev)})")
         if key.created > t:
             return f"subkey {key.fingerprint_hex} was created after the signature"
-        binding = _in_force((b.sig for b in sub.bindings), t)
-        chosen = next(b for b in sub.bindings if b.sig is binding)
+        binding = _in_force((b.sig for b in bindings), t)
+        chosen = next(b for b in bindings if b.sig is binding)
         expires = key.created + binding.key_expiration if binding.key_expiration else None
         if expires is not None and expires <= t:
             return f"subkey {key.fingerprint_hex} expired on {_ts(expires)}"
         if binding.key_flags is not None and not binding.key_flags & KeyFlag.SIGN:
             return f"the key flags of subkey {key.fingerprint_hex} do not allow signing"
-        if not chosen.back_signed:
+        if not chosen.back_signed(policy):
             return (f"signing subkey {key.fingerprint_hex} has no valid primary-key "
                     "binding (back-)signature")
         return _weak_key(key)
@@ -471,6 +512,8 @@ class KeyRef(NamedTuple):
 
 
 _RANK = {Verdict.BAD: 0, Verdict.NOTTRUSTED: 1, Verdict.GOOD: 2}
+#: Strictest policy first (verifier.policy.POLICIES).
+_POLICY_RANK = {p.name: i for i, p in enumerate(policies.POLICIES)}
 
 
 class Keyring:
@@ -480,12 +523,14 @@ class Keyring:
         certificates: the loaded certificates (one per primary fingerprint;
             certificates read twice are merged).
         warnings: one line per thing skipped at load time, and why.
+        policy: the signature policy (:mod:`verifier.policy`) its verdicts follow.
     """
 
     def __init__(self, certificates: Iterable[Certificate] = (),
-                 warnings: Iterable[str] = ()):
+                 warnings: Iterable[str] = (), *, policy: Policy = policies.DEFAULT):
         self.certificates: list[Certificate] = []
         self.warnings: list[str] = list(warnings)
+        self.policy = policy
         self._by_fingerprint: dict[bytes, Certificate] = {}
         self._by_key_id: dict[bytes, list[KeyRef]] = {}
         self._by_key_fp: dict[bytes, list[KeyRef]] = {}
@@ -495,9 +540,10 @@ class Keyring:
     # -- loading -----------------------------------------------------------
 
     @classmethod
-    def load(cls, paths: str | os.PathLike | Iterable[str | os.PathLike] = DEFAULT_KEY_DIR
-             ) -> Keyring:
-        """Load every certificate from files and directories (not recursive).
+    def load(cls, paths: str | os.PathLike | Iterable[str | os.PathLike] = DEFAULT_KEY_DIR, *,
+             policy: Policy = policies.DEFAULT) -> Keyring:
+        """Load every certificate from files and directories (not recursive), for
+        verdicts under ``policy``.
 
         Files may be ASCII-armored or binary and hold several certificates.
         Unreadable or malformed files become warnings; a path that does not
@@ -505,7 +551,7 @@ class Keyring:
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        ring = cls()
+        ring = cls(policy=policy)
         pending: list[tuple[Signature, str]] = []
         for path in map(Path, paths):
             files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
@@ -515,9 +561,10 @@ class Keyring:
         return ring
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Keyring:
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", *,
+                   policy: Policy = policies.DEFAULT) -> Keyring:
         """A keyring from the certificates in ``data`` (armored or binary)."""
-        ring = cls()
+        ring = cls(policy=policy)
         pending: list[tuple[Signature, str]] = []
         ring._load_bytes(data, source, pending)
         ring._apply_revocations(pending)
@@ -539,7 +586,8 @@ class Keyring:
                 self._orphan(p, source, pending)
             for start, end in zip(starts, starts[1:] + [len(packets)]):
                 try:
-                    self.add(Certificate.from_packets(packets[start:end], source, self.warnings))
+                    self.add(Certificate.from_packets(packets[start:end], source, self.warnings,
+                                                      self.policy))
                 except PGPError as e:
                     self._warn(f"{source}: certificate skipped: {e}")
 
@@ -681,16 +729,26 @@ class Keyring:
             outcomes.append(outcome)
         return max(outcomes, key=lambda r: _RANK[r.verdict])
 
-    @staticmethod
-    def _check_with(ref: KeyRef, sig: Signature, digest: bytes, named: str | None) -> Result:
+    def _check_with(self, ref: KeyRef, sig: Signature, digest: bytes, named: str | None) -> Result:
+        # The strictest policy under which the signature is GOOD (data
+        # signatures are judged alike under all): recorded with the package.
+        accepting = None if sig.hash_algo in WEAK_HASHES else next(
+            (p.name for p in policies.POLICIES
+             if ref.cert.signing_problem(ref.key, sig.created, p) is None), None)
+
         def result(verdict: Verdict, reason: str) -> Result:
-            return Result(verdict, reason, ref.key.fingerprint_hex, ref.cert.fingerprint, named)
+            return Result(verdict, reason, ref.key.fingerprint_hex, ref.cert.fingerprint, named,
+                          accepting if verdict is not Verdict.BAD else None)
 
         if not ref.key.verify_digest(sig, digest):
             return result(Verdict.BAD, f"signature does not verify with key "
                           f"{ref.key.fingerprint_hex}")
-        problem = ref.cert.signing_problem(ref.key, sig.created)
+        problem = ref.cert.signing_problem(ref.key, sig.created, self.policy)
         if problem is not None:
+            looser = ref.cert.looser_policy(self.policy) if accepting else None
+            if looser is not None:
+                problem += (f": its bindings use {', '.join(looser[1])}, which the {looser[0].name} "
+                            f"signature policy accepts: {looser[0].opt_in}")
             return result(Verdict.NOTTRUSTED, problem)
         if sig.hash_algo in WEAK_HASHES:
             return result(Verdict.NOTTRUSTED, f"{hash_name(sig.hash_algo)} is not accepted "
@@ -724,6 +782,10 @@ def combine(results: Iterable[Result]) -> Result:
     - else any NOKEY: NOKEY;
     - else NOTTRUSTED.
 
+    Among several GOOD (or NOTTRUSTED) results, the one the strictest signature
+    policy accepts decides (:attr:`Result.policy`): a package that a SHA-256-
+    bound key signed too needs no legacy policy.
+
     Which signatures count is the caller's part, as in rpm 6: the
     RPMSIGTAG_OPENPGP tag when present, else RPMSIGTAG_RSA and RPMSIGTAG_DSA.
     """
@@ -731,7 +793,7 @@ def combine(results: Iterable[Result]) -> Result:
     if not results:
         return Result(Verdict.UNSIGNED, "no header signature")
     for verdict in (Verdict.BAD, Verdict.GOOD, Verdict.NOKEY, Verdict.NOTTRUSTED):
-        for r in results:
-            if r.verdict is verdict:
-                return r
+        same = [r for r in results if r.verdict is verdict]
+        if same:
+            return min(same, key=lambda r: _POLICY_RANK.get(r.policy, len(_POLICY_RANK)))
     return results[0]

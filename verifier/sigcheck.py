@@ -19,13 +19,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HeaderError
+from .errors import HeaderError, PGPError
 from .header import Package, read_package, read_package_file, sig_digests
 from .fileio import FILE_READ_FLAGS, hash_fd
 from .files import digest_name
 from .keyring import Keyring, Result, Verdict, combine
+from .openpgp import Tag as PacketTag
+from .openpgp import dearmor, is_armored, parse_packets, parse_signature
 from .tags import SigTag, Tag
-
 
 #: RPMTAG_PAYLOADDIGESTALGO when absent: SHA-256 (PGPHASHALGO_SHA256).
 PAYLOAD_DIGEST_DEFAULT_ALGO = 8
@@ -42,7 +43,7 @@ class SignatureInfo:
         r = self.result
         return {"tag": self.tag, "verdict": r.verdict.value, "reason": r.reason,
                 "fingerprint": r.fingerprint, "cert_fingerprint": r.cert_fingerprint,
-                "key_id": r.key_id}
+                "key_id": r.key_id, "policy": r.policy}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class HeaderCheck:
         signatures: every header signature that counted, with its result.
         digests: header digest name -> "OK" or "BAD".
         package: the parsed package, when it parsed.
+        policy: the strictest signature policy (its name, :mod:`verifier.policy`)
+            under which the deciding signature is GOOD, whatever the keyring's:
+            with a GOOD verdict, the policy that accepts the package; with a
+            NOTTRUSTED one, the policy that would.  None otherwise.
     """
 
     verdict: Verdict
@@ -68,6 +73,7 @@ class HeaderCheck:
     signatures: tuple[SignatureInfo, ...] = ()
     digests: dict[str, str] = field(default_factory=dict)
     package: Package | None = field(default=None, repr=False, compare=False)
+    policy: str | None = None
 
     @property
     def good(self) -> bool:
@@ -95,6 +101,7 @@ class HeaderCheck:
             "header_sha256": pkg.header_sha256 if pkg else None,
             "digests": self.digests,
             "signatures": [s.to_json() for s in self.signatures],
+            "policy": self.policy,
         }
 
 
@@ -164,7 +171,8 @@ def check_package(pkg: Package, keyring: Keyring, *, now: float | None = None) -
             verdict, reason = Verdict.PARSE, import_error
     return HeaderCheck(verdict, reason,
                        fingerprint=combined.cert_fingerprint if combined.verdict is not Verdict.NOKEY else None,
-                       key_id=combined.key_id, signatures=infos, digests=digests, package=pkg)
+                       key_id=combined.key_id, signatures=infos, digests=digests, package=pkg,
+                       policy=combined.policy if verdict is combined.verdict else None)
 
 
 def check_bytes(data: bytes, keyring: Keyring, *, now: float | None = None) -> HeaderCheck:
@@ -213,3 +221,28 @@ def payload_digest_error(path: str | Path, pkg: Package) -> str | None:
     finally:
         os.close(fd)
     return None if actual == expected[0].lower() else "payload digest does not match the header's"
+
+
+def check_detached(signature: bytes, data: bytes, keyring: Keyring, *,
+                   now: float | None = None) -> Result:
+    """The verdict on a detached signature over ``data`` (``gpg --detach-sign``,
+    binary or armored): every signature packet is a binary-document signature
+    judged by :meth:`Keyring.check_packet`'s rules, and the verdicts are
+    combined as a header's are (one GOOD from a trusted key vouches).  Never
+    raises: anything but signature packets is BAD, no packet is UNSIGNED."""
+    try:
+        blocks = dearmor(signature) if is_armored(signature) else [signature]
+        packets = [p for block in blocks for p in parse_packets(block)]
+    except PGPError as e:
+        return Result(Verdict.BAD, f"malformed detached signature: {e}")
+    if any(p.tag != PacketTag.SIGNATURE for p in packets):
+        return Result(Verdict.BAD, "a detached signature holds only signature packets")
+    results = []
+    for p in packets:
+        try:
+            sig = parse_signature(p.body)
+        except PGPError as e:
+            results.append(Result(Verdict.BAD, f"malformed OpenPGP signature: {e}"))
+            continue
+        results.append(keyring.check(sig, data, now=now))
+    return combine(results)

@@ -6,7 +6,10 @@ on SYSROOT (docs/boot-core.md):
 1. Read the kernel command line (:mod:`usrview.boot.cmdline`); each wrong value is
    one line on the console and its default is used.
 2. Open the store (``usrview.store=``, within SYSROOT; if it is not a store, the
-   default one) and the trusted keys (``--keys``, else SYSROOT/etc/pki/rpm-gpg).
+   default one) and the trusted keys (``--keys``, else SYSROOT/etc/pki/rpm-gpg),
+   judged under ``--signature-policy``, else the ``signature_policy`` of
+   SYSROOT/etc/usrview/usrview.toml (a file that cannot be read is a console
+   line, and the default policy), else the default policy.
 3. Under the store lock: plan the boot (:func:`usrview.boot.select.plan`), mark
    an image whose tries ran out bad, and spend a try of the image on trial that
    is about to be served -- written before anything is mounted, so a boot that
@@ -29,12 +32,13 @@ import os
 import sys
 from pathlib import Path
 
-from usrview import images
+from usrview import config, images
 from usrview.boot import cmdline, rootdaemon
 from usrview.boot.select import Candidate, Plan, plan
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.store import Store
+from verifier import policy as policies
 from verifier.keyring import Keyring
 
 #: The kernel log: what the console shows while booting.
@@ -47,6 +51,8 @@ KERN_ERR, KERN_WARNING, KERN_NOTICE = 3, 4, 5
 KMSG_MAX = 900
 #: Trusted keys within SYSROOT when --keys is not given.
 DEFAULT_KEYS = "etc/pki/rpm-gpg"
+#: The configuration within SYSROOT, for its signature policy.
+DEFAULT_CONFIG = "etc/usrview/usrview.toml"
 #: Seconds to wait for the store lock at boot (nothing else should hold it).
 BOOT_LOCK_TIMEOUT = 10.0
 
@@ -109,12 +115,26 @@ def open_store(sysroot: Path, params: cmdline.BootParams, console: Console) -> S
         return None
 
 
-def load_keys(paths: list[Path], console: Console) -> Keyring | None:
+def signature_policy(sysroot: Path, console: Console) -> policies.Policy:
+    """The policy SYSROOT's configuration names; the default when it names none or
+    cannot be read (then with a console line)."""
+    path = sysroot / DEFAULT_CONFIG
+    if not path.exists():
+        return policies.DEFAULT
+    try:
+        return config.load(path).signature_policy
+    except UsrviewError as e:
+        console.say(f"{e}; signature policy {policies.DEFAULT.name}")
+        return policies.DEFAULT
+
+
+def load_keys(paths: list[Path], console: Console, policy: policies.Policy = policies.DEFAULT
+              ) -> Keyring | None:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         console.say(f"no trusted keys: {', '.join(missing)} missing; nothing can be served", KERN_ERR)
         return None
-    keyring = Keyring.load(paths)
+    keyring = Keyring.load(paths, policy=policy)
     for warning in keyring.warnings:
         console.say(warning)
     return keyring
@@ -220,8 +240,10 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
     return candidate.image, tree
 
 
-def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console) -> int:
-    """Serve this boot's image on SYSROOT/usr until unmounted; the exit status."""
+def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
+                 policy: policies.Policy | None = None) -> int:
+    """Serve this boot's image on SYSROOT/usr until unmounted, judging signatures
+    under ``policy`` (None: SYSROOT's configuration's); the exit status."""
     # Serving needs trio and pyfuse3 (imported here, not for every command line).
     from usrview.view.fs import ViewOperations
     from usrview.view.guard import Guard
@@ -233,7 +255,9 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     for problem in params.problems:
         console.say(problem)
     store = open_store(sysroot, params, console)
-    keyring = load_keys(keys or [sysroot / DEFAULT_KEYS], console) if store else None
+    if store is not None and policy is None:
+        policy = signature_policy(sysroot, console)
+    keyring = load_keys(keys or [sysroot / DEFAULT_KEYS], console, policy) if store else None
     if store is None or keyring is None:
         return EXIT_ERROR
     with contextlib.ExitStack() as serving:

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 from usrview import images
+from usrview.cli import pull_cmd
 from usrview.cli._common import (
     Progress,
     add_allow_unsigned_option,
     add_keys_option,
+    add_remote_options,
     add_store_option,
     open_store,
     print_findings,
@@ -18,7 +20,7 @@ from usrview.cli._common import (
 from usrview.errors import EXIT_OK
 from usrview.images import bootstate
 
-HELP = "record a directory of rpms as an image and make it current"
+HELP = "record a directory of rpms (or a repository URL's image) as an image and make it current"
 DESCRIPTION = """\
 Read the packages of SOURCE (a directory of rpms, or of header-only rpms whose
 packages are already stored), check the set as "usrview lint" does, import what
@@ -30,6 +32,8 @@ the current image stays.  Deploying the current image's package set again
 changes nothing.  The new image is on trial for the configured number of
 boots ("tries", default 3): "usrview boot-complete" in a booted system marks it
 good; after that many boots without it the initrd boots the last good image.
+SOURCE may also be an http(s) URL of a repository made by "usrview publish":
+then the image is pulled first, as "usrview pull" does.
 Exit status: 0 deployed, 1 refused (lint errors, a package refused by the
 import), 2 usage and operational errors."""
 
@@ -39,16 +43,20 @@ def register(sub, common) -> None:
     add_store_option(p)
     add_keys_option(p)
     add_allow_unsigned_option(p)
-    p.add_argument("source", type=Path, metavar="SOURCE")
+    add_remote_options(p)
+    p.add_argument("source", metavar="SOURCE")
     p.set_defaults(func=run)
 
 
 def run(args, cfg) -> int:
+    if args.source.startswith(("http://", "https://")):
+        args.url = args.source
+        return pull_cmd.run(args, cfg)
     keyring = trusted_keys(args, cfg)
     store = open_store(args, cfg, create=True)
     progress = Progress(sys.stderr)
     try:
-        result = images.deploy(store, args.source, keyring, allow_unsigned=args.allow_unsigned,
+        result = images.deploy(store, Path(args.source), keyring, allow_unsigned=args.allow_unsigned,
                                progress=progress, tries=cfg.tries)
     except images.DeployRefused as e:
         print_findings(e.findings, sys.stderr)

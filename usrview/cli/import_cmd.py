@@ -65,6 +65,8 @@ def run(args, cfg) -> int:
                 continue
             result = outcome
             unsigned = " [UNSIGNED]" if result.unsigned else ""
+            if result.legacy:
+                unsigned += " [legacy signature policy]"
             if result.already_stored:
                 out.write(f"{path}: {result.nevra} already stored{unsigned}\n")
             else:

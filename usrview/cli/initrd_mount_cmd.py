@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from usrview.boot import cmdline
-from usrview.boot.initrd import DEFAULT_KEYS, Console, initrd_mount
+from usrview.boot.initrd import DEFAULT_CONFIG, DEFAULT_KEYS, Console, initrd_mount
+from usrview.cli._common import add_signature_policy_option
+from verifier import policy as policies
 
 HELP = "in the initrd: pick this boot's image (boot counting) and serve it on SYSROOT/usr"
 DESCRIPTION = f"""\
@@ -19,7 +21,8 @@ trial spends one of its tries before it is mounted; one with none left is bad
 and the last good image is served instead, the event recorded in the store.
 A wrong value is one line on the console (stderr and /dev/kmsg) and the boot
 goes on with the default, or with the last good image.  The view is mounted in
-the foreground and READY=1 sent on $NOTIFY_SOCKET.
+the foreground and READY=1 sent on $NOTIFY_SOCKET.  The signature policy is
+--signature-policy, else SYSROOT/{DEFAULT_CONFIG}'s signature_policy, else default.
 Exit status: 0 after the view was unmounted, 2 when no image can be served."""
 
 
@@ -31,8 +34,10 @@ def register(sub, common) -> None:
                    help="the kernel command line (default /proc/cmdline)")
     p.add_argument("--keys", action="extend", nargs="+", type=Path, metavar="DIR",
                    help=f"trusted certificates: files or directories (default SYSROOT/{DEFAULT_KEYS})")
+    add_signature_policy_option(p)
     p.set_defaults(func=run, needs_config=False)
 
 
 def run(args, cfg) -> int:
-    return initrd_mount(args.sysroot, args.cmdline, args.keys, Console())
+    policy = policies.by_name(args.signature_policy) if args.signature_policy else None
+    return initrd_mount(args.sysroot, args.cmdline, args.keys, Console(), policy)

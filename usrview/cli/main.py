@@ -24,6 +24,8 @@ from usrview.cli import (
     lint_cmd,
     monitor_cmd,
     mount_cmd,
+    publish_cmd,
+    pull_cmd,
     rollback_cmd,
     status_cmd,
     verify_cmd,
@@ -33,7 +35,7 @@ from usrview.errors import EXIT_ERROR, UsrviewError
 log = logging.getLogger(__name__)
 
 #: Subcommand modules, in the order ``usrview --help`` lists them.
-COMMANDS = (checksig_cmd, import_cmd, lint_cmd, deploy_cmd, status_cmd, diff_cmd, rollback_cmd, gc_cmd,
+COMMANDS = (checksig_cmd, import_cmd, lint_cmd, deploy_cmd, publish_cmd, pull_cmd, status_cmd, diff_cmd, rollback_cmd, gc_cmd,
             mount_cmd, verify_cmd, monitor_cmd, initrd_mount_cmd, boot_complete_cmd)
 
 

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from usrview.cli._common import add_keys_option, add_store_option, load_keyring
+from usrview.cli._common import add_keys_option, add_store_option, load_keyring, signature_policy
 from usrview.errors import UsageError
 from usrview.journal import BOOT_FALLBACK_MESSAGE_ID
 from usrview.verify import monitor
@@ -57,7 +57,8 @@ def run(args, cfg) -> int:
     if args.io_limit is not None and args.io_limit <= 0:
         raise UsageError("--io-limit must be positive")
     mon = monitor.Monitor(
-        store_root=args.store or cfg.store, keyring=load_keyring(args.keys or cfg.keys),
+        store_root=args.store or cfg.store,
+        keyring=load_keyring(args.keys or cfg.keys, signature_policy(args, cfg)),
         interval=duration(args.interval), full_interval=duration(args.full_interval),
         io_limit=args.io_limit * 1e6 if args.io_limit else None, metrics_file=args.metrics_file,
         report_dir=args.report_dir, keep_reports=args.keep_reports, jobs=args.jobs)

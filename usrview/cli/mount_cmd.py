@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from usrview import images
-from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store
+from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store, signature_policy
 from usrview.errors import EXIT_OK, OperationalError
 from usrview.view.loader import build_view, release_free_memory
 
@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 #: --verify's values (usrview.guard.VerifyMode's, the default first), named here
 #: so that parsing a command line does not import the guard (and trio).
 VERIFY_MODES = ("enforce", "warn", "off")
+#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first:
+#: "off" until it is decided whether a store file changed after its pages were
+#: cached may be served from the cache (its checked bytes) until the kernel drops
+#: them -- the next open no longer notices (docs/view.md, docs/demo.sh's tamper step).
+KERNEL_CACHE_MODES = ("off", "auto")
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -49,6 +54,9 @@ def register(sub, common) -> None:
     add_keys_option(p)
     p.add_argument("--verify", choices=VERIFY_MODES, default=VERIFY_MODES[0],
                    help="check file digests on open (default enforce)")
+    p.add_argument("--kernel-cache", choices=KERNEL_CACHE_MODES, default=KERNEL_CACHE_MODES[0],
+                   help="let the kernel cache symlinks, listings and opens where pyfuse3 "
+                   "offers it (auto), or ask the daemon every time (off, the default)")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -63,11 +71,11 @@ def register(sub, common) -> None:
 def run_mount(args, cfg) -> int:
     # Serving needs trio and pyfuse3: imported here, not when the command line
     # is parsed for every other command.
-    from usrview.view.fs import ViewOperations
+    from usrview.view.fs import ViewOperations, kernel_cache_features
     from usrview.view.guard import Guard
     from usrview.view.mount import daemonize, run
 
-    keyring = load_keyring(args.keys or cfg.keys)
+    keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
         log.warning("%s", warning)
     store = open_store(args, cfg)
@@ -84,7 +92,7 @@ def run_mount(args, cfg) -> int:
         release_free_memory()
 
         def serve(on_ready=None):
-            ops = ViewOperations(tree, Guard(tree, args.verify))
+            ops = ViewOperations(tree, Guard(tree, args.verify), kernel_cache_features(args.kernel_cache))
             run(ops, mountpoint, on_ready=on_ready)
 
         if args.foreground:

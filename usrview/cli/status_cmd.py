@@ -13,7 +13,8 @@ HELP = "list the recorded images"
 DESCRIPTION = """\
 List the store's images, newest first: id, creation time (UTC), number of
 packages, and marks: "current", "previous", "in use" (a running view holds it)
-and the packages imported unsigned.  Then each image's boot state: good, on
+the packages imported unsigned, and those only the legacy signature policy
+accepts (keys bound by SHA-1 self-signatures; --signature-policy legacy).  Then each image's boot state: good, on
 trial (with the boots it has left before the initrd falls back) or bad, which
 image the latest boot serves, and the last fallback event (the initrd served
 the last good image instead of the one asked for).  --json prints one JSON object.
@@ -45,6 +46,8 @@ def run(args, cfg) -> int:
             marks.append("in use")
         if im["unsigned"]:
             marks.append(f"UNSIGNED: {', '.join(im['unsigned'])}")
+        if im["legacy_signature_policy"]:
+            marks.append(f"legacy signature policy: {', '.join(im['legacy_signature_policy'])}")
         created = im["created"][:19].replace("T", " ")
         star = "*" if im["current"] else " "
         out.write(f"{star} {im['id']:<24}  {created:<19}  {im['packages']:>8}  {', '.join(marks)}".rstrip()

@@ -51,6 +51,7 @@ from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, JSON_FILE_MAX, TMP_DIR, Store, StoreError, pkgid_for, read_store_file
+from usrview.store.trust import stored_policy_refusal
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
 
@@ -117,16 +118,6 @@ def package_set_hash(pkgids) -> str:
     return hashlib.sha256("".join(f"{p}\n" for p in sorted(pkgids)).encode()).hexdigest()
 
 
-def id_mismatch(image: Image) -> str | None:
-    """Why ``image``'s id (its last 8 hex digits: the package-set hash) does not vouch for its
-    package list, or None.  A record edited in place -- a package added, dropped or swapped
-    for another version -- fails this; one rewritten and renamed consistently does not."""
-    want = package_set_hash(image.packages)[:ID_HASH_DIGITS]
-    if image.id.rsplit("-", 1)[-1] != want:
-        return f"package list does not match the image id (hash {want}, id {image.id})"
-    return None
-
-
 def make_image_id(pkgids, when: datetime) -> str:
     return f"{when.astimezone(UTC).strftime(ID_TIME_FORMAT)}-{package_set_hash(pkgids)[:ID_HASH_DIGITS]}"
 
@@ -162,9 +153,8 @@ def load_image(store: Store, image_id: str) -> Image:
                                f"format {IMAGE_FORMAT} only")
     packages, unsigned = data.get("packages"), data.get("unsigned", [])
     if (data.get("id") != image_id or not isinstance(data.get("created"), str)
-            or not isinstance(packages, list) or not all(isinstance(p, str) for p in packages)
-            or not isinstance(unsigned, list) or not all(isinstance(p, str) for p in unsigned)
-            or not set(unsigned) <= set(packages)):
+            or not isinstance(packages, list) or not isinstance(unsigned, list)
+            or not all(isinstance(p, str) for p in packages + unsigned) or not set(unsigned) <= set(packages)):
         raise OperationalError(f"image record {path} is corrupt")
     return Image(image_id, data["created"], tuple(sorted(packages)), tuple(sorted(unsigned)))
 
@@ -364,12 +354,19 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
     ``previous``/``current`` are switched.  The new image is on trial for
     ``tries`` boots (:mod:`usrview.images.bootstate`) before it becomes current.
     """
+    with store.lock():
+        return deploy_sources(store, read_source(source), keyring, allow_unsigned=allow_unsigned,
+                              now=now, progress=progress, tries=tries)
+
+
+def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow_unsigned: bool = False,
+                   now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES) -> DeployResult:
+    """:func:`deploy` of packages already read (a SOURCE directory's, or pull's)."""
     from usrview.store.importer import (
         import_packages,  # the importer needs the payload machinery
     )
 
     with store.lock():
-        sources = read_source(source)
         missing = [s for s in sources if s.header_only and not store.has(s.pkgid)]
         if missing:
             listed = ", ".join(f"{s.path.name} ({s.package.nevra})" for s in missing)
@@ -412,6 +409,8 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
         if unsigned_ids and not allow_unsigned:  # stored unsigned, given as a full rpm
             raise OperationalError("stored unsigned: " + ", ".join(unsigned_ids)
                                    + " (--allow-unsigned deploys them)")
+        if refusal := stored_policy_refusal(store, pkgids, keyring.policy):  # header-only: not re-checked
+            raise OperationalError(refusal)
         old_current = pointer(store, CURRENT)
         old_previous = pointer(store, PREVIOUS)
         if old_current is not None:
@@ -591,10 +590,11 @@ def _remove_stale_locks(store: Store, live: set[str]) -> None:
 
 
 def status(store: Store) -> dict:
-    """The images, newest first, with the current/previous/in-use marks and boot
-    states, as JSON-able data."""
+    """The images, newest first, with the current/previous/in-use/legacy marks and
+    boot states, as JSON-able data."""
     cur, prev = pointer(store, CURRENT), pointer(store, PREVIOUS)
     state = bootstate.load(store)
+    legacy = store.legacy_pkgids()
     images = []
     for image in reversed(list_images(store)):
         boot = state.of(image.id)
@@ -606,6 +606,7 @@ def status(store: Store) -> dict:
             "previous": image.id == prev,
             "in_use": image_in_use(store, image.id),
             "unsigned": [_nevra_of(p) for p in image.unsigned],
+            "legacy_signature_policy": [_nevra_of(p) for p in image.packages if p in legacy],
             "boot": boot.state,
             "tries": boot.tries,
         })
@@ -628,12 +629,13 @@ __all__ = [
     "DeployResult",
     "GcResult",
     "Image",
+    "SourcePackage",
     "deploy",
+    "deploy_sources",
     "gc",
     "hold_image",
     "image_ids",
     "image_in_use",
-    "id_mismatch",
     "image_path",
     "list_images",
     "load_image",

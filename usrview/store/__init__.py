@@ -7,13 +7,15 @@ store path.  Its public names are re-exported here."""
 from usrview.store.store import (
     FORMAT_LINE,
     LAYOUT_DIRS,
+    LEGACY_POLICY,
     PKGID_HASH_DIGITS,
     Store,
     StoredPackage,
     StoreError,
     is_enospc,
+    make_pkgid,
     pkgid_for,
 )
 
-__all__ = ["FORMAT_LINE", "LAYOUT_DIRS", "PKGID_HASH_DIGITS", "Store", "StoreError", "StoredPackage",
-           "is_enospc", "pkgid_for"]
+__all__ = ["FORMAT_LINE", "LAYOUT_DIRS", "LEGACY_POLICY", "PKGID_HASH_DIGITS", "Store", "StoreError",
+           "StoredPackage", "is_enospc", "make_pkgid", "pkgid_for"]

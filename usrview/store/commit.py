@@ -1,9 +1,9 @@
 """The store's commit protocol: packages staged under ``tmp/`` and made to
 appear together, with one syncfs(2) -- the only code that moves anything into
-``packages/``, ``unsigned/`` and ``headers/``.
+``packages/``, ``unsigned/``, ``legacy/`` and ``headers/``.
 
 The importer stages each package (:meth:`PackageBatch.new_tree`, the tree's
-files, :meth:`PackageBatch.stage_header`, :meth:`PackageBatch.stage_unsigned_marker`,
+files, :meth:`PackageBatch.stage_header`, :meth:`PackageBatch.stage_markers`,
 then :meth:`PackageBatch.add`) and calls :meth:`PackageBatch.commit`.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from usrview import faults
 from usrview.store import btrfs
-from usrview.store.store import FILE_CREATE_FLAGS, HEADER_SUFFIX, Store, StoreError
+from usrview.store.store import FILE_CREATE_FLAGS, HEADER_SUFFIX, LEGACY_DIR, UNSIGNED_DIR, Store, StoreError
 from verifier.header import Package
 from verifier.headerfile import canonical_header_only
 
@@ -34,7 +34,8 @@ class StagedPackage:
 
     Attributes: package, pkgid, result (the stager's own record of it), tree (its
     tree's name in tmp/), header (its header file's name in tmp/), unsigned (its
-    unsigned marker's name in tmp/, if unsigned)."""
+    unsigned marker's name in tmp/, if unsigned), legacy (its legacy marker's
+    name in tmp/, if only the legacy signature policy accepts it)."""
 
     package: Package
     pkgid: str
@@ -42,6 +43,11 @@ class StagedPackage:
     tree: str
     header: str
     unsigned: str | None
+    legacy: str | None = None
+
+    def markers(self) -> dict[str, str]:
+        """Marker directory -> the staged marker's name in tmp/."""
+        return {d: n for d, n in ((UNSIGNED_DIR, self.unsigned), (LEGACY_DIR, self.legacy)) if n is not None}
 
 
 class PackageBatch:
@@ -49,7 +55,7 @@ class PackageBatch:
 
     Per package, the stager makes everything that must be durable before the
     package may appear, all of it under ``tmp/``: the tree (a subvolume on
-    btrfs), the header file, the unsigned marker.  :meth:`commit` then:
+    btrfs), the header file, the markers (unsigned, legacy).  :meth:`commit` then:
 
     1. ``syncfs(2)``, once: every tree, header file and marker of the batch is
        on disk (on btrfs this also commits the transaction).  One call instead
@@ -61,8 +67,8 @@ class PackageBatch:
        between directories); on btrfs that ioctl commits a transaction, which
        makes the renames durable; then one ``fsync`` of ``packages/`` for the
        other file systems.
-    3. the unsigned markers renamed into ``unsigned/``, and ``unsigned/``
-       fsynced, before any header appears (a header made durable by a later
+    3. the markers renamed into ``unsigned/`` and ``legacy/``, and those that
+       received one fsynced, before any header appears (a header made durable by a later
        fsync must not outlive its package's marker).
     4. per package, the header renamed to ``headers/PKGID.rpm`` -- the moment
        the package exists -- and ``headers/`` fsynced once at the end.
@@ -83,7 +89,9 @@ class PackageBatch:
             self.tmp_fd = self._keep(store.open_tmp_dir())
             self.packages_fd = self._keep(store.open_packages_dir())
             self.headers_fd = self._keep(store.open_headers_dir())
-            self.unsigned_fd = self._keep(store.open_unsigned_dir())
+            #: marker directory -> its fd
+            self.marker_fds = {UNSIGNED_DIR: self._keep(store.open_unsigned_dir()),
+                               LEGACY_DIR: self._keep(store.open_legacy_dir())}
         except BaseException:
             self.close()
             raise
@@ -109,11 +117,16 @@ class PackageBatch:
         _write_file(self.tmp_fd, name, canonical_header_only(package))
         return name
 
-    def stage_unsigned_marker(self) -> str:
-        """An unsigned marker written in tmp/: its name."""
-        name = self.store.temp_name("unsigned")
-        _write_file(self.tmp_fd, name, b"")
-        return name
+    def stage_markers(self, unsigned: bool, legacy: bool) -> tuple[str | None, str | None]:
+        """The package's markers written in tmp/: an unsigned one when ``unsigned``,
+        a legacy one (only the legacy signature policy accepts it) when ``legacy``;
+        their names (None: not wanted)."""
+        names = []
+        for marker_dir, wanted in ((UNSIGNED_DIR, unsigned), (LEGACY_DIR, legacy)):
+            names.append(self.store.temp_name(marker_dir) if wanted else None)
+            if wanted:
+                _write_file(self.tmp_fd, names[-1], b"")
+        return names[0], names[1]
 
     def remove_staged(self, *names: str | None) -> None:
         """Remove what staging made in tmp/.  Best effort: the error that brought
@@ -178,12 +191,14 @@ class PackageBatch:
         try:
             if moved:
                 os.fsync(self.packages_fd)
-            marked = [p for p in moved if p.unsigned is not None]
-            for p in marked:
-                os.rename(p.unsigned, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.unsigned_fd)
-                p.unsigned = None
-            if marked:
-                os.fsync(self.unsigned_fd)
+            marked = set()
+            for p in moved:
+                for marker_dir, name in p.markers().items():
+                    os.rename(name, p.pkgid, src_dir_fd=self.tmp_fd, dst_dir_fd=self.marker_fds[marker_dir])
+                    marked.add(marker_dir)
+                p.unsigned = p.legacy = None
+            for marker_dir in sorted(marked):
+                os.fsync(self.marker_fds[marker_dir])
         except OSError as e:
             for p in moved:
                 fail(p, e)
@@ -217,9 +232,10 @@ class PackageBatch:
             with contextlib.suppress(OSError):
                 if in_packages:
                     btrfs.delete_tree(self.packages_fd, p.pkgid)
-                    with contextlib.suppress(OSError):
-                        os.unlink(p.pkgid, dir_fd=self.unsigned_fd)
-            for n in (p.tree, p.header, p.unsigned):
+                    for fd in self.marker_fds.values():
+                        with contextlib.suppress(OSError):
+                            os.unlink(p.pkgid, dir_fd=fd)
+            for n in (p.tree, p.header, p.unsigned, p.legacy):
                 if n is not None:
                     with contextlib.suppress(OSError):
                         btrfs.delete_tree(self.tmp_fd, n)

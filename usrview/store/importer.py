@@ -26,7 +26,7 @@
    still read and hashed.  Files below :data:`REFLINK_MIN_SIZE` are written:
    btrfs keeps them inline in metadata, where there is nothing to share.
 5. Packages are committed in batches (:class:`_ImportBatch`, many packages per
-   ``usrview import``): trees, header files and unsigned markers are made
+   ``usrview import``): trees, header files and markers are made
    under ``tmp/``; one ``syncfs(2)`` per batch (instead of an fsync per file
    or a sync per package: see docs/store-format.md for the measurements);
    then each tree renamed to ``packages/PKGID`` and set read-only (btrfs
@@ -59,6 +59,7 @@ from usrview.store.commit import PackageBatch, StagedPackage, storage_error
 from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from usrview.store.store import (
     FILE_CREATE_FLAGS,
+    LEGACY_POLICY,
     PACKAGES_DIR,
     Store,
     StoreError,
@@ -112,6 +113,7 @@ class ImportResult:
         nevra: its NEVRA.
         already_stored: True when it was in the store already (nothing done).
         unsigned: True when it was imported (or is stored) unsigned.
+        legacy: True when only the legacy signature policy accepts it (legacy/PKGID).
         files: entries made from the header: regular files, hardlinks,
             directories, symlinks.
         reflinked: regular files cloned rather than written.
@@ -125,6 +127,7 @@ class ImportResult:
     nevra: str
     already_stored: bool = False
     unsigned: bool = False
+    legacy: bool = False
     files: int = 0
     reflinked: int = 0
     bytes_written: int = 0
@@ -482,9 +485,10 @@ class _Writer:
 # -- the operation -----------------------------------------------------------------------
 
 def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: bool = False
-                 ) -> tuple[Package, bool]:
+                 ) -> tuple[Package, bool, bool]:
     """The package's parsed header, if the trust gate lets it in
-    (:func:`usrview.store.trust.header_trust`); and whether it is unsigned.
+    (:func:`usrview.store.trust.header_trust`); whether it is unsigned; and
+    whether only the legacy signature policy accepts it (:mod:`verifier.policy`).
 
     Raises PackageRefused, or StoreError when the file cannot be read.
     """
@@ -496,7 +500,7 @@ def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: b
     if not trust.usable:
         hint = " (--allow-unsigned accepts unsigned packages)" if trust.unsigned and not allow_unsigned else ""
         raise PackageRefused(f"signature check: {trust.reason}{hint}")
-    return check.package, trust.unsigned
+    return check.package, trust.unsigned, check.policy == LEGACY_POLICY
 
 
 def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,
@@ -572,22 +576,22 @@ def _settle(batch: _ImportBatch, waiting: list) -> Iterator[tuple[str | os.PathL
 def _prepare(store: Store, batch: _ImportBatch, path: str | os.PathLike, keyring: Keyring,
              allow_unsigned: bool, progress: Callable[[int, int], None] | None) -> ImportResult:
     """Check one package and write it into the batch (not committed yet)."""
-    package, unsigned = check_header(path, keyring, allow_unsigned=allow_unsigned)
+    package, unsigned, legacy = check_header(path, keyring, allow_unsigned=allow_unsigned)
     if not package.has_payload:
         raise PackageRefused("a header-only rpm has no files to import")
     try:
         pkgid = pkgid_for(package)
     except StoreError as e:
         raise PackageRefused(str(e)) from None
-    result = ImportResult(pkgid, package.nevra, unsigned=unsigned)
+    result = ImportResult(pkgid, package.nevra, unsigned=unsigned, legacy=legacy)
     pending = batch.pending_by_id.get(pkgid)
     if pending is not None:  # given twice: stored by the first, when its batch commits
         result.already_stored = True
-        result.unsigned = pending.result.unsigned
+        result.unsigned, result.legacy = pending.result.unsigned, pending.result.legacy
         return result
     if store.has(pkgid):
         result.already_stored = True
-        result.unsigned = store.unsigned_path(pkgid).exists()
+        result.unsigned, result.legacy = store.unsigned_path(pkgid).exists(), store.legacy_path(pkgid).exists()
         return result
     check_file_list(package)
     try:
@@ -601,8 +605,8 @@ def _prepare(store: Store, batch: _ImportBatch, path: str | os.PathLike, keyring
 
 class _ImportBatch(PackageBatch):
     """The store's :class:`~usrview.store.commit.PackageBatch`, staged from rpm
-    payloads: :meth:`write` makes each package's tree, header file and unsigned
-    marker under ``tmp/``, and keeps an index of the batch's checked files for
+    payloads: :meth:`write` makes each package's tree, header file and markers
+    under ``tmp/``, and keeps an index of the batch's checked files for
     reflinks between its packages."""
 
     def __init__(self, store: Store):
@@ -620,7 +624,7 @@ class _ImportBatch(PackageBatch):
     def write(self, path: Path, package: Package, pkgid: str, result: ImportResult,
               progress: Callable[[int, int], None] | None) -> None:
         store, tmp_fd = self.store, self.tmp_fd
-        name = header = unsigned = None
+        name = header = unsigned = legacy = None
         try:
             name = self.new_tree()
             root_fd = os.open(name, DIR_FLAGS, dir_fd=tmp_fd)
@@ -636,12 +640,11 @@ class _ImportBatch(PackageBatch):
                 os.close(root_fd)
             faults.kill_at("written")
             header = self.stage_header(package)
-            if result.unsigned:
-                unsigned = self.stage_unsigned_marker()
+            unsigned, legacy = self.stage_markers(result.unsigned, result.legacy)
         except BaseException:
-            self.remove_staged(name, header, unsigned)
+            self.remove_staged(name, header, unsigned, legacy)
             raise
         for key, parts in writer.local.items():
             self.index.setdefault(key, (name, parts, writer.local_sizes[key]))
         self.bytes += result.bytes_written
-        self.add(StagedPackage(package, pkgid, result, name, header, unsigned))
+        self.add(StagedPackage(package, pkgid, result, name, header, unsigned, legacy))

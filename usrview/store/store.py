@@ -7,9 +7,13 @@ Layout (docs/store-format.md is the reference; this module checks it)::
     STORE/packages/PKGID/    one package's files (a read-only subvolume on btrfs)
     STORE/headers/PKGID.rpm  the package's header-only rpm, byte-exact
     STORE/unsigned/PKGID     present when the package was imported unsigned
+    STORE/legacy/PKGID       present when only the legacy signature policy accepts the package
     STORE/images/, current, previous   the image layer's (usrview/images/records.py)
     STORE/boot.json          the images' boot states and fallback events (usrview/images/bootstate.py)
     STORE/cache/             hints, rebuilt when lost: verify.sqlite (usrview/verify/vcache.py)
+    STORE/downloads/         pull's rpms by SHA-256: H.part being fetched (kept to resume),
+                             H.rpm fetched whole and verified; never a package (usrview/remote/)
+    STORE/remote.json        the newest image index serial accepted per repository and image
     STORE/tmp/               work in progress; leftovers are removed under the lock
 
 A package exists exactly when its header file exists: the header is written
@@ -18,7 +22,8 @@ change they can see is one ``rename(2)`` or ``unlink(2)``.
 
 Writers take :meth:`Store.lock` (reentrant within one Store object).  Taking
 it cleans up after an interrupted command: everything in ``tmp/`` goes, and so
-does every ``packages/PKGID`` or ``unsigned/PKGID`` without its header.
+does every ``packages/PKGID``, ``unsigned/PKGID`` or ``legacy/PKGID`` without
+its header.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from functools import cached_property
 from pathlib import Path
 
 from usrview.errors import OperationalError
+from verifier import policy as policies
 from verifier.errors import HeaderError
 from verifier.fileio import DIR_FLAGS, FILE_READ_FLAGS
 from verifier.files import FileEntry, FileFlag
@@ -56,15 +62,28 @@ LOCK_FILE = "lock"
 PACKAGES_DIR = "packages"
 HEADERS_DIR = "headers"
 UNSIGNED_DIR = "unsigned"
+#: Markers of packages only the legacy signature policy accepts (verifier.policy).
+#: Made by ``Store.open(create=True)`` and by the first import that needs it: a
+#: store without it has no such package.
+LEGACY_DIR = "legacy"
 IMAGES_DIR = "images"
 #: The images' boot states (usrview/images/bootstate.py), replaced whole by atomic_write.
 BOOT_STATE_FILE = "boot.json"
 TMP_DIR = "tmp"
 #: Made by the first cache written, not by ``Store.open``: a store without it is whole.
 CACHE_DIR = "cache"
+#: Made by the first pull: what ``tmp/`` cannot hold, as the lock empties it.
+DOWNLOADS_DIR = "downloads"
+#: The serials of the image indexes accepted by pull (replayed old ones are refused).
+REMOTE_STATE_FILE = "remote.json"
 HEADER_SUFFIX = ".rpm"
 #: Directories made by ``Store.open(create=True)``, besides the root.
 LAYOUT_DIRS = (PACKAGES_DIR, HEADERS_DIR, UNSIGNED_DIR, IMAGES_DIR, TMP_DIR)
+#: Directories a store of this format may lack (older stores), made when first needed.
+LATER_DIRS = (LEGACY_DIR,)
+#: The signature policy recorded for a package without a legacy/ marker, and with one.
+DEFAULT_POLICY = policies.DEFAULT.name
+LEGACY_POLICY = policies.LEGACY.name
 #: Mode of the store root and its directories: setuid copies inside stay unreachable.
 STORE_MODE = 0o700
 #: Hex digits of the header SHA-256 in a package id.
@@ -100,9 +119,13 @@ def pkgid_for(package: Package) -> str:
 
     Raises StoreError when the NEVRA cannot be a file name (a hostile header).
     """
-    nevra = package.nevra
-    pkgid = f"{nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
-    if ("/" in nevra or "\0" in nevra or nevra.startswith(".") or not package.name
+    return make_pkgid(package.nevra if package.name else "", package.header_sha256)
+
+
+def make_pkgid(nevra: str, header_sha256: str) -> str:
+    """The id of the package NEVRA whose header region has this SHA-256 (:func:`pkgid_for`)."""
+    pkgid = f"{nevra}-{header_sha256[:PKGID_HASH_DIGITS]}"
+    if ("/" in nevra or "\0" in nevra or nevra.startswith(".") or not nevra
             or len(os.fsencode(pkgid + HEADER_SUFFIX)) > NAME_MAX):
         raise StoreError(f"package name {nevra!r} cannot be stored (not a valid file name)")
     return pkgid
@@ -120,6 +143,8 @@ class StoredPackage:
         pkgid: its id (``NEVRA-H``), the name of its directory and header file.
         store: the store holding it.
         unsigned: True when it was imported with ``--allow-unsigned``.
+        signature_policy: "legacy" when only the legacy signature policy accepts
+            it (its ``legacy/`` marker), else "default".
         nevra: its NEVRA (from the id; no parsing).
         package: its parsed header (read on first use).
         header_sha256: SHA-256 of its signed header region (parses the header).
@@ -129,6 +154,7 @@ class StoredPackage:
     pkgid: str
     store: Store = field(repr=False)
     unsigned: bool = False
+    signature_policy: str = DEFAULT_POLICY
 
     @property
     def nevra(self) -> str:
@@ -218,7 +244,7 @@ class Store:
             raise StoreError(f"cannot create a store in {root}: the directory is not empty")
         root.mkdir(mode=STORE_MODE, parents=True, exist_ok=True)
         os.chmod(root, STORE_MODE)
-        for name in LAYOUT_DIRS:
+        for name in LAYOUT_DIRS + LATER_DIRS:
             (root / name).mkdir(mode=STORE_MODE, exist_ok=True)
         (root / LOCK_FILE).touch(mode=0o600)
         # format last: a store whose creation was interrupted has no format
@@ -281,14 +307,15 @@ class Store:
             finally:
                 os.close(tmp)
             # atomic_write's and atomic_symlink's temp files: hidden names
-            for sub in ("", HEADERS_DIR, UNSIGNED_DIR, IMAGES_DIR):
+            later = [d for d in LATER_DIRS if (self.root / d).is_dir()]
+            for sub in ("", HEADERS_DIR, UNSIGNED_DIR, IMAGES_DIR, *later):
                 for name in os.listdir(self.root / sub):
                     if name.startswith(".") and TEMP_MARK in name:
                         os.unlink(self.root / sub / name)
                         removed.append(f"{sub}/{name}" if sub else name)
             headers = {n[:-len(HEADER_SUFFIX)] for n in os.listdir(self.root / HEADERS_DIR)
                        if n.endswith(HEADER_SUFFIX)}
-            for sub in (PACKAGES_DIR, UNSIGNED_DIR):
+            for sub in (PACKAGES_DIR, UNSIGNED_DIR, *later):
                 fd = self._dir_fd(sub)
                 try:
                     for name in os.listdir(fd):
@@ -310,6 +337,14 @@ class Store:
     def boot_state_path(self) -> Path:
         return self.root / BOOT_STATE_FILE
 
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / DOWNLOADS_DIR
+
+    @property
+    def remote_state_path(self) -> Path:
+        return self.root / REMOTE_STATE_FILE
+
     def package_dir(self, pkgid: str) -> Path:
         return self.root / PACKAGES_DIR / pkgid
 
@@ -322,6 +357,23 @@ class Store:
     def read_header(self, pkgid: str) -> bytes:
         """The bytes of the package's header file (:func:`read_store_file`); OSError."""
         return read_store_file(self.header_path(pkgid), HEADER_FILE_MAX)
+
+    def legacy_path(self, pkgid: str) -> Path:
+        return self.root / LEGACY_DIR / pkgid
+
+    def make_later_dirs(self) -> None:
+        """Make the directories an older store lacks (:data:`LATER_DIRS`), durably;
+        needs the lock."""
+        self._require_lock()
+        made = False
+        for name in LATER_DIRS:
+            try:
+                os.mkdir(self.root / name, STORE_MODE)
+                made = True
+            except FileExistsError:
+                pass
+        if made:
+            self.fsync_dir(self.root)
 
     def has(self, pkgid: str) -> bool:
         """True when the package is stored (its header file exists)."""
@@ -352,10 +404,24 @@ class Store:
         when they cannot be listed."""
         return set(os.listdir(self.root / UNSIGNED_DIR))
 
+    def legacy_pkgids(self) -> set[str]:
+        """Ids of the packages only the legacy signature policy accepts (their
+        ``legacy/`` markers; none in a store without ``legacy/``); OSError when
+        they cannot be listed."""
+        try:
+            return set(os.listdir(self.root / LEGACY_DIR))
+        except FileNotFoundError:
+            return set()
+
+    def signature_policy(self, pkgid: str) -> str:
+        """The signature policy recorded for a package: "legacy" or "default"."""
+        return LEGACY_POLICY if self.legacy_path(pkgid).exists() else DEFAULT_POLICY
+
     def packages(self) -> list[StoredPackage]:
         """Every stored package, sorted by id; headers are parsed only when asked."""
-        unsigned = self.unsigned_pkgids()
-        return [StoredPackage(p, self, p in unsigned) for p in self.pkgids()]
+        unsigned, legacy = self.unsigned_pkgids(), self.legacy_pkgids()
+        return [StoredPackage(p, self, p in unsigned, LEGACY_POLICY if p in legacy else DEFAULT_POLICY)
+                for p in self.pkgids()]
 
     def header_stats(self, pkgids: Iterable[str]) -> dict[str, os.stat_result]:
         """pkgid -> the lstat of its header file, for the ``pkgids`` whose header file
@@ -402,6 +468,12 @@ class Store:
         """An fd of ``unsigned/``; the caller closes it."""
         return self._dir_fd(UNSIGNED_DIR)
 
+    def open_legacy_dir(self) -> int:
+        """An fd of ``legacy/``, made first in an older store (needs the lock); the
+        caller closes it."""
+        self.make_later_dirs()
+        return self._dir_fd(LEGACY_DIR)
+
     @property
     def headers_dir(self) -> Path:
         return self.root / HEADERS_DIR
@@ -410,7 +482,7 @@ class Store:
         """The stored package ``pkgid``; StoreError when absent."""
         if not self.has(pkgid):
             raise StoreError(f"package {pkgid} is not in the store {self.root}")
-        return StoredPackage(pkgid, self, self.unsigned_path(pkgid).exists())
+        return StoredPackage(pkgid, self, self.unsigned_path(pkgid).exists(), self.signature_policy(pkgid))
 
     pkgid_for = staticmethod(pkgid_for)
 
@@ -427,8 +499,9 @@ class Store:
         try:
             os.unlink(self.header_path(pkgid))
             self.fsync_dir(self.root / HEADERS_DIR)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.unsigned_path(pkgid))
+            for marker in (self.unsigned_path(pkgid), self.legacy_path(pkgid)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)
             # deleted where it is (btrfs cannot move a read-only subvolume to
             # tmp/): without its header it is a leftover that cleanup removes
             # should this be interrupted.

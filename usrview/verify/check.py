@@ -101,13 +101,21 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
                         message=f"header file unreadable: {e.strerror}")], None
     findings = []
     pkg = check.package
-    trust = header_trust(check, unsigned_allowed=unsigned, stored=True)
+    # Accepted by a looser signature policy than this run's (keys bound by SHA-1
+    # under default): reported, and its files still checked against it.
+    trust = header_trust(check, unsigned_allowed=unsigned, looser_policy_allowed=True,
+                         stored=True)
     trusted = trust.usable
     if trust.usable and trust.unsigned:
         findings.append(Finding("unsigned", pkgid, str(hpath),
                                 f"unsigned  {pkgid}: imported unsigned (--allow-unsigned)",
                                 expected="GOOD", actual="UNSIGNED",
                                 message="package was imported without a signature"))
+    elif trust.looser_policy is not None:
+        findings.append(Finding("legacy", pkgid, str(hpath),
+                                f"legacy    {pkgid}: accepted only by the {trust.looser_policy} signature policy: "
+                                f"{trust.reason}",
+                                expected=keyring.policy.name, actual=trust.looser_policy, message=trust.reason))
     elif not trust.usable:
         # PARSE also for a GOOD header whose file carries unsigned bytes (trust.reason says which)
         actual = check.verdict.value if check.verdict not in (Verdict.UNSIGNED, Verdict.GOOD) \

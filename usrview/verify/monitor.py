@@ -199,9 +199,10 @@ class Monitor:
         what = {"file": "integrity violation", "missing": "integrity violation: file missing",
                 "notdir": "integrity violation: not a directory",
                 "unowned": "integrity violation: unowned file", "header": "integrity violation: header",
-                "unsigned": "unsigned package", "image": "integrity violation: image record"}[f.kind]
+                "unsigned": "unsigned package", "image": "integrity violation: image record",
+                "legacy": "package accepted only by the legacy signature policy"}[f.kind]
         self.journal.send(f"{what}: {f.line}" + (f" ({f.package})" if f.package else ""),
-                          priority=4 if f.kind == "unsigned" else 3,
+                          priority=4 if f.kind in ("unsigned", "legacy") else 3,
                           MESSAGE_ID=INTEGRITY_MESSAGE_ID, PATH=f.path, PACKAGE=f.package or "(image)",
                           FLAGS=f.flags, EXPECTED=f.expected, ACTUAL=f.actual, KIND=f.kind,
                           LINE=f.line, IMAGE=image)

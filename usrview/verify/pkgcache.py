@@ -66,7 +66,7 @@ def _subvolume_states(pfd: int, pkgids: Sequence[str]) -> dict[str, str]:
 
 def keyring_fingerprint(keyring: Keyring) -> str:
     """A hash that changes when the trusted keys, their subkeys or revocations do."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(keyring.policy.name.encode())  # the verdicts follow the policy
     parts = []
     for cert in keyring.certificates:
         sigs = sorted(str(getattr(r, "created", r)) for r in cert.revocations)

@@ -12,9 +12,11 @@ from usrview.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
 #: Kinds of finding.  ``file``: an rpm -V line with flags; ``missing``; ``unowned``;
 #: ``header``: a header file missing, altered or not trusted; ``unsigned``: a package
-#: imported unsigned (flagged on every run); ``image``: the image record; ``notdir``: a
-#: non-directory (a symlink too) where a package's tree needs a directory.
-KINDS = ("file", "missing", "unowned", "header", "unsigned", "image", "notdir")
+#: imported unsigned (flagged on every run); ``image``: the image record; ``legacy``: a
+#: package only a looser signature policy than the run's accepts (keys bound by SHA-1,
+#: imported under ``legacy``, verified under ``default``), its files checked all the same;
+#: ``notdir``: a non-directory (a symlink too) where a package's tree needs a directory.
+KINDS = ("file", "missing", "unowned", "header", "unsigned", "image", "legacy", "notdir")
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Finding:
     Attributes:
         kind: one of KINDS.
         package: the package id (empty for the image record).
-        path: the file's install path; for header/unsigned findings the header
+        path: the file's install path; for header/unsigned/legacy findings the header
             file, for image findings the record.
         line: what ``usrview verify`` prints for it (rpm -V's line for files).
         flags: the ``SM5DLUGTP`` column (file findings only).
@@ -74,6 +76,9 @@ class Report:
         duration: seconds.
         errors: operational problems that are not findings (exit 2).
         cache_written: whether the cache was updated.
+        signature_policy: the signature policy of the run (verifier.policy).
+        legacy_signature_policy: the image's packages the store records as
+            accepted only by the legacy signature policy.
     """
 
     image: str = ""
@@ -82,6 +87,8 @@ class Report:
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
     cache_written: bool = False
+    signature_policy: str = "default"
+    legacy_signature_policy: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -97,7 +104,8 @@ class Report:
         return {"summary": True, "image": self.image, "status": self.exit_code,
                 "findings": len(self.findings), "by_kind": self.by_kind(),
                 **dataclasses.asdict(self.stats), "duration": round(self.duration, 6),
-                "errors": self.errors}
+                "errors": self.errors, "signature_policy": self.signature_policy,
+                "legacy_signature_policy": self.legacy_signature_policy}
 
 
 

@@ -107,7 +107,7 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
     cannot be named at all.
     """
     t0 = time.monotonic()
-    report = Report()
+    report = Report(signature_policy=keyring.policy.name)
     path_filters = tuple(f.rstrip("/") or "/" for f in filters if f.startswith("/"))
     # the package cache: only for whole packages, and never for --full
     commit = Commit(store) if use_cache and not path_filters else None
@@ -133,6 +133,7 @@ def run(store: Store, keyring: Keyring, *, image_ref: str = images.CURRENT, filt
         cache_file = vcache.cache_path(store)
         users, groups = OwnerIds.users(), OwnerIds.groups()
         unsigned = set(image.unsigned)
+        report.legacy_signature_policy = sorted(set(pkgids) & store.legacy_pkgids())
         stats = report.stats
         stats.packages = len(pkgids)
         # while the commit runs: what the package cache needs that does not depend on it

@@ -13,6 +13,15 @@ Everything the view shows comes from the tree; bytes come through the
   (``keep_cache``).  Inodes live as long as the tree, so ``forget`` has nothing
   to release and lookup counts need not be kept.
 - readdir cookies are the tree's entry ids, stable across calls.
+- Letting the kernel answer (docs/view.md): with a pyfuse3 that offers them
+  (``pyfuse3.KERNEL_CACHE_FEATURES``, the patch in
+  ``.ci/pyfuse3-kernel-cache.patch``) the kernel caches symlink targets, and
+  OPEN and OPENDIR answer ENOSYS once, after which the kernel opens files and
+  directories without asking, keeps pages and caches listings.  READ then
+  carries the inode: a file is checked at its first READ instead of its
+  OPEN, through the same guard, and its backing fd is kept (at most
+  :data:`INODE_FDS`), checked by identity (one ``fstat``) at every READ.
+  With a stock pyfuse3 nothing changes: every open asks, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import errno
 import functools
 import logging
 import os
+from collections import OrderedDict
 
 import pyfuse3
 
@@ -41,6 +51,28 @@ NAME_MAX = 255
 XATTR_CAPS = os.fsencode(filecaps.XATTR_NAME)
 XATTR_PACKAGE = b"user.rpm.package"
 XATTR_DIGEST = b"user.rpm.digest"
+
+#: The kernel caching the view uses where pyfuse3 offers it: symlink targets
+#: cached; files and directories opened without OPEN/OPENDIR requests.
+KERNEL_CACHE = frozenset({"cache_symlinks", "no_open", "no_opendir"})
+#: Backing fds kept open, one per inode read lately, when files are opened
+#: without OPEN (no RELEASE tells when a file is closed).
+INODE_FDS = 512
+
+
+def kernel_cache_features(mode: str = "auto") -> frozenset[str]:
+    """What of :data:`KERNEL_CACHE` the installed pyfuse3 offers (``mode``
+    "off": nothing, the behaviour of a stock pyfuse3)."""
+    if mode == "off":
+        return frozenset()
+    return KERNEL_CACHE & getattr(pyfuse3, "KERNEL_CACHE_FEATURES", frozenset())
+
+
+def describe_kernel_cache(features: frozenset[str]) -> str:
+    if not features:
+        return ("none: every open, listing and readlink asks the daemon (pyfuse3 "
+                f"{pyfuse3.__version__} without .ci/pyfuse3-kernel-cache.patch, or --kernel-cache off)")
+    return ", ".join(sorted(features)) + " (files checked at their first read)"
 
 
 def _handler(fn):
@@ -78,6 +110,9 @@ class ViewOperations(pyfuse3.Operations):
         tree: the immutable view.
         guard: opens and checks backing files.
         open_files: fh -> [backing fd or -1 until the first read, node].
+        kernel_cache: what the kernel is asked to cache (:data:`KERNEL_CACHE`).
+        inode_fds: with "no_open", inode -> (backing fd, identity it was
+            checked with), most recently read last, at most :data:`INODE_FDS`.
         attr_cache: inode -> EntryAttributes, each built once: the tree never
             changes while mounted, and lookup, getattr and readdir ask often.
     """
@@ -86,11 +121,15 @@ class ViewOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, guard: Guard):
+    def __init__(self, tree: Tree, guard: Guard, kernel_cache: frozenset[str] = frozenset()):
         super().__init__()
         self.tree = tree
         self.guard = guard
+        self.kernel_cache = kernel_cache
+        # read by pyfuse3 when the kernel connects (a stock pyfuse3 ignores it)
+        self.enable_symlink_caching = "cache_symlinks" in kernel_cache
         self.open_files: dict[int, list] = {}
+        self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         self._next_fh = 0
         self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
 
@@ -177,10 +216,15 @@ class ViewOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if "no_opendir" in self.kernel_cache:
+            # The kernel opens directories without asking from now on, caches
+            # their listings and hands readdir the inode.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return inode
 
     @_handler
     async def readdir(self, fh, start_id, token):
+        # fh is the inode: opendir's answer, or under no_opendir pyfuse3's
         directory = self._node(fh)
         for name, node, entry_id in self.tree.entries_after(directory, start_id):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), entry_id):
@@ -233,6 +277,10 @@ class ViewOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if not node.is_reg:
             raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+        if "no_open" in self.kernel_cache:
+            # The kernel opens files without asking from now on (no OPEN, no
+            # RELEASE, pages kept); read() gets the inode and checks.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         # A file whose backing file is unchanged since its check passed is opened
         # at its first read (most opens of a warm view read only the page cache).
         fd = -1 if self.guard.unchanged(node) else await self.guard.open(node)
@@ -242,6 +290,8 @@ class ViewOperations(pyfuse3.Operations):
 
     @_handler
     async def read(self, fh, off, size):
+        if "no_open" in self.kernel_cache:
+            return await self._read_inode(fh, off, size)
         handle = self.open_files[fh]
         fd = handle[0]
         if fd < 0:
@@ -253,9 +303,32 @@ class ViewOperations(pyfuse3.Operations):
                 fd = handle[0]
         return os.pread(fd, size, off)
 
+    async def _read_inode(self, inode: int, off: int, size: int) -> bytes:
+        """A READ without an OPEN: the inode's checked backing fd, kept while
+        its file keeps the identity it was checked with, else checked now."""
+        kept = self.inode_fds.get(inode)
+        if kept is not None and self.guard.still_checked(*kept):
+            self.inode_fds.move_to_end(inode)
+            return os.pread(kept[0], size, off)
+        node = self._node(inode)
+        if not node.is_reg:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        fd, identity = await self.guard.open_checked(node)
+        # A READ of the same inode may have kept a fd meanwhile (or found the
+        # kept one changed): keep ours.  No await between a lookup and its pread,
+        # so a fd closed here is never in use.
+        stale = self.inode_fds.pop(inode, None)
+        if stale is not None:
+            os.close(stale[0])
+        self.inode_fds[inode] = (fd, identity)
+        if len(self.inode_fds) > INODE_FDS:
+            os.close(self.inode_fds.popitem(last=False)[1][0])
+        return os.pread(fd, size, off)
+
     @_handler
     async def release(self, fh):
-        fd = self.open_files.pop(fh)[0]
+        # .get: the first OPEN answered ENOSYS still gets a RELEASE (file handle 0)
+        fd = self.open_files.pop(fh, (-1,))[0]
         if fd >= 0:
             os.close(fd)
 
@@ -274,6 +347,9 @@ class ViewOperations(pyfuse3.Operations):
             if fd >= 0:
                 os.close(fd)
         self.open_files.clear()
+        for fd, _ in self.inode_fds.values():
+            os.close(fd)
+        self.inode_fds.clear()
         self.guard.close()
 
     # -- everything that would modify the view ---------------------------

@@ -1,5 +1,7 @@
 """Verification on open: a regular file's bytes are served only after they hashed
-to the digest its signed header records.
+to the digest its signed header records.  (Where the kernel opens files without
+asking, docs/view.md "Letting the kernel answer", the first READ opens and
+checks: :meth:`Guard.open_checked`, then :meth:`Guard.still_checked` per READ.)
 
 :class:`Guard` opens a node's backing file safely and, depending on the mode,
 checks it:
@@ -289,6 +291,11 @@ class Guard:
     async def open(self, node: Node) -> int:
         """An fd of ``node``'s backing file, checked as the mode says.  Raises
         OSError(EIO) for a refused file, after logging why."""
+        return (await self.open_checked(node))[0]
+
+    async def open_checked(self, node: Node) -> tuple[int, tuple]:
+        """:meth:`open`, and the identity of the backing file as it was checked,
+        for :meth:`still_checked`."""
         base = self.bases[node.backing] if node.backing >= 0 else None
         if base is None:
             self._violation(node, "no backing file (the package's files are not in the store)", fatal=True)
@@ -302,11 +309,18 @@ class Guard:
         if self.mode is not VerifyMode.OFF:
             self._read_ahead(node)
         try:
-            await self._check(node, fd)
+            identity = await self._check(node, fd)
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return fd, identity
+
+    @staticmethod
+    def still_checked(fd: int, identity: tuple) -> bool:
+        """Whether the file of ``fd`` has the identity it was checked with (one
+        ``fstat``): its bytes did not change since (they change its ctime)."""
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == identity[:5]
 
     def _read_ahead(self, node: Node) -> None:
         """Queue the window after ``node`` (see the module docstring)."""
@@ -334,7 +348,9 @@ class Guard:
             self.read_ahead += len(batch)
             self._ra_thread.submit(batch)
 
-    async def _check(self, node: Node, fd: int) -> None:
+    async def _check(self, node: Node, fd: int) -> tuple:
+        """Check ``fd`` as the mode says; the backing file's identity (and
+        algorithm) taken before it was hashed."""
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             self._violation(node, f"backing file is not a regular file ({stat.filemode(st.st_mode)})",
@@ -343,22 +359,22 @@ class Guard:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
         if self.mode is VerifyMode.OFF:
             self._good[node.inode] = key
-            return
+            return key
         self._good.pop(node.inode, None)
         if st.st_size != node.size:
             if self._violation(node, f"size {st.st_size}, expected {node.size}"):
                 raise OSError(errno.EIO, "backing file has the wrong size")
-            return
+            return key
         algo = digest_name(node.algo)
         if algo is None or not node.digest:
             # Nothing to compare with: a header without a usable digest for a
             # file with bytes.  rpm -V cannot check it either.
             if node.size == 0:
                 self._good[node.inode] = key
-                return
+                return key
             if self._violation(node, f"no usable digest in the header (algorithm {node.algo})"):
                 raise OSError(errno.EIO, "no usable digest")
-            return
+            return key
         actual = await self._digest(key, fd, algo)
         if actual == node.digest:
             # the tree's string, not a copy of it per file (memory of a long mount)
@@ -366,6 +382,7 @@ class Guard:
             self._good[node.inode] = key
         elif self._violation(node, f"{algo}:{actual}"):
             raise OSError(errno.EIO, "digest mismatch")
+        return key
 
     async def _digest(self, key: tuple, fd: int, algo: str) -> str:
         while True:

@@ -5,8 +5,11 @@ A header the trust gate (:func:`usrview.store.trust.header_trust`) refuses
 refuses the mount: one that is not GOOD, except a package that the image record
 lists as unsigned (deploy's explicit opt-in) and the store marks as imported
 unsigned, whose header is UNSIGNED (and passes rpm's import check): it is
+served, with a warning naming it.  GOOD is judged under the keyring's
+signature policy: under ``default``, a header only ``legacy`` accepts refuses
+the mount, its line naming ``--signature-policy legacy``; under ``legacy`` it is
 served, with a warning naming it.  A record whose id does not vouch for its
-package list (:func:`usrview.images.records.id_mismatch`: edited in place to
+package list (:func:`usrview.images.recordcheck.id_mismatch`: edited in place to
 add, drop or downgrade a package) refuses the mount too.
 """
 
@@ -15,11 +18,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from usrview import images
 from usrview.errors import OperationalError
-from usrview.store import PKGID_HASH_DIGITS, Store
+from usrview.store import LEGACY_POLICY, PKGID_HASH_DIGITS, Store
 from usrview.store.trust import header_trust
 from usrview.view.tree import PackageSource, Tree, build_tree
 from verifier import sigcheck
@@ -30,12 +33,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedImage:
     """Attributes: image (the record), sources (PackageSource, image order),
-    header_digests (pkgid -> SHA-256 of the header file), unsigned (pkgids served unsigned)."""
+    header_digests (pkgid -> SHA-256 of the header file), unsigned (pkgids served unsigned),
+    legacy (pkgids only the legacy signature policy accepts)."""
 
     image: images.Image
     sources: list[PackageSource]
     header_digests: dict[str, str]
     unsigned: list[str]
+    legacy: list[str] = field(default_factory=list)
 
 
 def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
@@ -69,6 +74,8 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
             continue
         if trust.unsigned:
             loaded.unsigned.append(pkgid)
+        if result.policy == LEGACY_POLICY:
+            loaded.legacy.append(pkgid)
         # The package check_bytes parsed (parsing is most of a header's cost:
         # do it once; the gate made the import check a strict parse adds).
         package = result.package
@@ -87,6 +94,9 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
     if loaded.unsigned:
         log.warning("image %s serves UNSIGNED packages (imported with --allow-unsigned): %s",
                     image.id, ", ".join(loaded.unsigned))
+    if loaded.legacy:
+        log.warning("image %s serves packages only the legacy signature policy accepts (keys bound "
+                    "by SHA-1): %s", image.id, ", ".join(loaded.legacy))
     missing = [s.pkgid for s in loaded.sources if s.package_dir is None]
     if missing:
         log.warning("packages without files in the store (their files answer EIO): %s", ", ".join(missing))

@@ -33,7 +33,7 @@ import pyfuse3
 import trio
 
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
-from usrview.view.fs import ViewOperations
+from usrview.view.fs import ViewOperations, describe_kernel_cache
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
     async with contextlib.AsyncExitStack() as stack:
         notifier = SystemdNotifier()
         stack.callback(notifier.close)
+        log.info("kernel caching: %s", describe_kernel_cache(ops.kernel_cache))
         pyfuse3.init(ops, mountpoint, options if options is not None else mount_options())
         clean = False
 

@@ -1,0 +1,192 @@
+"""``publish``: a directory of rpms into a repository, as a new signed image index.
+
+The order keeps every state a reader can see whole (:mod:`usrview.remote.index`
+has the layout): the rpm objects first (each written under ``.tmp/``, synced,
+renamed to its content-addressed name; an object already there is reused), then
+the index and its signature under their immutable serial names, and last
+``latest`` replaced by one rename.  Publishes of one repository take turns on
+its ``.lock``.  The signature is made by gpg, as rpmsign makes package
+signatures; pull checks it with the verifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from usrview.errors import OperationalError
+from usrview.images import read_source
+from usrview.images.lint import has_errors, lint
+from usrview.remote.index import (
+    LATEST,
+    LOCK_FILE,
+    REPO_FORMAT_LINE,
+    REPO_MARKER,
+    SIGNATURE_SUFFIX,
+    TMP_DIR,
+    ImageIndex,
+    IndexEntry,
+    check_name,
+    index_path,
+    latest_path,
+    object_path,
+    parse_latest,
+)
+from usrview.store import Store
+
+log = logging.getLogger(__name__)
+
+#: How long an index is valid unless told otherwise.
+DEFAULT_VALID_DAYS = 30
+#: gpg, as rpmsign runs it.
+GPG = "gpg"
+GPG_TIMEOUT = 300
+COPY_CHUNK = 1 << 20
+
+
+@dataclass
+class PublishResult:
+    """What :func:`publish` did: the index written, and which objects were new."""
+
+    index: ImageIndex
+    index_path: str
+    added: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    bytes_added: int = 0
+
+
+def _open_repo(repo: Path) -> None:
+    marker = repo / REPO_MARKER
+    try:
+        if not marker.exists():
+            if repo.exists() and any(p.name not in (LOCK_FILE, TMP_DIR) for p in repo.iterdir()):
+                raise OperationalError(f"{repo} is not empty and not a usrview repository")
+            (repo / TMP_DIR).mkdir(parents=True, exist_ok=True)
+            Store.atomic_write(marker, REPO_FORMAT_LINE.encode(), tmp_dir=repo / TMP_DIR)
+        elif marker.read_text(errors="replace") != REPO_FORMAT_LINE:
+            raise OperationalError(f"{repo} is a repository of another format")
+        (repo / TMP_DIR).mkdir(exist_ok=True)
+    except OSError as e:
+        raise OperationalError(f"cannot open the repository {repo}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def _repo_lock(repo: Path):
+    fd = os.open(repo / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _add_object(repo: Path, source: Path, rel: str) -> bool:
+    """Copy ``source`` to ``rel`` unless it is there; True when copied."""
+    dest = repo / rel
+    if dest.is_file():
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = repo / TMP_DIR / f"{dest.name}.{os.getpid()}"
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    Store.fsync_dir(dest.parent)
+    return True
+
+
+def _sign(data_path: Path, sig_path: Path, key: str | None, gpg_home: Path | None) -> None:
+    cmd = [GPG, "--batch", "--yes", "--no-tty", "--detach-sign", "--output", str(sig_path)]
+    if gpg_home is not None:
+        cmd[1:1] = ["--homedir", str(gpg_home)]
+    if key:
+        cmd += ["--local-user", key]
+    try:
+        r = subprocess.run([*cmd, str(data_path)], capture_output=True, stdin=subprocess.DEVNULL,
+                           timeout=GPG_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise OperationalError(f"cannot run {GPG}: {e}") from None
+    if r.returncode != 0:
+        last = (r.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise OperationalError(f"{GPG} could not sign the index: {last}")
+
+
+def _previous_serial(repo: Path, name: str) -> int:
+    try:
+        return parse_latest((repo / latest_path(name)).read_bytes())
+    except FileNotFoundError:
+        return 0
+
+
+def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = None,
+            gpg_home: Path | None = None, valid_days: int = DEFAULT_VALID_DAYS,
+            now: datetime | None = None) -> PublishResult:
+    """Publish the rpms of ``image_dir`` as the next index of image ``name`` in ``repo``."""
+    check_name(name)
+    if valid_days < 1:
+        raise OperationalError("--valid-days must be 1 or more")
+    sources = read_source(image_dir)
+    header_only = [s.path.name for s in sources if s.header_only]
+    if header_only:
+        raise OperationalError(f"publish needs full rpms; header-only: {', '.join(header_only)}")
+    findings = lint(s.package for s in sources)
+    if has_errors(findings):
+        first = next(f for f in findings if f.severity.name == "ERROR")
+        raise OperationalError(f"the package set has lint errors (usrview lint {image_dir}): {first.format()}")
+    repo.mkdir(parents=True, exist_ok=True)
+    _open_repo(repo)
+    with _repo_lock(repo):
+        entries, added, reused, added_bytes = [], [], [], 0
+        for s in sources:
+            digest, size = _sha256(s.path), s.path.stat().st_size
+            rel = object_path(digest)
+            if _add_object(repo, s.path, rel):
+                added.append(s.package.nevra)
+                added_bytes += size
+            else:
+                reused.append(s.package.nevra)
+            entries.append(IndexEntry(s.package.nevra, s.package.header_sha256, digest, size,
+                                      s.package.payload_offset, rel))
+        when = (now or datetime.now(UTC)).replace(microsecond=0)
+        serial = _previous_serial(repo, name) + 1
+        index = ImageIndex(name, serial, when, when + timedelta(days=valid_days),
+                           tuple(sorted(entries, key=lambda e: e.nevra)))
+        data = index.to_bytes()
+        rel = index_path(name, serial)
+        path = repo / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_index = repo / TMP_DIR / f"{name}.{serial}{path.suffix}"
+        tmp_sig = repo / TMP_DIR / f"{name}.{serial}{path.suffix}{SIGNATURE_SUFFIX}"
+        try:
+            Store.atomic_write(tmp_index, data)
+            _sign(tmp_index, tmp_sig, sign_with, gpg_home)
+            os.rename(tmp_sig, repo / (rel + SIGNATURE_SUFFIX))
+            os.rename(tmp_index, path)
+            Store.fsync_dir(path.parent)
+            Store.atomic_write(repo / latest_path(name), f"{serial}\n".encode(), tmp_dir=repo / TMP_DIR)
+        except OSError as e:
+            raise OperationalError(f"cannot write the index {rel}: {e.strerror or e}") from None
+        finally:
+            for leftover in (tmp_index, tmp_sig):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+    log.info("published %s serial %d (%s); %d objects added", name, serial, LATEST, len(added))
+    return PublishResult(index, rel, added, reused, added_bytes)
