@@ -298,9 +298,10 @@ def test_unsigned_header_with_an_import_error_is_refused(tmp_path):
     """load_headers parses each header once, leniently, for the signature check; an
     UNSIGNED header (allowed for a package imported unsigned) must still pass the
     import check the strict parse makes."""
-    import types
+    from datetime import UTC, datetime
 
     from tests import hdrbuild
+    from usrview import images
     from usrview.errors import OperationalError
     from usrview.view.loader import load_headers
     from verifier.header import read_package
@@ -328,10 +329,14 @@ def test_unsigned_header_with_an_import_error_is_refused(tmp_path):
         def package_dir(self, pid):
             return tmp_path / "packages" / pid
 
+        def read_header(self, pid):
+            return self.header_path(pid).read_bytes()
+
     (tmp_path / "unsigned").mkdir()
     (tmp_path / "unsigned" / pkgid).touch()
     (tmp_path / f"{pkgid}.rpm").write_bytes(data)
-    image = types.SimpleNamespace(id="img", packages=[pkgid])
+    # a record as deploy --allow-unsigned makes it (the mount serves unsigned only what it lists so)
+    image = images.Image(images.make_image_id([pkgid], datetime.now(UTC)), "", (pkgid,), (pkgid,))
     with pytest.raises(OperationalError, match="does not match its entries"):
         load_headers(FakeStore(), image, Keyring())
 

@@ -10,11 +10,13 @@ be refused at mount, whose loader also made the import check.
 from __future__ import annotations
 
 import types
+from datetime import UTC, datetime
 
 import pytest
 
 from tests import hdrbuild
 from tests.rpmbuild import FileSpec
+from usrview import images
 from usrview.errors import OperationalError
 from usrview.store import Store, pkgid_for
 from usrview.store.importer import PackageRefused, import_package
@@ -57,7 +59,8 @@ def test_import_and_mount_agree_on_an_unsigned_header_with_an_import_error(rpm_p
     pkgid = pkgid_for(package)
     store.header_path(pkgid).write_bytes(package.header_only())
     store.unsigned_path(pkgid).touch()
-    image = types.SimpleNamespace(id="img", packages=[pkgid])
+    # a record as deploy --allow-unsigned makes it (the mount serves unsigned only what it lists so)
+    image = images.Image(images.make_image_id([pkgid], datetime.now(UTC)), "", (pkgid,), (pkgid,))
     with pytest.raises(OperationalError, match="does not match its entries"):
         load_headers(store, image, Keyring())
 

@@ -6,7 +6,9 @@ The rules are those of rpm 4.18's ``rpmfilesVerify`` and ``verifyHeader``
 - The file is looked up with lstat, relative to a directory fd; a final
   symlink is never followed -- except that where the header lists a directory
   and a symlink to a directory is found, rpm follows it (if the link belongs to
-  root or to the directory's owner), and so do we.
+  root or to the directory's owner), and so do we unless told not to
+  (``follow_dir_symlink=False``: ``usrview verify`` judges such a link as the
+  symlink it is, docs/verify.md).
 - Which checks apply depends on the type found on disk, not the one in the
   header: symlinks are not checked for mode (M); everything but a symlink is
   not checked for link target (L); anything but a regular file is not checked
@@ -237,13 +239,16 @@ _NO_FLAGS = VerifyFlag(0)
 
 def check_file(dir_fd: int, relpath: str, entry: FileEntry, *, check_digest: bool = True,
                users: Mapping[str, int] | None = None, groups: Mapping[str, int] | None = None,
-               omit: VerifyFlag = VerifyFlag(0), st: os.stat_result | None = None) -> FileResult:
+               omit: VerifyFlag = VerifyFlag(0), st: os.stat_result | None = None,
+               follow_dir_symlink: bool = True) -> FileResult:
     """Check the file at ``relpath`` (relative to ``dir_fd``) against ``entry``.
 
     ``users``/``groups`` map owner names to ids (None: the system's passwd and
     group databases); ``check_digest=False`` or ``omit`` leave checks out, as
     rpm -V's ``--nofiledigest``, ``--nomtime`` ... do.  ``st``: the file's
     lstat result when the caller already has it (one system call less).
+    ``follow_dir_symlink=False``: a symlink where the header lists a directory is
+    checked as a symlink, never followed (rpm follows a root-owned one).
     """
     marker = attribute_marker(entry.flags)
     eflags = int(entry.flags)
@@ -257,7 +262,7 @@ def check_file(dir_fd: int, relpath: str, entry: FileEntry, *, check_digest: boo
 
     expected_mode = entry.mode & 0xFFFF
     st_mode = st.st_mode
-    if stat.S_ISDIR(expected_mode) and stat.S_ISLNK(st_mode):
+    if follow_dir_symlink and stat.S_ISDIR(expected_mode) and stat.S_ISLNK(st_mode):
         try:
             target = os.stat(relpath, dir_fd=dir_fd, follow_symlinks=True)
         except OSError:

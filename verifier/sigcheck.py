@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HeaderError, PGPError
 from .header import Package, read_package, read_package_file, sig_digests
+from .fileio import FILE_READ_FLAGS, hash_fd
+from .files import digest_name
 from .keyring import Keyring, Result, Verdict, combine
-from .openpgp import Tag, dearmor, is_armored, parse_packets, parse_signature
-from .tags import SigTag
+from .openpgp import Tag as PacketTag
+from .openpgp import dearmor, is_armored, parse_packets, parse_signature
+from .tags import SigTag, Tag
+
+#: RPMTAG_PAYLOADDIGESTALGO when absent: SHA-256 (PGPHASHALGO_SHA256).
+PAYLOAD_DIGEST_DEFAULT_ALGO = 8
 
 
 @dataclass(frozen=True)
@@ -176,8 +184,12 @@ def check_bytes(data: bytes, keyring: Keyring, *, now: float | None = None) -> H
     return check_package(pkg, keyring, now=now)
 
 
-def check_file(path: str | Path, keyring: Keyring, *, now: float | None = None) -> HeaderCheck:
-    """The verdict on a package file; reads only its lead and headers.
+def check_file(path: str | Path, keyring: Keyring, *, now: float | None = None,
+               payload: bool = False) -> HeaderCheck:
+    """The verdict on a package file; reads only its lead and headers, unless ``payload``:
+    then also, as ``rpmkeys --checksig`` does, whatever follows the main header against
+    the header's signed payload digest (:func:`payload_digest_error`), and a GOOD header
+    followed by bytes that do not match it is BAD.
 
     Raises OSError when the file cannot be read.
     """
@@ -185,7 +197,30 @@ def check_file(path: str | Path, keyring: Keyring, *, now: float | None = None) 
         pkg = read_package_file(path, strict=False)
     except HeaderError as e:
         return HeaderCheck(Verdict.PARSE, str(e))
-    return check_package(pkg, keyring, now=now)
+    check = check_package(pkg, keyring, now=now)
+    if payload and pkg.has_payload and check.verdict is Verdict.GOOD:
+        error = payload_digest_error(path, pkg)
+        if error is not None:
+            return dataclasses.replace(check, verdict=Verdict.BAD, reason=error)
+    return check
+
+
+def payload_digest_error(path: str | Path, pkg: Package) -> str | None:
+    """Why the bytes after ``pkg``'s main header in the file ``path`` are not the payload
+    its signed header names (``RPMTAG_PAYLOADDIGEST``, over the compressed payload, as
+    rpm checks it), or None when they are or the header names no payload digest."""
+    expected = pkg.header.strings(Tag.PAYLOADDIGEST) if Tag.PAYLOADDIGEST in pkg.header else None
+    if not expected:
+        return None
+    algo = digest_name(pkg.header.int(Tag.PAYLOADDIGESTALGO, PAYLOAD_DIGEST_DEFAULT_ALGO))
+    if algo is None:
+        return "payload digest algorithm not supported"
+    fd = os.open(path, FILE_READ_FLAGS)
+    try:
+        actual, _ = hash_fd(fd, algo, offset=pkg.payload_offset)
+    finally:
+        os.close(fd)
+    return None if actual == expected[0].lower() else "payload digest does not match the header's"
 
 
 def check_detached(signature: bytes, data: bytes, keyring: Keyring, *,
@@ -200,7 +235,7 @@ def check_detached(signature: bytes, data: bytes, keyring: Keyring, *,
         packets = [p for block in blocks for p in parse_packets(block)]
     except PGPError as e:
         return Result(Verdict.BAD, f"malformed detached signature: {e}")
-    if any(p.tag != Tag.SIGNATURE for p in packets):
+    if any(p.tag != PacketTag.SIGNATURE for p in packets):
         return Result(Verdict.BAD, "a detached signature holds only signature packets")
     results = []
     for p in packets:

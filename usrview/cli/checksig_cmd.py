@@ -33,7 +33,7 @@ def run(args, cfg) -> int:
     out = sys.stdout
     for path in args.packages:
         try:
-            result = sigcheck.check_file(path, keyring)
+            result = sigcheck.check_file(path, keyring, payload=True)
         except OSError as e:
             print(f"usrview: error: {path}: {e.strerror or e}", file=sys.stderr)
             status = EXIT_ERROR

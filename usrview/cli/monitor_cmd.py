@@ -67,7 +67,7 @@ def run(args, cfg) -> int:
     if args.once:
         return mon.run_once(full=True if args.full else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: mon.stop_event.set())
+        signal.signal(sig, lambda *_: mon.terminate())
     print("usrview: monitor started", file=sys.stderr)
     mon.run_forever()
     return 0

@@ -3,7 +3,8 @@ and gc (:mod:`usrview.images.records`), the lint of a package set and rpm's
 version comparison.  The records' public names are re-exported here."""
 
 from usrview.images.diff import Change, ImageDiff, diff, diff_packages
+from usrview.images.recordcheck import id_mismatch
 from usrview.images.records import *  # noqa: F403 - the room's public face
 from usrview.images.records import __all__ as _records_all
 
-__all__ = [*_records_all, "Change", "ImageDiff", "diff", "diff_packages"]
+__all__ = [*_records_all, "Change", "ImageDiff", "diff", "diff_packages", "id_mismatch"]

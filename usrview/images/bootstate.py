@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 from usrview.config import DEFAULT_TRIES
 from usrview.errors import OperationalError
-from usrview.store.store import TMP_DIR, Store
+from usrview.store.store import JSON_FILE_MAX, TMP_DIR, Store, read_store_file
 
 STATE_FORMAT = 1
 GOOD, TRIAL, BAD = "good", "trial", "bad"
@@ -232,7 +232,7 @@ def load(store: Store) -> BootState:
     (then with ``problem`` saying why: reading never stops a boot)."""
     path = store.boot_state_path
     try:
-        data = path.read_bytes()
+        data = read_store_file(path, JSON_FILE_MAX)
     except FileNotFoundError:
         return BootState()
     except OSError as e:

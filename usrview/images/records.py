@@ -50,7 +50,7 @@ from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
-from usrview.store.store import IMAGES_DIR, TMP_DIR, Store, StoreError, pkgid_for
+from usrview.store.store import IMAGES_DIR, JSON_FILE_MAX, TMP_DIR, Store, StoreError, pkgid_for, read_store_file
 from usrview.store.trust import stored_policy_refusal
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
@@ -140,7 +140,7 @@ def load_image(store: Store, image_id: str) -> Image:
     """The image record ``image_id``; OperationalError when absent or malformed."""
     path = image_path(store, image_id)
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_store_file(path, JSON_FILE_MAX))
     except FileNotFoundError:
         raise OperationalError(f"no image {image_id} in the store {store.root}") from None
     except OSError as e:
@@ -153,8 +153,8 @@ def load_image(store: Store, image_id: str) -> Image:
                                f"format {IMAGE_FORMAT} only")
     packages, unsigned = data.get("packages"), data.get("unsigned", [])
     if (data.get("id") != image_id or not isinstance(data.get("created"), str)
-            or not isinstance(packages, list) or not all(isinstance(p, str) for p in packages)
-            or not isinstance(unsigned, list) or not set(unsigned) <= set(packages)):
+            or not isinstance(packages, list) or not isinstance(unsigned, list)
+            or not all(isinstance(p, str) for p in packages + unsigned) or not set(unsigned) <= set(packages)):
         raise OperationalError(f"image record {path} is corrupt")
     return Image(image_id, data["created"], tuple(sorted(packages)), tuple(sorted(unsigned)))
 

@@ -19,6 +19,7 @@ from usrview import faults
 from usrview.store import btrfs
 from usrview.store.store import FILE_CREATE_FLAGS, HEADER_SUFFIX, LEGACY_DIR, UNSIGNED_DIR, Store, StoreError
 from verifier.header import Package
+from verifier.headerfile import canonical_header_only
 
 
 def storage_error(nevra: str, e: OSError) -> StoreError:
@@ -113,7 +114,7 @@ class PackageBatch:
     def stage_header(self, package: Package) -> str:
         """The package's header-only file written in tmp/: its name."""
         name = self.store.temp_name("header")
-        _write_file(self.tmp_fd, name, package.header_only())
+        _write_file(self.tmp_fd, name, canonical_header_only(package))
         return name
 
     def stage_markers(self, unsigned: bool, legacy: bool) -> tuple[str | None, str | None]:

@@ -44,9 +44,10 @@ from pathlib import Path
 from usrview.errors import OperationalError
 from verifier import policy as policies
 from verifier.errors import HeaderError
-from verifier.fileio import DIR_FLAGS
+from verifier.fileio import DIR_FLAGS, FILE_READ_FLAGS
 from verifier.files import FileEntry, FileFlag
-from verifier.header import Package, read_package_file
+from verifier.header import Package, read_package
+from verifier.headerfile import HEADER_FILE_MAX
 
 from . import btrfs
 
@@ -92,6 +93,10 @@ NAME_MAX = 255
 #: How long a writer waits for another to release the lock, and how often it looks.
 LOCK_TIMEOUT = 600.0
 LOCK_POLL = 0.2
+
+#: The largest image record or boot state read: far above any real one (a record of
+#: 100,000 packages is about 10 MiB), far below what would exhaust memory.
+JSON_FILE_MAX = 64 << 20
 
 #: A new file, made here and nowhere else: never through a symlink, never an existing one.
 FILE_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -166,7 +171,7 @@ class StoredPackage:
     @cached_property
     def package(self) -> Package:
         try:
-            return read_package_file(self.header_path)
+            return read_package(self.store.read_header(self.pkgid))
         except HeaderError as e:
             raise StoreError(f"stored header {self.header_path} is corrupt: {e}") from None
         except OSError as e:
@@ -348,6 +353,10 @@ class Store:
 
     def unsigned_path(self, pkgid: str) -> Path:
         return self.root / UNSIGNED_DIR / pkgid
+
+    def read_header(self, pkgid: str) -> bytes:
+        """The bytes of the package's header file (:func:`read_store_file`); OSError."""
+        return read_store_file(self.header_path(pkgid), HEADER_FILE_MAX)
 
     def legacy_path(self, pkgid: str) -> Path:
         return self.root / LEGACY_DIR / pkgid
@@ -588,6 +597,44 @@ class Store:
                 os.unlink(tmp)
             raise
         Store.fsync_dir(link.parent)
+
+
+def read_store_file(path: str | os.PathLike, cap: int, *, dir_fd: int | None = None) -> bytes:
+    """The bytes of one of the store's own files (a header file, an image record, the boot
+    state), read the one way every reader reads them: opened with
+    :data:`verifier.fileio.FILE_READ_FLAGS` (O_NOFOLLOW: a symlink in its place is refused;
+    O_NONBLOCK: a FIFO never blocks the open), ``fstat``-ed to be a regular file, and read to
+    at most ``cap`` bytes, a cap from the file's format (``HEADER_FILE_MAX``,
+    ``JSON_FILE_MAX``).  Raises OSError whose strerror is one line: ELOOP for a symlink,
+    EINVAL "not a regular file (...)", EFBIG "larger than its format allows (...)"."""
+    fd = os.open(path, FILE_READ_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size > cap:
+            raise OSError(errno.EFBIG, f"larger than its format allows ({st.st_size} bytes, at most {cap})")
+        chunks, total = [], 0
+        while total <= cap:
+            chunk = os.read(fd, min(cap + 1 - total, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > cap:   # grew since fstat
+            raise OSError(errno.EFBIG, f"larger than its format allows (more than {cap} bytes)")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return f"mode {mode:o}"
 
 
 def is_enospc(e: OSError) -> bool:

@@ -11,6 +11,12 @@ alone also uses a header only a looser signature policy than the keyring's
 accepts (NOTTRUSTED under ``default``, GOOD under ``legacy``: keys bound by
 SHA-1), reporting it, when it passes that import check too.  Nothing else: BAD,
 NOKEY, other NOTTRUSTED and PARSE never.
+
+A header file of the store (``stored=True``: the loader and verify) must moreover be
+exactly the signed parts and what rpm derives from them
+(:func:`verifier.headerfile.header_file_error`): no byte after the main header,
+the lead rpm writes for that header.  Those bytes are served in
+``/usr/lib/sysimage/packages/`` and no signature covers them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from verifier import policy as policies
+from verifier.headerfile import header_file_error
 from verifier.keyring import Verdict
 from verifier.sigcheck import HeaderCheck
 
@@ -47,7 +54,7 @@ class HeaderTrust:
 
 
 def header_trust(check: HeaderCheck, *, unsigned_allowed: bool,
-                 looser_policy_allowed: bool = False) -> HeaderTrust:
+                 looser_policy_allowed: bool = False, stored: bool = False) -> HeaderTrust:
     """Whether the header ``check`` judged may be used (see the module docstring).
 
     ``check``: :func:`verifier.sigcheck.check_file`'s or ``check_bytes``'s result
@@ -55,7 +62,17 @@ def header_trust(check: HeaderCheck, *, unsigned_allowed: bool,
     ``unsigned_allowed``: whether an UNSIGNED header is acceptable here.
     ``looser_policy_allowed``: whether a header only a looser signature policy
     accepts is (verify: it reports it).
+    ``stored``: ``check`` judged a whole header file of the store (see the module docstring).
     """
+    trust = _verdict_trust(check, unsigned_allowed, looser_policy_allowed)
+    if trust.usable and stored:
+        form = header_file_error(check.package)
+        if form is not None:
+            return HeaderTrust(False, trust.unsigned, f"header file: {form}")
+    return trust
+
+
+def _verdict_trust(check: HeaderCheck, unsigned_allowed: bool, looser_policy_allowed: bool) -> HeaderTrust:
     verdict = check.verdict
     if verdict is Verdict.GOOD:
         return HeaderTrust(True, False)

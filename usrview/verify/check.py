@@ -16,6 +16,7 @@ wait for the disk starts a read-ahead thread (:class:`Prefetcher`).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import stat
 import threading
@@ -50,6 +51,7 @@ _F_DIGEST = int(VerifyFlag.FILEDIGEST)
 _F_CAPS = int(VerifyFlag.CAPS)
 _GHOST = int(FileFlag.GHOST)
 _QUIET_MISSING = int(FileFlag.GHOST | FileFlag.MISSINGOK)
+_NOT_A_DIRECTORY = os.strerror(errno.ENOTDIR)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class PackageOutcome:
         digests: the vcache blob of the digests known good in this run.
         names: owner names used -> the ids they resolved to (for the package cache).
         digest_files: files whose digest applied (for the counters of a cached run).
+        notdir: the directories of the tree that are no directory of the package (TreeDirs).
     """
 
     pkgid: str
@@ -70,6 +73,7 @@ class PackageOutcome:
     results: dict[int, tuple[FileResult, str, str]] = field(default_factory=dict)
     deferred: list[Deferred] = field(default_factory=list)
     unowned: list[str] = field(default_factory=list)
+    notdir: list[str] = field(default_factory=list)
     matched: set[str] = field(default_factory=set)
     stats: Stats = field(default_factory=Stats)
     digests: bytes = b""
@@ -88,7 +92,7 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
     """(findings, package or None when its files must not be trusted)."""
     hpath = store.header_path(pkgid)
     try:
-        check = sigcheck.check_file(hpath, keyring)
+        check = sigcheck.check_bytes(store.read_header(pkgid), keyring)
     except FileNotFoundError:
         return [Finding("header", pkgid, str(hpath), f"header    {pkgid}: header file missing",
                         message="header file missing")], None
@@ -99,7 +103,8 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
     pkg = check.package
     # Accepted by a looser signature policy than this run's (keys bound by SHA-1
     # under default): reported, and its files still checked against it.
-    trust = header_trust(check, unsigned_allowed=unsigned, looser_policy_allowed=True)
+    trust = header_trust(check, unsigned_allowed=unsigned, looser_policy_allowed=True,
+                         stored=True)
     trusted = trust.usable
     if trust.usable and trust.unsigned:
         findings.append(Finding("unsigned", pkgid, str(hpath),
@@ -112,7 +117,9 @@ def header_findings(store: Store, pkgid: str, unsigned: bool, keyring: Keyring):
                                 f"{trust.reason}",
                                 expected=keyring.policy.name, actual=trust.looser_policy, message=trust.reason))
     elif not trust.usable:
-        actual = check.verdict.value if check.verdict is not Verdict.UNSIGNED or not unsigned else "PARSE"
+        # PARSE also for a GOOD header whose file carries unsigned bytes (trust.reason says which)
+        actual = check.verdict.value if check.verdict not in (Verdict.UNSIGNED, Verdict.GOOD) \
+            or (check.verdict is Verdict.UNSIGNED and not unsigned) else "PARSE"
         findings.append(Finding("header", pkgid, str(hpath), f"header    {pkgid}: {trust.reason}",
                                 expected="GOOD", actual=actual, message=trust.reason))
     if pkg is not None:
@@ -167,6 +174,62 @@ def _details(entry: FileEntry, st: os.stat_result | None, differs: VerifyFlag, d
 def _digest_applies(entry: FileEntry, st: os.stat_result) -> bool:
     return (stat.S_ISREG(st.st_mode) and not int(entry.flags) & _GHOST
             and bool(int(entry.verify_flags) & _F_DIGEST))
+
+
+class TreeDirs:
+    """The directories a package's tree needs -- listed ones and the parents of listed
+    paths, such as an unlisted ``/usr/bin`` -- as the package directory holds them.
+
+    Each must be a real directory on the package's own file system (its subvolume),
+    reached from the package's root through real directories only: the walk the view's
+    guard makes (:func:`verifier.fileio.open_dir_beneath`, component by component with
+    O_NOFOLLOW).  Anything else there -- also a root-owned symlink to a directory, which
+    rpm -V accepts for one -- is a ``notdir`` finding, and nothing beneath it is looked
+    at: every file judged lies in the package's subvolume, so a change behind such a
+    symlink can neither be missed nor hidden by the package cache (docs/verify.md).
+
+    Attributes:
+        state: directory install path ("" the root) -> True (a real directory of the
+            package, reached through real ones), False (a non-directory stands there or
+            above it), None (absent).
+        notdir: the paths where a non-directory stands, in the order found.
+    """
+
+    def __init__(self, dir_fd: int):
+        self.dir_fd = dir_fd
+        self.dev = os.fstat(dir_fd).st_dev
+        self.state: dict[str, bool | None] = {"": True}
+        self.notdir: list[str] = []
+
+    def note(self, path: str, st: os.stat_result | None) -> bool | None:
+        """Record the lstat ``st`` (None: absent) of directory ``path``, whose parent is a
+        real directory; its state."""
+        if st is None:
+            ok = None
+        else:
+            ok = stat.S_ISDIR(st.st_mode) and st.st_dev == self.dev
+            if not ok:
+                self.notdir.append(path)
+        self.state[path] = ok
+        return ok
+
+    def lookup(self, path: str) -> bool | None:
+        """The state of directory ``path`` (see the class docstring), its parents first."""
+        ok = self.state.get(path, _UNKNOWN)
+        if ok is not _UNKNOWN:
+            return ok
+        ok = self.lookup(path[:path.rfind("/")])
+        if ok:
+            try:
+                st = os.stat(path[1:], dir_fd=self.dir_fd, follow_symlinks=False)
+            except OSError:
+                st = None
+            return self.note(path, st)
+        self.state[path] = ok
+        return ok
+
+
+_UNKNOWN = object()
 
 
 class _DeferredMark:
@@ -353,6 +416,8 @@ def check_package(ctx: RunContext, pkgid: str, unsigned: bool) -> PackageOutcome
     lstats: dict[str, os.stat_result | None] = {}   # for unowned_paths
     files = digest_files = 0
     lstat, regular = os.stat, check.regular
+    tree = TreeDirs(dir_fd)
+    tree_state = tree.state
     try:
         for i, entry in enumerate(entries):
             path = entry.path
@@ -365,11 +430,22 @@ def check_package(ctx: RunContext, pkgid: str, unsigned: bool) -> PackageOutcome
                 out.matched.add(hit)
             files += 1
             relpath = path.lstrip("/")
+            parent = path[:path.rfind("/")]
+            if tree_state.get(parent) is not True and tree.lookup(parent) is False:
+                # beneath a non-directory: not looked up (it would be through it)
+                lstats[path] = None
+                res = FileResult(path, attribute_marker(entry.flags), missing=True, error=_NOT_A_DIRECTORY,
+                                 quiet_missing=bool(int(entry.flags) & _QUIET_MISSING))
+                if not res.clean:
+                    results[i] = (res, "", "")
+                continue
             try:
                 st = lstat(relpath, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
                 st = None
             lstats[path] = st
+            if entry.mode & 0o170000 == stat.S_IFDIR and path not in tree_state:
+                tree.note(path, st)   # a notdir finding, besides the rpm -V line check_file gives
             if entry.digest_algo != algo_id:
                 algo_id = entry.digest_algo
                 algo = digest_name(algo_id)
@@ -394,9 +470,10 @@ def check_package(ctx: RunContext, pkgid: str, unsigned: bool) -> PackageOutcome
                             continue
             # anything else: rpm -V's whole case analysis
             if st is None:
-                res = check_file(dir_fd, relpath, entry, check_digest=False)
+                res = check_file(dir_fd, relpath, entry, check_digest=False, follow_dir_symlink=False)
             else:
-                res = check_file(dir_fd, relpath, entry, check_digest=False, st=st, users=users, groups=groups)
+                res = check_file(dir_fd, relpath, entry, check_digest=False, st=st, users=users, groups=groups,
+                                 follow_dir_symlink=False)
             if res.missing or st is None:
                 if not res.clean:
                     results[i] = (res, "", "")
@@ -415,6 +492,7 @@ def check_package(ctx: RunContext, pkgid: str, unsigned: bool) -> PackageOutcome
     finally:
         check.close()
         os.close(dir_fd)
+    out.notdir = sorted(tree.notdir)
     out.stats.files += files
     out.digest_files = digest_files
     out.digests = vcache.pack_digests(check.records)
@@ -466,6 +544,10 @@ def package_findings(out: PackageOutcome) -> list[Finding]:
                 expected = " ".join(w for w in expected.split() if "=" in w)
             findings.append(Finding("file", out.pkgid, res.path, res.format(), flags=res.flags,
                                     marker=res.marker, expected=expected, actual=actual))
+    for path in out.notdir:
+        findings.append(Finding("notdir", out.pkgid, path, f"notdir      {path}",
+                                message="the view needs a directory here; a symlink or other file stands "
+                                        "(nothing beneath it is checked)"))
     for path in out.unowned:
         findings.append(Finding("unowned", out.pkgid, path, f"unowned     {path}",
                                 message="not listed in the package's header"))

@@ -31,9 +31,9 @@ def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Findi
         bad(store.root / (ref if ref in (images.CURRENT, images.PREVIOUS) else f"{IMAGES_DIR}/{ref}"), text)
         return None, findings, []
     path = images.image_path(store, image.id)
-    want = images.package_set_hash(image.packages)[:images.ID_HASH_DIGITS]
-    if image.id.rsplit("-", 1)[-1] != want:
-        bad(path, f"package list does not match the image id (hash {want}, id {image.id})")
+    mismatch = images.id_mismatch(image)
+    if mismatch:
+        bad(path, mismatch)
     try:
         markers = store.unsigned_pkgids()
     except OSError:

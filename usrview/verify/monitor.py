@@ -14,6 +14,11 @@ second.  After each run:
 - a JSON report (the findings and the summary) is written to ``report_dir``,
   keeping the newest ``keep_reports``.
 
+While a run goes on, the metrics say so (``run_in_progress`` 1 and
+``run_started_timestamp_seconds``), so a run stuck on I/O shows as stale rather than
+as the last run's status.  SIGTERM ends the monitor at any point, also in the middle
+of a run (:meth:`Monitor.terminate`: the run is abandoned, its workers killed).
+
 The time of the last full run and of the last clean run survive restarts in
 ``report_dir/state.json`` (or beside the metrics file when there is no report
 directory).
@@ -31,7 +36,7 @@ from pathlib import Path
 from usrview import verify
 from usrview.errors import UsrviewError
 from usrview.journal import INTEGRITY_MESSAGE_ID, Journal
-from usrview.store.store import Store
+from usrview.store.store import JSON_FILE_MAX, Store, read_store_file
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ class MonitorState:
     @classmethod
     def load(cls, path: Path | None) -> MonitorState:
         try:
-            data = json.loads(path.read_text()) if path else {}
+            data = json.loads(read_store_file(path, JSON_FILE_MAX)) if path else {}
             return cls(float(data.get("last_full", 0)), float(data.get("last_success", 0)))
         except (OSError, ValueError, TypeError, AttributeError):
             return cls()
@@ -67,9 +72,16 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived while a run was going on: the run is abandoned (a BaseException, so
+    that nothing on the way catches it)."""
+
+
 def metrics_text(report: verify.Report | None, *, full: bool, started: float, duration: float,
-                 state: MonitorState, status: int) -> str:
-    """The textfile: one gauge per line, HELP and TYPE first (Prometheus text format 0.0.4)."""
+                 state: MonitorState, status: int | None, running_since: float = 0.0) -> str:
+    """The textfile: one gauge per line, HELP and TYPE first (Prometheus text format 0.0.4).
+    ``status`` None: no run finished yet (only the state and the progress gauges);
+    ``running_since``: when the run now going on started (0: none)."""
     stats = report.stats if report else verify.Stats()
     by_kind = report.by_kind() if report else {k: 0 for k in verify.KINDS}
     lines = []
@@ -81,19 +93,24 @@ def metrics_text(report: verify.Report | None, *, full: bool, started: float, du
             lab = "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}" if labels else ""
             lines.append(f"{METRIC_PREFIX}{name}{lab} {value}")
 
-    gauge("files_checked", "Files checked by the last run.", [({}, stats.files)])
-    gauge("packages_checked", "Packages checked by the last run.", [({}, stats.packages)])
-    gauge("findings", "Findings of the last run, by kind.", [({"kind": k}, v) for k, v in by_kind.items()])
-    gauge("hashed_bytes", "Bytes hashed by the last run.", [({}, stats.hashed_bytes)])
-    gauge("cache_hits", "Files the last run took from the verified-results cache.", [({}, stats.cache_hits)])
-    gauge("last_run_timestamp_seconds", "When the last run started (Unix time).", [({}, f"{started:.3f}")])
-    gauge("last_run_duration_seconds", "How long the last run took.", [({}, f"{duration:.3f}")])
-    gauge("last_run_full", "1 when the last run ignored the cache.", [({}, int(full))])
-    gauge("last_run_status", "Exit status of the last run: 0 clean, 1 findings, 2 error.", [({}, status)])
+    if status is not None:
+        gauge("files_checked", "Files checked by the last run.", [({}, stats.files)])
+        gauge("packages_checked", "Packages checked by the last run.", [({}, stats.packages)])
+        gauge("findings", "Findings of the last run, by kind.", [({"kind": k}, v) for k, v in by_kind.items()])
+        gauge("hashed_bytes", "Bytes hashed by the last run.", [({}, stats.hashed_bytes)])
+        gauge("cache_hits", "Files the last run took from the verified-results cache.", [({}, stats.cache_hits)])
+        gauge("last_run_timestamp_seconds", "When the last run started (Unix time).", [({}, f"{started:.3f}")])
+        gauge("last_run_duration_seconds", "How long the last run took.", [({}, f"{duration:.3f}")])
+        gauge("last_run_full", "1 when the last run ignored the cache.", [({}, int(full))])
+        gauge("last_run_status", "Exit status of the last run: 0 clean, 1 findings, 2 error.", [({}, status)])
     gauge("last_success_timestamp_seconds", "When the last clean run started (Unix time; 0: never).",
           [({}, f"{state.last_success:.3f}")])
     gauge("last_full_timestamp_seconds", "When the last full run started (Unix time; 0: never).",
           [({}, f"{state.last_full:.3f}")])
+    gauge("run_in_progress", "1 while a run goes on (stale when it started long ago).",
+          [({}, int(running_since > 0))])
+    gauge("run_started_timestamp_seconds", "When the run going on started (Unix time; 0: none).",
+          [({}, f"{running_since:.3f}")])
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +130,20 @@ class Monitor:
     journal: Journal = field(default_factory=Journal)
     stop_event: threading.Event = field(default_factory=threading.Event)
     clock: object = time.time
+    running: bool = False
+    #: metrics_text's arguments for the last finished run (rewritten with running_since)
+    _last_metrics: dict | None = None
+
+    def terminate(self) -> None:
+        """Stop (SIGTERM): after the run going on, which is abandoned at once (Terminated)."""
+        self.stop_event.set()
+        if self.running:
+            raise Terminated()
+
+    def _write_metrics(self, **kw) -> None:
+        if self.metrics_file:
+            # readers see the old or the new file, never a part: node_exporter reads it at any moment
+            Store.atomic_write(Path(self.metrics_file), metrics_text(**kw).encode())
 
     def _state_path(self) -> Path | None:
         if self.report_dir:
@@ -130,13 +161,21 @@ class Monitor:
             full = started - state.last_full >= self.full_interval
         report = None
         t0 = time.monotonic()
+        last = self._last_metrics or {"report": None, "full": False, "started": 0.0, "duration": 0.0,
+                                      "status": None}
+        self.running = True   # before the metrics say so: a SIGTERM from then on ends the run
         try:
+            self._write_metrics(**last, state=state, running_since=started)
+            if self.stop_event.is_set():   # asked to stop just before
+                raise Terminated()
             store = Store.open(self.store_root)
             report = verify.run(store, self.keyring, full=full, io_limit=self.io_limit, jobs=self.jobs)
             status = report.exit_code
             errors = list(report.errors)
         except UsrviewError as e:
             status, errors = 2, [str(e)]
+        finally:
+            self.running = False
         duration = time.monotonic() - t0
         if report is not None:
             for f in report.findings:
@@ -148,11 +187,9 @@ class Monitor:
         if full and status != 2:
             state.last_full = started
         state.save(self._state_path())
-        if self.metrics_file:
-            # readers see the old or the new file, never a part: node_exporter reads it at any moment
-            Store.atomic_write(Path(self.metrics_file),
-                               metrics_text(report, full=full, started=started, duration=duration,
-                                            state=state, status=status).encode())
+        self._last_metrics = {"report": report, "full": full, "started": started, "duration": duration,
+                              "status": status}
+        self._write_metrics(**self._last_metrics, state=state)
         if self.report_dir:
             self.write_report(report, full=full, started=started, duration=duration, status=status,
                               errors=errors)
@@ -160,6 +197,7 @@ class Monitor:
 
     def emit(self, f: verify.Finding, image: str) -> None:
         what = {"file": "integrity violation", "missing": "integrity violation: file missing",
+                "notdir": "integrity violation: not a directory",
                 "unowned": "integrity violation: unowned file", "header": "integrity violation: header",
                 "unsigned": "unsigned package", "image": "integrity violation: image record",
                 "legacy": "package accepted only by the legacy signature policy"}[f.kind]
@@ -187,7 +225,10 @@ class Monitor:
         """Run every ``interval`` seconds until ``stop_event`` is set."""
         while not self.stop_event.is_set():
             started = time.monotonic()
-            self.run_once()
+            try:
+                self.run_once()
+            except Terminated:
+                return
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 

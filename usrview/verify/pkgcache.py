@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: keys that may have expired meanwhile; the digests still come from the file cache).
 PACKAGE_RECHECK_SECONDS = 3600
 #: Bumped when what a package row means changes.
-_PACKAGE_KEY_VERSION = "p2"
+_PACKAGE_KEY_VERSION = "p3"   # p3: directories walked without following symlinks
 
 
 def _syncfs(fd: int) -> bool:

@@ -14,8 +14,9 @@ from usrview.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 #: ``header``: a header file missing, altered or not trusted; ``unsigned``: a package
 #: imported unsigned (flagged on every run); ``image``: the image record; ``legacy``: a
 #: package only a looser signature policy than the run's accepts (keys bound by SHA-1,
-#: imported under ``legacy``, verified under ``default``), its files checked all the same.
-KINDS = ("file", "missing", "unowned", "header", "unsigned", "image", "legacy")
+#: imported under ``legacy``, verified under ``default``), its files checked all the same;
+#: ``notdir``: a non-directory (a symlink too) where a package's tree needs a directory.
+KINDS = ("file", "missing", "unowned", "header", "unsigned", "image", "legacy", "notdir")
 
 
 @dataclass

@@ -40,9 +40,11 @@ non-root user running verify) just costs time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
+import stat
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -107,11 +109,20 @@ _SCHEMA = (
 )
 
 
+def _regular_file(path: Path) -> bool:
+    """Whether the cache at ``path`` is a regular file (lstat: not a symlink, not a FIFO
+    whose reads would block sqlite): anything else is ignored, as an absent cache."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _read(path: str | os.PathLike, query: str) -> list[tuple] | None:
     """The rows ``query`` selects from the cache at ``path``; None when the cache is
     absent, unreadable or of another schema version (it is then ignored)."""
     path = Path(path)
-    if not path.exists():
+    if not _regular_file(path):
         return None
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
@@ -164,6 +175,8 @@ def save(path: str | os.PathLike, packages: Iterable[tuple[str, str, float, str,
         return True
     try:
         path.parent.mkdir(mode=CACHE_DIR_MODE, exist_ok=True)
+        if os.path.lexists(path) and not _regular_file(path):
+            raise OSError(errno.EINVAL, "not a regular file")
         con = sqlite3.connect(path, timeout=30, isolation_level=None)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")

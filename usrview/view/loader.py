@@ -2,12 +2,15 @@
 and the view's tree composed from them (:mod:`usrview.view.tree`).
 
 A header the trust gate (:func:`usrview.store.trust.header_trust`) refuses
-refuses the mount: one that is not GOOD, except a package the store records as
-imported unsigned whose header is UNSIGNED (and passes rpm's import check): it
-is served, with a warning naming it.  GOOD is judged under the keyring's
+refuses the mount: one that is not GOOD, except a package that the image record
+lists as unsigned (deploy's explicit opt-in) and the store marks as imported
+unsigned, whose header is UNSIGNED (and passes rpm's import check): it is
+served, with a warning naming it.  GOOD is judged under the keyring's
 signature policy: under ``default``, a header only ``legacy`` accepts refuses
 the mount, its line naming ``--signature-policy legacy``; under ``legacy`` it is
-served, with a warning naming it.
+served, with a warning naming it.  A record whose id does not vouch for its
+package list (:func:`usrview.images.recordcheck.id_mismatch`: edited in place to
+add, drop or downgrade a package) refuses the mount too.
 """
 
 from __future__ import annotations
@@ -44,22 +47,29 @@ class LoadedImage:
 def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
     """Read an image's header files, checking every signature.
 
-    Raises OperationalError when a header is missing, or the trust gate refuses
-    it (:func:`usrview.store.trust.header_trust`; an UNSIGNED header is allowed
-    for a package the store records as imported unsigned), or it is not the
-    header its package id names.
+    Raises OperationalError when the record's id does not match its package list,
+    a header is missing, or the trust gate refuses it
+    (:func:`usrview.store.trust.header_trust`; an UNSIGNED header is allowed for a
+    package both the record and the store record as imported unsigned), or it is
+    not the header its package id names.
     """
+    mismatch = images.id_mismatch(image)
+    if mismatch:
+        raise OperationalError(f"refusing to mount image {image.id}: its record was changed: {mismatch}")
     loaded = LoadedImage(image, [], {}, [])
     refused = []
+    recorded_unsigned = set(image.unsigned)
     for pkgid in image.packages:
         header_path = store.header_path(pkgid)
         try:
-            data = header_path.read_bytes()
+            data = store.read_header(pkgid)
         except OSError as e:
             raise OperationalError(f"image {image.id}: package {pkgid}: {e.strerror or e}") from None
         result = sigcheck.check_bytes(data, keyring)
+        # unsigned only by the record's own opt-in (deploy --allow-unsigned), and the store's marker
         trust = header_trust(result, unsigned_allowed=result.verdict is sigcheck.Verdict.UNSIGNED
-                             and store.unsigned_path(pkgid).exists())
+                             and pkgid in recorded_unsigned and store.unsigned_path(pkgid).exists(),
+                             stored=True)
         if not trust.usable:
             refused.append(f"{pkgid}: {trust.reason}")
             continue
