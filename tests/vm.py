@@ -179,6 +179,7 @@ def fetch_kernel(cache: Path = CACHE) -> Kernel:
     name = kernel_package()
     kver = name.removeprefix("linux-image-")
     dest = kdir / name
+    cache.mkdir(parents=True, exist_ok=True)  # a fresh machine has none
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         _run(["apt-get", "download", name], cwd=tmp)
         (deb,) = Path(tmp).glob("*.deb")
@@ -249,6 +250,7 @@ def guest_packages(cache: Path = CACHE, *, roots=GUEST_PACKAGES) -> Path:
     if (setdir / "manifest.json").exists():
         return setdir
     tmp = cache / f"guest-pkgs-{tag}.tmp"
+    cache.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
     pkgset.build_set(tmp, len(names), names=names, update_fraction=0.1, relocate=True, log=lambda *a: log(*a))
