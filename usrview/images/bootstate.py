@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 from usrview.config import DEFAULT_TRIES
 from usrview.errors import OperationalError
-from usrview.store.store import JSON_FILE_MAX, TMP_DIR, Store, read_store_file
+from usrview.store.store import JSON_FILE_MAX, Store, read_store_file
 
 STATE_FORMAT = 1
 GOOD, TRIAL, BAD = "good", "trial", "bad"
@@ -259,6 +259,6 @@ def save(store: Store, state: BootState) -> None:
         raise RuntimeError("saving the boot state needs Store.lock()")
     data = (json.dumps(state.to_json(), indent=1) + "\n").encode()
     try:
-        Store.atomic_write(store.boot_state_path, data, tmp_dir=store.root / TMP_DIR, mode=0o600)
+        store.write_file(store.boot_state_path, data, mode=0o600)
     except OSError as e:
         raise OperationalError(f"cannot write {store.boot_state_path}: {e.strerror or e}") from None

@@ -50,7 +50,7 @@ from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
 from usrview.images.lint import LintFinding, has_errors, lint
-from usrview.store.store import IMAGES_DIR, JSON_FILE_MAX, TMP_DIR, Store, StoreError, pkgid_for, read_store_file
+from usrview.store.store import IMAGES_DIR, JSON_FILE_MAX, Store, StoreError, pkgid_for, read_store_file
 from usrview.store.trust import stored_policy_refusal
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
@@ -441,14 +441,14 @@ def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow
 def _write_image(store: Store, image: Image) -> None:
     data = (json.dumps(image.to_json(), indent=1) + "\n").encode()
     try:
-        Store.atomic_write(image_path(store, image.id), data, tmp_dir=store.root / TMP_DIR)
+        store.write_file(image_path(store, image.id), data)
     except OSError as e:
         raise OperationalError(f"cannot record image {image.id}: {e.strerror or e}") from None
 
 
 def _point(store: Store, name: str, image_id: str) -> None:
     try:
-        Store.atomic_symlink(_link_target(image_id), store.root / name, tmp_dir=store.root / TMP_DIR)
+        store.point_symlink(_link_target(image_id), store.root / name)
     except OSError as e:
         raise OperationalError(f"cannot switch {name} to {image_id}: {e.strerror or e}") from None
 

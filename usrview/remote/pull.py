@@ -62,7 +62,7 @@ from usrview.remote.index import (
 )
 from usrview.store import Store
 from usrview.store.importer import PackageRefused
-from usrview.store.store import TMP_DIR
+from usrview.store.store import JSON_FILE_MAX, read_store_file
 from usrview.store.trust import header_trust
 from verifier import sigcheck
 from verifier.errors import HeaderError
@@ -117,28 +117,34 @@ def _state_key(origin: str, name: str) -> str:
     return f"{origin.rstrip('/')}#{name}"
 
 
+def _accepted(store: Store) -> dict:
+    """The serials this store accepted (``remote.json``), read as every store file is."""
+    path = store.remote_state_path
+    try:
+        data = json.loads(read_store_file(path, JSON_FILE_MAX))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise OperationalError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    accepted = data.get("accepted", {}) if isinstance(data, dict) else {}
+    if not isinstance(accepted, dict):
+        raise OperationalError(f"{path} is corrupt")
+    return accepted
+
+
 def accepted_serial(store: Store, origin: str, name: str) -> int:
     """The newest serial of ``name`` from ``origin`` this store accepted (0: none)."""
-    try:
-        data = json.loads(store.remote_state_path.read_bytes())
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError) as e:
-        raise OperationalError(f"cannot read {store.remote_state_path}: {e}") from None
-    serial = data.get("accepted", {}).get(_state_key(origin, name), 0) if isinstance(data, dict) else 0
+    serial = _accepted(store).get(_state_key(origin, name), 0)
     if type(serial) is not int:
         raise OperationalError(f"{store.remote_state_path} is corrupt")
     return serial
 
 
 def _record_serial(store: Store, origin: str, name: str, serial: int) -> None:
-    try:
-        data = json.loads(store.remote_state_path.read_bytes())
-    except FileNotFoundError:
-        data = {"format": STATE_FORMAT, "accepted": {}}
-    data["accepted"][_state_key(origin, name)] = serial
-    Store.atomic_write(store.remote_state_path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(),
-                       tmp_dir=store.root / TMP_DIR)
+    accepted = _accepted(store)
+    accepted[_state_key(origin, name)] = serial
+    data = {"format": STATE_FORMAT, "accepted": accepted}
+    store.write_file(store.remote_state_path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 # -- the index ---------------------------------------------------------------------------------

@@ -556,6 +556,14 @@ class Store:
         finally:
             os.close(fd)
 
+    def write_file(self, path: str | os.PathLike, data: bytes, *, mode: int = 0o644) -> None:
+        """:meth:`atomic_write` of one of the store's own files, by way of ``tmp/``."""
+        Store.atomic_write(path, data, tmp_dir=self.root / TMP_DIR, mode=mode)
+
+    def point_symlink(self, target: str, link: str | os.PathLike) -> None:
+        """:meth:`atomic_symlink` of one of the store's own links, by way of ``tmp/``."""
+        Store.atomic_symlink(target, link, tmp_dir=self.root / TMP_DIR)
+
     @staticmethod
     def atomic_write(path: str | os.PathLike, data: bytes, *, tmp_dir: str | os.PathLike | None = None,
                      mode: int = 0o644) -> None:
