@@ -46,6 +46,12 @@ if [ -n "$pid" ] && [ "$pid" != 0 ]; then
     grep VmRSS /proc/$pid/status > rss
     cat /proc/$pid/io > io
 fi
+# where the time went (kept with --keep): the booted systemd's view of the boot,
+# the journal and the kernel log (the daemon's console lines, with its stage times)
+systemd-analyze blame > blame 2>&1
+systemd-analyze critical-chain multi-user.target > critical-chain 2>&1
+journalctl -b -o short-monotonic --no-pager > journal 2>&1
+dmesg > dmesg 2>&1
 """
 
 
