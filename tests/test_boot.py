@@ -95,6 +95,13 @@ out["programs"] = {
     "id": run("id", "-un"),
 }
 
+# owner names resolved in the root's /etc/group (the initrd's knows only root):
+# chage is set-gid shadow in its package's header
+import grp
+st = os.lstat("/usr/bin/chage")
+out["chage"] = {"uid": st.st_uid, "gid": st.st_gid, "mode": st.st_mode & 0o7777,
+                "shadow_gid": grp.getgrnam("shadow").gr_gid}
+
 # stress: read every file of the view (each checked against its digest on first open)
 t0 = time.monotonic()
 files = nbytes = 0
@@ -215,6 +222,14 @@ def test_programs_run(main_boot):
     assert programs["python3"]["rc"] == 0 and programs["python3"]["out"].startswith("python"), programs["python3"]
     assert programs["ls"]["rc"] == 0 and "systemctl" in programs["ls"]["out"].split(), programs["ls"]
     assert programs["id"]["out"].strip() == "root", programs["id"]
+
+
+def test_owner_names_resolved_in_the_root_file_system(main_boot):
+    """A file whose header names a group the initrd does not know (only the
+    root's /etc/group does) has that group's id in the booted system."""
+    chage = main_boot.check["chage"]
+    assert chage["shadow_gid"] != 0, chage
+    assert (chage["uid"], chage["gid"], chage["mode"]) == (0, chage["shadow_gid"], 0o2755), chage
 
 
 def test_daemon_needs_no_file_gone_or_under_usr(main_boot):

@@ -79,6 +79,18 @@ def test_cmdline(text, store, image, verify, explicit, problems):
         assert want in got
 
 
+@pytest.mark.parametrize("text,kernel_cache,problem", [
+    ("", "auto", None),  # at boot the kernel caches what pyfuse3 lets it (docs/boot.md)
+    ("usrview.kernel_cache=off", "off", None),
+    ("usrview.kernel_cache=off usrview.kernel_cache=auto", "auto", None),
+    ("usrview.kernel_cache=always", "auto", "usrview.kernel_cache=always: not one of auto, off; kernel caching auto"),
+])
+def test_cmdline_kernel_cache(text, kernel_cache, problem):
+    p = cmdline.parse(text)
+    assert p.kernel_cache == kernel_cache
+    assert list(p.problems) == ([problem] if problem else [])
+
+
 def test_split_words_quotes():
     assert cmdline.split_words(' a="b c"  \'d e\'f\tg\n') == ["a=b c", "d ef", "g"]
 

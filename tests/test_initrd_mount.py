@@ -1,7 +1,7 @@
 """``usrview initrd-mount`` on a real FUSE mount: a temporary sysroot (a store
 under var/lib/usrview, keys under etc/pki/rpm-gpg, an empty usr), the daemon
-started as systemd starts it from the initrd (argv[0] "@usrview", the modules
-on PYTHONPATH as in an initrd, no virtual environment), and the proof that
+started as systemd starts it from the initrd (argv[0] "@usrview", -S, the
+modules on PYTHONPATH as in an initrd, no virtual environment), and the proof that
 after READY it opens, imports and runs nothing: an audit hook installed at
 READY (USRVIEW_TEST_AUDIT_LOG) records every such event while the test walks,
 reads, reads links, tampers a stored file (EIO and a journal record), signals
@@ -15,6 +15,7 @@ import ast
 import errno
 import json
 import os
+import re
 import signal
 import site
 import socket
@@ -56,10 +57,10 @@ def daemon_env(tmp_path: Path, **extra: str) -> dict:
     return env
 
 
-def initrd_mount(sysroot: Path, cmdline: Path, env: dict, log_path: Path) -> subprocess.Popen:
+def initrd_mount(sysroot: Path, cmdline: Path, env: dict, log_path: Path, *args: str) -> subprocess.Popen:
     with open(log_path, "ab") as log:
-        return subprocess.Popen(["@usrview", "-m", "usrview.cli", "initrd-mount", "--sysroot", str(sysroot),
-                                 "--cmdline", str(cmdline)], executable=sys.executable, env=env,
+        return subprocess.Popen(["@usrview", "-S", "-m", "usrview.cli", "initrd-mount", "--sysroot", str(sysroot),
+                                 "--cmdline", str(cmdline), *args], executable=sys.executable, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=log_path.parent)
 
@@ -134,14 +135,17 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
             os.rename(root / "var/lib/usrview", moved)
             journal_path.unlink()
 
-            # exercise: walk, read, readlink, the alternatives link
+            # exercise: walk, read, readlink, the alternatives link; "data" is not
+            # read before it is tampered with below (with the kernel caching what
+            # it read, the default at boot, a file changed after it was read is
+            # served from the kernel's cache, its checked bytes: docs/view.md)
             seen = []
             for dirpath, dirnames, filenames in os.walk(mnt):
                 for name in filenames:
                     path = Path(dirpath, name)
                     if path.is_symlink():
                         seen.append((name, os.readlink(path)))
-                    else:
+                    elif name != "data":
                         seen.append((name, len(path.read_bytes())))
             assert ("ld", "/etc/alternatives/ld") in seen and ("sh-link", "life") in seen
             assert ("big", 2 << 20) in seen
@@ -164,6 +168,17 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
             record = journal.recv(65536)
             assert f"MESSAGE_ID={INTEGRITY_MESSAGE_ID}".encode() in record
             assert b"PATH=/usr/share/life/data" in record
+            # SIGUSR2: what was answered so far, by kind, as one record
+            proc.send_signal(signal.SIGUSR2)
+            stats = ""
+            while "statistics" not in stats:  # after the integrity records of the tampered file
+                stats = journal.recv(65536).decode()
+            counted = re.search(r"statistics \(SIGUSR2\): (\d+) requests answered \((.*?)\); "
+                                r"files hashed: (\d+)", stats)
+            assert counted, stats
+            kinds = dict(kind.rsplit(" ", 1) for kind in counted.group(2).split(", "))
+            assert int(kinds["lookup"]) > 0 and int(kinds["read"]) > 0 and int(counted.group(3)) >= 5, stats
+            assert int(counted.group(1)) == sum(map(int, kinds.values())), stats
             # SIGUSR1: a stack dump (faulthandler), no file opened for it
             proc.send_signal(signal.SIGUSR1)
             time.sleep(0.5)
@@ -185,14 +200,24 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
     assert "<4>usrview: usrview.verify=bogus: not one of enforce, warn, off" in console
     assert f"booting image {image.id} instead of nope: no image 'nope'" in console
     assert "usrview.verify=bogus" in log
+    # where the time to READY went: one console line, each stage timed
+    ready = re.search(r"<5>usrview: ready [\d.]+ s after the kernel started \(process started [\d.]+\): (.*)",
+                      console)
+    assert ready, console
+    stages = [part.rsplit(" ", 2)[0] for part in ready.group(1).split(", ")]
+    assert stages == ["interpreter and command line", "serving modules", "store and keys", "records and plan",
+                      "headers (1 signatures checked)", f"tree ({stages[5].split('(')[1]}", "mount"], stages
 
     # After READY: no import, no exec, no open by path; only opens of names
     # below the package directories opened before READY.
     lines = audit.read_text().splitlines()
     assert lines[0].startswith("# audit hook installed")
+    modules = dict(line.split(" ", 3)[2:] for line in lines if line.startswith("# module "))
+    lines = [line for line in lines[1:] if not line.startswith("# module ")]
+    assert_in_the_initrd_runtime(modules, env)
     names = _store_names(moved)
     wrong = []
-    for line in lines[1:]:
+    for line in lines:
         event, _, args = line.partition(" ")
         if event == "open":
             path = ast.literal_eval(args)[0]  # the recorder's repr of (path, mode, flags)
@@ -211,6 +236,66 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
     st = json.loads(usrview("status", "--store", root / "var/lib/usrview", "--json").stdout)
     assert st["images"][0]["boot"] == "good" and st["last_good"] == image.id
     assert st["last_fallback"]["requested"] == "nope"
+
+
+#: What the other commands import and the initrd need not hold.
+NOT_IN_THE_INITRD = ("usrview.verify", "usrview.remote", "usrview.store.importer", "httpx", "zstandard",
+                     "sqlite3", "multiprocessing")
+
+
+def assert_in_the_initrd_runtime(modules: dict[str, str], env: dict) -> None:
+    """Every module the daemon imported until READY is a file the dracut module's
+    usrview-runtime.py lists for the initrd; what only other commands need is not."""
+    listing = subprocess.run([sys.executable, str(REPO / "systemd/dracut/90usrview/usrview-runtime.py")],
+                             env=env, capture_output=True, text=True, check=True, cwd="/").stdout
+    listed = {os.path.realpath(row.split("\t")[1]) for row in listing.splitlines()
+              if row.startswith(("stdlib\t", "site\t"))}
+    missing = sorted(f"{name} {path}" for name, path in modules.items() if os.path.realpath(path) not in listed)
+    assert missing == [], "\n".join(missing)
+    extra = sorted(name for name in modules if name.startswith(NOT_IN_THE_INITRD))
+    assert extra == [], extra
+    assert not [row for row in listing.splitlines() if "/_tests/" in row or "/httpx/" in row]
+
+
+def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
+    """Started before the root file system is mounted (as the initrd's unit is), the
+    daemon waits until SYSROOT is a mount point, then serves."""
+    root, _, image = sysroot
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda rw usrview.kernel_cache=off\n")
+    kmsg = tmp_path / "kmsg"
+    kmsg.touch()
+    notify_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        env = daemon_env(tmp_path, NOTIFY_SOCKET=str(notify_path), USRVIEW_KMSG=str(kmsg))
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log", "--wait-for-sysroot")
+        bound = False
+        try:
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while "waiting for the root file system" not in kmsg.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.1)
+            time.sleep(0.5)
+            assert proc.poll() is None and not os.path.ismount(root / "usr")
+            subprocess.run(["mount", "--bind", str(root), str(root)], check=True)  # the root is mounted
+            bound = True
+            notify.settimeout(MOUNT_TIMEOUT)
+            assert b"READY=1" in notify.recv(4096).split(b"\n"), (tmp_path / "daemon.log").read_text()
+            assert (root / "usr/bin/life").read_bytes() == b"#!/bin/sh\necho life\n"
+            console = kmsg.read_text()
+            assert f"<5>usrview: serving image {image.id} on {root}/usr (verify=enforce, kernel cache off)" \
+                in console
+            assert re.search(r"waiting for \S+ [\d.]+ s, store and keys", console), console
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            unmount(root / "usr")
+            if bound:
+                subprocess.run(["umount", str(root)], check=True)
 
 
 def test_nothing_to_serve_exits_2_with_one_line(tmp_path, gpg_key):

@@ -259,6 +259,21 @@ def guest_packages(cache: Path = CACHE, *, roots=GUEST_PACKAGES) -> Path:
     return setdir
 
 
+def _package_bytes(path) -> bytes:
+    """A file's bytes as a distribution packages them: shared objects and programs
+    stripped (rpmbuild's brp-strip; pyenv's are not), the rest as they are.  The
+    booted system's ``usrview boot-complete`` reads them through the view, which
+    hashes every byte."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"\x7fELF"):
+        return data
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stripped"
+        r = subprocess.run(["strip", "--strip-unneeded", "-o", str(out), str(path)], capture_output=True,
+                           check=False)
+        return out.read_bytes() if r.returncode == 0 else data
+
+
 def usrview_package(workdir: Path, key) -> Path:
     """usrview as a package of the guest image, so that the booted system runs
     ``usrview boot-complete``: the runtime the dracut module takes into the initrd
@@ -266,7 +281,7 @@ def usrview_package(workdir: Path, key) -> Path:
     under /usr/lib/usrview, /usr/bin/usrview, and the units: the initrd's view unit
     (the booted system must know it, see docs/boot.md) and the boot-complete unit."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-    listing = _run([sys.executable, DRACUT_MODULE / "usrview-runtime.py"], env=env, cwd="/")
+    listing = _run([sys.executable, DRACUT_MODULE / "usrview-runtime.py", "--all-commands"], env=env, cwd="/")
     files: dict[str, FileSpec] = {}
     home = exe = ""
     for line in listing.splitlines():
@@ -277,17 +292,17 @@ def usrview_package(workdir: Path, key) -> Path:
             exe = src
         elif kind == "stdlib":
             dest = f"{GUEST_RUNTIME}/python/{os.path.relpath(src, home)}"
-            files[dest] = FileSpec(dest, content=Path(src).read_bytes(), mode=0o755 if src.endswith(".so") else 0o644)
+            files[dest] = FileSpec(dest, content=_package_bytes(src), mode=0o755 if src.endswith(".so") else 0o644)
         elif kind == "site":
             dest = f"{GUEST_RUNTIME}/site/{rel[0]}"
-            files[dest] = FileSpec(dest, content=Path(src).read_bytes(), mode=0o755 if src.endswith(".so") else 0o644)
+            files[dest] = FileSpec(dest, content=_package_bytes(src), mode=0o755 if src.endswith(".so") else 0o644)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     bindest = f"{GUEST_RUNTIME}/python/bin/python{version}"
-    files[bindest] = FileSpec(bindest, content=Path(exe).read_bytes(), mode=0o755)
+    files[bindest] = FileSpec(bindest, content=_package_bytes(exe), mode=0o755)
     libpython = Path(home) / "lib" / f"libpython{version}.so.1.0"
     if libpython.exists():
         dest = f"{GUEST_RUNTIME}/python/lib/{libpython.name}"
-        files[dest] = FileSpec(dest, content=libpython.read_bytes(), mode=0o755)
+        files[dest] = FileSpec(dest, content=_package_bytes(libpython), mode=0o755)
     wrapper = (f"#!/bin/bash\n# usrview from its own runtime ({GUEST_RUNTIME})\n"
                f"PYTHONHOME={GUEST_RUNTIME}/python PYTHONPATH={GUEST_RUNTIME}/site "
                f"LD_LIBRARY_PATH={GUEST_RUNTIME}/python/lib PYTHONDONTWRITEBYTECODE=1 \\\n"

@@ -5,6 +5,8 @@
     usrview.store=PATH    the store, a path within the root file system (default /var/lib/usrview)
     usrview.image=REF     current (default) | previous | an image id or a unique prefix of one
     usrview.verify=MODE   enforce (default) | warn | off
+    usrview.kernel_cache=MODE  auto (default) | off: let the kernel cache opens,
+                          listings and symlinks where pyfuse3 offers it (usrview mount --kernel-cache)
     usrview.rollback      the manual rollback word: the same as usrview.image=previous
 
 Words are split as systemd splits the command line: at white space outside
@@ -29,11 +31,14 @@ CURRENT = "current"
 PREVIOUS = "previous"
 #: usrview.verify's values, the default first (usrview.view.guard.VerifyMode's).
 VERIFY_MODES = ("enforce", "warn", "off")
+#: usrview.kernel_cache's values, the default first (usrview mount --kernel-cache's;
+#: at boot "auto": the requests saved are boot time, docs/boot.md).
+KERNEL_CACHE_MODES = ("auto", "off")
 #: The manual rollback word, and the values that switch it on and off.
 ROLLBACK = "rollback"
 _YES = frozenset({"", "1", "yes", "y", "true", "on"})
 _NO = frozenset({"0", "no", "n", "false", "off"})
-_KEYS = ("store", "image", "verify", ROLLBACK)
+_KEYS = ("store", "image", "verify", "kernel_cache", ROLLBACK)
 #: Longest image reference accepted (an id is 24 characters).
 MAX_REF = 64
 
@@ -49,6 +54,7 @@ class BootParams:
         explicit: True when the image was chosen by hand (``usrview.image=`` other
             than ``current``, or the rollback word): boot counting does not apply.
         problems: one line per wrong value (the default was kept).
+        kernel_cache: auto or off.
     """
 
     store: str = DEFAULT_STORE
@@ -56,6 +62,7 @@ class BootParams:
     verify: str = VERIFY_MODES[0]
     explicit: bool = False
     problems: tuple[str, ...] = ()
+    kernel_cache: str = KERNEL_CACHE_MODES[0]
 
 
 def split_words(text: str) -> list[str]:
@@ -100,6 +107,7 @@ def parse(text: str) -> BootParams:
     """The boot parameters of a command line (``/proc/cmdline``'s text)."""
     problems: list[str] = []
     store, image, verify, explicit = DEFAULT_STORE, CURRENT, VERIFY_MODES[0], False
+    kernel_cache = KERNEL_CACHE_MODES[0]
     rollback = False
     for key, value in usrview_words(text).items():
         word = f"{PREFIX}{key}" + ("" if value is None else f"={value}")
@@ -130,8 +138,14 @@ def parse(text: str) -> BootParams:
                                 f"verifying with {VERIFY_MODES[0]}")
             else:
                 verify = value
+        elif key == "kernel_cache":
+            if value not in KERNEL_CACHE_MODES:
+                problems.append(f"{word}: not one of {', '.join(KERNEL_CACHE_MODES)}; "
+                                f"kernel caching {KERNEL_CACHE_MODES[0]}")
+            else:
+                kernel_cache = value
     if rollback:
         if explicit and image != PREVIOUS:
             problems.append(f"{PREFIX}{ROLLBACK} overrides {PREFIX}image={image}")
         image, explicit = PREVIOUS, True
-    return BootParams(store, image, verify, explicit, tuple(problems))
+    return BootParams(store, image, verify, explicit, tuple(problems), kernel_cache)

@@ -4,7 +4,9 @@ Run by a ``Type=notify`` unit in the initrd once the root file system is mounted
 on SYSROOT (docs/boot-core.md):
 
 1. Read the kernel command line (:mod:`usrview.boot.cmdline`); each wrong value is
-   one line on the console and its default is used.
+   one line on the console and its default is used.  With ``wait``, wait until
+   SYSROOT is a mount point: the unit starts before ``sysroot.mount`` so that
+   Python's start and the imports overlap the initrd's wait for the root device.
 2. Open the store (``usrview.store=``, within SYSROOT; if it is not a store, the
    default one) and the trusted keys (``--keys``, else SYSROOT/etc/pki/rpm-gpg),
    judged under ``--signature-policy``, else the ``signature_policy`` of
@@ -19,7 +21,10 @@ on SYSROOT (docs/boot-core.md):
    composed).  Record which image this boot serves, and a fallback event when
    it is not the one asked for.
 5. Make the daemon independent of every file (:mod:`usrview.boot.rootdaemon`),
-   mount the view on SYSROOT/usr and send READY=1.
+   mount the view on SYSROOT/usr (as ``usrview mount`` serves a tree:
+   :func:`usrview.view.mount.serve_tree`, the kernel caching
+   ``usrview.kernel_cache=`` says) and send READY=1.  Then one console line
+   says where the time to READY went (:class:`Stages`).
 
 Exit status 2 only when nothing can be served: no store, no keys, no image
 that loads, or the mount itself fails.
@@ -29,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
+import time
 from pathlib import Path
 
 from usrview import config, images
@@ -56,6 +63,87 @@ DEFAULT_KEYS = "etc/pki/rpm-gpg"
 DEFAULT_CONFIG = "etc/usrview/usrview.toml"
 #: Seconds to wait for the store lock at boot (nothing else should hold it).
 BOOT_LOCK_TIMEOUT = 10.0
+#: The mount table: readable for what is mounted, pollable for changes.
+MOUNTINFO = "/proc/self/mountinfo"
+#: Milliseconds between looks at the mount table when no change was signalled.
+MOUNT_POLL_MS = 1000
+#: What ``initrd-mount`` imports beyond ``usrview.cli.main`` and its command's
+#: module, for the initrd's runtime (systemd/dracut/90usrview/usrview-runtime.py
+#: takes what importing these imports, tests/test_initrd_mount.py checks that a
+#: daemon imports nothing else): the serving modules, imported when serving
+#: starts, and the standard-library modules imported by functions on paths a
+#: boot need not take (a configuration to read, glibc's malloc_trim).
+RUNTIME_IMPORTS = ("usrview.cli.initrd_mount_cmd", "usrview.view.fs", "usrview.view.loader",
+                   "usrview.view.mount", "tomllib", "ctypes")
+
+
+def process_start() -> float | None:
+    """When this process started, in seconds since the kernel started (the clock
+    of time.monotonic, the console's and systemd's); None if unknown."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime, field 22 of stat
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Stages:
+    """Where the daemon's time to READY goes: (stage, monotonic time it ended)
+    in order, the first the process's start.  Attributes: marks."""
+
+    def __init__(self):
+        start = process_start()
+        self.marks: list[tuple[str, float]] = [("start", start)] if start is not None else []
+        self.mark("interpreter and command line")
+
+    def mark(self, stage: str) -> None:
+        self.marks.append((stage, time.monotonic()))
+
+    def line(self) -> str:
+        """``ready 23.08 s after the kernel started (process started 13.47): STAGE 1.20 s, …``."""
+        if not self.marks:
+            return "ready"
+        parts = [f"{stage} {end - before:.2f} s"
+                 for (_, before), (stage, end) in zip(self.marks, self.marks[1:])]
+        return (f"ready {self.marks[-1][1]:.2f} s after the kernel started (process started "
+                f"{self.marks[0][1]:.2f}): " + ", ".join(parts))
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` is where something is mounted (bind mounts too), by the mount table."""
+    target = os.fsencode(os.path.realpath(path))
+    with open(MOUNTINFO, "rb") as f:
+        for line in f:
+            fields = line.split(b" ", 5)
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                return True
+    return False
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mount table path: space, tab, newline and backslash written as octal escapes."""
+    if b"\\" not in field:
+        return field
+    return (field.replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(b"\\012", b"\n")
+            .replace(b"\\134", b"\\"))
+
+
+def wait_for_mount(path: Path, console: "Console") -> None:
+    """Return once ``path`` is a mount point: the mount table is polled (the kernel
+    signals every change), and looked at every :data:`MOUNT_POLL_MS` regardless.
+    The unit's start timeout ends a wait that never ends."""
+    if is_mount_point(path):
+        return
+    console.say(f"waiting for the root file system on {path}", KERN_NOTICE)
+    fd = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI | select.POLLERR)
+        while not is_mount_point(path):
+            poller.poll(MOUNT_POLL_MS)
+    finally:
+        os.close(fd)
 
 
 class Console:
@@ -212,9 +300,11 @@ def root_owners(sysroot: Path) -> tuple[OwnerIds, OwnerIds]:
 
 
 def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, console: Console,
-                    serving: contextlib.ExitStack, owners: tuple[OwnerIds, OwnerIds] | None = None):
+                    serving: contextlib.ExitStack, owners: tuple[OwnerIds, OwnerIds] | None = None,
+                    stages: Stages | None = None):
     """Steps 3 and 4: the image this boot serves, loaded; (its id, its tree), or
-    None when no image loads.  Its in-use lock joins ``serving``."""
+    None when no image loads.  Its in-use lock joins ``serving``; ``stages``
+    marks the plan, the headers and the tree."""
     from usrview.view.loader import build_view  # the tree needs the view room
 
     ids = [im.id for im in recorded_images(store, console)]
@@ -222,12 +312,14 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
         console.say(f"the store {store.root} has no image; nothing to serve", KERN_ERR)
         return None
     boot_plan, writable = count_boot(store, params, ids, console)
+    if stages:
+        stages.mark("records and plan")
     failures: list[str] = []
     for candidate in boot_plan.candidates:
         with contextlib.ExitStack() as attempt:
             try:
                 image = attempt.enter_context(images.hold_image(store, candidate.image))
-                tree = build_view(store, image, keyring, owners=owners)[1]
+                tree = build_view(store, image, keyring, owners=owners, progress=stages and stages.mark)[1]
             except (UsrviewError, OSError) as e:
                 failures.append(f"image {candidate.image} cannot be served: {e}")
                 console.say(failures[-1], KERN_ERR)
@@ -249,27 +341,34 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
 
 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
-                 policy: policies.Policy | None = None) -> int:
+                 policy: policies.Policy | None = None, *, wait: bool = False,
+                 stages: Stages | None = None) -> int:
     """Serve this boot's image on SYSROOT/usr until unmounted, judging signatures
-    under ``policy`` (None: SYSROOT's configuration's); the exit status."""
+    under ``policy`` (None: SYSROOT's configuration's); with ``wait``, once
+    SYSROOT is mounted.  The exit status."""
+    stages = stages or Stages()
     # Serving needs trio and pyfuse3 (imported here, not for every command line).
-    from usrview.view.fs import ViewOperations
-    from usrview.view.guard import Guard
+    from usrview.view.fs import kernel_cache_features
     from usrview.view.loader import release_free_memory
-    from usrview.view.mount import run
+    from usrview.view.mount import serve_tree
 
+    stages.mark("serving modules")
     sysroot = sysroot.absolute()
     params = cmdline.parse(read_cmdline(cmdline_path, console))
     for problem in params.problems:
         console.say(problem)
+    if wait:
+        wait_for_mount(sysroot, console)
+        stages.mark(f"waiting for {sysroot}")
     store = open_store(sysroot, params, console)
     if store is not None and policy is None:
         policy = signature_policy(sysroot, console)
     keyring = load_keys(keys or [sysroot / DEFAULT_KEYS], console, policy) if store else None
     if store is None or keyring is None:
         return EXIT_ERROR
+    stages.mark("store and keys")
     with contextlib.ExitStack() as serving:
-        chosen = choose_and_load(store, params, keyring, console, serving, root_owners(sysroot))
+        chosen = choose_and_load(store, params, keyring, console, serving, root_owners(sysroot), stages)
         if chosen is None:
             return EXIT_ERROR
         image_id, tree = chosen
@@ -277,11 +376,19 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         mountpoint = sysroot / "usr"
         with contextlib.suppress(OSError):  # then mounting says why
             mountpoint.mkdir(mode=0o755)
-        console.say(f"serving image {image_id} on {mountpoint} (verify={params.verify})", KERN_NOTICE)
-        ops = ViewOperations(tree, Guard(tree, params.verify))
+        kernel_cache = kernel_cache_features(params.kernel_cache)
+        console.say(f"serving image {image_id} on {mountpoint} (verify={params.verify}, kernel cache "
+                    f"{', '.join(sorted(kernel_cache)) or 'off'})", KERN_NOTICE)
         rootdaemon.prepare()
+
+        def on_ready() -> None:
+            stages.mark("mount")
+            console.say(stages.line(), KERN_NOTICE)
+            rootdaemon.on_ready()
+
         try:
-            run(ops, os.fspath(mountpoint), on_ready=rootdaemon.on_ready)
+            serve_tree(tree, os.fspath(mountpoint), verify=params.verify, kernel_cache=kernel_cache,
+                       on_ready=on_ready)
         except UsrviewError as e:
             console.say(f"cannot serve {mountpoint}: {e}", KERN_ERR)
             return EXIT_ERROR

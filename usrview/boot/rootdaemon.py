@@ -98,12 +98,18 @@ def prepare() -> None:
 
 
 def install_audit_recorder(path: str) -> None:
-    """Write every audited event from now on to ``path``, one line each (tests).
+    """Write every audited event from now on to ``path``, one line each (tests),
+    after the modules imported until now (``# module NAME FILE``).
 
     The file is opened here, and written with ``os.write``: the hook itself
     opens and imports nothing."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     os.write(fd, b"# audit hook installed at READY\n")
+    # what was imported until READY (the initrd must hold it)
+    for name, module in sorted(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file:
+            os.write(fd, f"# module {name} {file}\n".encode("utf-8", "backslashreplace"))
 
     def hook(event: str, args: tuple) -> None:
         if event in AUDITED_EVENTS:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from usrview.errors import OperationalError
-from usrview.remote.index import DEFAULT_IMAGE, DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from usrview.store import Store
 from verifier import policy as policies
 from verifier.keyring import Keyring
@@ -48,6 +47,8 @@ def add_allow_unsigned_option(p) -> None:
 
 def add_remote_options(p) -> None:
     """pull's options, which ``deploy URL`` takes too."""
+    from usrview.remote.index import DEFAULT_IMAGE, DEFAULT_JOBS, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+
     p.add_argument("--image", default=DEFAULT_IMAGE, metavar="NAME",
                    help=f"the image's name in the repository (default {DEFAULT_IMAGE})")
     p.add_argument("--mirror", action="append", metavar="URL",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from usrview.boot import cmdline
-from usrview.boot.initrd import DEFAULT_CONFIG, DEFAULT_KEYS, Console, initrd_mount
+from usrview.boot.initrd import DEFAULT_CONFIG, DEFAULT_KEYS, Console, Stages, initrd_mount
 from usrview.cli._common import add_signature_policy_option
 from verifier import policy as policies
 
@@ -16,7 +16,8 @@ Run by a Type=notify unit in the initrd, once the root file system is mounted on
 SYSROOT.  The kernel command line chooses: usrview.store=PATH (within SYSROOT,
 default {cmdline.DEFAULT_STORE}), usrview.image=current|previous|ID (default
 current), usrview.verify=enforce|warn|off (default enforce), and the manual
-rollback word usrview.rollback (the same as usrview.image=previous).  An image on
+rollback word usrview.rollback (the same as usrview.image=previous), and
+usrview.kernel_cache=auto|off (default auto: as usrview mount --kernel-cache).  An image on
 trial spends one of its tries before it is mounted; one with none left is bad
 and the last good image is served instead, the event recorded in the store.
 A wrong value is one line on the console (stderr and /dev/kmsg) and the boot
@@ -34,10 +35,15 @@ def register(sub, common) -> None:
                    help="the kernel command line (default /proc/cmdline)")
     p.add_argument("--keys", action="extend", nargs="+", type=Path, metavar="DIR",
                    help=f"trusted certificates: files or directories (default SYSROOT/{DEFAULT_KEYS})")
+    p.add_argument("--wait-for-sysroot", action="store_true",
+                   help="start at once, then wait until SYSROOT is a mount point (the initrd's unit "
+                        "starts before the root file system is mounted)")
     add_signature_policy_option(p)
     p.set_defaults(func=run, needs_config=False)
 
 
 def run(args, cfg) -> int:
+    stages = Stages()  # the interpreter's start and the command line ended here
     policy = policies.by_name(args.signature_policy) if args.signature_policy else None
-    return initrd_mount(args.sysroot, args.cmdline, args.keys, Console(), policy)
+    return initrd_mount(args.sysroot, args.cmdline, args.keys, Console(), policy, wait=args.wait_for_sysroot,
+                        stages=stages)

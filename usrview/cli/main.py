@@ -8,35 +8,28 @@ configuration and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
 
 from usrview import __version__, config, journal
-from usrview.cli import (
-    boot_complete_cmd,
-    checksig_cmd,
-    deploy_cmd,
-    diff_cmd,
-    gc_cmd,
-    import_cmd,
-    initrd_mount_cmd,
-    lint_cmd,
-    monitor_cmd,
-    mount_cmd,
-    publish_cmd,
-    pull_cmd,
-    rollback_cmd,
-    status_cmd,
-    verify_cmd,
-)
 from usrview.errors import EXIT_ERROR, UsrviewError
 
 log = logging.getLogger(__name__)
 
-#: Subcommand modules, in the order ``usrview --help`` lists them.
-COMMANDS = (checksig_cmd, import_cmd, lint_cmd, deploy_cmd, publish_cmd, pull_cmd, status_cmd, diff_cmd, rollback_cmd, gc_cmd,
-            mount_cmd, verify_cmd, monitor_cmd, initrd_mount_cmd, boot_complete_cmd)
+#: Subcommand modules (in usrview.cli) and the commands each registers, in the
+#: order ``usrview --help`` lists them.  A command line naming a command imports
+#: only its module: ``initrd-mount`` starts in the initrd, where every module
+#: imported costs boot time, and ``verify`` need not import the FUSE machinery.
+COMMANDS = (("checksig_cmd", ("checksig",)), ("import_cmd", ("import",)), ("lint_cmd", ("lint",)),
+            ("deploy_cmd", ("deploy",)), ("publish_cmd", ("publish",)), ("pull_cmd", ("pull",)),
+            ("status_cmd", ("status",)), ("diff_cmd", ("diff",)), ("rollback_cmd", ("rollback",)),
+            ("gc_cmd", ("gc",)), ("mount_cmd", ("mount", "umount")), ("verify_cmd", ("verify",)),
+            ("monitor_cmd", ("monitor",)), ("initrd_mount_cmd", ("initrd-mount",)),
+            ("boot_complete_cmd", ("boot-complete",)))
+#: Options of the top-level parser that take a value (the next word is not a command).
+_VALUE_OPTIONS = ("--config",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +41,25 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_ERROR)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: list[str]) -> str | None:
+    """The command a command line names, when it names one (its first word that
+    is neither an option nor an option's value); None otherwise."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUE_OPTIONS:
+            skip = True
+        elif word == "--" or not word.startswith("-"):
+            break
+    else:
+        return None
+    names = {name for _, names in COMMANDS for name in names}
+    return word if word in names else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone (only its module imported)."""
     # Shared options are accepted before and after the subcommand; SUPPRESS
     # keeps the subcommand's parser from resetting a value given before it.
     common = _Parser(add_help=False)
@@ -62,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"usrview {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in COMMANDS:
-        module.register(sub, common)
+    for module, names in COMMANDS:
+        if command is None or command in names:
+            importlib.import_module(f"usrview.cli.{module}").register(sub, common)
     return parser
 
 
@@ -83,7 +95,8 @@ def setup_logging(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0))
     try:

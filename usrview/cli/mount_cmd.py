@@ -71,9 +71,8 @@ def register(sub, common) -> None:
 def run_mount(args, cfg) -> int:
     # Serving needs trio and pyfuse3: imported here, not when the command line
     # is parsed for every other command.
-    from usrview.view.fs import ViewOperations, kernel_cache_features
-    from usrview.view.guard import Guard
-    from usrview.view.mount import daemonize, run
+    from usrview.view.fs import kernel_cache_features
+    from usrview.view.mount import daemonize, serve_tree
 
     keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
@@ -92,8 +91,8 @@ def run_mount(args, cfg) -> int:
         release_free_memory()
 
         def serve(on_ready=None):
-            ops = ViewOperations(tree, Guard(tree, args.verify), kernel_cache_features(args.kernel_cache))
-            run(ops, mountpoint, on_ready=on_ready)
+            serve_tree(tree, mountpoint, verify=args.verify, kernel_cache=kernel_cache_features(args.kernel_cache),
+                       on_ready=on_ready)
 
         if args.foreground:
             serve()

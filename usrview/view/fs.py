@@ -30,7 +30,7 @@ import errno
 import functools
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import pyfuse3
 
@@ -78,10 +78,13 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
 def _handler(fn):
     """The error boundary every handler goes through."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        self.requests[name] += 1
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except OSError as e:
@@ -96,8 +99,11 @@ def _handler(fn):
 def _erofs(fn):
     """A modifying operation: always EROFS."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        self.requests[name] += 1
         raise pyfuse3.FUSEError(errno.EROFS)
 
     return wrapper
@@ -115,6 +121,8 @@ class ViewOperations(pyfuse3.Operations):
             checked with), most recently read last, at most :data:`INODE_FDS`.
         attr_cache: inode -> EntryAttributes, each built once: the tree never
             changes while mounted, and lookup, getattr and readdir ask often.
+        requests: handler name -> requests answered (FORGET and FLUSH, which
+            answer nothing, not counted), for :meth:`statistics`.
     """
 
     supports_dot_lookup = True
@@ -132,6 +140,7 @@ class ViewOperations(pyfuse3.Operations):
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         self._next_fh = 0
         self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
+        self.requests: Counter[str] = Counter()
 
     # -- helpers -----------------------------------------------------------
 
@@ -340,6 +349,12 @@ class ViewOperations(pyfuse3.Operations):
     @_handler
     async def fsync(self, fh, datasync):
         pass
+
+    def statistics(self) -> str:
+        """One line: the requests answered so far by kind, and the guard's checks."""
+        total = sum(self.requests.values())
+        kinds = ", ".join(f"{name} {n}" for name, n in self.requests.most_common())
+        return f"{total} requests answered ({kinds or 'none'}); {self.guard.statistics()}"
 
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""

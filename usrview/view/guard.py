@@ -59,6 +59,7 @@ import os
 import queue
 import stat
 import threading
+import time
 
 import trio
 
@@ -229,7 +230,9 @@ class Guard:
         mode: VerifyMode.
         limiter: bounds the hashing threads.
         hashed: how many times a file was actually hashed (for tests and stats),
-            hashed_inline of them in the event loop; read_ahead: files read ahead.
+            hashed_inline of them in the event loop; read_ahead: files read ahead;
+            hashed_bytes: their bytes; hash_seconds: the time spent waiting for
+            their digests (in the event loop, or for a worker thread).
     """
 
     def __init__(self, tree: Tree, mode: VerifyMode | str = VerifyMode.ENFORCE, *,
@@ -240,6 +243,8 @@ class Guard:
         self.limiter = limiter or trio.CapacityLimiter(HASH_THREADS)
         self.hashed = 0
         self.hashed_inline = 0
+        self.hashed_bytes = 0
+        self.hash_seconds = 0.0
         # (st_dev, st_ino, size, mtime_ns, ctime_ns, algo) -> actual hex digest
         self._cache: dict[tuple, str] = {}
         self._pending: dict[tuple, trio.Event] = {}
@@ -256,10 +261,13 @@ class Guard:
         self._ra_thread = _ReadAhead(tree, self.bases)
         self.read_ahead = 0
 
+    def statistics(self) -> str:
+        return (f"files hashed: {self.hashed} ({self.hashed_inline} in the event loop), "
+                f"{self.hashed_bytes / 1e6:.1f} MB in {self.hash_seconds:.2f} s; read ahead: {self.read_ahead}")
+
     def close(self) -> None:
         """Stop the read-ahead thread; close the cached directory fds."""
-        log.info("files hashed: %d (%d in the event loop); read ahead: %d", self.hashed,
-                 self.hashed_inline, self.read_ahead)
+        log.info("%s", self.statistics())
         self._ra_thread.stop()
         _close_all(self._dir_fds)
         for fd in self.bases:
@@ -395,22 +403,28 @@ class Guard:
             # Someone is hashing this file: wait; if they failed, try ourselves.
             await event.wait()
         h, off = None, 0
+        started = time.monotonic()
         if key[2] <= INLINE_HASH_MAX:
             actual, h, off = hash_cached(fd, algo)
             if actual is not None:
-                self.hashed += 1
+                self._hashed(key[2], started)
                 self.hashed_inline += 1
                 self._cache[key] = actual
                 return actual
         event = self._pending[key] = trio.Event()
         try:
             actual = await trio.to_thread.run_sync(_hash_rest, fd, algo, h, off, limiter=self.limiter)
-            self.hashed += 1
+            self._hashed(key[2], started)
             self._cache[key] = actual
             return actual
         finally:
             del self._pending[key]
             event.set()
+
+    def _hashed(self, size: int, started: float) -> None:
+        self.hashed += 1
+        self.hashed_bytes += size
+        self.hash_seconds += time.monotonic() - started
 
     def _violation(self, node: Node, actual: str, *, fatal: bool = False) -> bool:
         """Log an integrity violation; True when the open must be refused

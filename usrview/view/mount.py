@@ -9,7 +9,8 @@ mountpoint showing through is worse than an error, and the next
 ``usrview mount`` recovers the dead mount.  ``READY=1`` goes to
 ``$NOTIFY_SOCKET`` once the kernel mount exists, through a socket connected
 before mounting (after switch-root the socket's path may not resolve from this
-process's root); SIGUSR1 dumps every thread's stack (faulthandler).
+process's root); SIGUSR1 dumps every thread's stack (faulthandler), SIGUSR2 logs
+the requests answered so far by kind and the files checked (one line).
 Everything serving and stopping needs is imported at the top of the module:
 nothing is imported once the view serves (docs/boot-core.md).
 """
@@ -34,6 +35,8 @@ import trio
 
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
 from usrview.view.fs import ViewOperations, describe_kernel_cache
+from usrview.view.guard import Guard
+from usrview.view.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +117,15 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _on_signals(ops: ViewOperations, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM and SIGINT unmount; SIGUSR2 logs what was served so far (one line)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR2) as signals:
         task_status.started()
         async for signum in signals:
+            if signum == signal.SIGUSR2:
+                # asked for, so shown at the level shown by default
+                log.warning("statistics (SIGUSR2): %s", ops.statistics())
+                continue
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
@@ -141,7 +149,7 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
 
         stack.callback(close)
         async with trio.open_nursery() as nursery:
-            await nursery.start(_stop_on_signals)
+            await nursery.start(_on_signals, ops)
             notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
             if on_ready is not None:
                 on_ready()
@@ -150,6 +158,13 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
             clean = True
             nursery.cancel_scope.cancel()
         notifier.send(b"STOPPING=1\n")
+
+
+def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozenset[str],
+               on_ready: Callable[[], None] | None = None) -> None:
+    """Serve ``tree`` on ``mountpoint`` (blocks until unmounted): what ``usrview
+    mount`` and the initrd's ``initrd-mount`` both run once the tree is built."""
+    run(ViewOperations(tree, Guard(tree, verify), kernel_cache), mountpoint, on_ready=on_ready)
 
 
 def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:

@@ -74,12 +74,23 @@ install() {
         esac
     done <<< "$list"
     inst_binary "$exe"
-    # Bytecode for every module (compileall skips those whose .pyc is current); the
+    # Bytecode for every module, so that nothing is compiled at boot (the daemon
+    # writes none: -B).  Unchecked hash-based .pyc: the initrd never changes, and
+    # a timestamp-based one would be recompiled at every boot by a kernel that
+    # does not keep the archive's mtimes (CONFIG_INITRAMFS_PRESERVE_MTIME).  The
     # .pyc name the path the module has in the initrd.
-    "$python" -m compileall -q -j 0 -s "$initdir" -p / "$initdir$home/lib" "$initdir$site" > /dev/null || {
+    "$python" -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$initdir" -p / \
+        "$initdir$home/lib" "$initdir$site" > /dev/null || {
         derror "usrview: compiling the runtime's modules failed"
         return 1
     }
+    # Symbol tables of the interpreter's libraries and the compiled modules are
+    # not needed to run them (dracut's own strip keeps them): a smaller initrd
+    # is unpacked sooner.
+    if [[ $do_strip == yes ]] && command -v strip > /dev/null; then
+        find "$initdir$home" "$initdir$site" -type f \( -name '*.so' -o -name '*.so.*' \) \
+            -exec strip --strip-unneeded {} + 2> /dev/null
+    fi
 
     sed -e "s|@PYTHON@|$exe|" -e "s|@PYTHONHOME@|$home|" -e "s|@SITE@|$site|" \
         -e "s|@ARGS@|${usrview_args:-${USRVIEW_ARGS:-}}|" \

@@ -1,8 +1,10 @@
 """List what the usrview daemon needs at run time, for usrview's dracut module.
 
-Run by the interpreter that runs usrview (module-setup.sh finds it).  It imports
-the usrview and verifier packages with every submodule, then prints one line per
-file the initrd must hold, tab-separated:
+Run by the interpreter that runs usrview (module-setup.sh finds it).  A child
+interpreter imports what ``usrview initrd-mount`` imports -- ``usrview.cli.main``
+and ``usrview.boot.initrd.RUNTIME_IMPORTS`` -- and nothing else (this script's
+own imports would add to it), and reports the modules it then holds.  Printed,
+one line per file the initrd must hold, tab-separated:
 
     python  PATH          the interpreter binary (installed with its libraries)
     home    PATH          sys.base_prefix: PYTHONHOME of the daemon
@@ -13,42 +15,66 @@ file the initrd must hold, tab-separated:
 Packages are taken whole (every module and data file of an imported package,
 without test suites), so that an import made later -- inside a function -- finds
 its module too; the daemon must nonetheless have imported everything before it
-reports READY=1: after switch-root the initrd's files are gone.
+reports READY=1: after switch-root the initrd's files are gone.  What the other
+commands import (the bulk check, the repository client and its HTTP library,
+the importer's decompressors, sqlite3, multiprocessing) stays out; with
+``--all-commands`` every module of usrview and verifier is imported, and what
+they import is taken too (usrview installed whole, as a package of the booted
+system).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
+import json
 import os
-import pkgutil
+import subprocess
 import sys
-import sysconfig
 
-#: Standard-library packages never needed by the daemon, left out even when a
-#: module of the walk imports them.
-SKIP = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
-        "distutils", "__pycache__", "site-packages", "dist-packages"}
-#: Always taken: codecs looked up by name at run time.
-ALWAYS = ("encodings",)
+#: Directories never taken from a package: test suites, bytecode (compiled anew
+#: for the initrd's paths), the site directories of a standard library.
+SKIP = {"test", "tests", "_tests", "testing", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
+        "pydoc_data", "distutils", "__pycache__", "site-packages", "dist-packages"}
+#: Always taken: codecs looked up by name at run time; what runs ``python -m``.
+ALWAYS = ("encodings", "runpy")
 #: Never taken from a package: sources of compiled modules, type stubs.
-SKIP_SUFFIXES = (".c", ".h", ".pyx", ".pxd", ".pyi", ".cpp")
-#: Modules of this process that are not the daemon's: this script, the hooks of
-#: an editable install and of setuptools.
+SKIP_SUFFIXES = (".c", ".h", ".pyx", ".pxd", ".pxi", ".pyi", ".cpp", ".typed")
+#: Modules of the child that are not the daemon's: its own, the hooks of an
+#: editable install and of setuptools.
 NOT_RUNTIME = ("__main__", "__mp_main__", "__editable__", "_distutils_hack")
 
+#: The child: import what the daemon imports, print {module: file} and the paths.
+CHILD = """
+import sys
+import usrview.cli.main
+from usrview.boot.initrd import RUNTIME_IMPORTS
+for name in RUNTIME_IMPORTS + tuple(a for a in sys.argv[1:] if not a.startswith("-")):
+    __import__(name)
+if "--all-commands" in sys.argv:
+    import importlib, pkgutil
+    for package in ("usrview", "verifier"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, prefix=package + "."):
+            if not info.name.endswith(".__main__"):
+                importlib.import_module(info.name)
+import json, sysconfig
+files = {n: m.__file__ for n, m in list(sys.modules.items()) if getattr(m, "__file__", None)}
+print(json.dumps({"files": files, "path": sys.path, "base_prefix": sys.base_prefix,
+                  "stdlib": sysconfig.get_path("stdlib", vars={"installed_base": sys.base_prefix,
+                                                                "base": sys.base_prefix}),
+                  "executable": sys._base_executable}))
+"""
 
-def walk(package: str) -> None:
-    mod = importlib.import_module(package)
-    for info in pkgutil.walk_packages(mod.__path__, prefix=package + "."):
-        if not info.name.endswith(".__main__"):  # taken with its package, not run
-            importlib.import_module(info.name)
+
+def daemon_modules(all_commands: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, *ALWAYS, *(["--all-commands"] if all_commands else [])],
+                         check=True, capture_output=True, text=True, cwd="/").stdout
+    return json.loads(out)
 
 
 def files_under(top: str, loaded: set[str]):
     """The files of a package (or a module), without test suites, sources of
-    compiled modules, or compiled modules nobody loaded (zstandard ships a C and a
-    CFFI backend and loads one)."""
+    compiled modules, bytecode, or compiled modules nobody loaded (zstandard
+    ships a C and a CFFI backend and loads one)."""
     if os.path.isfile(top):
         yield top
         return
@@ -56,33 +82,26 @@ def files_under(top: str, loaded: set[str]):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP)
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            if name.endswith((".pyc", ".pyo")) and os.path.basename(dirpath) != "__pycache__":
+            if name.endswith((".pyc", ".pyo")) or name.endswith(SKIP_SUFFIXES):
                 continue
-            if name.endswith(SKIP_SUFFIXES) or (name.endswith(".so") and path not in loaded):
+            if name.endswith(".so") and path not in loaded:
                 continue
             yield path
 
 
-def main() -> int:
-    for package in ("usrview", "verifier"):
-        walk(package)
-    for name in ALWAYS:
-        importlib.import_module(name)
-    stdlib = os.path.realpath(sysconfig.get_path("stdlib", vars={"installed_base": sys.base_prefix,
-                                                                  "base": sys.base_prefix}))
+def main(argv: list[str]) -> int:
+    child = daemon_modules(all_commands="--all-commands" in argv)
+    stdlib = os.path.realpath(child["stdlib"])
     dynload = os.path.join(stdlib, "lib-dynload")
     here = os.path.dirname(os.path.realpath(__file__))
-    site_dirs = sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-                       - {stdlib, dynload, here}, key=len, reverse=True)
+    site_dirs = sorted({os.path.realpath(p) for p in child["path"] if p and os.path.isdir(p)}
+                       - {stdlib, dynload, here, "/"}, key=len, reverse=True)
     out: set[tuple[str, ...]] = set()
     tops: dict[str, str] = {}  # top-level name -> its file or directory
-    modules = {name: mod for name, mod in sys.modules.items() if not name.startswith(NOT_RUNTIME)}
-    loaded = {os.path.realpath(m.__file__) for m in modules.values() if getattr(m, "__file__", None)}
-    for name, mod in modules.items():
-        path = getattr(mod, "__file__", None)
-        if not path:
-            continue
-        path = os.path.realpath(path)
+    modules = {name: os.path.realpath(path) for name, path in child["files"].items()
+               if not name.startswith(NOT_RUNTIME)}
+    loaded = set(modules.values())
+    for name, path in modules.items():
         top = name.split(".")[0]
         if path.startswith(stdlib + os.sep):
             rel = os.path.relpath(path, stdlib).split(os.sep)
@@ -118,12 +137,12 @@ def main() -> int:
     for f in sorted(os.listdir(stdlib)):  # the site machinery and build-time config
         if f.startswith(("_sysconfigdata", "site.py", "sitecustomize", "os.py")):
             out.add(("stdlib", os.path.join(stdlib, f)))
-    print(f"python\t{os.path.realpath(sys._base_executable)}")
-    print(f"home\t{sys.base_prefix}")
+    print(f"python\t{os.path.realpath(child['executable'])}")
+    print(f"home\t{child['base_prefix']}")
     for row in sorted(out):
         print("\t".join(row))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
