@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -46,6 +47,7 @@ pid=$(systemctl show -p MainPID --value usrview-sysroot-usr.service 2>/dev/null)
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then
     grep VmRSS /proc/$pid/status > rss
     cat /proc/$pid/io > io
+    cat /proc/$pid/stat > stat
     kill -USR2 "$pid"  # the daemon logs the requests it answered by kind, and its checks
     sleep 1
 fi
@@ -77,6 +79,9 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
         io = dict(line.split(": ") for line in result.text("io").splitlines())
         row["daemon_writes"] = int(io["syscw"])
         row["daemon_reads"] = int(io["syscr"])
+        if (result.out / "stat").exists():  # utime + stime: the daemon's CPU during the boot
+            fields = result.text("stat").rpartition(")")[2].split()
+            row["daemon_cpu_s"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
     journal = result.text("journal") if (result.out / "journal").exists() else ""
     # the daemon's own account: its stages to READY (a console line), and what it
     # answered and hashed until the end of boot (SIGUSR2)
