@@ -30,6 +30,7 @@ from tests.prereq import require_fuse
 from tests.rpmbuild import FileSpec
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
 from tests.viewstore import deploy_store
+from usrview.boot.initrd import SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
 from usrview.journal import INTEGRITY_MESSAGE_ID
 
@@ -283,6 +284,9 @@ def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
             notify.settimeout(MOUNT_TIMEOUT)
             assert b"READY=1" in notify.recv(4096).split(b"\n"), (tmp_path / "daemon.log").read_text()
             assert (root / "usr/bin/life").read_bytes() == b"#!/bin/sh\necho life\n"
+            # once the root is mounted the boot waits for the daemon: it serves at a higher priority
+            with open(f"/proc/{proc.pid}/stat") as f:
+                assert int(f.read().rpartition(")")[2].split()[16]) == SERVING_NICE
             console = kmsg.read_text()
             assert f"<5>usrview: serving image {image.id} on {root}/usr (verify=enforce, kernel cache off)" \
                 in console

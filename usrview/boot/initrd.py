@@ -67,6 +67,11 @@ BOOT_LOCK_TIMEOUT = 10.0
 MOUNTINFO = "/proc/self/mountinfo"
 #: Milliseconds between looks at the mount table when no change was signalled.
 MOUNT_POLL_MS = 1000
+#: The daemon's nice value once the root is mounted: from then on the boot waits
+#: for it (the headers, the tree, then every access to /usr).  The unit starts it
+#: niced (Nice=10): until the root is mounted its start is not what the boot waits
+#: for, and the initrd's own work (finding and mounting the root) goes first.
+SERVING_NICE = -10
 #: What ``initrd-mount`` imports beyond ``usrview.cli.main`` and its command's
 #: module, for the initrd's runtime (systemd/dracut/90usrview/usrview-runtime.py
 #: takes what importing these imports, tests/test_initrd_mount.py checks that a
@@ -360,6 +365,8 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     if wait:
         wait_for_mount(sysroot, console)
         stages.mark(f"waiting for {sysroot}")
+        with contextlib.suppress(OSError):  # not allowed: served at the priority it has
+            os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)  # this thread, and those it starts
     store = open_store(sysroot, params, console)
     if store is not None and policy is None:
         policy = signature_policy(sysroot, console)
