@@ -103,6 +103,14 @@ def usrview_words(text: str) -> dict[str, str | None]:
     return found
 
 
+def _one_of(word: str, value: str, modes: tuple[str, ...], default_is: str, problems: list[str]) -> str:
+    """``value`` if it is one of ``modes``, else the first of them (and a line in ``problems``)."""
+    if value in modes:
+        return value
+    problems.append(f"{word}: not one of {', '.join(modes)}; {default_is} {modes[0]}")
+    return modes[0]
+
+
 def parse(text: str) -> BootParams:
     """The boot parameters of a command line (``/proc/cmdline``'s text)."""
     problems: list[str] = []
@@ -133,17 +141,9 @@ def parse(text: str) -> BootParams:
             else:
                 image, explicit = value, value != CURRENT
         elif key == "verify":
-            if value not in VERIFY_MODES:
-                problems.append(f"{word}: not one of {', '.join(VERIFY_MODES)}; "
-                                f"verifying with {VERIFY_MODES[0]}")
-            else:
-                verify = value
+            verify = _one_of(word, value, VERIFY_MODES, "verifying with", problems)
         elif key == "kernel_cache":
-            if value not in KERNEL_CACHE_MODES:
-                problems.append(f"{word}: not one of {', '.join(KERNEL_CACHE_MODES)}; "
-                                f"kernel caching {KERNEL_CACHE_MODES[0]}")
-            else:
-                kernel_cache = value
+            kernel_cache = _one_of(word, value, KERNEL_CACHE_MODES, "kernel caching", problems)
     if rollback:
         if explicit and image != PREVIOUS:
             problems.append(f"{PREFIX}{ROLLBACK} overrides {PREFIX}image={image}")
