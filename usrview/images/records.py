@@ -272,7 +272,7 @@ def _try_lock_for_deletion(store: Store, image_id: str) -> Iterator[bool]:
 class SourcePackage:
     """One rpm or header-only rpm of a SOURCE directory.
 
-    Attributes: path, package (its parsed headers), pkgid.
+    Attributes: path (or pull's store.assemble.AssembledPackage), package (its parsed headers), pkgid.
     """
 
     path: Path
@@ -281,7 +281,7 @@ class SourcePackage:
 
     @property
     def header_only(self) -> bool:
-        return not self.package.has_payload
+        return not self.package.has_payload and not hasattr(self.path, "open_members")
 
 
 def source_files(source: Path) -> list[Path]:

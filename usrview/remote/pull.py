@@ -26,7 +26,6 @@ In order:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +40,8 @@ import trio
 from usrview.errors import OperationalError
 from usrview.images import SourcePackage, deploy_sources
 from usrview.images.records import DeployResult
+from usrview.remote.delta import Delta
+from usrview.remote.downloads import clean_downloads, downloads_lock
 from usrview.remote.http import DEFAULT_BACKOFF, Fetcher, HttpError, check_url, join
 from usrview.remote.index import (
     DEFAULT_IMAGE,
@@ -61,12 +62,13 @@ from usrview.remote.index import (
     parse_latest,
 )
 from usrview.store import Store
+from usrview.store.assemble import AssembledPackage
 from usrview.store.importer import PackageRefused
 from usrview.store.store import JSON_FILE_MAX, read_store_file
 from usrview.store.trust import header_trust
 from verifier import sigcheck
 from verifier.errors import HeaderError
-from verifier.header import read_package, read_package_file
+from verifier.header import Package, read_package, read_package_file
 from verifier.keyring import Keyring, Verdict
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,9 @@ class PullResult:
     Attributes: index (the accepted index), deploy (the deploy's result),
     fetched (NEVRAs downloaded by this pull), stored (packages the store had),
     bytes_fetched (package bytes received), resumed (NEVRAs continued from a
-    partial download).
+    partial download), assembled (NEVRAs fetched file by file, not as rpms),
+    file_objects (file objects fetched), fallbacks (NEVRAs fetched whole after a
+    file object failed).
     """
 
     index: ImageIndex
@@ -95,13 +99,17 @@ class PullResult:
     stored: int = 0
     bytes_fetched: int = 0
     resumed: list[str] = field(default_factory=list)
+    assembled: list[str] = field(default_factory=list)
+    file_objects: int = 0
+    fallbacks: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = self.deploy
         return {"name": self.index.name, "serial": self.index.serial,
                 "expires": self.index.to_json()["expires"], "packages": len(self.index.packages),
                 "fetched": self.fetched, "resumed": self.resumed, "already_stored": self.stored,
-                "bytes_fetched": self.bytes_fetched,
+                "bytes_fetched": self.bytes_fetched, "assembled": self.assembled,
+                "file_objects": self.file_objects, "fallbacks": self.fallbacks,
                 "image": d.image.id if d else None, "previous": d.previous if d else None,
                 "already_current": d.already_current if d else None,
                 "imported": d.imported if d else []}
@@ -189,8 +197,11 @@ class _Downloader:
         self.total, self.total_bytes = total, total_bytes
         self.done = self.done_bytes = 0
         self.resumed: list[str] = []
+        self.headed: set[str] = set()  # NEVRAs whose header this pull fetched
         self.fetched: list[str] = []
         self.received = 0
+        #: the file-level delta (:mod:`usrview.remote.delta`) when the repository has file objects
+        self.delta = None
 
     def _tick(self, count: int = 0, packages: int = 0) -> None:
         self.done_bytes += count
@@ -198,13 +209,30 @@ class _Downloader:
         if self.progress is not None:
             self.progress(self.done, self.total, self.done_bytes, self.total_bytes)
 
-    async def get(self, entry: IndexEntry) -> Path:
-        """The path of the verified rpm, fetched unless a pull fetched it before."""
+    def tick(self, count: int) -> None:
+        """``count`` bytes of a package received."""
+        self.received += count
+        self._tick(count)
+
+    def finished(self, entry: IndexEntry, fetched: int) -> None:
+        """A package fetched otherwise than whole, ``fetched`` bytes for it: one more done,
+        and what was not fetched no longer expected."""
+        self.total_bytes -= max(0, entry.size - fetched)
+        self.fetched.append(entry.nevra)
+        self._tick(packages=1)
+
+    async def get(self, entry: IndexEntry) -> Path | AssembledPackage:
+        """The verified rpm (its path), fetched unless a pull fetched it before; or the
+        package to assemble from its header and files (:mod:`usrview.remote.delta`)."""
         final = self.dir / (entry.rpm_sha256 + RPM_SUFFIX)
         if final.is_file() and final.stat().st_size == entry.size:
             self._tick(entry.size, 1)
             return final
         part = self.dir / (entry.rpm_sha256 + PART_SUFFIX)
+        if self.delta is not None:
+            assembled = await self.delta.package(entry, part)
+            if assembled is not None:
+                return assembled
         failures = []
         for base in self.sources:
             try:
@@ -220,6 +248,37 @@ class _Downloader:
             return final
         raise HttpError(f"{entry.nevra}: no source served it: {failures[-1]}")
 
+    async def head(self, entry: IndexEntry, part: Path) -> Package | None:
+        """The package's header, its bytes fetched into ``part`` (or there already) and
+        checked; None when ``part`` holds more (a whole download to resume) or no
+        source served it right (the whole download then tries again)."""
+        for base in self.sources:
+            url = join(base, entry.path)
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                have = os.fstat(fd).st_size
+                if have > entry.header_length:
+                    return None
+
+                def write(chunk: bytes) -> None:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    self.tick(len(chunk))
+
+                os.lseek(fd, have, os.SEEK_SET)
+                try:
+                    await self.fetcher.fetch(url, have, entry.header_length, write)
+                    self.headed.add(entry.nevra)
+                    return self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
+                except (HttpError, _BadBytes) as e:
+                    os.ftruncate(fd, 0)
+                    log.warning("%s: %s; trying the %s", entry.nevra, e,
+                                "next source" if base != self.sources[-1] else "whole rpm")
+            finally:
+                os.close(fd)
+        return None
+
     async def _fetch(self, base: str, entry: IndexEntry, part: Path) -> None:
         url = join(base, entry.path)
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -229,7 +288,7 @@ class _Downloader:
                 if fresh or have > entry.size:
                     os.ftruncate(fd, 0)
                     have = 0
-                elif have:
+                elif have and entry.nevra not in self.headed:
                     self.resumed.append(entry.nevra)
                 try:
                     if await self._fill(fd, url, entry, have):
@@ -257,8 +316,7 @@ class _Downloader:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]
-            self.received += len(chunk)
-            self._tick(len(chunk))
+            self.tick(len(chunk))
 
         os.lseek(fd, have, os.SEEK_SET)
         if have < entry.header_length:
@@ -270,7 +328,7 @@ class _Downloader:
         os.fsync(fd)
         return True
 
-    def _check_header(self, header: bytes, entry: IndexEntry, url: str) -> None:
+    def _check_header(self, header: bytes, entry: IndexEntry, url: str) -> Package:
         """The header must be the index's, and its signature trusted, before any payload."""
         try:
             package = read_package(header, strict=False)
@@ -283,30 +341,14 @@ class _Downloader:
         if not trust.usable:
             raise PackageRefused(f"{entry.nevra}: signature check: {trust.reason}; nothing of its payload "
                                  "was fetched")
+        return package
 
 
 # -- the whole pull ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _downloads_lock(store: Store):
-    try:
-        store.downloads_dir.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(store.downloads_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise OperationalError(f"cannot use {store.downloads_dir}: {e.strerror or e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OperationalError(f"another pull is downloading into the store {store.root}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 async def _download(store: Store, origin: str, mirrors: list[str], name: str, keyring: Keyring, *,
                     ca_file, timeout, retries, backoff, jobs, allow_unsigned, progress, now,
-                    result_box: list) -> dict[str, Path]:
+                    result_box: list) -> dict[str, Path | AssembledPackage]:
     fetcher = Fetcher(ca_file=ca_file, timeout=timeout, retries=retries, backoff=backoff)
     try:
         data, signature = await _fetch_index(fetcher, origin, name)
@@ -318,7 +360,9 @@ async def _download(store: Store, origin: str, mirrors: list[str], name: str, ke
         result.stored = len(index.packages) - len(missing)
         downloader = _Downloader(store, fetcher, [*mirrors, origin], keyring, allow_unsigned, progress,
                                  len(missing), sum(e.size for e in missing))
-        paths: dict[str, Path] = {}
+        if index.file_objects is not None and missing:
+            downloader.delta = Delta(store, downloader, index.file_objects)
+        paths: dict[str, Path | AssembledPackage] = {}
         limiter = trio.CapacityLimiter(max(1, jobs))
 
         async def one(entry: IndexEntry) -> None:
@@ -331,6 +375,10 @@ async def _download(store: Store, origin: str, mirrors: list[str], name: str, ke
         result.fetched = sorted(downloader.fetched)
         result.resumed = sorted(set(downloader.resumed))
         result.bytes_fetched = downloader.received
+        if downloader.delta is not None:
+            result.assembled = sorted(downloader.delta.assembled)
+            result.file_objects = downloader.delta.fetched
+            result.fallbacks = sorted(downloader.delta.fallbacks)
         return paths
     finally:
         await fetcher.aclose()
@@ -358,7 +406,7 @@ def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMA
     kwargs = dict(ca_file=ca_file, timeout=timeout, retries=retries, jobs=jobs, allow_unsigned=allow_unsigned,
                   progress=progress, now=now, result_box=box,
                   backoff=DEFAULT_BACKOFF if backoff is None else backoff)
-    with _downloads_lock(store):
+    with downloads_lock(store):
         try:
             paths = trio.run(lambda: _download(store, origin, list(mirrors), name, keyring, **kwargs))
         except BaseExceptionGroup as group:
@@ -376,11 +424,14 @@ def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMA
             for path in paths.values():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+            with contextlib.suppress(OSError):  # only what no pull needs: it may stay
+                clean_downloads(store)
     return result
 
 
-def _sources(store: Store, index: ImageIndex, paths: dict[str, Path]) -> list[SourcePackage]:
-    """The index's packages as deploy reads them: downloaded rpms, and the stored headers."""
+def _sources(store: Store, index: ImageIndex, paths: dict[str, Path | AssembledPackage]) -> list[SourcePackage]:
+    """The index's packages as deploy reads them: downloaded rpms, packages to assemble,
+    and the stored headers."""
     sources = []
     for entry in index.packages:
         path = paths.get(entry.pkgid) or store.header_path(entry.pkgid)
