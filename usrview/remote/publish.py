@@ -143,7 +143,8 @@ class _FileObjects:
         try:
             with open_payload(path, package) as members:
                 for member in members:
-                    rel = member.has_content and file_object_name(member.entry.digest_algo, member.entry.digest)
+                    entry = member.entry
+                    rel = member.has_content and entry.size and file_object_name(entry.digest_algo, entry.digest)
                     if not rel or rel in self.staged or (self.repo / FILE_OBJECTS_DIR / rel).is_file():
                         for _ in member.chunks(verify=member.has_content):
                             pass

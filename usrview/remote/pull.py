@@ -268,8 +268,9 @@ class _Downloader:
 
                 os.lseek(fd, have, os.SEEK_SET)
                 try:
-                    await self.fetcher.fetch(url, have, entry.header_length, write)
-                    self.headed.add(entry.nevra)
+                    if have < entry.header_length:
+                        await self.fetcher.fetch(url, have, entry.header_length, write)
+                        self.headed.add(entry.nevra)
                     return self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
                 except (HttpError, _BadBytes) as e:
                     os.ftruncate(fd, 0)
