@@ -10,15 +10,16 @@ its rpm (:meth:`Delta.package`):
    before anything else is fetched (:meth:`usrview.remote.pull._Downloader.head`).
 2. The plan (:func:`plan`): each regular file with bytes, by its digest in the
    signed header, is either in the store already (the store's digest index:
-   a file of a stored package with that digest and size), or fetched before
-   (``downloads/files/ALGO-HEX``), or to be fetched.  A file whose digest is
+   a file of a stored package with that digest and size), or to be fetched
+   unless a pull fetched it before (``downloads/files/ALGO-HEX``).  A file whose digest is
    weaker than SHA-256 cannot be fetched as an object, and a package most of
    whose bytes are new is cheaper as one compressed rpm (:data:`MAX_NEW_SHARE`):
    then the whole rpm is fetched instead.
 3. Each file to fetch: its object from the mirrors in order, then the origin,
    decompressed as it arrives into ``downloads/files/.ALGO-HEX.tmp``, cut off
    past the header's size, hashed with the header's algorithm and renamed to
-   ``ALGO-HEX`` only when the digest matches.  An object that no source serves
+   ``ALGO-HEX`` only when the digest matches (not synced: one found by a later
+   pull is hashed again before it is used).  An object that no source serves
    right makes the whole rpm be fetched instead (with one warning).
 4. The package is then imported like an rpm, as an
    :class:`usrview.store.assemble.AssembledPackage`: every byte hashed again
@@ -47,6 +48,7 @@ from usrview.remote.http import HttpError, join
 from usrview.remote.index import IndexEntry, file_object_name
 from usrview.store import Store
 from usrview.store.assemble import AssembledPackage, local_object_name
+from verifier.fileio import FILE_READ_FLAGS, hash_fd
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 
@@ -73,19 +75,18 @@ class Plan:
     """Which files of a package come from where.
 
     Attributes: fetch ((algo, digest) -> the header's entry, with the object's name
-    below the index's file_objects directory), stored (files the store has),
-    fetched_before (files a pull fetched before), total_bytes and new_bytes (of the
-    package's files with bytes, and of those to fetch).
+    below the index's file_objects directory: the files the store lacks, fetched
+    unless a pull fetched them before), stored (files the store has), total_bytes
+    and new_bytes (of the package's files with bytes, and of those not stored).
     """
 
     fetch: dict[tuple[int, str], tuple[FileEntry, str]] = field(default_factory=dict)
     stored: int = 0
-    fetched_before: int = 0
     total_bytes: int = 0
     new_bytes: int = 0
 
 
-def plan(store: Store, package: Package, files_dir: Path) -> Plan | None:
+def plan(store: Store, package: Package) -> Plan | None:
     """Where each file of ``package`` comes from; None when the rpm should be fetched
     whole (a digest no object can be named by, or mostly new bytes)."""
     result = Plan()
@@ -107,8 +108,6 @@ def plan(store: Store, package: Package, files_dir: Path) -> Plan | None:
         local = local_object_name(f.digest_algo, f.digest)
         if found is not None and found[1].size == f.size:
             result.stored += 1
-        elif local is not None and _is_file_of(files_dir / local, f.size):
-            result.fetched_before += 1
         else:
             name = file_object_name(f.digest_algo, f.digest)
             if name is None or local is None:
@@ -120,12 +119,20 @@ def plan(store: Store, package: Package, files_dir: Path) -> Plan | None:
     return result
 
 
-def _is_file_of(path: Path, size: int) -> bool:
+def _is_file_of(path: Path, size: int, entry: FileEntry | None = None) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes (and with ``entry``, of its
+    digest: files fetched are not synced, and a crash may have torn one)."""
     try:
-        st = os.lstat(path)
+        fd = os.open(path, FILE_READ_FLAGS)
     except FileNotFoundError:
         return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == size
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+        return entry is None or hash_fd(fd, digest_name(entry.digest_algo), size=size)[0] == entry.digest
+    finally:
+        os.close(fd)
 
 
 class _ObjectSink:
@@ -179,7 +186,7 @@ class Delta:
         package = await self.downloader.head(entry, part)
         if package is None:
             return None
-        todo = plan(self.store, package, self.files_dir)
+        todo = plan(self.store, package)
         if todo is None:
             return None
         received = self.bytes
@@ -198,7 +205,7 @@ class Delta:
         lock = self._locks.setdefault(key, trio.Lock())
         async with lock:  # two packages of one pull may need the same file
             local = local_object_name(f.digest_algo, f.digest)
-            if _is_file_of(self.files_dir / local, f.size):
+            if _is_file_of(self.files_dir / local, f.size, f):
                 return
             failures = []
             for source in self.downloader.sources:
@@ -233,7 +240,6 @@ class Delta:
 
             await self.downloader.fetcher.fetch(url, 0, None, take)
             sink.check()
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):

@@ -12,8 +12,11 @@ In order:
    ``RPM_SHA256.part``: first its header (a Range request up to the payload),
    whose SHA-256 must be the index's and whose signature must pass the trust
    gate before a byte of payload is asked for; then the rest.  The whole file
-   must have the index's SHA-256; only then is it renamed ``RPM_SHA256.rpm``.
-   A ``.part`` left by an interrupted pull is resumed (Range) by the next one.
+   must have the index's SHA-256; only then is it renamed ``RPM_SHA256.rpm``
+   (not synced: the deploy that follows reads it from the page cache, and a
+   pull that finds a ``.rpm`` an earlier one left checks its SHA-256 again).
+   A ``.part`` left by an interrupted pull is resumed (Range) by the next one
+   (what a crash tore fails the SHA-256, and is fetched again).
    Package bytes come from the mirrors in order, then the origin: an error or
    bytes that do not verify fail over to the next.  Several packages at a time.
 3. The set is deployed through :func:`usrview.images.deploy_sources`: the
@@ -226,8 +229,10 @@ class _Downloader:
         package to assemble from its header and files (:mod:`usrview.remote.delta`)."""
         final = self.dir / (entry.rpm_sha256 + RPM_SUFFIX)
         if final.is_file() and final.stat().st_size == entry.size:
-            self._tick(entry.size, 1)
-            return final
+            if _sha256_of(final) == entry.rpm_sha256:  # not synced when renamed: checked again
+                self._tick(entry.size, 1)
+                return final
+            os.unlink(final)
         part = self.dir / (entry.rpm_sha256 + PART_SUFFIX)
         if self.delta is not None:
             assembled = await self.delta.package(entry, part)
@@ -324,10 +329,7 @@ class _Downloader:
             await self.fetcher.fetch(url, have, entry.header_length, write)
         self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
         await self.fetcher.fetch(url, max(have, entry.header_length), entry.size, write)
-        if hasher.hexdigest() != entry.rpm_sha256:
-            return False
-        os.fsync(fd)
-        return True
+        return hasher.hexdigest() == entry.rpm_sha256
 
     def _check_header(self, header: bytes, entry: IndexEntry, url: str) -> Package:
         """The header must be the index's, and its signature trusted, before any payload."""
@@ -343,6 +345,11 @@ class _Downloader:
             raise PackageRefused(f"{entry.nevra}: signature check: {trust.reason}; nothing of its payload "
                                  "was fetched")
         return package
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # -- the whole pull ------------------------------------------------------------------------------
