@@ -7,7 +7,7 @@ its rpm (:meth:`Delta.package`):
 1. The package's header: the rpm's bytes before its payload, fetched with a
    Range request into ``downloads/RPM_SHA256.part`` (the same file a whole
    download would start with), checked against the index and by the trust gate
-   before anything else is fetched (:meth:`usrview.remote.pull._Downloader.head`).
+   before anything else is fetched (:meth:`usrview.remote.fetch.Downloader.head`).
 2. The plan (:func:`plan`): each regular file with bytes, by its digest in the
    signed header, is either in the store already (the store's digest index:
    a file of a stored package with that digest and size), or to be fetched
@@ -181,11 +181,9 @@ class Delta:
         self.fallbacks: list[str] = []
         self._locks: dict[tuple[int, str], trio.Lock] = {}
 
-    async def package(self, entry: IndexEntry, part: Path) -> AssembledPackage | None:
-        """The package assembled from its header and files, or None: fetch its rpm."""
-        package = await self.downloader.head(entry, part)
-        if package is None:
-            return None
+    async def package(self, entry: IndexEntry, part: Path, package: Package) -> AssembledPackage | None:
+        """The package assembled from its header (in ``part``, checked: ``package``) and its
+        files, or None: fetch its rpm."""
         todo = plan(self.store, package)
         if todo is None:
             return None

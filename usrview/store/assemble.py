@@ -28,6 +28,7 @@ same, byte for byte and attribute for attribute (tests/test_remote_delta.py).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +40,14 @@ from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
 
 _GHOST = int(FileFlag.GHOST)
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 def local_object_name(algo: int, digest: str) -> str | None:
     """``ALGO-HEX``: the name of the file holding the bytes of this digest, in the
     directory of fetched files; None when the digest cannot name a file."""
     name = digest_name(algo)
-    if name is None or not digest or not all(c in "0123456789abcdef" for c in digest):
+    if name is None or not _HEX.fullmatch(digest):
         return None
     return f"{name}-{digest}"
 
