@@ -1,7 +1,8 @@
 """Fetching one package into ``STORE/downloads/`` (:mod:`usrview.remote.downloads` has the layout).
 
 :meth:`Downloader.head` fetches a package's header: the rpm's bytes before its
-payload, with a Range request, into ``RPM_SHA256.part``; its SHA-256 must be the
+payload, into ``RPM_SHA256.part`` -- with a Range request, or where the
+repository has file objects, its compressed copy (``objects/files/heads/``); its SHA-256 must be the
 index's and its signature must pass the trust gate before a byte of payload is
 asked for.  :meth:`Downloader.get` then fetches the rest: its files the store
 lacks (:mod:`usrview.remote.delta`, when the repository has file objects), or
@@ -22,8 +23,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import zstandard
+
 from usrview.remote.http import Fetcher, HttpError, join
-from usrview.remote.index import IndexEntry
+from usrview.remote.index import IndexEntry, head_object_name
 from usrview.store import Store
 from usrview.store.assemble import AssembledPackage
 from usrview.store.importer import PackageRefused
@@ -75,6 +78,8 @@ class Downloader:
         self.fetched: list[str] = []
         self.received = 0
         self.delta = None
+        #: the index's file_objects directory, where compressed headers are (None: none)
+        self.heads: str | None = None
 
     def _tick(self, count: int = 0, packages: int = 0) -> None:
         self.done_bytes += count
@@ -113,10 +118,9 @@ class Downloader:
             os.unlink(final)
         failures = []
         for base in self.sources:
-            url = join(base, entry.path)
             fd = os.open(self.part(entry), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                return await self._head_from(fd, url, entry)
+                return await self._head_from(fd, base, entry)
             except (HttpError, BadBytes) as e:
                 os.ftruncate(fd, 0)
                 failures.append(str(e))
@@ -126,18 +130,43 @@ class Downloader:
                 os.close(fd)
         raise HttpError(f"{entry.nevra}: no source served it: {failures[-1]}")
 
-    async def _head_from(self, fd: int, url: str, entry: IndexEntry) -> Package:
+    async def _head_object(self, fd: int, base: str, entry: IndexEntry) -> bool:
+        """The header from the repository's compressed copy (``publish --file-objects``),
+        written at the start of ``fd``: True; False when it cannot be had (then the rpm's
+        own bytes are asked for)."""
+        url = join(join(base, self.heads), head_object_name(entry.rpm_sha256))
+        try:
+            data = await self.fetcher.get(url, max_size=entry.header_length + entry.header_length // 128 + 4096)
+            head = zstandard.ZstdDecompressor().decompress(data, max_output_size=entry.header_length)
+        except (HttpError, zstandard.ZstdError) as e:
+            log.info("%s: %s; asking for the rpm's first bytes", entry.nevra, e)
+            return False
+        self.tick(len(data))
+        if len(head) != entry.header_length:
+            log.info("%s: the compressed header is not the index's length", entry.nevra)
+            return False
+        os.pwrite(fd, head, 0)
+        return True
+
+    async def _head_from(self, fd: int, base: str, entry: IndexEntry) -> Package:
         def write(chunk: bytes) -> None:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]
             self.tick(len(chunk))
 
+        url = join(base, entry.path)
+        compressed = self.heads is not None  # tried once: its bytes are checked as the rpm's
         for _ in range(2):
             have = os.fstat(fd).st_size
             if have > entry.size:
                 os.ftruncate(fd, 0)
                 have = 0
+            if not have and compressed:
+                compressed = False
+                if await self._head_object(fd, base, entry):
+                    have = entry.header_length
+                    self.headed.add(entry.nevra)
             if have < entry.header_length:
                 os.lseek(fd, have, os.SEEK_SET)
                 await self.fetcher.fetch(url, have, entry.header_length, write)

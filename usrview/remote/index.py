@@ -9,6 +9,9 @@ A repository is a plain directory that any web server or CDN serves as files
                                          package, named by its digest (ALGO: the header's digest
                                          algorithm, sha256 or stronger), compressed alone with
                                          zstd (immutable)
+    REPO/objects/files/heads/AB/HEX.zst  with ``publish --file-objects``: the bytes before the
+                                         payload of the rpm whose SHA-256 is HEX (lead, signature
+                                         header, header), compressed with zstd (immutable)
     REPO/images/NAME/SERIAL.json         image index number SERIAL of the image NAME (immutable)
     REPO/images/NAME/SERIAL.json.sig     its detached OpenPGP signature (immutable)
     REPO/images/NAME/latest              "SERIAL\\n": the newest index (replaced by one rename)
@@ -51,6 +54,7 @@ REPO_FORMAT_LINE = "usrview-repo 1\n"
 OBJECTS_DIR = "objects/sha256"
 FILE_OBJECTS_DIR = "objects/files"
 FILE_OBJECT_SUFFIX = ".zst"
+HEADS_DIR = "heads"
 #: The file digests file objects are named by: SHA-256 and stronger (a weaker one,
 #: MD5 or SHA-1, does not bind a name to its bytes; such packages come whole).
 FILE_OBJECT_ALGOS = {8: "sha256", 9: "sha384", 10: "sha512"}
@@ -107,6 +111,12 @@ def file_object_name(algo: int, digest: str) -> str | None:
     if name is None or len(digest) != _HEX_LENGTHS[name] or not _HEX_RE.match(digest):
         return None
     return f"{name}/{digest[:2]}/{digest}{FILE_OBJECT_SUFFIX}"
+
+
+def head_object_name(rpm_sha256: str) -> str:
+    """``heads/AB/HEX.zst``: the compressed header of the rpm ``rpm_sha256``, below the
+    index's ``file_objects`` directory."""
+    return f"{HEADS_DIR}/{rpm_sha256[:2]}/{rpm_sha256}{FILE_OBJECT_SUFFIX}"
 
 
 def index_path(name: str, serial: int) -> str:

@@ -9,8 +9,9 @@ its ``.lock``.
 
 With ``file_objects``, every regular file of every package (its bytes checked
 against the header's digest as the payload is read) is also written as a file
-object (``objects/files/ALGO/AB/HEX.zst``, compressed alone with zstd), and the
-index says so: pull then fetches only the files a store lacks.  New file
+object (``objects/files/ALGO/AB/HEX.zst``, compressed alone with zstd), and so is
+the header of every rpm (``objects/files/heads/``); the index says so: pull then
+fetches a package's compressed header and only the files a store lacks.  New file
 objects are written under ``.tmp/``, made durable by one ``syncfs`` and then
 renamed in, so a crash never leaves a short object under its final name.  The signature is made by gpg, as rpmsign makes package
 signatures; pull checks it with the verifier.
@@ -46,6 +47,7 @@ from usrview.remote.index import (
     IndexEntry,
     check_name,
     file_object_name,
+    head_object_name,
     index_path,
     latest_path,
     object_path,
@@ -139,7 +141,11 @@ class _FileObjects:
         self.staged: dict[str, Path] = {}  # relative name -> its temp file
         self.added = self.bytes_added = 0
 
-    def add_package(self, path: Path, package) -> None:
+    def add_package(self, path: Path, package, rpm_sha256: str) -> None:
+        head = head_object_name(rpm_sha256)
+        if not (self.repo / FILE_OBJECTS_DIR / head).is_file():
+            with open(path, "rb") as f:
+                self._stage_bytes(head, f.read(package.payload_offset))
         try:
             with open_payload(path, package) as members:
                 for member in members:
@@ -152,6 +158,11 @@ class _FileObjects:
                     self._stage(rel, member)
         except PayloadError as e:
             raise OperationalError(f"{path}: cannot make its file objects: {e}") from None
+
+    def _stage_bytes(self, rel: str, data: bytes) -> None:
+        tmp = self.repo / TMP_DIR / f"{len(self.staged)}.{os.getpid()}{Path(rel).suffix}"
+        self.staged[rel] = tmp
+        tmp.write_bytes(self.compressor.compress(data))
 
     def _stage(self, rel: str, member) -> None:
         tmp = self.repo / TMP_DIR / f"{len(self.staged)}.{os.getpid()}{Path(rel).suffix}"
@@ -234,7 +245,7 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
             for s in sources:
                 digest, size = _sha256(s.path), s.path.stat().st_size
                 if files is not None:
-                    files.add_package(s.path, s.package)
+                    files.add_package(s.path, s.package, digest)
                 rel = object_path(digest)
                 if _add_object(repo, s.path, rel):
                     added.append(s.package.nevra)

@@ -194,7 +194,7 @@ async def _prepare(store: Store, origin: str, mirrors: list[str], name: str, key
         result.stored = len(index.packages) - len(missing)
         downloader = Downloader(store, [*mirrors, origin], keyring, allow_unsigned, progress,
                                 len(missing), sum(e.size for e in missing))
-        downloader.fetcher = fetcher
+        downloader.fetcher, downloader.heads = fetcher, index.file_objects
         heads: dict[str, Package] = {}
         limiter = trio.CapacityLimiter(max(1, jobs))
 
