@@ -225,7 +225,7 @@ class _Pipeline:
         self.make_fetcher, self.jobs = make_fetcher, max(1, jobs)
         self.ready: dict[str, Path | AssembledPackage] = {}
         self.error: BaseException | None = None
-        self._ended = False
+        self._ended = self._stopped = False
         self._cond = threading.Condition()
         self._cancel: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="usrview-pull", daemon=True)
@@ -259,7 +259,10 @@ class _Pipeline:
         try:
             with trio.CancelScope() as scope:
                 token = trio.lowlevel.current_trio_token()
-                self._cancel = lambda: token.run_sync_soon(scope.cancel)
+                with self._cond:
+                    self._cancel = lambda: token.run_sync_soon(scope.cancel)
+                    if self._stopped:
+                        scope.cancel()
                 async with trio.open_nursery() as nursery:
                     for entry, package in self.pending:  # in order: the importer waits in that order
                         nursery.start_soon(one, entry, package)
@@ -282,9 +285,11 @@ class _Pipeline:
 
     def stop(self) -> None:
         """Cancel what is still being fetched, and wait for the thread."""
-        if self._cancel is not None:
+        with self._cond:
+            self._stopped, cancel = True, self._cancel
+        if cancel is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                self._cancel()
+                cancel()
         self._thread.join()
 
 
