@@ -294,3 +294,7 @@ def report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy,
               f"to learn and trust their files' digests; headers + changed files = {floor} bytes = "
               f"{floor / ref:.2f}x the changed files. The file objects pull fetched {d_bytes / floor:.2f}x "
               "that floor.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
