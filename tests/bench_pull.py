@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(OSError):
             mnt.rmdir()
+        subprocess.run(["gpgconf", "--homedir", str(key_home), "--kill", "gpg-agent"], check=False,
+                       capture_output=True)  # publish's gpg started it
 
     report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy, changed, rpm_total)
     return 0
