@@ -110,8 +110,8 @@ def fetch_only(store: Path, key: Path, url: str) -> float:
     """Seconds pull takes to fetch every package into an empty store, importing none
     (the network side of a pull alone, in a process of its own)."""
     code = ("import sys, time; from usrview.store import Store; from usrview.cli._common import load_keyring;"
-            "from usrview.remote.pull import pull; s = Store.open(sys.argv[1], create=True);"
-            "k = load_keyring([sys.argv[2]]); t = time.monotonic(); pull(s, sys.argv[3], k, deploy=False);"
+            "from usrview.remote.pull import pull; from pathlib import Path; s = Store.open(sys.argv[1], create=True);"
+            "k = load_keyring([Path(sys.argv[2])]); t = time.monotonic(); pull(s, sys.argv[3], k, deploy=False);"
             "print(time.monotonic() - t)")
     _, r = run([sys.executable, "-c", code, store, key, url])
     return float(r.stdout.split()[-1])
