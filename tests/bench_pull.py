@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 nginx(work / "nginx", root=repo) as server:
             print(f"btrfs on {dev} at {mnt}; nginx {server.url}\n", flush=True)
             served = Served(server)
-            deploys, pulls, first_pull = [], [], {}
+            deploys, pulls, fetches, first_pull = [], [], [], {}
             for i in range(args.repeat):
                 t, _ = run([*usrview_cmd(), "deploy", "--store", mnt / f"deploy-{i}", "--keys", key, v1_dir])
                 deploys.append(t)
@@ -229,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
                 first_pull = {"json": json.loads(r.stdout), "served": served.since()}
                 print(f"  pull set-v1 (empty store),  run {i + 1}: {t:6.2f} s", flush=True)
                 t = fetch_only(mnt / f"fetch-{i}", key, server.url)
-                first_pull.setdefault("fetch", []).append(t)
+                fetches.append(t)
                 served.since()
                 print(f"  fetch set-v1 only (no import), run {i + 1}: {t:6.2f} s", flush=True)
 
+            first_pull["fetch"] = fetches
             t_pub2 = publish(key_home, fpr, v2_dir, repo, "--file-objects")
             publish(key_home, fpr, v2_dir, repo, "--name", "plain")
             served.since()

@@ -14,8 +14,8 @@ In order:
    whose header is refused refuses the pull, nothing of its payload fetched.
 3. The set is deployed through :func:`usrview.images.deploy_sources` (lint, then
    import, then the image recorded and made current in one switch), while the
-   packages' bytes are fetched in a thread of its own (:class:`_Pipeline`, several
-   packages at a time, in the index's order): each package is imported as soon
+   packages' bytes are fetched by a process of its own (:mod:`usrview.remote.pipeline`,
+   several packages at a time, in the index's order): each package is imported as soon
    as its bytes are there -- its rpm, or its files the store lacks
    (:mod:`usrview.remote.delta`) -- so that fetching and importing overlap.  The
    importer checks every signature and every file again.  Then the accepted
@@ -35,8 +35,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,8 +66,8 @@ from usrview.remote.index import (
     parse_index,
     parse_latest,
 )
+from usrview.remote.pipeline import Pipeline, unwrap
 from usrview.store import Store
-from usrview.store.assemble import AssembledPackage
 from usrview.store.store import JSON_FILE_MAX, read_store_file
 from verifier import sigcheck
 from verifier.errors import HeaderError
@@ -212,94 +210,6 @@ async def _prepare(store: Store, origin: str, mirrors: list[str], name: str, key
         await fetcher.aclose()
 
 
-class _Pipeline:
-    """The packages' bytes fetched in a thread of its own (a trio run), while the caller
-    imports each as soon as it is there (:meth:`wait`).
-
-    Attributes: downloader, pending ((entry, header) of each package to fetch, in order),
-    ready (pkgid -> what to import), error (what ended the fetching early)."""
-
-    def __init__(self, downloader: Downloader, pending: list[tuple[IndexEntry, Package]],
-                 make_fetcher: Callable[[], Fetcher], jobs: int):
-        self.downloader, self.pending = downloader, pending
-        self.make_fetcher, self.jobs = make_fetcher, max(1, jobs)
-        self.ready: dict[str, Path | AssembledPackage] = {}
-        self.error: BaseException | None = None
-        self._ended = self._stopped = False
-        self._cond = threading.Condition()
-        self._cancel: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._run, name="usrview-pull", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        error = None
-        try:
-            trio.run(self._main)
-        except BaseException as e:  # handed to the thread that waits
-            error = _unwrap(e)
-            if isinstance(error, OSError):
-                error = OperationalError(f"cannot write into {self.downloader.dir}: {error.strerror or error}")
-        with self._cond:
-            self.error, self._ended = error, True
-            self._cond.notify_all()
-
-    async def _main(self) -> None:
-        fetcher = self.downloader.fetcher = self.make_fetcher()
-        limiter = trio.CapacityLimiter(self.jobs)
-
-        async def one(entry: IndexEntry, package: Package) -> None:
-            async with limiter:
-                what = await self.downloader.get(entry, package)
-            with self._cond:
-                self.ready[entry.pkgid] = what
-                self._cond.notify_all()
-
-        try:
-            with trio.CancelScope() as scope:
-                token = trio.lowlevel.current_trio_token()
-                with self._cond:
-                    self._cancel = lambda: token.run_sync_soon(scope.cancel)
-                    if self._stopped:
-                        scope.cancel()
-                async with trio.open_nursery() as nursery:
-                    for entry, package in self.pending:  # in order: the importer waits in that order
-                        nursery.start_soon(one, entry, package)
-        finally:
-            await fetcher.aclose()
-
-    def wait(self, pkgid: str) -> Path | AssembledPackage:
-        """What to import for ``pkgid``, once fetched; the error that stopped the fetching."""
-        with self._cond:
-            while pkgid not in self.ready and not self._ended:
-                self._cond.wait()
-            if pkgid in self.ready:
-                return self.ready[pkgid]
-            raise self.error or OperationalError(f"{pkgid} was not fetched")
-
-    def finish(self) -> None:
-        """Wait for every package; the error that stopped the fetching."""
-        for entry, _ in self.pending:
-            self.wait(entry.pkgid)
-
-    def stop(self) -> None:
-        """Cancel what is still being fetched, and wait for the thread."""
-        with self._cond:
-            self._stopped, cancel = True, self._cancel
-        if cancel is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                cancel()
-        self._thread.join()
-
-
-def _unwrap(group: BaseException) -> BaseException:
-    """The first error of a trio task group (one line for the user, not a tree)."""
-    while isinstance(group, BaseExceptionGroup) and group.exceptions:
-        group = group.exceptions[0]
-    return group
-
-
 def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMAGE,
          mirrors: list[str] | tuple[str, ...] = (), ca_file: Path | None = None,
          timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES, backoff: float | None = None,
@@ -322,10 +232,10 @@ def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMA
                 store, origin, list(mirrors), name, keyring, fetcher=make_fetcher(), jobs=jobs,
                 allow_unsigned=allow_unsigned, progress=progress, now=now))
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise unwrap(group) from None
         except OSError as e:
             raise OperationalError(f"cannot write into {store.downloads_dir}: {e.strerror or e}") from None
-        pipeline = _Pipeline(downloader, pending, make_fetcher, jobs)
+        pipeline = Pipeline(downloader, pending, make_fetcher, jobs)
         pipeline.start()
         try:
             if deploy:
@@ -338,6 +248,7 @@ def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMA
                     for path in pipeline.ready.values():
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(path)
+                    pipeline.finish()  # its account of what it fetched
                     with contextlib.suppress(OSError):  # only what no pull needs: it may stay
                         clean_downloads(store)
             else:
