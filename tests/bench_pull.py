@@ -278,9 +278,10 @@ def report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy,
           f"(<= {GOAL_TIME}x)")
     f = min(first_pull["fetch"])
     print(f"  fetching alone (no import) {f:.2f} s (runs: {', '.join(f'{t:.2f}' for t in first_pull['fetch'])}); "
-          f"pull overlaps it with the import, so its floor is about max(deploy, fetch) = {max(d, f):.2f} s "
-          f"({max(d, f) / d:.2f}x) on idle CPUs, and deploy + fetch = {d + f:.2f} s ({(d + f) / d:.2f}x) where "
-          "the CPUs are busy and the two take turns")
+          f"pull overlaps it with the import (a process of its own), so on idle CPUs its floor is about "
+          f"max(deploy, fetch) = {max(d, f):.2f} s ({max(d, f) / d:.2f}x), plus checking every header before "
+          f"the set is linted (a few tenths of a second) and syncing the downloaded rpms with the packages; "
+          f"on busy CPUs fetching and importing take turns: deploy + fetch = {d + f:.2f} s ({(d + f) / d:.2f}x)")
 
     ws, ds = whole["served"], delta["served"]
     print(f"\n=== 2. the update: {changed['packages']} of the packages changed (set-v2 published in "
