@@ -351,3 +351,19 @@ def test_file_changed_after_it_was_served_is_checked_again(view, built):
     assert e.value.errno == errno.EIO
     assert refused_at == ("read" if view.no_open else "open")
     assert "integrity violation: /usr/lib/a/data of " in view.log()
+
+
+def test_file_changed_after_it_was_served_is_refused_once_caches_are_dropped(view, built):
+    # What docs/demo.sh does: a file read through the view (its checked pages
+    # cached), then changed in the store; after `echo 3 > drop_caches` the next
+    # read reaches the view, which checks again and refuses.
+    _, store, image = built
+    path = view.mountpoint / "share/doc/b/README"
+    assert path.read_bytes() == b"readme of b\n"
+    _tamper(store, image, "mnt-b", "usr/share/doc/b/README")
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    with pytest.raises(OSError) as e:
+        path.read_bytes()
+    assert e.value.errno == errno.EIO
+    assert "integrity violation: /usr/share/doc/b/README of " in view.log()

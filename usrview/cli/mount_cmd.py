@@ -30,11 +30,12 @@ log = logging.getLogger(__name__)
 #: --verify's values (usrview.guard.VerifyMode's, the default first), named here
 #: so that parsing a command line does not import the guard (and trio).
 VERIFY_MODES = ("enforce", "warn", "off")
-#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first:
-#: "off" until it is decided whether a store file changed after its pages were
-#: cached may be served from the cache (its checked bytes) until the kernel drops
-#: them -- the next open no longer notices (docs/view.md, docs/demo.sh's tamper step).
-KERNEL_CACHE_MODES = ("off", "auto")
+#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first.
+#: "auto": what the view keeps is that no byte which does not match its signed
+#: digest is ever served; a store file changed after its checked pages were
+#: cached is served those cached (checked) bytes until the kernel drops them,
+#: and refused at the next READ that reaches the view (docs/view.md).
+KERNEL_CACHE_MODES = ("auto", "off")
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -56,7 +57,7 @@ def register(sub, common) -> None:
                    help="check file digests on open (default enforce)")
     p.add_argument("--kernel-cache", choices=KERNEL_CACHE_MODES, default=KERNEL_CACHE_MODES[0],
                    help="let the kernel cache symlinks, listings and opens where pyfuse3 "
-                   "offers it (auto), or ask the daemon every time (off, the default)")
+                   "offers it (auto, the default), or ask the daemon every time (off)")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")

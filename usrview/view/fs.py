@@ -69,10 +69,14 @@ def kernel_cache_features(mode: str = "auto") -> frozenset[str]:
 
 
 def describe_kernel_cache(features: frozenset[str]) -> str:
+    """What ``usrview mount -v`` says of the kernel's caching and of the pyfuse3 that runs."""
+    patched = bool(getattr(pyfuse3, "KERNEL_CACHE_FEATURES", None))
+    which = (f"pyfuse3 {pyfuse3.__version__} {'with' if patched else 'without'} "
+             ".ci/pyfuse3-kernel-cache.patch")
     if not features:
-        return ("none: every open, listing and readlink asks the daemon (pyfuse3 "
-                f"{pyfuse3.__version__} without .ci/pyfuse3-kernel-cache.patch, or --kernel-cache off)")
-    return ", ".join(sorted(features)) + " (files checked at their first read)"
+        return (f"none: every open, listing and readlink asks the daemon ({which}"
+                f"{', --kernel-cache off' if patched else ''})")
+    return ", ".join(sorted(features)) + f" (files checked at their first read; {which})"
 
 
 def _handler(fn):
