@@ -36,6 +36,8 @@ VERIFY_MODES = ("enforce", "warn", "off")
 #: cached is served those cached (checked) bytes until the kernel drops them,
 #: and refused at the next READ that reaches the view (docs/view.md).
 KERNEL_CACHE_MODES = ("auto", "off")
+#: --prefetch's values, the default first (usrview.view.prefetch).
+PREFETCH_MODES = ("on", "off")
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -58,6 +60,9 @@ def register(sub, common) -> None:
     p.add_argument("--kernel-cache", choices=KERNEL_CACHE_MODES, default=KERNEL_CACHE_MODES[0],
                    help="let the kernel cache symlinks, listings and opens where pyfuse3 "
                    "offers it (auto, the default), or ask the daemon every time (off)")
+    p.add_argument("--prefetch", choices=PREFETCH_MODES, default=PREFETCH_MODES[0],
+                   help="record the files this mount opens, and check the last mount's ahead, "
+                   "in the background, right after mounting (on, the default; docs/view.md)")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -75,6 +80,7 @@ def run_mount(args, cfg) -> int:
     from usrview.view.fs import ViewOperations, kernel_cache_features
     from usrview.view.guard import Guard
     from usrview.view.mount import daemonize, run
+    from usrview.view.prefetch import Prefetch, load_record
 
     keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
@@ -92,9 +98,21 @@ def run_mount(args, cfg) -> int:
         del loaded
         release_free_memory()
 
+        previous = load_record(store, image.id) if args.prefetch == "on" else []
+
         def serve(on_ready=None):
-            ops = ViewOperations(tree, Guard(tree, args.verify), kernel_cache_features(args.kernel_cache))
-            run(ops, mountpoint, on_ready=on_ready)
+            guard = Guard(tree, args.verify)
+            ops = ViewOperations(tree, guard, kernel_cache_features(args.kernel_cache))
+            tasks = []
+            if args.prefetch == "off":
+                log.info("prefetch: off (--prefetch off)")
+            elif args.verify == "off":
+                log.info("prefetch: off (--verify off: nothing to check)")
+            else:
+                prefetch = Prefetch(tree, guard, store, image.id, previous)
+                log.info("prefetch: %s", prefetch.describe())
+                tasks.append(prefetch.run)
+            run(ops, mountpoint, on_ready=on_ready, tasks=tasks)
 
         if args.foreground:
             serve()

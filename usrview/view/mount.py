@@ -27,7 +27,7 @@ import resource
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
@@ -124,8 +124,10 @@ async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
-                on_ready: Callable[[], None] | None = None) -> None:
-    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount."""
+                on_ready: Callable[[], None] | None = None,
+                tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount;
+    ``tasks`` run beside, from the mount on, and are cancelled at the unmount."""
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
@@ -142,6 +144,8 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         stack.callback(close)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals)
+            for task in tasks:
+                nursery.start_soon(task)
             notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
             if on_ready is not None:
                 on_ready()
@@ -152,11 +156,12 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         notifier.send(b"STOPPING=1\n")
 
 
-def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
+def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
+        tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve the view in this process (blocks until unmounted)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready))
+        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks))
     finally:
         faulthandler.unregister(signal.SIGUSR1)
 
