@@ -30,7 +30,7 @@ import errno
 import functools
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import pyfuse3
 
@@ -82,10 +82,13 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
 def _handler(fn):
     """The error boundary every handler goes through."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        self.requests[name] += 1
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except OSError as e:
@@ -119,6 +122,8 @@ class ViewOperations(pyfuse3.Operations):
             checked with), most recently read last, at most :data:`INODE_FDS`.
         attr_cache: inode -> EntryAttributes, each built once: the tree never
             changes while mounted, and lookup, getattr and readdir ask often.
+        requests: handler name -> requests it answered (``usrview mount -v``
+            logs them at SIGUSR2 and at the unmount: what still reaches the daemon).
     """
 
     supports_dot_lookup = True
@@ -136,6 +141,7 @@ class ViewOperations(pyfuse3.Operations):
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         self._next_fh = 0
         self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
+        self.requests: Counter[str] = Counter()
 
     # -- helpers -----------------------------------------------------------
 
@@ -345,8 +351,12 @@ class ViewOperations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         pass
 
+    def describe_requests(self) -> str:
+        return "requests: " + (", ".join(f"{k} {v}" for k, v in sorted(self.requests.items())) or "none")
+
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""
+        log.info("%s", self.describe_requests())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

@@ -9,7 +9,8 @@ mountpoint showing through is worse than an error, and the next
 ``usrview mount`` recovers the dead mount.  ``READY=1`` goes to
 ``$NOTIFY_SOCKET`` once the kernel mount exists, through a socket connected
 before mounting (after switch-root the socket's path may not resolve from this
-process's root); SIGUSR1 dumps every thread's stack (faulthandler).
+process's root); SIGUSR1 dumps every thread's stack (faulthandler), SIGUSR2
+logs the requests answered so far.
 Everything serving and stopping needs is imported at the top of the module:
 nothing is imported once the view serves (docs/boot-core.md).
 """
@@ -123,6 +124,13 @@ async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
             return
 
 
+async def _log_requests(ops: ViewOperations) -> None:
+    """SIGUSR2: log the requests answered so far (tests/bench_system.py counts them per workload)."""
+    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        async for _ in signals:
+            log.info("%s", ops.describe_requests())
+
+
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
                 on_ready: Callable[[], None] | None = None,
                 tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
@@ -144,6 +152,7 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         stack.callback(close)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals)
+            nursery.start_soon(_log_requests, ops)
             for task in tasks:
                 nursery.start_soon(task)
             notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
