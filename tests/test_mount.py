@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -106,17 +107,15 @@ def built(rpm_packages, gpg_key, tmp_path):
 KERNEL_CACHE_PARAMS = [pytest.param("auto", id="kernel-cache"), pytest.param("off", id="stock")]
 
 
-@pytest.fixture(params=KERNEL_CACHE_PARAMS)
-def view(built, gpg_key, tmp_path, request):
+@contextlib.contextmanager
+def running_view(store, key_path: Path, mountpoint: Path, log_path: Path, *args: str):
+    """``usrview -v mount --foreground ARGS`` serving ``store`` on ``mountpoint`` (its
+    output in ``log_path``): the process, mounted; on the way out SIGTERM, unmount."""
     require_fuse()
-    _, store, _ = built
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    log_path = tmp_path / "mount.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "usrview.cli", "-v", "mount", "--foreground", "--store", str(store.root),
-             "--keys", str(gpg_key.public_path), "--kernel-cache", request.param, str(mountpoint)],
+             "--keys", str(key_path), *args, str(mountpoint)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env={**os.environ, "USRVIEW_CONFIG": "/dev/null"})
     try:
@@ -125,14 +124,8 @@ def view(built, gpg_key, tmp_path, request):
             if proc.poll() is not None:
                 pytest.fail(f"usrview mount exited {proc.returncode}:\n{log_path.read_text()}")
             assert time.monotonic() < deadline, "the view did not mount in time"
-            time.sleep(0.05)
-        import pyfuse3
-
-        no_open = request.param == "auto" and "no_open" in kernel_cache_features()
-        expected = (describe_kernel_cache(kernel_cache_features(request.param)))
-        assert f"kernel caching: {expected}" in log_path.read_text()  # what `mount -v` says runs
-        assert no_open or request.param == "off" or not hasattr(pyfuse3, "KERNEL_CACHE_FEATURES")
-        yield View(proc, mountpoint, log_path, no_open)
+            time.sleep(0.02)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -142,6 +135,22 @@ def view(built, gpg_key, tmp_path, request):
                 proc.kill()
                 proc.wait()
         unmount(mountpoint)
+
+
+@pytest.fixture(params=KERNEL_CACHE_PARAMS)
+def view(built, gpg_key, tmp_path, request):
+    _, store, _ = built
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log_path = tmp_path / "mount.log"
+    with running_view(store, gpg_key.public_path, mountpoint, log_path, "--kernel-cache", request.param) as proc:
+        import pyfuse3
+
+        no_open = request.param == "auto" and "no_open" in kernel_cache_features()
+        expected = (describe_kernel_cache(kernel_cache_features(request.param)))
+        assert f"kernel caching: {expected}" in log_path.read_text()  # what `mount -v` says runs
+        assert no_open or request.param == "off" or not hasattr(pyfuse3, "KERNEL_CACHE_FEATURES")
+        yield View(proc, mountpoint, log_path, no_open)
 
 
 def _snapshot(root: Path, skip: str | None = None) -> dict[str, tuple]:

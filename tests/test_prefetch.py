@@ -11,8 +11,6 @@ import errno
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +18,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.prereq import require_fuse
 from tests.rpmbuild import FileSpec
-from tests.test_mount import MOUNT_TIMEOUT, REPO, unmount
+from tests.test_mount import MOUNT_TIMEOUT, running_view
 from tests.viewstore import deploy_store
 from usrview.cli._common import load_keyring
 from usrview.view import prefetch as prefetch_module
@@ -133,6 +130,17 @@ async def _open_all(guard, tree, paths):
     return out
 
 
+async def check_ahead(prefetch: Prefetch) -> None:
+    """Run ``prefetch`` until its threads are done and their hand-overs ran in the event loop."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(prefetch.run)
+        with trio.fail_after(30):
+            while not prefetch.done.is_set():
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
 async def test_opens_are_recorded_and_saved_in_order(deployed, gpg_key):
     store, image, tree = view_of(deployed, gpg_key)
     guard = Guard(tree)
@@ -152,13 +160,7 @@ async def test_recorded_files_are_checked_before_their_first_open(deployed, gpg_
     # a record naming a directory, a symlink and a path the image lacks: left out
     prefetch = Prefetch(tree, guard, store, image.id, READ + ["share/p", "lib/p/link", "no/such"])
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(prefetch.run)
-            with trio.fail_after(30):
-                while not prefetch.done.is_set():
-                    await trio.sleep(0.01)
-            await trio.sleep(0.05)  # the threads' hand-overs, run in the event loop
-            nursery.cancel_scope.cancel()
+        await check_ahead(prefetch)
         assert (prefetch.ahead, prefetch.refused, prefetch.skipped) == (4, 0, 3)
         assert await _open_all(guard, tree, READ) == dict.fromkeys(READ, "ok")
         assert guard.hashed == 0  # every first open found its file checked
@@ -175,13 +177,7 @@ async def test_checking_ahead_never_makes_a_bad_file_good(deployed, gpg_key, exp
     guard = Guard(tree)
     prefetch = Prefetch(tree, guard, store, image.id, READ)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(prefetch.run)
-            with trio.fail_after(30):
-                while not prefetch.done.is_set():
-                    await trio.sleep(0.01)
-            await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+        await check_ahead(prefetch)
         assert (prefetch.ahead, prefetch.refused) == (2, 2)
         with expect_logs("integrity violation", level=logging.ERROR, count=2):
             got = await _open_all(guard, tree, READ)
@@ -196,13 +192,7 @@ async def test_a_file_changed_after_it_was_checked_ahead_is_hashed_again(deploye
     guard = Guard(tree)
     prefetch = Prefetch(tree, guard, store, image.id, ["share/p/f03"])
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(prefetch.run)
-            with trio.fail_after(30):
-                while not prefetch.done.is_set():
-                    await trio.sleep(0.01)
-            await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+        await check_ahead(prefetch)
         assert prefetch.ahead == 1
         tamper(store, image, "share/p/f03")
         with expect_logs("integrity violation", level=logging.ERROR):
@@ -232,30 +222,12 @@ async def test_stop_while_checking_ahead_ends_the_threads(deployed, gpg_key, mon
 
 @contextmanager
 def mounted(store, gpg_key, mountpoint: Path, log_path: Path, *args: str):
-    """``usrview -v mount --foreground`` running; SIGTERM (a clean unmount) at the end."""
-    require_fuse()
+    """``usrview -v mount --foreground`` running; ended by SIGTERM (a clean unmount, status 0)."""
     mountpoint.mkdir(exist_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "usrview.cli", "-v", "mount", "--foreground", "--store", str(store.root),
-             "--keys", str(gpg_key.public_path), *args, str(mountpoint)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-            env={**os.environ, "USRVIEW_CONFIG": "/dev/null"})
-    try:
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not os.path.ismount(mountpoint):
-            if proc.poll() is not None:
-                pytest.fail(f"usrview mount exited {proc.returncode}:\n{log_path.read_text()}")
-            assert time.monotonic() < deadline, "the view did not mount in time"
-            time.sleep(0.02)
+    with running_view(store, gpg_key.public_path, mountpoint, log_path, *args) as proc:
         yield proc
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, log_path.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        unmount(mountpoint)
 
 
 def _wait_for(log_path: Path, text: str) -> str:
