@@ -411,11 +411,14 @@ def measure(view: View, native: Chroot, args) -> dict:
         native.time(script)
     view.unmount()
     # 2. The mount as the next boot makes it: timed, checked ahead, then the
-    #    workloads interleaved view/native, warm after a first run each.
+    #    workloads interleaved view/native, warm (after an untimed run each).
     chroot = view.mount()
     res["prefetch_s"] = view.wait_prefetch()
     res["prefetch_log"] = [line.split("INFO: ", 1)[-1] for line in view.log().splitlines() if "prefetch: " in line]
     times: dict[str, dict[str, list[float]]] = {name: {"view": [], "native": []} for name in [*WORKLOADS, *COLD]}
+    for script, _ in WORKLOADS.values():  # warm: once each before timing
+        chroot.time(script)
+        native.time(script)
     requests: dict[str, dict[str, int]] = {}
     for r in range(args.rounds):
         for name, (script, _) in WORKLOADS.items():

@@ -376,3 +376,29 @@ def test_file_changed_after_it_was_served_is_refused_once_caches_are_dropped(vie
         path.read_bytes()
     assert e.value.errno == errno.EIO
     assert "integrity violation: /usr/share/doc/b/README of " in view.log()
+
+
+def _requests(view) -> dict[str, int]:
+    """The requests the daemon answered so far (it logs them at SIGUSR2)."""
+    before = view.log().count("requests: ")
+    view.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while (log := view.log()).count("requests: ") == before:
+        assert time.monotonic() < deadline, "no requests line after SIGUSR2"
+        time.sleep(0.02)
+    line = log[log.rindex("requests: ") + len("requests: "):].split("\n", 1)[0]
+    return {k: int(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", ") if item != "none")}
+
+
+def test_acl_queries_are_answered_by_the_kernel_after_the_first(view):
+    # ls -l asks every file's ACL: with FUSE_CAP_POSIX_ACL the kernel caches the
+    # answer (no ACL), so a second listing sends no GETXATTR for it.
+    paths = [view.mountpoint / p for p in ("bin/hello", "lib/a/data", "share/zero", "lib/a")]
+    for _ in range(2):
+        for path in paths:
+            with pytest.raises(OSError) as e:
+                os.getxattr(path, "system.posix_acl_access")
+            assert e.value.errno in (errno.ENODATA, errno.EOPNOTSUPP)
+        if _ == 0:
+            first = _requests(view)
+    assert _requests(view).get("getxattr", 0) == first.get("getxattr", 0)

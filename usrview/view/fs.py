@@ -128,7 +128,10 @@ class ViewOperations(pyfuse3.Operations):
 
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # FUSE_CAP_POSIX_ACL: the kernel asks for a file's ACL once and caches the
+    # answer (none), where without it every ACL query (``ls -l`` asks one per
+    # file) is a GETXATTR round trip.
+    enable_acl = True
 
     def __init__(self, tree: Tree, guard: Guard, kernel_cache: frozenset[str] = frozenset()):
         super().__init__()
