@@ -32,8 +32,9 @@ from usrview.view.prefetch import (
     RecordError,
     format_record,
     load_record,
+    opened_record_path,
     parse_record,
-    record_name,
+    remove_stale_records,
 )
 
 BIG = bytes(range(253)) * 16384  # 4 MB: several reads, so a stop lands between them
@@ -94,7 +95,7 @@ def test_a_record_that_is_not_one_is_refused(data, why):
 @pytest.mark.parametrize("make", ["garbage", "symlink", "fifo", "huge"])
 def test_a_hostile_record_is_ignored_with_a_warning(deployed, make, expect_logs, tmp_path):
     store, image = deployed
-    path = store.cache_path(record_name(image.id))
+    path = opened_record_path(store, image.id)
     path.parent.mkdir(exist_ok=True)
     if make == "garbage":
         path.write_bytes(b"\x00\xffnot a record\n")
@@ -113,6 +114,17 @@ def test_a_hostile_record_is_ignored_with_a_warning(deployed, make, expect_logs,
 def test_no_record_is_no_warning(deployed):
     store, image = deployed
     assert load_record(store, image.id) == []
+
+
+def test_the_records_of_deleted_images_are_removed(deployed):
+    store, image = deployed
+    remove_stale_records(store)  # no cache/ yet: nothing to do
+    for image_id in (image.id, "20200101-000000-0123456789ab"):
+        opened_record_path(store, image_id).parent.mkdir(exist_ok=True)
+        store.write_file(opened_record_path(store, image_id), format_record(["bin/tool"]))
+    store.write_file(store.cache_path("verify.sqlite"), b"")
+    remove_stale_records(store)
+    assert sorted(p.name for p in store.cache_path("").iterdir()) == [f"opened-{image.id}", "verify.sqlite"]
 
 
 # -- in process: what is hashed where ----------------------------------------------
@@ -262,7 +274,7 @@ def test_a_mount_records_and_the_next_checks_ahead(deployed, gpg_key, tmp_path):
 def test_a_tampered_recorded_file_is_refused_at_its_read(deployed, gpg_key, tmp_path):
     store, image = deployed
     store.cache_path("x").parent.mkdir(exist_ok=True)
-    store.write_file(store.cache_path(record_name(image.id)), format_record(READ))
+    store.write_file(opened_record_path(store, image.id), format_record(READ))
     tamper(store, image, "lib/p/big")
     mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
     with mounted(store, gpg_key, mnt, log):
@@ -277,7 +289,7 @@ def test_a_tampered_recorded_file_is_refused_at_its_read(deployed, gpg_key, tmp_
 def test_a_hostile_record_does_not_stop_the_mount(deployed, gpg_key, tmp_path):
     store, image = deployed
     store.cache_path("x").parent.mkdir(exist_ok=True)
-    store.cache_path(record_name(image.id)).write_bytes(b"usrview-opened 1\n../../../etc/shadow\n")
+    opened_record_path(store, image.id).write_bytes(b"usrview-opened 1\n../../../etc/shadow\n")
     mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
     with mounted(store, gpg_key, mnt, log):
         assert (mnt / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
@@ -289,7 +301,7 @@ def test_a_hostile_record_does_not_stop_the_mount(deployed, gpg_key, tmp_path):
 def test_unmount_while_checking_ahead_is_clean(deployed, gpg_key, tmp_path):
     store, image = deployed
     store.cache_path("x").parent.mkdir(exist_ok=True)
-    store.write_file(store.cache_path(record_name(image.id)), format_record(["lib/p/big"] * 4000))
+    store.write_file(opened_record_path(store, image.id), format_record(["lib/p/big"] * 4000))
     mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
     with mounted(store, gpg_key, mnt, log):
         pass  # SIGTERM at once, while the threads check ahead

@@ -80,7 +80,7 @@ def run_mount(args, cfg) -> int:
     from usrview.view.fs import ViewOperations, kernel_cache_features
     from usrview.view.guard import Guard
     from usrview.view.mount import daemonize, run
-    from usrview.view.prefetch import Prefetch, load_record
+    from usrview.view.prefetch import Prefetch, load_record, remove_stale_records
 
     keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
@@ -99,6 +99,8 @@ def run_mount(args, cfg) -> int:
         release_free_memory()
 
         previous = load_record(store, image.id) if args.prefetch == "on" else []
+        if args.prefetch == "on":
+            remove_stale_records(store)
 
         def serve(on_ready=None):
             guard = Guard(tree, args.verify)

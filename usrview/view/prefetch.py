@@ -6,7 +6,8 @@ from one boot to the next, so the view remembers it:
 
 - **The record.** Every file the guard opens for a check (:attr:`Guard.on_open`)
   is noted once, in the order of first opens, up to :data:`RECORD_MAX_PATHS`.
-  The record is written to ``STORE/cache/opened-ID`` (ID: the image's id) through
+  The record is written to ``STORE/cache/opened-ID`` (ID: the image's id; the
+  records of images gc deleted are deleted at the next mount) through
   the store's write path (:meth:`usrview.store.store.Store.write_file`: a temp file
   in ``tmp/``, fsync, rename) every :data:`SAVE_PERIOD` seconds when it changed,
   and at unmount.  Format: the line :data:`RECORD_HEADER`, then one view path a
@@ -30,14 +31,17 @@ changed after it was checked ahead has another identity and is hashed again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import threading
+from pathlib import Path
 
 import trio
 
+from usrview.images.records import image_ids
 from usrview.store.store import Store, read_store_file
 from usrview.view.guard import HASH_CHUNK, Guard, _close_all, _open_cached
 from usrview.view.tree import Node, Tree
@@ -59,9 +63,25 @@ THREADS = 2
 NICE = 19
 
 
-def record_name(image_id: str) -> str:
-    """The record's name in ``STORE/cache/``."""
-    return f"opened-{image_id}"
+#: The records' names in ``STORE/cache/``: the prefix, then the image's id.
+RECORD_PREFIX = "opened-"
+
+
+def opened_record_path(store: Store, image_id: str) -> Path:
+    return store.cache_path(RECORD_PREFIX + image_id)
+
+
+def remove_stale_records(store: Store) -> None:
+    """Delete the records of images gc deleted (hints that nothing will read again)."""
+    try:
+        names = os.listdir(store.cache_path(""))
+    except FileNotFoundError:
+        return
+    alive = set(image_ids(store))
+    for name in names:
+        if name.startswith(RECORD_PREFIX) and name[len(RECORD_PREFIX):] not in alive:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.cache_path(name))
 
 
 class RecordError(ValueError):
@@ -96,7 +116,7 @@ def format_record(paths: list[str]) -> bytes:
 def load_record(store: Store, image_id: str) -> list[str]:
     """The paths the image's record names (none when there is none; a record
     that cannot be read or parsed is ignored, with a warning)."""
-    path = store.cache_path(record_name(image_id))
+    path = opened_record_path(store, image_id)
     try:
         return parse_record(read_store_file(path, RECORD_MAX_BYTES))
     except FileNotFoundError:
@@ -157,7 +177,7 @@ class Prefetch:
         """What ``usrview mount -v`` says of it."""
         return (f"on: {len(self.previous)} files recorded by the last mount of image {self.image_id} "
                 f"checked ahead by {THREADS} threads at nice {NICE}; this mount's opens recorded in "
-                f"{self.store.cache_path(record_name(self.image_id))}")
+                f"{opened_record_path(self.store, self.image_id)}")
 
     # -- recording ---------------------------------------------------------
 
@@ -180,7 +200,7 @@ class Prefetch:
         if not self._writable or len(self.opened) == self._saved:
             return
         count = len(self.opened)
-        path = self.store.cache_path(record_name(self.image_id))
+        path = opened_record_path(self.store, self.image_id)
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             self.store.write_file(path, format_record(self.record(count)), mode=0o600)
