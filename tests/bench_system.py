@@ -546,7 +546,9 @@ def report(res: dict, fl: dict) -> None:
                 total = sum(counts.values())
                 why = (f"{total} requests still reach the daemon in a warm run ({_requests_text(counts)}): "
                        f">= {total * fl['request_us'] / 1e3:.1f} ms at {fl['request_us']:.0f} us each "
-                       "(a do-nothing pyfuse3 file system); the rest is the kernel's path for FUSE files")
+                       "(a do-nothing pyfuse3 file system); not counted: an IOCTL (TCGETS) for every file a "
+                       "program asks isatty() of -- Python of every file it opens -- answered ENOSYS by "
+                       "libfuse and asked again each time; the rest is the kernel's path for FUSE files")
             print(f"  {name}: {why}")
 
 
