@@ -3,7 +3,8 @@
 The package set is every installed package of this machine that tests/pkgset.py
 can package (all but a few whose paths rpm cannot list), relocated into ``/usr``
 as Fedora ships them, Python bytecode included (``pkgset.build_set(relocate=True)``);
-``--count N`` takes the first N of them in name order.  The set is built once
+``--count N`` takes the packages the workloads need (:data:`WORKLOAD_PACKAGES` and
+what they depend on) and others in name order, N in all.  The set is built once
 into ``--cache`` (default /var/cache/usrview-bench) and reused.
 
 Then, on a btrfs made for the run on a loop device from a sparse file:
@@ -20,7 +21,11 @@ Then, on a btrfs made for the run on a loop device from a sparse file:
   owner, size, link target, mtime, set-id bits, file capabilities);
 - the workloads of issue 14's table, run in each chroot in turn (view, native,
   view, ...), medians printed side by side with the goals of issue 14 §5 and,
-  where a goal is missed, the floor that stops it;
+  where a goal is missed, the floor that stops it: the requests the view still
+  answered in a warm run (counted by the daemon, logged at SIGUSR2) times what
+  one costs in tests/fuse_floor.py's do-nothing file system;
+- cold: per round a fresh mount (checked ahead when prefetch is on), the page
+  cache dropped for both, the first python start and a ``find /usr``;
 - the daemon's RSS mounted and at its peak.
 
     .venv/bin/python tests/bench_system.py [--count N] [--rounds R] [--kernel-cache auto|off]
