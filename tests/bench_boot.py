@@ -88,14 +88,14 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
     ready = re.search(r"usrview: (ready [\d.]+ s after the kernel started.*)", journal)
     if ready:
         row["daemon_stages"] = ready.group(1)
-    stats = re.search(r"statistics \(SIGUSR2\): (\d+) requests answered \((.*?)\); files hashed: (\d+) .*?, "
-                      r"([\d.]+) MB in ([\d.]+) s", journal)
-    if stats:
-        row["fuse_requests"] = int(stats.group(1))
-        row["fuse_requests_by_kind"] = stats.group(2)
-        row["files_hashed"] = int(stats.group(3))
-        row["hashed_mb"] = float(stats.group(4))
-        row["hash_s"] = float(stats.group(5))
+    requests = re.findall(r"usrview\[\d+\]: requests: (.*)", journal)
+    if requests:
+        kinds = {k: int(v) for k, v in (item.rsplit(" ", 1) for item in requests[-1].split(", ") if item != "none")}
+        row["fuse_requests"] = sum(kinds.values())
+        row["fuse_requests_by_kind"] = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    hashed = re.findall(r"files hashed: (\d+) .*?, ([\d.]+) MB in ([\d.]+) s", journal)
+    if hashed:
+        row["files_hashed"], row["hashed_mb"], row["hash_s"] = int(hashed[-1][0]), *map(float, hashed[-1][1:])
     return row
 
 

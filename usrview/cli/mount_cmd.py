@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 #: --verify's values (usrview.guard.VerifyMode's, the default first), named here
 #: so that parsing a command line does not import the guard (and trio).
 VERIFY_MODES = ("enforce", "warn", "off")
-#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first:
-#: "off" until it is decided whether a store file changed after its pages were
-#: cached may be served from the cache (its checked bytes) until the kernel drops
-#: them -- the next open no longer notices (docs/view.md, docs/demo.sh's tamper step).
-KERNEL_CACHE_MODES = ("off", "auto")
+#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first.
+#: "auto": what the view keeps is that no byte which does not match its signed
+#: digest is ever served; a store file changed after its checked pages were
+#: cached is served those cached (checked) bytes until the kernel drops them,
+#: and refused at the next READ that reaches the view (docs/view.md).
+KERNEL_CACHE_MODES = ("auto", "off")
+#: --prefetch's values, the default first (usrview.view.prefetch).
+PREFETCH_MODES = ("on", "off")
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -56,7 +59,10 @@ def register(sub, common) -> None:
                    help="check file digests on open (default enforce)")
     p.add_argument("--kernel-cache", choices=KERNEL_CACHE_MODES, default=KERNEL_CACHE_MODES[0],
                    help="let the kernel cache symlinks, listings and opens where pyfuse3 "
-                   "offers it (auto), or ask the daemon every time (off, the default)")
+                   "offers it (auto, the default), or ask the daemon every time (off)")
+    p.add_argument("--prefetch", choices=PREFETCH_MODES, default=PREFETCH_MODES[0],
+                   help="record the files this mount opens, and check the last mount's ahead, "
+                   "in the background, right after mounting (on, the default; docs/view.md)")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -73,6 +79,7 @@ def run_mount(args, cfg) -> int:
     # is parsed for every other command.
     from usrview.view.fs import kernel_cache_features
     from usrview.view.mount import daemonize, serve_tree
+    from usrview.view.prefetch import Prefetch, load_record, remove_stale_records
 
     keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
@@ -90,9 +97,25 @@ def run_mount(args, cfg) -> int:
         del loaded
         release_free_memory()
 
+        previous = load_record(store, image.id) if args.prefetch == "on" else []
+        if args.prefetch == "on":
+            remove_stale_records(store)
+
         def serve(on_ready=None):
+            def checking_ahead(guard):
+                prefetch = Prefetch(tree, guard, store, image.id, previous)
+                log.info("prefetch: %s", prefetch.describe())
+                return prefetch.run
+
+            ahead = None
+            if args.prefetch == "off":
+                log.info("prefetch: off (--prefetch off)")
+            elif args.verify == "off":
+                log.info("prefetch: off (--verify off: nothing to check)")
+            else:
+                ahead = checking_ahead
             serve_tree(tree, mountpoint, verify=args.verify, kernel_cache=kernel_cache_features(args.kernel_cache),
-                       on_ready=on_ready)
+                       on_ready=on_ready, prefetch=ahead)
 
         if args.foreground:
             serve()

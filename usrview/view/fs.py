@@ -69,10 +69,14 @@ def kernel_cache_features(mode: str = "auto") -> frozenset[str]:
 
 
 def describe_kernel_cache(features: frozenset[str]) -> str:
+    """What ``usrview mount -v`` says of the kernel's caching and of the pyfuse3 that runs."""
+    patched = bool(getattr(pyfuse3, "KERNEL_CACHE_FEATURES", None))
+    which = (f"pyfuse3 {pyfuse3.__version__} {'with' if patched else 'without'} "
+             ".ci/pyfuse3-kernel-cache.patch")
     if not features:
-        return ("none: every open, listing and readlink asks the daemon (pyfuse3 "
-                f"{pyfuse3.__version__} without .ci/pyfuse3-kernel-cache.patch, or --kernel-cache off)")
-    return ", ".join(sorted(features)) + " (files checked at their first read)"
+        return (f"none: every open, listing and readlink asks the daemon ({which}"
+                f"{', --kernel-cache off' if patched else ''})")
+    return ", ".join(sorted(features)) + f" (files checked at their first read; {which})"
 
 
 def _handler(fn):
@@ -121,13 +125,17 @@ class ViewOperations(pyfuse3.Operations):
             checked with), most recently read last, at most :data:`INODE_FDS`.
         attr_cache: inode -> EntryAttributes, each built once: the tree never
             changes while mounted, and lookup, getattr and readdir ask often.
-        requests: handler name -> requests answered (FORGET and FLUSH, which
-            answer nothing, not counted), for :meth:`statistics`.
+        requests: handler name -> requests it answered (``usrview mount -v``
+            logs them at SIGUSR2 and at the unmount: what still reaches the daemon;
+            FORGET and FLUSH, which answer nothing, are not counted).
     """
 
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # FUSE_CAP_POSIX_ACL: the kernel asks for a file's ACL once and caches the
+    # answer (none), where without it every ACL query (``ls -l`` asks one per
+    # file) is a GETXATTR round trip.
+    enable_acl = True
 
     def __init__(self, tree: Tree, guard: Guard, kernel_cache: frozenset[str] = frozenset()):
         super().__init__()
@@ -350,14 +358,12 @@ class ViewOperations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         pass
 
-    def statistics(self) -> str:
-        """One line: the requests answered so far by kind, and the guard's checks."""
-        total = sum(self.requests.values())
-        kinds = ", ".join(f"{name} {n}" for name, n in self.requests.most_common())
-        return f"{total} requests answered ({kinds or 'none'}); {self.guard.statistics()}"
+    def describe_requests(self) -> str:
+        return "requests: " + (", ".join(f"{k} {v}" for k, v in sorted(self.requests.items())) or "none")
 
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""
+        log.info("%s", self.describe_requests())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

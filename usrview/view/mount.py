@@ -9,8 +9,8 @@ mountpoint showing through is worse than an error, and the next
 ``usrview mount`` recovers the dead mount.  ``READY=1`` goes to
 ``$NOTIFY_SOCKET`` once the kernel mount exists, through a socket connected
 before mounting (after switch-root the socket's path may not resolve from this
-process's root); SIGUSR1 dumps every thread's stack (faulthandler), SIGUSR2 logs
-the requests answered so far by kind and the files checked (one line).
+process's root); SIGUSR1 dumps every thread's stack (faulthandler), SIGUSR2
+logs the requests answered so far by kind and the files the guard hashed.
 Everything serving and stopping needs is imported at the top of the module:
 nothing is imported once the view serves (docs/boot-core.md).
 """
@@ -28,7 +28,7 @@ import resource
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
@@ -117,23 +117,31 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _on_signals(ops: ViewOperations, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """SIGTERM and SIGINT unmount; SIGUSR2 logs what was served so far (one line)."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR2) as signals:
+async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            if signum == signal.SIGUSR2:
-                # asked for, so shown at the level shown by default
-                log.warning("statistics (SIGUSR2): %s", ops.statistics())
-                continue
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
 
 
+async def _log_requests(ops: ViewOperations) -> None:
+    """SIGUSR2: log the requests answered so far (tests/bench_system.py counts them
+    per workload), and the files the guard hashed (tests/bench_boot.py).  Asked
+    for, so logged at the level shown by default: the initrd's daemon logs
+    warnings only."""
+    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        async for _ in signals:
+            log.warning("%s", ops.describe_requests())
+            log.warning("%s", ops.guard.statistics())
+
+
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
-                on_ready: Callable[[], None] | None = None) -> None:
-    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount."""
+                on_ready: Callable[[], None] | None = None,
+                tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount;
+    ``tasks`` run beside, from the mount on, and are cancelled at the unmount."""
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
@@ -149,7 +157,10 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
 
         stack.callback(close)
         async with trio.open_nursery() as nursery:
-            await nursery.start(_on_signals, ops)
+            await nursery.start(_stop_on_signals)
+            nursery.start_soon(_log_requests, ops)
+            for task in tasks:
+                nursery.start_soon(task)
             notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
             if on_ready is not None:
                 on_ready()
@@ -161,17 +172,23 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
 
 
 def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozenset[str],
-               on_ready: Callable[[], None] | None = None) -> None:
+               on_ready: Callable[[], None] | None = None,
+               prefetch: Callable[[Guard], Callable[[], Awaitable[None]]] | None = None) -> None:
     """Serve ``tree`` on ``mountpoint`` (blocks until unmounted): what ``usrview
-    mount`` and the initrd's ``initrd-mount`` both run once the tree is built."""
-    run(ViewOperations(tree, Guard(tree, verify), kernel_cache), mountpoint, on_ready=on_ready)
+    mount`` and the initrd's ``initrd-mount`` both run once the tree is built.
+    ``prefetch``: None, or made with the guard the task that checks ahead
+    (:class:`usrview.view.prefetch.Prefetch`'s ``run``)."""
+    guard = Guard(tree, verify)
+    ops = ViewOperations(tree, guard, kernel_cache)
+    run(ops, mountpoint, on_ready=on_ready, tasks=[prefetch(guard)] if prefetch is not None else [])
 
 
-def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
+def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
+        tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve the view in this process (blocks until unmounted)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready))
+        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks))
     finally:
         faulthandler.unregister(signal.SIGUSR1)
 
