@@ -269,8 +269,11 @@ def _package_bytes(path) -> bytes:
         return data
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stripped"
-        r = subprocess.run(["strip", "--strip-unneeded", "-o", str(out), str(path)], capture_output=True,
-                           check=False)
+        try:
+            r = subprocess.run(["strip", "--strip-unneeded", "-o", str(out), str(path)], capture_output=True,
+                               check=False)
+        except FileNotFoundError:  # no binutils: packaged as it is
+            return data
         return out.read_bytes() if r.returncode == 0 else data
 
 
