@@ -318,9 +318,9 @@ class Downloader:
             self.tick(len(chunk))
 
         os.lseek(fd, have, os.SEEK_SET)
-        if have < entry.header_length:
+        if have < entry.header_length:  # else head() checked these bytes of the .part this pull
             await self.fetcher.fetch(url, have, entry.header_length, write)
-        self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
+            self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
         await self.fetcher.fetch(url, max(have, entry.header_length), entry.size, write)
         return hasher.hexdigest() == entry.rpm_sha256
 
