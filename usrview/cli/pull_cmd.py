@@ -93,7 +93,8 @@ def run(args, cfg) -> int:
     out.write(f"index {index.name} serial {index.serial}: {len(index.packages)} packages, "
               f"{result.stored} stored already, {len(result.fetched)} fetched "
               f"({result.bytes_fetched} bytes"
-              + (f"; {len(result.assembled)} file by file" if result.assembled else "") + ")\n")
+              + (f"; {len(result.assembled)} file by file" if result.assembled else "")
+              + (f"; {len(result.head_deltas)} headers as deltas" if result.head_deltas else "") + ")\n")
     image = deployed.image
     if deployed.already_current:
         out.write(f"image {image.id} is current already; nothing changed\n")
