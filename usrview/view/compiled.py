@@ -33,7 +33,8 @@ import logging
 import os
 import struct
 
-from usrview.errors import OperationalError
+from usrview import images
+from usrview.errors import OperationalError, UsrviewError
 from usrview.store import Store
 from usrview.view.loader import load_headers
 from usrview.view.tree import NO_PACKAGE, PackageSource, Tree, TreeError, build_tree, view_entries
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 MAGIC = b"USRVTREE"
 #: The format version this usrview writes and reads.
 VERSION = 1
-#: A compiled tree's file name in ``STORE/images``: ID + this.
-TREE_SUFFIX = ".tree"
 #: magic, version, packages, entries, inodes, total size, then the offsets of
 #: the entry table, the names and the blocks, and the file's size.
 HEAD = struct.Struct("<8sIIIIQQQQQ")
@@ -74,7 +73,8 @@ class CompiledTreeError(OperationalError):
 
 
 def tree_path(store: Store, image_id: str):
-    return store.root / "images" / (image_id + TREE_SUFFIX)
+    """``STORE/images/ID.tree`` (gc deletes it with its image)."""
+    return images.tree_path(store, image_id)
 
 
 # -- records --------------------------------------------------------------------
@@ -223,3 +223,14 @@ def compile_image(store: Store, image, keyring) -> bytes:
         raise OperationalError(f"cannot write the compiled tree of image {image.id}: {e.strerror or e}") from None
     log.info("image %s: compiled tree written (%d bytes)", image.id, len(data))
     return data
+
+
+def compile_deployed(store: Store, image, keyring) -> None:
+    """What ``deploy`` and ``pull`` do once an image is recorded: compile its tree
+    unless the store has it.  A failure is a warning: the first mount compiles it."""
+    if tree_path(store, image.id).exists():
+        return
+    try:
+        compile_image(store, image, keyring)
+    except UsrviewError as e:
+        log.warning("image %s: tree not compiled (the first mount compiles it): %s", image.id, e)

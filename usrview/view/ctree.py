@@ -382,11 +382,15 @@ def open_view(store: Store, image, keyring, *, owners: tuple[OwnerIds, OwnerIds]
 
 def full_check(store: Store, image, keyring, buf) -> str | None:
     """Compile ``image`` again from its headers and compare with ``buf``: None when
-    equal, else where they differ (the check a mount starts, and ``usrview verify``'s)."""
+    equal, else where they differ (the check a mount starts)."""
     try:
-        data = compiled.compile_loaded(load_headers(store, image, keyring))
+        return difference(compiled.compile_loaded(load_headers(store, image, keyring)), buf)
     except OperationalError as e:
         return str(e)
+
+
+def difference(data: bytes, buf) -> str | None:
+    """Where ``buf`` differs from ``data``, what the headers compile to; None when equal."""
     with memoryview(buf) as view:
         if view == data:
             return None
@@ -394,6 +398,27 @@ def full_check(store: Store, image, keyring, buf) -> str | None:
         return f"{len(buf)} bytes, the headers compile to {len(data)}"
     at = next(i for i in range(len(data)) if data[i] != buf[i])
     return f"differs from what the headers compile to at byte {at} ({part_at(data, at)})"
+
+
+def compiled_mismatch(store: Store, image, keyring) -> str | None:
+    """``usrview verify``'s check of the image's compiled tree against its headers:
+    why it does not match, or None -- also when the store has none, or one of
+    another format version (the next mount compiles it), and when the headers
+    themselves are refused (verify reports them as header findings)."""
+    try:
+        buf = _map(compiled.tree_path(store, image.id))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"cannot be read: {e}"
+    try:
+        loaded = load_headers(store, image, keyring)
+    except OperationalError:
+        return None
+    reason = _table_mismatch(buf, loaded)
+    if reason is not None:
+        return None if reason.startswith("format version") else reason
+    return difference(compiled.compile_loaded(loaded), buf)
 
 
 def part_at(data: bytes, at: int) -> str:
