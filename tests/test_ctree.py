@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import errno
 import logging
+import shutil
 import stat
 
 import pytest
 
 from tests.rpmbuild import FileSpec
 from tests.viewstore import deploy_store
+from usrview import images
 from usrview.cli._common import load_keyring
+from usrview.store import Store
 from usrview.view import compiled, ctree
 from usrview.view.compiled import ENTRY, HEAD, PKG, RECORD
-from usrview.view.loader import build_view
+from usrview.view.loader import build_view, load_headers
 from usrview.view.tree import digest_label
 
 OWN = [
@@ -300,3 +303,44 @@ def test_a_header_changed_after_the_mount_refuses_its_package(world, expect_logs
     header.write_bytes(header.read_bytes() + b"\0")
     _refused(tree, "bin/tool", expect_logs)
     assert "changed since its signature was checked" in tree.failed
+
+
+# -- the commands --------------------------------------------------------------------
+
+def test_deploy_compiles_verify_reports_a_mismatch_gc_deletes(rpm_packages, gpg_key, tmp_path):
+    from tests.test_images import usrview
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for rpm in (rpm_packages("ct-own", files=OWN), rpm_packages("ct-other", files=OTHER)):
+        shutil.copy2(rpm, source)
+    store_dir, keys = tmp_path / "store", gpg_key.public_path
+    usrview("deploy", "--store", store_dir, "--keys", keys, source)
+    store = Store.open(store_dir)
+    image = images.resolve(store, images.CURRENT)
+    path = compiled.tree_path(store, image.id)
+    assert path.read_bytes() == compiled.compile_loaded(load_headers(store, image, load_keyring([keys])))
+    assert usrview("verify", "--store", store_dir, "--keys", keys).stdout == ""
+
+    data = bytearray(path.read_bytes())
+    at = _record_at(bytes(data), _pkg_index(image, "ct-own"), "bin/tool")
+    _set_field(data, at, RECORD, 0, RECORD.unpack_from(data, at)[0] | stat.S_ISUID)
+    path.write_bytes(bytes(data))
+    r = usrview("verify", "--store", store_dir, "--keys", keys, check=1)
+    assert r.stdout == (f"image     {path.name}: compiled tree does not match the headers: differs from what "
+                        f"the headers compile to at byte {at + 1} (block of package {_pkg_index(image, 'ct-own')})\n")
+
+    # two newer images: gc --keep 0 deletes the first, its compiled tree with it
+    names = sorted(p.name for p in source.iterdir())
+    for keep in names:
+        for name in names:
+            if name != keep:
+                (source / name).rename(tmp_path / name)
+        usrview("deploy", "--store", store_dir, "--keys", keys, source)
+        for name in names:
+            if name != keep:
+                (tmp_path / name).rename(source / name)
+    assert path.exists()
+    assert "deleted" in usrview("gc", "--store", store_dir, "--keep", "0").stdout
+    assert not path.exists() and not images.image_path(store, image.id).exists()
+    assert len(list((store_dir / "images").glob("*.tree"))) == 2

@@ -461,6 +461,7 @@ def start_full_check(tree: CompiledTree, store: Store, image, keyring) -> thread
         finally:
             os._exit(status)
     os.close(w)
+    log.info("image %s: full check of the compiled tree started (process %d)", image.id, pid)
 
     def wait() -> None:
         with os.fdopen(r, "rb") as f:
