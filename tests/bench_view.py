@@ -132,9 +132,9 @@ def count(root: Path) -> tuple[int, int, int, int]:
     return n(""), n("-type f"), n("-type d"), n("-type l")
 
 
-def rss(pid: int) -> int:
+def rss(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -326,6 +326,9 @@ def mount_figures(store: Path, key: Path, workdir: Path, runs: int) -> list[dict
                 walk(mnt, cold=False)
                 run_figures["walk"] = walk(mnt, cold=False)[0]
                 run_figures["rss_walked"] = rss(d.proc.pid)
+                # of it: the heap (anonymous) and mapped files (the compiled tree, libraries)
+                run_figures["anon_walked"] = rss(d.proc.pid, "RssAnon")
+                run_figures["file_walked"] = rss(d.proc.pid, "RssFile")
                 run_figures["entries"] = count(mnt)[0]
                 figures.append(run_figures)
             finally:
@@ -453,12 +456,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usrview mount of {store} ({n} packages): " + " ".join(f"{t:.3f}" for t in times)
               + f" s; median {sorted(times)[len(times) // 2]:.3f} s   goal: {GOALS['mount']}")
         for what, label in (("rss_mounted", "daemon VmRSS mounted"), ("rss_checked", "  after the full check"),
-                            ("rss_walked", "  after find -ls"), ("check", "full check (s)"),
+                            ("rss_walked", "  after find -ls"), ("anon_walked", "    of it RssAnon"),
+                            ("file_walked", "    of it RssFile"), ("check", "full check (s)"),
                             ("walk", "find -ls (s, warm)")):
             values = sorted(r[what] for r in runs if r[what] is not None)
             if values:
                 median = values[len(values) // 2]
-                shown = f"{median / 2**20:.1f} MB" if what.startswith("rss") else f"{median:.2f}"
+                shown = f"{median / 2**20:.1f} MB" if what.startswith(("rss", "anon", "file")) else f"{median:.2f}"
                 print(f"  {label:26} median {shown}")
         entries = runs[0]["entries"]
         if entries:

@@ -212,6 +212,20 @@ def test_a_name_pointing_at_another_record_is_refused(world, expect_logs):
     assert "names the record of /usr/bin/suid" in tree.failed
 
 
+@pytest.mark.parametrize("name", ["bin/tool", "share/t/h2"])
+def test_a_name_made_a_hardlink_of_another_inode_is_refused(world, name, expect_logs):
+    """An entry's inode pointed at the set-uid program: a plain file, and a hardlink
+    group's second name, shown as another name of bin/suid."""
+    def link(data, tree):
+        _set_field(data, _entry_at(tree, name), ENTRY, 0, tree.resolve("bin/suid").inode)
+
+    tree = _tampered(world, link)
+    directory = tree.resolve(name.rpartition("/")[0])
+    with expect_logs("compiled tree refused", level=logging.ERROR), pytest.raises(OSError) as e:
+        tree.lookup(directory, name.rpartition("/")[2])
+    assert e.value.errno == errno.EIO and "hardlink" in tree.failed
+
+
 def _rec_path(data: bytes, pkg: int, index: int) -> str | None:
     _, block_off, block_len, _, _, _ = PKG.unpack_from(data, HEAD.size + pkg * PKG.size)
     try:

@@ -30,7 +30,6 @@ serving system's user database, as :func:`usrview.view.tree.build_tree` does.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 
 from usrview import images
@@ -57,8 +56,10 @@ PKG = struct.Struct("<32sQIIII")
 #: link count, mtime.
 ENTRY = struct.Struct("<IIIHBBIIIIII")
 #: mode, size, mtime, device, hardlink group (0: none), digest algorithm, then the lengths of
-#: path, user, group, link target, digest and capabilities, which follow in that order.
+#: path, user, group, link target, digest (its bytes) and capabilities, which follow in that order.
 RECORD = struct.Struct("<IQIIIBHHHHHH")
+#: Set in a record's digest algorithm when the digest is kept as text (it is not hex).
+DIGEST_TEXT = 0x80
 #: A block's record count and each record's offset in the block.
 U32 = struct.Struct("<I")
 
@@ -80,7 +81,26 @@ def tree_path(store: Store, image_id: str):
 # -- records --------------------------------------------------------------------
 
 def _enc(text: str) -> bytes:
-    return os.fsencode(text)
+    """A name or path as the file holds it: UTF-8, undecodable bytes kept (surrogateescape),
+    whatever the host's locale."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _dec(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+_NO_FLAGS, _NO_VERIFY = FileFlag(0), VerifyFlag(0)
+
+
+def _digest_field(digest: str) -> bytes | None:
+    """A header's hex digest as the record holds it: its bytes (half the size), or
+    None when the text is not hex (then the text is kept, with :data:`DIGEST_TEXT`)."""
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        return None
+    return raw if raw.hex() == digest.lower() else None
 
 
 def package_block(package) -> tuple[bytes, dict[str, int]]:
@@ -89,52 +109,62 @@ def package_block(package) -> tuple[bytes, dict[str, int]]:
     that cannot be parsed (as the tree builder does)."""
     records: list[bytes] = []
     index: dict[str, int] = {}
+    owners: dict[str, bytes] = {}
+    pack = RECORD.pack
     for rel, entry, group in view_entries(package):
         caps = entry.caps
         if caps and parse_text(caps) is None:
             raise TreeError(f"{package.nevra}: {entry.path}: capabilities {caps!r} cannot be parsed")
-        fields = [_enc(rel), _enc(entry.user), _enc(entry.group), _enc(entry.linkto),
-                  entry.digest.lower().encode(), caps.encode()]
+        r = _enc(rel)
+        u = owners.get(entry.user)
+        if u is None:
+            u = owners[entry.user] = _enc(entry.user)
+        g = owners.get(entry.group)
+        if g is None:
+            g = owners[entry.group] = _enc(entry.group)
+        link = _enc(entry.linkto) if entry.linkto else b""
+        d, algo = _digest_field(entry.digest), entry.digest_algo
+        if d is None:  # not hex: kept as text, flagged
+            d, algo = _enc(entry.digest), algo | DIGEST_TEXT
+        c = _enc(caps) if caps else b""
         index.setdefault(rel, len(records))
-        records.append(RECORD.pack(entry.mode & 0xFFFFFFFF, entry.size, entry.mtime & 0xFFFFFFFF,
-                                   entry.rdev & 0xFFFFFFFF, group[0] + 1 if group else 0, entry.digest_algo,
-                                   *(len(f) for f in fields)) + b"".join(fields))
-    out = bytearray(U32.pack(len(records)))
+        records.append(b"".join((pack(entry.mode & 0xFFFFFFFF, entry.size, entry.mtime & 0xFFFFFFFF,
+                                      entry.rdev & 0xFFFFFFFF, group[0] + 1 if group else 0, algo,
+                                      len(r), len(u), len(g), len(link), len(d), len(c)), r, u, g, link, d, c)))
+    offsets = []
     offset = 4 + 4 * len(records)
     for r in records:
-        out += U32.pack(offset)
+        offsets.append(offset)
         offset += len(r)
-    for r in records:
-        out += r
-    return bytes(out), index
+    return b"".join((struct.pack(f"<I{len(offsets)}I", len(records), *offsets), *records)), index
 
 
 def read_record(buf, block_off: int, block_len: int, index: int) -> tuple[str, FileEntry, int]:
     """(path below /usr, the entry, hardlink group or 0) of record ``index`` of the
     block at ``block_off`` in ``buf``.  Raises CompiledTreeError when it lies outside."""
-    if block_len < 4:
-        raise CompiledTreeError("block too short")
     (count,) = U32.unpack_from(buf, block_off)
     if index >= count or 4 + 4 * count > block_len:
         raise CompiledTreeError(f"record {index} outside its block")
     (offset,) = U32.unpack_from(buf, block_off + 4 + 4 * index)
-    at = block_off + offset
     if offset + RECORD.size > block_len:
         raise CompiledTreeError(f"record {index} outside its block")
-    mode, size, mtime, rdev, group, algo, *lengths = RECORD.unpack_from(buf, at)
-    at += RECORD.size
-    if offset + RECORD.size + sum(lengths) > block_len:
+    at = block_off + offset + RECORD.size
+    mode, size, mtime, rdev, group, algo, lr, lu, lg, ll, ld, lc = RECORD.unpack_from(buf, at - RECORD.size)
+    u, g, link, d = at + lr, at + lr + lu, at + lr + lu + lg, at + lr + lu + lg + ll
+    c = d + ld
+    if c + lc - block_off > block_len:
         raise CompiledTreeError(f"record {index} outside its block")
-    fields = []
-    for n in lengths:
-        fields.append(bytes(buf[at:at + n]))
-        at += n
-    rel, user, grp, linkto, digest, caps = fields
-    path = "/usr/" + os.fsdecode(rel) if rel else "/usr"
-    entry = FileEntry(path, size, mode, rdev, mtime, digest.decode("ascii", "replace"), algo,
-                      os.fsdecode(linkto), FileFlag(0), os.fsdecode(user), os.fsdecode(grp), VerifyFlag(0),
-                      0, 0, "", caps.decode("ascii", "replace"))
-    return os.fsdecode(rel), entry, group
+    raw = buf[at:c + lc]
+    rel = _dec(raw[:lr])
+    digest = raw[d - at:c - at]
+    if algo & DIGEST_TEXT:
+        digest, algo = _dec(digest), algo & ~DIGEST_TEXT
+    else:
+        digest = digest.hex()
+    entry = FileEntry("/usr/" + rel if rel else "/usr", size, mode, rdev, mtime, digest, algo,
+                      _dec(raw[link - at:d - at]), _NO_FLAGS, _dec(raw[u - at:g - at]), _dec(raw[g - at:link - at]),
+                      _NO_VERIFY, 0, 0, "", _dec(raw[c - at:]))
+    return rel, entry, group
 
 
 # -- the file -------------------------------------------------------------------

@@ -53,7 +53,7 @@ from usrview.store import Store
 from usrview.store.store import HEADERS_DIR
 from usrview.view import compiled
 from usrview.view.compiled import ENTRY, HEAD, KIND_HEADER, KIND_IMPLICIT, KIND_RECORD, PKG, CompiledTreeError
-from usrview.view.loader import LoadedImage, load_headers
+from usrview.view.loader import LoadedImage, load_headers, release_free_memory
 from usrview.view.tree import (
     HEADER_FILE_MODE,
     IMPLICIT_DIR_MODE,
@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Nodes kept decoded (the kernel caches attributes; this spares re-decoding bursts).
 NODE_CACHE = 4096
+#: Package checks between two returns of the C heap's free pages to the system.
+TRIM_EVERY = 32
 #: Niceness of the full check's process: serving comes first.
 CHECK_NICENESS = 10
 _DECODE_ERRORS = (struct.error, IndexError, ValueError, UnicodeError, CompiledTreeError)
@@ -100,7 +102,7 @@ class CompiledTree(Tree):
     """
 
     __slots__ = ("buf", "entry_count", "failed", "proven", "checked", "header_dir_fd", "_pkg", "_resolve",
-                 "_cache", "_dir_paths", "_entries_off", "_names_off", "_inodes", "_lock", "_nodes")
+                 "_cache", "_dir_paths", "_entries_off", "_names_off", "_inodes", "_lock", "_nodes", "_checks")
 
     def __init__(self, buf, pkgids: list[str], backing_dirs: list[Path | None], header_dir_fd: int, *,
                  owners: tuple[OwnerIds, OwnerIds] | None = None, proven: bool = False):
@@ -118,10 +120,11 @@ class CompiledTree(Tree):
         self.proven = proven
         self.checked = bytearray([1 if proven else 0] * npkgs)
         self.header_dir_fd = header_dir_fd
-        self._cache: OrderedDict[int, Node] = OrderedDict()
+        self._cache: OrderedDict[int, Node] = OrderedDict()  # first in, first out
         self._dir_paths: dict[int, str] = {ROOT_INODE: ""}
         self._lock = threading.Lock()
         self._nodes = _Nodes(self)
+        self._checks = 0
 
     @property
     def nodes(self):
@@ -138,7 +141,7 @@ class CompiledTree(Tree):
         if self.failed is None:
             self.failed = reason
             log.error("compiled tree refused, every request answers EIO: %s", reason,
-                      extra={"MESSAGE_ID": INTEGRITY_MESSAGE_ID, "MESSAGE": reason})
+                      extra={"MESSAGE_ID": INTEGRITY_MESSAGE_ID})
         self._cache.clear()
 
     def _refuse(self, reason: str):
@@ -152,7 +155,7 @@ class CompiledTree(Tree):
 
     def _name(self, e: tuple) -> str:
         at = self._names_off + e[2]
-        return os.fsdecode(self.buf[at:at + e[3]])
+        return compiled._dec(self.buf[at:at + e[3]])
 
     def _path(self, eid: int, e: tuple) -> str:
         """Entry ``eid``'s view path, from its name and its parents' (directories' paths kept)."""
@@ -194,6 +197,10 @@ class CompiledTree(Tree):
             if self.buf[block_off:block_off + block_len] != block:
                 raise self._refuse(f"the block of {pkgid} does not match its signed header")
             self.checked[pkg] = 1
+            self._checks += 1
+            if self._checks % TRIM_EVERY == 0 or self._checks == len(self._pkg):
+                # a header's file list is garbage once compared: give its pages back
+                release_free_memory()
 
     def node(self, inode: int) -> Node | None:
         """The node with this inode number (None for none, and for the ids of a
@@ -202,20 +209,24 @@ class CompiledTree(Tree):
             raise OSError(errno.EIO, self.failed)
         node = self._cache.get(inode)
         if node is not None:
-            self._cache.move_to_end(inode)
             return node
         if not 0 < inode <= self.entry_count:
             return None
         try:
             e = self._entry(inode)
-            if e[0] != inode:
-                return None
-            node = self._decode(inode, e)
         except _DECODE_ERRORS as err:
             raise self._refuse(f"entry {inode}: {err}") from None
-        self._cache[inode] = node
-        if len(self._cache) > NODE_CACHE:
-            self._cache.popitem(last=False)
+        return self._node_of_entry(inode, e) if e[0] == inode else None
+
+    def _node_of_entry(self, eid: int, e: tuple) -> Node:
+        try:
+            node = self._decode(eid, e)
+        except _DECODE_ERRORS as err:
+            raise self._refuse(f"entry {eid}: {err}") from None
+        cache = self._cache
+        cache[eid] = node
+        if len(cache) > NODE_CACHE:  # the oldest decoded goes
+            cache.popitem(last=False)
         return node
 
     def _decode(self, eid: int, e: tuple) -> Node:
@@ -256,7 +267,8 @@ class CompiledTree(Tree):
         e = self._entry(eid)
         name = self._name(e)
         if e[0] == eid:
-            return name, self.node(eid)
+            node = self._cache.get(eid)
+            return name, node if node is not None else self._node_of_entry(eid, e)
         inode = e[0]
         try:
             target = self._entry(inode)
@@ -453,6 +465,8 @@ def start_full_check(tree: CompiledTree, store: Store, image, keyring) -> thread
         try:
             os.close(r)
             os.nice(CHECK_NICENESS)
+            # the mount logged the headers' warnings (unsigned, legacy) already
+            logging.getLogger(load_headers.__module__).setLevel(logging.ERROR)
             reason = full_check(store, image, keyring, tree.buf)
             os.write(w, b"ok" if reason is None else os.fsencode(reason)[:4000])
         except BaseException as e:  # noqa: BLE001 -- reported to the parent, which fails closed

@@ -134,7 +134,7 @@ class ViewOperations(pyfuse3.Operations):
         self.open_files: dict[int, list] = {}
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         self._next_fh = 0
-        self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
+        self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
 
     # -- helpers -----------------------------------------------------------
 
@@ -149,7 +149,7 @@ class ViewOperations(pyfuse3.Operations):
         if attr is None:
             attr = self.attr_cache[node.inode] = self._build_attributes(node)
             if len(self.attr_cache) > ATTR_CACHE:  # the oldest made goes: the kernel caches them too
-                del self.attr_cache[next(iter(self.attr_cache))]
+                self.attr_cache.popitem(last=False)
         return attr
 
     @staticmethod
