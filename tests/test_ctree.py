@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import re
 import shutil
 import stat
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.rpmbuild import FileSpec
+from tests.test_view_lifecycle import (
+    Daemon,
+    mount_args,
+    mountpoint,  # noqa: F401 -- a fixture
+    start,
+)
 from tests.viewstore import deploy_store
 from usrview import images
 from usrview.cli._common import load_keyring
@@ -358,3 +368,46 @@ def test_deploy_compiles_verify_reports_a_mismatch_gc_deletes(rpm_packages, gpg_
     assert "deleted" in usrview("gc", "--store", store_dir, "--keep", "0").stdout
     assert not path.exists() and not images.image_path(store, image.id).exists()
     assert len(list((store_dir / "images").glob("*.tree"))) == 2
+
+
+# -- a real mount ----------------------------------------------------------------------
+
+def test_a_real_mount_serves_the_compiled_tree_and_refuses_a_tampered_one(world, gpg_key, mountpoint,  # noqa: F811
+                                                                          tmp_path):
+    store, image, keyring = world
+    mnt, daemons = mountpoint
+    compiled.compile_image(store, image, keyring)
+    d = start(store, gpg_key, mnt, daemons, tmp_path / "clean.log", "-v")
+    assert (mnt / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+    assert os.stat(mnt / "bin/suid").st_mode & stat.S_ISUID
+    assert os.readlink(mnt / "share/t/link") == "../../bin/tool"
+    assert os.stat(mnt / "share/t/h1").st_ino == os.stat(mnt / "share/t/h2").st_ino
+    deadline = time.monotonic() + 60
+    while "checked against the headers" not in d.log():
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    assert d.stop() == 0
+
+    # the set-uid bit added to bin/tool's record: never served, the view answers EIO
+    path = compiled.tree_path(store, image.id)
+    data = bytearray(path.read_bytes())
+    at = _record_at(bytes(data), _pkg_index(image, "ct-own"), "bin/tool")
+    _set_field(data, at, RECORD, 0, RECORD.unpack_from(data, at)[0] | stat.S_ISUID)
+    path.write_bytes(bytes(data))
+    # (not start(): its wait stats the root, which answers EIO once the full check failed)
+    d = Daemon(mount_args(store, gpg_key, mnt, "--foreground"), tmp_path / "tampered.log")
+    daemons.append(d)
+    deadline = time.monotonic() + 60
+    while f" {mnt} " not in Path("/proc/self/mountinfo").read_text():
+        assert d.proc.poll() is None and time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    with pytest.raises(OSError) as e:
+        os.stat(mnt / "bin/tool")
+    assert e.value.errno == errno.EIO
+    with pytest.raises(OSError) as e:
+        os.listdir(mnt)  # everything, from then on
+    assert e.value.errno == errno.EIO
+    assert d.stop() == 0
+    # whichever saw it first: the package's check before serving it, or the full check
+    assert re.search(r"compiled tree refused, every request answers EIO: (the block of ct-own|.*full check)",
+                     d.log()), d.log()
