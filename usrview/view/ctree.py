@@ -177,8 +177,9 @@ class CompiledTree(Tree):
         return compiled.read_record(self.buf, block_off, block_len, rec)
 
     def check_package(self, pkg: int) -> None:
-        """Make package ``pkg``'s block again from its header and compare (once)."""
-        if self.checked[pkg]:
+        """Make package ``pkg``'s block again from its header and compare (once; not
+        at all once the full check proved the whole file)."""
+        if self.checked[pkg] or self.proven:
             return
         with self._lock:
             if self.checked[pkg]:
