@@ -313,8 +313,8 @@ class CompiledTree(Tree):
 
 # -- opening --------------------------------------------------------------------
 
-def _table_mismatch(buf, loaded: LoadedImage) -> str | None:
-    """Why the mapped file does not fit the image and its checked headers, or None."""
+def _layout_problem(buf) -> str | None:
+    """What makes ``buf`` unreadable as a compiled tree of this version, or None."""
     if len(buf) < HEAD.size:
         return "truncated"
     magic, version, npkgs, nentries, _, _, entries_off, names_off, blocks_off, size = HEAD.unpack_from(buf, 0)
@@ -327,6 +327,16 @@ def _table_mismatch(buf, loaded: LoadedImage) -> str | None:
     if not (HEAD.size + npkgs * PKG.size == entries_off and entries_off + nentries * ENTRY.size == names_off
             <= blocks_off <= size) or nentries < 1:
         return "inconsistent offsets"
+    return None
+
+
+def _table_mismatch(buf, loaded: LoadedImage) -> str | None:
+    """Why the mapped file does not fit the image and its checked headers, or None."""
+    problem = _layout_problem(buf)
+    if problem is not None:
+        return problem
+    head = HEAD.unpack_from(buf, 0)
+    npkgs, names_off, blocks_off, size = head[2], head[7], head[8], head[9]
     if npkgs != len(loaded.sources):
         return f"{npkgs} packages, the image has {len(loaded.sources)}"
     at = blocks_off
@@ -361,21 +371,27 @@ def open_view(store: Store, image, keyring, *, owners: tuple[OwnerIds, OwnerIds]
     """The image's compiled tree, ready to serve (see the module docstring); the
     headers' signatures checked first (OperationalError as :func:`load_headers`).
     ``write``: store a (re)compiled tree in the store (errors are logged)."""
-    loaded = load_headers(store, image, keyring)
     path = compiled.tree_path(store, image.id)
     try:
         buf = _map(path)
-        reason = _table_mismatch(buf, loaded)
+        reason = _layout_problem(buf)
     except FileNotFoundError:
         buf, reason = None, "missing"
     except (OSError, ValueError) as e:
         buf, reason = None, f"cannot be read: {e}"
+    # The parsed headers are kept only when the tree is to be compiled from them
+    # (a mapped tree needs none: each is dropped once checked, the heap stays small).
+    loaded = load_headers(store, image, keyring, keep_packages=reason is not None)
+    if reason is None:
+        reason = _table_mismatch(buf, loaded)
     proven = False
     if reason is not None:
         stale = reason == "missing" or reason.startswith("format version")
         (log.info if stale else log.error)("image %s: compiled tree %s: %s; compiling it from the headers",
                                            image.id, path, reason)
         t0 = time.monotonic()
+        if loaded.sources and loaded.sources[0].package is None:  # found only now: read them again
+            loaded = load_headers(store, image, keyring)
         buf, proven = compiled.compile_loaded(loaded), True
         log.info("image %s: compiled in %.2f s", image.id, time.monotonic() - t0)
         if write and stale:

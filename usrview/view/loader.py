@@ -44,8 +44,10 @@ class LoadedImage:
     legacy: list[str] = field(default_factory=list)
 
 
-def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
-    """Read an image's header files, checking every signature.
+def load_headers(store: Store, image: images.Image, keyring, *, keep_packages: bool = True) -> LoadedImage:
+    """Read an image's header files, checking every signature.  Without
+    ``keep_packages`` the sources' ``package`` is None: each parsed header is
+    dropped once checked (a mount of a compiled tree needs none of them).
 
     Raises OperationalError when the record's id does not match its package list,
     a header is missing, or the trust gate refuses it
@@ -85,8 +87,8 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
             refused.append(f"{pkgid}: the header is that of {expected_id}")
             continue
         package_dir = store.package_dir(pkgid)
-        loaded.sources.append(PackageSource(pkgid, package, package_dir if package_dir.is_dir() else None,
-                                            header_path))
+        loaded.sources.append(PackageSource(pkgid, package if keep_packages else None,
+                                            package_dir if package_dir.is_dir() else None, header_path))
         loaded.header_digests[pkgid] = hashlib.sha256(data).hexdigest()
     if refused:
         # One line (a user error is one clear line), however many were refused.
