@@ -24,8 +24,9 @@ from tests.test_view_lifecycle import (
 from tests.viewstore import deploy_store
 from usrview import images
 from usrview.cli._common import load_keyring
+from usrview.errors import OperationalError
 from usrview.store import Store
-from usrview.view import compiled, ctree
+from usrview.view import compiled, ctree, loader
 from usrview.view.compiled import ENTRY, HEAD, PKG, RECORD
 from usrview.view.loader import build_view, load_headers
 from usrview.view.tree import digest_label
@@ -411,3 +412,24 @@ def test_a_real_mount_serves_the_compiled_tree_and_refuses_a_tampered_one(world,
     # whichever saw it first: the package's check before serving it, or the full check
     assert re.search(r"compiled tree refused, every request answers EIO: (the block of ct-own|.*full check)",
                      d.log()), d.log()
+
+
+def test_headers_checked_in_several_processes_agree_and_refuse_alike(world, monkeypatch, tmp_path):
+    """A mount of a compiled tree checks the headers in as many processes as there are
+    CPUs (forked); the verdicts are the same, and a bad header in a child's slice
+    refuses the mount with the same one line."""
+    store, image, keyring = world
+    monkeypatch.setattr(loader, "PARALLEL_MIN", 1)
+    serial = load_headers(store, image, keyring, keep_packages=False)
+    parallel = load_headers(store, image, keyring, keep_packages=False, jobs=2)
+    assert parallel.sources == serial.sources and parallel.header_digests == serial.header_digests
+    last = image.packages[-1]  # in the second slice, checked by the child
+    header = store.header_path(last)
+    header.chmod(0o644)
+    data = bytearray(header.read_bytes())
+    data[-5] ^= 0xFF
+    header.write_bytes(bytes(data))
+    with pytest.raises(OperationalError, match=f"refusing to mount image {image.id}: 1 header.*{last}"):
+        load_headers(store, image, keyring, keep_packages=False, jobs=2)
+    with pytest.raises(OperationalError, match=f"{last}"):
+        ctree.open_view(store, image, keyring)

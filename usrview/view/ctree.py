@@ -381,7 +381,7 @@ def open_view(store: Store, image, keyring, *, owners: tuple[OwnerIds, OwnerIds]
         buf, reason = None, f"cannot be read: {e}"
     # The parsed headers are kept only when the tree is to be compiled from them
     # (a mapped tree needs none: each is dropped once checked, the heap stays small).
-    loaded = load_headers(store, image, keyring, keep_packages=reason is not None)
+    loaded = load_headers(store, image, keyring, keep_packages=reason is not None, jobs=os.cpu_count() or 1)
     if reason is None:
         reason = _table_mismatch(buf, loaded)
     proven = False
