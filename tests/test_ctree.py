@@ -237,6 +237,22 @@ def test_a_name_made_a_hardlink_of_another_inode_is_refused(world, name, expect_
     assert e.value.errno == errno.EIO and "hardlink" in tree.failed
 
 
+def test_a_directory_listing_another_directorys_entries_is_refused(world, expect_logs):
+    """share/o's children range pointed at share/t's: their records match their own
+    paths (share/t/...), but they are not share/o's entries.  (A range before the
+    directory's own id is refused as out of bounds.)"""
+    def borrow(data, tree):
+        other = tree.resolve("share/t")
+        at = _entry_at(tree, "share/o")
+        _set_field(data, at, ENTRY, 8, other.ids[0])
+        _set_field(data, at, ENTRY, 9, len(other.ids))
+
+    tree = _tampered(world, borrow)
+    with expect_logs("compiled tree refused", level=logging.ERROR), pytest.raises(OSError):
+        list(tree.entries_after(tree.resolve("share/o"), 0))
+    assert "not its directory" in tree.failed
+
+
 def _rec_path(data: bytes, pkg: int, index: int) -> str | None:
     _, block_off, block_len, _, _, _ = PKG.unpack_from(data, HEAD.size + pkg * PKG.size)
     try:

@@ -262,10 +262,14 @@ class CompiledTree(Tree):
             self._dir_paths[eid] = path
         return node
 
-    def _named(self, eid: int) -> tuple[str, Node]:
-        """(name, node) of entry ``eid`` of a directory; a further name of a hardlink
-        group is checked to be one (its own record: same package, same group)."""
+    def _named(self, eid: int, directory: Node) -> tuple[str, Node]:
+        """(name, node) of entry ``eid`` of ``directory``: refused unless the entry
+        names that directory as its parent (whose path its record's must extend); a
+        further name of a hardlink group is checked to be one (its own record: same
+        package, same group)."""
         e = self._entry(eid)
+        if e[1] != directory.inode:
+            raise self._refuse(f"entry {eid} listed in /usr/{directory.path}, not its directory")
         name = self._name(e)
         if e[0] == eid:
             node = self._cache.get(eid)
@@ -297,7 +301,7 @@ class CompiledTree(Tree):
         try:
             i = bisect.bisect_left(ids, name, key=lambda eid: self._name(self._entry(eid)))
             if i < len(ids) and self._name(self._entry(ids[i])) == name:
-                return self._named(ids[i])[1]
+                return self._named(ids[i], directory)[1]
         except _DECODE_ERRORS as err:
             raise self._refuse(f"directory /usr/{directory.path}: {err}") from None
         return None
@@ -307,7 +311,7 @@ class CompiledTree(Tree):
         for eid in ids[bisect.bisect_right(ids, entry_id):]:
             if self.failed is not None:
                 raise OSError(errno.EIO, self.failed)
-            name, node = self._named(eid)
+            name, node = self._named(eid, directory)
             yield name, node, eid
 
 
