@@ -139,6 +139,13 @@ def rss(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` and its reaped children used so far (/proc/PID/stat):
+    what mounting cost, whatever else the machine runs meanwhile."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def _serving(mnt: Path) -> bool:
     try:
         os.statvfs(mnt)
@@ -168,6 +175,7 @@ class Daemon:
                 raise RuntimeError(f"{cmd[0]} did not mount in {MOUNT_TIMEOUT} s")
             time.sleep(0.005)
         self.mount_time = time.monotonic() - t0
+        self.mount_cpu = cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if ((os.path.ismount(self.mnt) or not _serving_or_absent(self.mnt))
@@ -311,7 +319,8 @@ def mount_figures(store: Path, key: Path, workdir: Path, runs: int) -> list[dict
             d = Daemon([*usrview_cmd(), "mount", "-v", "--foreground", "--store", str(store), "--keys", str(key),
                         str(mnt)], mnt, log)
             try:
-                run_figures = {"mount": d.mount_time, "rss_mounted": rss(d.proc.pid), "check": None}
+                run_figures = {"mount": d.mount_time, "cpu": d.mount_cpu, "rss_mounted": rss(d.proc.pid),
+                               "check": None}
                 t0 = time.monotonic()
                 while time.monotonic() - t0 < CHECK_TIMEOUT:
                     text = log.read_text(errors="replace")
@@ -455,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         times = [r["mount"] for r in runs]
         print(f"usrview mount of {store} ({n} packages): " + " ".join(f"{t:.3f}" for t in times)
               + f" s; median {sorted(times)[len(times) // 2]:.3f} s   goal: {GOALS['mount']}")
-        for what, label in (("rss_mounted", "daemon VmRSS mounted"), ("rss_checked", "  after the full check"),
+        for what, label in (("cpu", "mount CPU (s, with children)"), ("rss_mounted", "daemon VmRSS mounted"), ("rss_checked", "  after the full check"),
                             ("rss_walked", "  after find -ls"), ("anon_walked", "    of it RssAnon"),
                             ("file_walked", "    of it RssFile"), ("check", "full check (s)"),
                             ("walk", "find -ls (s, warm)")):
