@@ -449,3 +449,20 @@ def test_headers_checked_in_several_processes_agree_and_refuse_alike(world, monk
         load_headers(store, image, keyring, keep_packages=False, jobs=2)
     with pytest.raises(OperationalError, match=f"{last}"):
         ctree.open_view(store, image, keyring)
+
+
+def test_unknown_owners_lose_set_id_and_are_named_once(rpm_packages, gpg_key, tmp_path, expect_logs):
+    """As the composed tree: an owner this system does not know becomes root without the
+    set-uid bit; the compiled tree names such owners as it meets them, once each."""
+    files = [FileSpec("/usr/bin/ghostly", content=b"#!/bin/sh\n", mode=0o4755, user="nosuchuser-ct"),
+             FileSpec("/usr/bin/also", content=b"#!/bin/sh\n", mode=0o755, user="nosuchuser-ct")]
+    with expect_logs("unknown owners made root"):  # the importer's
+        store, image = deploy_store(tmp_path / "store", [rpm_packages("ct-unknown", files=files)], gpg_key)
+    keyring = load_keyring([gpg_key.public_path])
+    compiled.compile_image(store, image, keyring)
+    tree = ctree.open_view(store, image, keyring)
+    with expect_logs("owner names unknown to this system.*nosuchuser-ct", count=1):
+        ghostly = tree.resolve("bin/ghostly")
+        tree.resolve("bin/also")
+    assert (ghostly.uid, ghostly.mode & stat.S_ISUID) == (0, 0)
+    assert tree.unknown_owners == {"nosuchuser-ct"}

@@ -177,7 +177,7 @@ def encode(sources: list[PackageSource], header_digests: dict[str, str], tree: T
         block, index = package_block(s.package)
         blocks.append(block)
         indexes.append(index)
-    pkg_of_header = {f"{s.pkgid}.rpm": i for i, s in enumerate(sources)}
+    pkg_of_header = {s.header_path.name: i for i, s in enumerate(sources)}
     names = bytearray()
     name_at: dict[bytes, int] = {}
 

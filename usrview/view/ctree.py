@@ -50,7 +50,7 @@ from pathlib import Path
 from usrview.errors import OperationalError
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.store import Store
-from usrview.store.store import HEADERS_DIR
+from usrview.store.store import HEADER_SUFFIX, HEADERS_DIR
 from usrview.view import compiled
 from usrview.view.compiled import ENTRY, HEAD, KIND_HEADER, KIND_IMPLICIT, KIND_RECORD, PKG, CompiledTreeError
 from usrview.view.loader import LoadedImage, load_headers, release_free_memory
@@ -187,7 +187,7 @@ class CompiledTree(Tree):
             digest, block_off, block_len, _, _, _ = self._pkg[pkg]
             pkgid = self.pkgids[pkg]
             try:
-                fd = os.open(f"{pkgid}.rpm", FILE_READ_FLAGS, dir_fd=self.header_dir_fd)
+                fd = os.open(pkgid + HEADER_SUFFIX, FILE_READ_FLAGS, dir_fd=self.header_dir_fd)
                 with os.fdopen(fd, "rb") as f:
                     data = f.read()
             except OSError as e:
@@ -239,10 +239,16 @@ class CompiledTree(Tree):
             if rel != path:
                 raise CompiledTreeError(f"/usr/{path} names the record of /usr/{rel} ({self.pkgids[pkg]})")
             node = node_of(entry, pkg, rel, self._resolve, self.packages[pkg])
+            unknown = self._resolve.users.unknown | self._resolve.groups.unknown
+            if len(unknown) != len(self.unknown_owners):
+                # as the composed tree warns of them all at once, here as they come
+                log.warning("owner names unknown to this system, shown as root (0) without "
+                            "set-uid/set-gid: %s", ", ".join(sorted(unknown - self.unknown_owners)))
+                self.unknown_owners = frozenset(unknown)
         elif kind == KIND_HEADER:
             self.check_package(pkg)
             digest, _, _, size, _, _ = self._pkg[pkg]
-            name = f"{self.pkgids[pkg]}.rpm"
+            name = self.pkgids[pkg] + HEADER_SUFFIX
             if path != f"{SYSIMAGE_DIR}/{name}":
                 raise CompiledTreeError(f"/usr/{path} names the header file {name}")
             node = Node()
