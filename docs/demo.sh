@@ -8,8 +8,9 @@
 #      deploys an update, shows `status` and `diff`;
 #   3. mounts the image as a read-only view, lists its package headers, runs a
 #      program from it;
-#   4. tampers with a file in the store: the view answers EIO, `usrview verify`
-#      reports it the way rpm -V would;
+#   4. tampers with a file in the store: once the kernel's cached (checked) pages
+#      are dropped, the view answers EIO; `usrview verify` reports it the way
+#      rpm -V would;
 #   5. unmounts and rolls back.
 #
 #   bash docs/demo.sh
@@ -181,6 +182,11 @@ with open(sys.argv[1], "r+b") as f:       # same size, one byte changed, in plac
 PY
 btrfs property set -ts "$pkgdir" ro true
 echo "changed one byte of $target"
+# hello read message.txt above: the kernel keeps the checked (signed) bytes it
+# was served and would serve them again -- never the changed ones.  Drop the
+# page cache, so that the next read reaches the view, which checks again.
+show 'sync; echo 3 > /proc/sys/vm/drop_caches'
+sync; echo 3 > /proc/sys/vm/drop_caches
 show cat usr/share/greeting/message.txt
 cat_status=0
 cat "$work/usr/share/greeting/message.txt" 2> cat.err || cat_status=$?

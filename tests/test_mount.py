@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -106,17 +107,15 @@ def built(rpm_packages, gpg_key, tmp_path):
 KERNEL_CACHE_PARAMS = [pytest.param("auto", id="kernel-cache"), pytest.param("off", id="stock")]
 
 
-@pytest.fixture(params=KERNEL_CACHE_PARAMS)
-def view(built, gpg_key, tmp_path, request):
+@contextlib.contextmanager
+def running_view(store, key_path: Path, mountpoint: Path, log_path: Path, *args: str):
+    """``usrview -v mount --foreground ARGS`` serving ``store`` on ``mountpoint`` (its
+    output in ``log_path``): the process, mounted; on the way out SIGTERM, unmount."""
     require_fuse()
-    _, store, _ = built
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    log_path = tmp_path / "mount.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "usrview.cli", "-v", "mount", "--foreground", "--store", str(store.root),
-             "--keys", str(gpg_key.public_path), "--kernel-cache", request.param, str(mountpoint)],
+             "--keys", str(key_path), *args, str(mountpoint)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env={**os.environ, "USRVIEW_CONFIG": "/dev/null"})
     try:
@@ -125,14 +124,8 @@ def view(built, gpg_key, tmp_path, request):
             if proc.poll() is not None:
                 pytest.fail(f"usrview mount exited {proc.returncode}:\n{log_path.read_text()}")
             assert time.monotonic() < deadline, "the view did not mount in time"
-            time.sleep(0.05)
-        import pyfuse3
-
-        no_open = request.param == "auto" and "no_open" in kernel_cache_features()
-        expected = (describe_kernel_cache(kernel_cache_features(request.param)))
-        assert f"kernel caching: {expected}" in log_path.read_text()  # what `mount -v` says runs
-        assert no_open or request.param == "off" or not hasattr(pyfuse3, "KERNEL_CACHE_FEATURES")
-        yield View(proc, mountpoint, log_path, no_open)
+            time.sleep(0.02)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -142,6 +135,22 @@ def view(built, gpg_key, tmp_path, request):
                 proc.kill()
                 proc.wait()
         unmount(mountpoint)
+
+
+@pytest.fixture(params=KERNEL_CACHE_PARAMS)
+def view(built, gpg_key, tmp_path, request):
+    _, store, _ = built
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log_path = tmp_path / "mount.log"
+    with running_view(store, gpg_key.public_path, mountpoint, log_path, "--kernel-cache", request.param) as proc:
+        import pyfuse3
+
+        no_open = request.param == "auto" and "no_open" in kernel_cache_features()
+        expected = (describe_kernel_cache(kernel_cache_features(request.param)))
+        assert f"kernel caching: {expected}" in log_path.read_text()  # what `mount -v` says runs
+        assert no_open or request.param == "off" or not hasattr(pyfuse3, "KERNEL_CACHE_FEATURES")
+        yield View(proc, mountpoint, log_path, no_open)
 
 
 def _snapshot(root: Path, skip: str | None = None) -> dict[str, tuple]:
@@ -351,3 +360,45 @@ def test_file_changed_after_it_was_served_is_checked_again(view, built):
     assert e.value.errno == errno.EIO
     assert refused_at == ("read" if view.no_open else "open")
     assert "integrity violation: /usr/lib/a/data of " in view.log()
+
+
+def test_file_changed_after_it_was_served_is_refused_once_caches_are_dropped(view, built):
+    # What docs/demo.sh does: a file read through the view (its checked pages
+    # cached), then changed in the store; after `echo 3 > drop_caches` the next
+    # read reaches the view, which checks again and refuses.
+    _, store, image = built
+    path = view.mountpoint / "share/doc/b/README"
+    assert path.read_bytes() == b"readme of b\n"
+    _tamper(store, image, "mnt-b", "usr/share/doc/b/README")
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    with pytest.raises(OSError) as e:
+        path.read_bytes()
+    assert e.value.errno == errno.EIO
+    assert "integrity violation: /usr/share/doc/b/README of " in view.log()
+
+
+def _requests(view) -> dict[str, int]:
+    """The requests the daemon answered so far (it logs them at SIGUSR2)."""
+    before = view.log().count("requests: ")
+    view.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while (log := view.log()).count("requests: ") == before:
+        assert time.monotonic() < deadline, "no requests line after SIGUSR2"
+        time.sleep(0.02)
+    line = log[log.rindex("requests: ") + len("requests: "):].split("\n", 1)[0]
+    return {k: int(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", ") if item != "none")}
+
+
+def test_acl_queries_are_answered_by_the_kernel_after_the_first(view):
+    # ls -l asks every file's ACL: with FUSE_CAP_POSIX_ACL the kernel caches the
+    # answer (no ACL), so a second listing sends no GETXATTR for it.
+    paths = [view.mountpoint / p for p in ("bin/hello", "lib/a/data", "share/zero", "lib/a")]
+    for _ in range(2):
+        for path in paths:
+            with pytest.raises(OSError) as e:
+                os.getxattr(path, "system.posix_acl_access")
+            assert e.value.errno in (errno.ENODATA, errno.EOPNOTSUPP)
+        if _ == 0:
+            first = _requests(view)
+    assert _requests(view).get("getxattr", 0) == first.get("getxattr", 0)

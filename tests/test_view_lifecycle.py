@@ -99,12 +99,15 @@ def start(store, key, mnt, daemons, log_path: Path, *extra: str, env=None) -> Da
     daemons.append(d)
     wait_for_mount(d.proc, mnt)
     # A dead mount left there counts as a mount for ismount (its root's
-    # attributes are cached): wait until the daemon answers statfs.
+    # attributes are cached): wait until the daemon answers statfs -- on a
+    # mount: between the dead mount's removal and the new one, statfs answers
+    # for the bare directory.
     deadline = time.monotonic() + MOUNT_TIMEOUT
     while True:
         try:
             os.statvfs(mnt)
-            return d
+            if os.path.ismount(mnt):
+                return d
         except OSError as e:
             assert e.errno == errno.ENOTCONN, e
         assert d.proc.poll() is None, f"usrview mount exited {d.proc.returncode}:\n{d.log()}"

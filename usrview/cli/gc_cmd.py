@@ -14,7 +14,8 @@ DESCRIPTION = f"""\
 Keep the newest N image records (--keep, default {images.DEFAULT_KEEP}), the current and the
 previous image and every image a running view holds; delete the other records,
 then every stored package (files and header) that no remaining image lists --
-including packages imported but never deployed.
+including packages imported but never deployed -- and pull's downloads kept to
+resume an interrupted pull (unless a pull is running).
 Exit status: 0, or 2 on errors."""
 
 
@@ -37,9 +38,20 @@ def register(sub, common) -> None:
 
 
 def run(args, cfg) -> int:
+    from usrview.remote.downloads import clean_downloads, downloads_lock
+
     store = open_store(args, cfg)
     result = images.gc(store, keep=args.keep)
     out = sys.stdout
+    if store.downloads_dir.is_dir():
+        with downloads_lock(store, wait=False) as free:
+            if free:
+                cleaned = clean_downloads(store, everything=True)
+                if cleaned.removed:
+                    out.write(f"removed {len(cleaned.removed)} download(s) of interrupted pulls "
+                              f"({cleaned.bytes} bytes)\n")
+            else:
+                out.write("kept the downloads: a pull is running\n")
     for image_id in result.in_use:
         out.write(f"kept image {image_id}: in use by a running view\n")
     for image_id in result.deleted_images:

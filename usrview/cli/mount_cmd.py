@@ -32,11 +32,14 @@ log = logging.getLogger(__name__)
 #: --verify's values (usrview.guard.VerifyMode's, the default first), named here
 #: so that parsing a command line does not import the guard (and trio).
 VERIFY_MODES = ("enforce", "warn", "off")
-#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first:
-#: "off" until it is decided whether a store file changed after its pages were
-#: cached may be served from the cache (its checked bytes) until the kernel drops
-#: them -- the next open no longer notices (docs/view.md, docs/demo.sh's tamper step).
-KERNEL_CACHE_MODES = ("off", "auto")
+#: --kernel-cache's values (usrview.view.fs.kernel_cache_features's), the default first.
+#: "auto": what the view keeps is that no byte which does not match its signed
+#: digest is ever served; a store file changed after its checked pages were
+#: cached is served those cached (checked) bytes until the kernel drops them,
+#: and refused at the next READ that reaches the view (docs/view.md).
+KERNEL_CACHE_MODES = ("auto", "off")
+#: --prefetch's values, the default first (usrview.view.prefetch).
+PREFETCH_MODES = ("on", "off")
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -58,7 +61,10 @@ def register(sub, common) -> None:
                    help="check file digests on open (default enforce)")
     p.add_argument("--kernel-cache", choices=KERNEL_CACHE_MODES, default=KERNEL_CACHE_MODES[0],
                    help="let the kernel cache symlinks, listings and opens where pyfuse3 "
-                   "offers it (auto), or ask the daemon every time (off, the default)")
+                   "offers it (auto, the default), or ask the daemon every time (off)")
+    p.add_argument("--prefetch", choices=PREFETCH_MODES, default=PREFETCH_MODES[0],
+                   help="record the files this mount opens, and check the last mount's ahead, "
+                   "in the background, right after mounting (on, the default; docs/view.md)")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -77,6 +83,7 @@ def run_mount(args, cfg) -> int:
     from usrview.view.fs import ViewOperations, kernel_cache_features
     from usrview.view.guard import Guard
     from usrview.view.mount import daemonize, run
+    from usrview.view.prefetch import Prefetch, load_record, remove_stale_records
 
     keyring = load_keyring(args.keys or cfg.keys, signature_policy(args, cfg))
     for warning in keyring.warnings:
@@ -94,11 +101,25 @@ def run_mount(args, cfg) -> int:
         # The parsed headers are garbage now: give their pages back.
         release_free_memory()
 
+        previous = load_record(store, image.id) if args.prefetch == "on" else []
+        if args.prefetch == "on":
+            remove_stale_records(store)
+
         def serve(on_ready=None):
             # In the daemon, before any thread: the full check forks.
             start_full_check(tree, store, image, keyring)
-            ops = ViewOperations(tree, Guard(tree, args.verify), kernel_cache_features(args.kernel_cache))
-            run(ops, mountpoint, on_ready=on_ready)
+            guard = Guard(tree, args.verify)
+            ops = ViewOperations(tree, guard, kernel_cache_features(args.kernel_cache))
+            tasks = []
+            if args.prefetch == "off":
+                log.info("prefetch: off (--prefetch off)")
+            elif args.verify == "off":
+                log.info("prefetch: off (--verify off: nothing to check)")
+            else:
+                prefetch = Prefetch(tree, guard, store, image.id, previous)
+                log.info("prefetch: %s", prefetch.describe())
+                tasks.append(prefetch.run)
+            run(ops, mountpoint, on_ready=on_ready, tasks=tasks)
 
         if args.foreground:
             serve()

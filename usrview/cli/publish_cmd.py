@@ -19,7 +19,10 @@ validity period, signed by gpg with a detached signature.  Objects already in
 the repository are not copied again; indexes are never rewritten, so the
 repository keeps each image's history.  A reader never sees a half-published
 index: objects first, then the index and signature, then "latest" by one
-rename.  Exit status: 0 published, 2 errors (lint errors in the set, gpg)."""
+rename.  With --file-objects, every regular file of every package is also
+written as an object named by its digest (compressed alone with zstd), and
+the index says so: a pull then fetches only the files its store lacks.
+Exit status: 0 published, 2 errors (lint errors in the set, gpg)."""
 
 
 def register(sub, common) -> None:
@@ -29,6 +32,8 @@ def register(sub, common) -> None:
     p.add_argument("--gpg-home", type=Path, metavar="DIR", help="gpg's home directory (default: gpg's)")
     p.add_argument("--valid-days", type=int, default=DEFAULT_VALID_DAYS, metavar="N",
                    help=f"days the index is valid (default {DEFAULT_VALID_DAYS}); publish again before")
+    p.add_argument("--file-objects", action="store_true",
+                   help="also publish every file as an object named by its digest (file-level delta for pull)")
     p.add_argument("image_dir", type=Path, metavar="IMAGE_DIR")
     p.add_argument("repo", type=Path, metavar="REPO_DIR")
     p.set_defaults(func=run)
@@ -36,9 +41,12 @@ def register(sub, common) -> None:
 
 def run(args, cfg) -> int:
     result = publish(args.image_dir, args.repo, name=args.name, sign_with=args.sign_with,
-                     gpg_home=args.gpg_home, valid_days=args.valid_days)
+                     gpg_home=args.gpg_home, valid_days=args.valid_days, file_objects=args.file_objects)
     index = result.index
     sys.stdout.write(f"published {index.name} serial {index.serial} ({len(index.packages)} packages, "
                      f"{len(result.added)} new, {len(result.reused)} already there) as {result.index_path}; "
                      f"valid until {index.to_json()['expires']}\n")
+    if args.file_objects:
+        sys.stdout.write(f"file objects: {result.file_objects_added} new "
+                         f"({result.file_object_bytes_added} bytes)\n")
     return EXIT_OK

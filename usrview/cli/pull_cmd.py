@@ -25,8 +25,9 @@ key, not expired, its serial not older than the last one this store accepted.
 Then fetch each package the store lacks -- its header first (a Range request),
 whose signature is checked before a byte of its payload is fetched -- from the
 mirrors in order and then URL, failing over on errors and on bytes that do not
-match the index; import them (every file checked), and deploy the image as
-"usrview deploy" does.  An interrupted pull leaves the store's packages and
+match the index -- or, where the repository has file objects (publish
+--file-objects), only the files the store lacks -- import them (every file
+checked) as they arrive, and deploy the image as "usrview deploy" does.  An interrupted pull leaves the store's packages and
 images as they were, and the next one resumes the downloads.  Exit status:
 0 deployed, 1 refused (index or package signature, replayed or expired index,
 lint errors), 2 operational errors (network, disk)."""
@@ -94,7 +95,8 @@ def run(args, cfg) -> int:
     index = result.index
     out.write(f"index {index.name} serial {index.serial}: {len(index.packages)} packages, "
               f"{result.stored} stored already, {len(result.fetched)} fetched "
-              f"({result.bytes_fetched} bytes)\n")
+              f"({result.bytes_fetched} bytes"
+              + (f"; {len(result.assembled)} file by file" if result.assembled else "") + ")\n")
     image = deployed.image
     if deployed.already_current:
         out.write(f"image {image.id} is current already; nothing changed\n")

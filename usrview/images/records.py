@@ -366,20 +366,21 @@ def deploy(store: Store, source: Path, keyring, *, allow_unsigned: bool = False,
 
 
 def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow_unsigned: bool = False,
-                   now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES) -> DeployResult:
-    """:func:`deploy` of packages already read (a SOURCE directory's, or pull's)."""
-    from usrview.store.importer import (
-        import_packages,  # the importer needs the payload machinery
-    )
+                   now: datetime | None = None, progress=None, tries: int = DEFAULT_TRIES,
+                   fetch=None) -> DeployResult:
+    """:func:`deploy` of packages already read (a SOURCE directory's, or pull's).  ``fetch(s)``
+    (pull's), when given, is called for each source not stored, in order, right before it is
+    imported, and returns what to import (its bytes may still arrive as the others import)."""
+    from usrview.store.importer import import_packages  # the importer needs the payload machinery
 
     with store.lock():
-        missing = [s for s in sources if s.header_only and not store.has(s.pkgid)]
+        missing = [s for s in sources if s.header_only and not store.has(s.pkgid) and fetch is None]
         if missing:
             listed = ", ".join(f"{s.path.name} ({s.package.nevra})" for s in missing)
             raise OperationalError(f"header-only rpm(s) whose package is not in the store: {listed}; "
                                    "give the full rpm(s)")
         if not allow_unsigned:
-            unsigned = [s for s in sources if s.header_only and store.get(s.pkgid).unsigned]
+            unsigned = [s for s in sources if s.header_only and store.has(s.pkgid) and store.get(s.pkgid).unsigned]
             if unsigned:
                 raise OperationalError(
                     "stored unsigned: " + ", ".join(s.package.nevra for s in unsigned)
@@ -391,22 +392,20 @@ def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow
                                 "nothing recorded, current image unchanged", findings)
 
         imported = []
-        to_import = [s for s in sources if not (s.header_only or store.has(s.pkgid))]
-        by_path = {s.path: s for s in to_import}
+        to_import = [s for s in sources if not ((s.header_only and fetch is None) or store.has(s.pkgid))]
 
         def started(path) -> None:
             if progress is not None:
                 progress.label = Path(path).name
 
         # One import of all missing packages: committed in batches (one syncfs each).
-        for path, outcome in import_packages(store, [s.path for s in to_import], keyring,
-                                             allow_unsigned=allow_unsigned, progress=progress,
-                                             started=started):
+        paths = (s.path if fetch is None else fetch(s) for s in to_import)
+        for s, (path, outcome) in zip(to_import, import_packages(store, paths, keyring, allow_unsigned=allow_unsigned,
+                                                                 progress=progress, started=started), strict=True):
             if isinstance(outcome, UsrviewError):
                 raise outcome
-            s = by_path[path]
             if outcome.pkgid != s.pkgid:  # the importer names packages the same way
-                raise OperationalError(f"{s.path}: stored as {outcome.pkgid}, expected {s.pkgid}")
+                raise OperationalError(f"{path}: stored as {outcome.pkgid}, expected {s.pkgid}")
             if not outcome.already_stored:
                 imported.append(outcome.pkgid)
 

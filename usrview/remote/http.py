@@ -9,7 +9,8 @@
   truncated body, a 5xx answer), resuming with a Range request from the last
   byte received.  A 4xx answer is not retried.
 - Bytes past what the caller asked for are never read: a body longer than the
-  index says, or endless, is cut off.
+  index says, or endless, is cut off.  A body that ends where asked is read to
+  its end, so that its connection is kept for the next request.
 - ``Accept-Encoding: identity`` and raw bytes: what is hashed is what the
   server stores.
 """
@@ -159,10 +160,13 @@ class Fetcher:
         else:
             raise HttpError(f"{url}: HTTP {status} {response.reason_phrase}".rstrip())
         want = None if end is None else end - start
-        passed = 0
+        length = response.headers.get("Content-Length", "")
+        length = int(length) if length.isdigit() else None
+        passed = body = 0
         try:
             async for chunk in response.aiter_raw():
                 self.bytes_received += len(chunk)
+                body += len(chunk)
                 if skip:
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
@@ -171,8 +175,8 @@ class Fetcher:
                 if chunk:
                     sink(chunk)
                     passed += len(chunk)
-                if want is not None and passed >= want:
-                    return passed
+                if want is not None and passed >= want and body != length:
+                    return passed  # the rest is not read (the connection is not kept)
         except httpx.TransportError as e:
             raise _Retry(passed, _describe(e)) from None
         if want is not None and passed < want:

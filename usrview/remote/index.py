@@ -5,6 +5,13 @@ A repository is a plain directory that any web server or CDN serves as files
 
     REPO/usrview-repo                    "usrview-repo 1\\n"
     REPO/objects/sha256/AB/HEX.rpm       an rpm, named by the SHA-256 of its bytes (immutable)
+    REPO/objects/files/ALGO/AB/HEX.zst   with ``publish --file-objects``: a regular file of a
+                                         package, named by its digest (ALGO: the header's digest
+                                         algorithm, sha256 or stronger), compressed alone with
+                                         zstd (immutable)
+    REPO/objects/files/heads/AB/HEX.zst  with ``publish --file-objects``: the bytes before the
+                                         payload of the rpm whose SHA-256 is HEX (lead, signature
+                                         header, header), compressed with zstd (immutable)
     REPO/images/NAME/SERIAL.json         image index number SERIAL of the image NAME (immutable)
     REPO/images/NAME/SERIAL.json.sig     its detached OpenPGP signature (immutable)
     REPO/images/NAME/latest              "SERIAL\\n": the newest index (replaced by one rename)
@@ -17,7 +24,13 @@ it names is signed, and pull refuses a serial older than the last it accepted.
 An image index (JSON)::
 
     {"format": 1, "name": NAME, "serial": N, "issued": ISO-8601 UTC, "expires": ISO-8601 UTC,
-     "packages": [{"nevra", "header_sha256", "rpm_sha256", "size", "header_length", "path"}, ...]}
+     "packages": [{"nevra", "header_sha256", "rpm_sha256", "size", "header_length", "path"}, ...],
+     "file_objects": "objects/files"}
+
+``file_objects`` (optional) says that the repository holds every regular file of
+every package of the index as a file object, and under which directory (relative
+to the root): pull may then fetch a package's files one by one, only those the
+store lacks (:mod:`usrview.remote.delta`), instead of its rpm.
 
 ``header_length`` is the number of bytes before the payload (lead, signature
 header, main header): what a Range request fetches to check a package's
@@ -39,6 +52,13 @@ from usrview.store import StoreError, make_pkgid
 REPO_MARKER = "usrview-repo"
 REPO_FORMAT_LINE = "usrview-repo 1\n"
 OBJECTS_DIR = "objects/sha256"
+FILE_OBJECTS_DIR = "objects/files"
+FILE_OBJECT_SUFFIX = ".zst"
+HEADS_DIR = "heads"
+#: The file digests file objects are named by: SHA-256 and stronger (a weaker one,
+#: MD5 or SHA-1, does not bind a name to its bytes; such packages come whole).
+FILE_OBJECT_ALGOS = {8: "sha256", 9: "sha384", 10: "sha512"}
+_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 IMAGES_DIR = "images"
 LATEST = "latest"
 INDEX_SUFFIX = ".json"
@@ -62,6 +82,7 @@ DEFAULT_JOBS = 4
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
 _PATH_RE = re.compile(r"^[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
 
 
@@ -80,6 +101,22 @@ def check_name(name: str) -> str:
 
 def object_path(rpm_sha256: str) -> str:
     return f"{OBJECTS_DIR}/{rpm_sha256[:2]}/{rpm_sha256}{RPM_SUFFIX}"
+
+
+def file_object_name(algo: int, digest: str) -> str | None:
+    """``ALGO/AB/HEX.zst``: the file object of a file with this digest, below the
+    index's ``file_objects`` directory; None when the digest names no file object
+    (a weak algorithm, or not lowercase hex of the algorithm's length)."""
+    name = FILE_OBJECT_ALGOS.get(algo)
+    if name is None or len(digest) != _HEX_LENGTHS[name] or not _HEX_RE.match(digest):
+        return None
+    return f"{name}/{digest[:2]}/{digest}{FILE_OBJECT_SUFFIX}"
+
+
+def head_object_name(rpm_sha256: str) -> str:
+    """``heads/AB/HEX.zst``: the compressed header of the rpm ``rpm_sha256``, below the
+    index's ``file_objects`` directory."""
+    return f"{HEADS_DIR}/{rpm_sha256[:2]}/{rpm_sha256}{FILE_OBJECT_SUFFIX}"
 
 
 def index_path(name: str, serial: int) -> str:
@@ -128,18 +165,23 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class ImageIndex:
-    """An image index: attributes name, serial, issued, expires (aware datetimes), packages."""
+    """An image index: attributes name, serial, issued, expires (aware datetimes), packages,
+    file_objects (the directory of the file objects, relative to the root; None: none)."""
 
     name: str
     serial: int
     issued: datetime
     expires: datetime
     packages: tuple[IndexEntry, ...]
+    file_objects: str | None = None
 
     def to_json(self) -> dict:
-        return {"format": INDEX_FORMAT, "name": self.name, "serial": self.serial,
-                "issued": format_time(self.issued), "expires": format_time(self.expires),
-                "packages": [p.to_json() for p in self.packages]}
+        doc = {"format": INDEX_FORMAT, "name": self.name, "serial": self.serial,
+               "issued": format_time(self.issued), "expires": format_time(self.expires),
+               "packages": [p.to_json() for p in self.packages]}
+        if self.file_objects is not None:
+            doc["file_objects"] = self.file_objects
+        return doc
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n").encode()
@@ -155,6 +197,11 @@ def _time(value, what: str) -> datetime:
     return when
 
 
+def _relative_path(path: str) -> bool:
+    """Whether ``path`` names something inside the repository (no ``..``, not absolute)."""
+    return bool(_PATH_RE.match(path)) and ".." not in path.split("/")
+
+
 def _entry(item) -> IndexEntry:
     if not isinstance(item, dict):
         raise IndexRefused("image index: a package is not an object")
@@ -167,7 +214,7 @@ def _entry(item) -> IndexEntry:
                        ints["header_length"], strs["path"])
     if not (_SHA256_RE.match(entry.header_sha256) and _SHA256_RE.match(entry.rpm_sha256)):
         raise IndexRefused(f"image index: package {entry.nevra!r} has a malformed SHA-256")
-    if not _PATH_RE.match(entry.path) or ".." in entry.path.split("/"):
+    if not _relative_path(entry.path):
         raise IndexRefused(f"image index: package {entry.nevra!r} has a path outside the repository: "
                            f"{entry.path!r}")
     try:
@@ -192,5 +239,9 @@ def parse_index(data: bytes) -> ImageIndex:
     entries = tuple(_entry(p) for p in packages)
     if len({e.pkgid for e in entries}) != len(entries):
         raise IndexRefused("image index lists a package twice")
+    file_objects = doc.get("file_objects")
+    if file_objects is not None and not (isinstance(file_objects, str) and _relative_path(file_objects)):
+        raise IndexRefused(f"image index: file_objects is not a directory inside the repository: "
+                           f"{str(file_objects)[:80]!r}")
     return ImageIndex(name, serial, _time(doc.get("issued"), "issued"), _time(doc.get("expires"), "expires"),
-                      entries)
+                      entries, file_objects)

@@ -5,7 +5,15 @@ has the layout): the rpm objects first (each written under ``.tmp/``, synced,
 renamed to its content-addressed name; an object already there is reused), then
 the index and its signature under their immutable serial names, and last
 ``latest`` replaced by one rename.  Publishes of one repository take turns on
-its ``.lock``.  The signature is made by gpg, as rpmsign makes package
+its ``.lock``.
+
+With ``file_objects``, every regular file of every package (its bytes checked
+against the header's digest as the payload is read) is also written as a file
+object (``objects/files/ALGO/AB/HEX.zst``, compressed alone with zstd), and so is
+the header of every rpm (``objects/files/heads/``); the index says so: pull then
+fetches a package's compressed header and only the files a store lacks.  New file
+objects are written under ``.tmp/``, made durable by one ``syncfs`` and then
+renamed in, so a crash never leaves a short object under its final name.  The signature is made by gpg, as rpmsign makes package
 signatures; pull checks it with the verifier.
 """
 
@@ -22,10 +30,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import zstandard
+
 from usrview.errors import OperationalError
 from usrview.images import read_source
 from usrview.images.lint import has_errors, lint
 from usrview.remote.index import (
+    FILE_OBJECTS_DIR,
     LATEST,
     LOCK_FILE,
     REPO_FORMAT_LINE,
@@ -35,12 +46,15 @@ from usrview.remote.index import (
     ImageIndex,
     IndexEntry,
     check_name,
+    file_object_name,
+    head_object_name,
     index_path,
     latest_path,
     object_path,
     parse_latest,
 )
-from usrview.store import Store
+from usrview.store import Store, btrfs
+from usrview.store.payload import PayloadError, open_payload
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +64,9 @@ DEFAULT_VALID_DAYS = 30
 GPG = "gpg"
 GPG_TIMEOUT = 300
 COPY_CHUNK = 1 << 20
+#: zstd level of file objects: written once, fetched by every machine (decompression
+#: costs the same at every level).
+FILE_OBJECT_LEVEL = 12
 
 
 @dataclass
@@ -61,6 +78,8 @@ class PublishResult:
     added: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     bytes_added: int = 0
+    file_objects_added: int = 0
+    file_object_bytes_added: int = 0
 
 
 def _open_repo(repo: Path) -> None:
@@ -113,6 +132,71 @@ def _add_object(repo: Path, source: Path, rel: str) -> bool:
     return True
 
 
+class _FileObjects:
+    """The file objects of a publish: written under ``.tmp/``, then moved in together."""
+
+    def __init__(self, repo: Path):
+        self.repo = repo
+        self.compressor = zstandard.ZstdCompressor(level=FILE_OBJECT_LEVEL)
+        self.staged: dict[str, Path] = {}  # relative name -> its temp file
+        self.added = self.bytes_added = 0
+
+    def add_package(self, path: Path, package, rpm_sha256: str) -> None:
+        head = head_object_name(rpm_sha256)
+        if not (self.repo / FILE_OBJECTS_DIR / head).is_file():
+            with open(path, "rb") as f:
+                self._stage_bytes(head, f.read(package.payload_offset))
+        try:
+            with open_payload(path, package) as members:
+                for member in members:
+                    entry = member.entry
+                    rel = member.has_content and entry.size and file_object_name(entry.digest_algo, entry.digest)
+                    if not rel or rel in self.staged or (self.repo / FILE_OBJECTS_DIR / rel).is_file():
+                        for _ in member.chunks(verify=member.has_content):
+                            pass
+                        continue
+                    self._stage(rel, member)
+        except PayloadError as e:
+            raise OperationalError(f"{path}: cannot make its file objects: {e}") from None
+
+    def _stage_bytes(self, rel: str, data: bytes) -> None:
+        tmp = self.repo / TMP_DIR / f"{len(self.staged)}.{os.getpid()}{Path(rel).suffix}"
+        self.staged[rel] = tmp
+        tmp.write_bytes(self.compressor.compress(data))
+
+    def _stage(self, rel: str, member) -> None:
+        tmp = self.repo / TMP_DIR / f"{len(self.staged)}.{os.getpid()}{Path(rel).suffix}"
+        self.staged[rel] = tmp
+        packer = self.compressor.compressobj(size=member.entry.size)
+        with open(tmp, "wb") as out:
+            for chunk in member.chunks(COPY_CHUNK, verify=True):
+                out.write(packer.compress(chunk))
+            out.write(packer.flush())
+            self.bytes_added += out.tell()
+        self.added += 1
+
+    def commit(self) -> None:
+        """Durable first (one syncfs), then under their names, then durable again."""
+        if not self.staged:
+            return
+        fd = os.open(self.repo / TMP_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            btrfs.syncfs(fd)
+            for rel, tmp in self.staged.items():
+                dest = self.repo / FILE_OBJECTS_DIR / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tmp, dest)
+            btrfs.syncfs(fd)
+        finally:
+            os.close(fd)
+        self.staged = {}
+
+    def discard(self) -> None:
+        for tmp in self.staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
 def _sign(data_path: Path, sig_path: Path, key: str | None, gpg_home: Path | None) -> None:
     cmd = [GPG, "--batch", "--yes", "--no-tty", "--detach-sign", "--output", str(sig_path)]
     if gpg_home is not None:
@@ -138,8 +222,9 @@ def _previous_serial(repo: Path, name: str) -> int:
 
 def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = None,
             gpg_home: Path | None = None, valid_days: int = DEFAULT_VALID_DAYS,
-            now: datetime | None = None) -> PublishResult:
-    """Publish the rpms of ``image_dir`` as the next index of image ``name`` in ``repo``."""
+            now: datetime | None = None, file_objects: bool = False) -> PublishResult:
+    """Publish the rpms of ``image_dir`` as the next index of image ``name`` in ``repo``
+    (with ``file_objects``, every file of every package as a file object too)."""
     check_name(name)
     if valid_days < 1:
         raise OperationalError("--valid-days must be 1 or more")
@@ -155,20 +240,32 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
     _open_repo(repo)
     with _repo_lock(repo):
         entries, added, reused, added_bytes = [], [], [], 0
-        for s in sources:
-            digest, size = _sha256(s.path), s.path.stat().st_size
-            rel = object_path(digest)
-            if _add_object(repo, s.path, rel):
-                added.append(s.package.nevra)
-                added_bytes += size
-            else:
-                reused.append(s.package.nevra)
-            entries.append(IndexEntry(s.package.nevra, s.package.header_sha256, digest, size,
-                                      s.package.payload_offset, rel))
+        files = _FileObjects(repo) if file_objects else None
+        try:
+            for s in sources:
+                digest, size = _sha256(s.path), s.path.stat().st_size
+                if files is not None:
+                    files.add_package(s.path, s.package, digest)
+                rel = object_path(digest)
+                if _add_object(repo, s.path, rel):
+                    added.append(s.package.nevra)
+                    added_bytes += size
+                else:
+                    reused.append(s.package.nevra)
+                entries.append(IndexEntry(s.package.nevra, s.package.header_sha256, digest, size,
+                                          s.package.payload_offset, rel))
+            if files is not None:
+                files.commit()
+        except OSError as e:
+            raise OperationalError(f"cannot write into the repository {repo}: {e.strerror or e}") from None
+        finally:
+            if files is not None:
+                files.discard()
         when = (now or datetime.now(UTC)).replace(microsecond=0)
         serial = _previous_serial(repo, name) + 1
         index = ImageIndex(name, serial, when, when + timedelta(days=valid_days),
-                           tuple(sorted(entries, key=lambda e: e.nevra)))
+                           tuple(sorted(entries, key=lambda e: e.nevra)),
+                           FILE_OBJECTS_DIR if file_objects else None)
         data = index.to_bytes()
         rel = index_path(name, serial)
         path = repo / rel
@@ -189,4 +286,7 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
     log.info("published %s serial %d (%s); %d objects added", name, serial, LATEST, len(added))
-    return PublishResult(index, rel, added, reused, added_bytes)
+    result = PublishResult(index, rel, added, reused, added_bytes)
+    if files is not None:
+        result.file_objects_added, result.file_object_bytes_added = files.added, files.bytes_added
+    return result

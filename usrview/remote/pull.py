@@ -8,30 +8,33 @@ In order:
    image asked for, not expired, and its serial not older than the last one
    this store accepted for that repository and image (``STORE/remote.json``):
    a replayed old index is refused.
-2. Each package the store lacks is fetched into ``STORE/downloads/`` as
-   ``RPM_SHA256.part``: first its header (a Range request up to the payload),
-   whose SHA-256 must be the index's and whose signature must pass the trust
-   gate before a byte of payload is asked for; then the rest.  The whole file
-   must have the index's SHA-256; only then is it renamed ``RPM_SHA256.rpm``.
-   A ``.part`` left by an interrupted pull is resumed (Range) by the next one.
-   Package bytes come from the mirrors in order, then the origin: an error or
-   bytes that do not verify fail over to the next.  Several packages at a time.
-3. The set is deployed through :func:`usrview.images.deploy_sources`: the
-   importer checks every signature and every file again, the image is
-   recorded and made current in one switch; the accepted serial is recorded
-   and the imported downloads removed.  A failure anywhere before leaves the
-   store's packages and images as they were.
+2. The header of each package the store lacks (:meth:`usrview.remote.fetch.Downloader.head`:
+   a Range request up to the payload), its SHA-256 the index's and its signature
+   passing the trust gate before a byte of payload is asked for.  A package
+   whose header is refused refuses the pull, nothing of its payload fetched.
+3. The set is deployed through :func:`usrview.images.deploy_sources` (lint, then
+   import, then the image recorded and made current in one switch), while the
+   packages' bytes are fetched by a process of its own (:mod:`usrview.remote.pipeline`,
+   several packages at a time, in the index's order): each package is imported as soon
+   as its bytes are there -- its rpm, or its files the store lacks
+   (:mod:`usrview.remote.delta`) -- so that fetching and importing overlap.  The
+   importer checks every signature and every file again.  Then the accepted
+   serial is recorded and the downloads no pull needs are removed
+   (:func:`usrview.remote.downloads.clean_downloads`).
+
+A failure anywhere leaves the store's images as they were and no package
+half-imported: the importer commits packages in batches, so those of a batch
+committed before the failure stay in the store, unreferenced (as after an
+``import``), and the next pull need not fetch them again; downloads stay for the
+next pull to resume (Range).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +44,10 @@ import trio
 from usrview.errors import OperationalError
 from usrview.images import SourcePackage, deploy_sources
 from usrview.images.records import DeployResult
-from usrview.remote.http import DEFAULT_BACKOFF, Fetcher, HttpError, check_url, join
+from usrview.remote.delta import Delta
+from usrview.remote.downloads import clean_downloads, downloads_lock
+from usrview.remote.fetch import Downloader, Progress
+from usrview.remote.http import DEFAULT_BACKOFF, Fetcher, check_url, join
 from usrview.remote.index import (
     DEFAULT_IMAGE,
     DEFAULT_JOBS,
@@ -60,23 +66,17 @@ from usrview.remote.index import (
     parse_index,
     parse_latest,
 )
+from usrview.remote.pipeline import Pipeline, unwrap
 from usrview.store import Store
-from usrview.store.importer import PackageRefused
 from usrview.store.store import JSON_FILE_MAX, read_store_file
-from usrview.store.trust import header_trust
 from verifier import sigcheck
 from verifier.errors import HeaderError
-from verifier.header import read_package, read_package_file
+from verifier.header import Package, read_package_file
 from verifier.keyring import Keyring, Verdict
 
 log = logging.getLogger(__name__)
 
-PART_SUFFIX = ".part"
-READ_CHUNK = 1 << 20
-RPM_SUFFIX = ".rpm"
 STATE_FORMAT = 1
-
-Progress = Callable[[int, int, int, int], None]
 
 
 @dataclass
@@ -86,7 +86,9 @@ class PullResult:
     Attributes: index (the accepted index), deploy (the deploy's result),
     fetched (NEVRAs downloaded by this pull), stored (packages the store had),
     bytes_fetched (package bytes received), resumed (NEVRAs continued from a
-    partial download).
+    partial download), assembled (NEVRAs fetched file by file, not as rpms),
+    file_objects (file objects fetched), fallbacks (NEVRAs fetched whole after a
+    file object failed).
     """
 
     index: ImageIndex
@@ -95,20 +97,20 @@ class PullResult:
     stored: int = 0
     bytes_fetched: int = 0
     resumed: list[str] = field(default_factory=list)
+    assembled: list[str] = field(default_factory=list)
+    file_objects: int = 0
+    fallbacks: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = self.deploy
         return {"name": self.index.name, "serial": self.index.serial,
                 "expires": self.index.to_json()["expires"], "packages": len(self.index.packages),
                 "fetched": self.fetched, "resumed": self.resumed, "already_stored": self.stored,
-                "bytes_fetched": self.bytes_fetched,
+                "bytes_fetched": self.bytes_fetched, "assembled": self.assembled,
+                "file_objects": self.file_objects, "fallbacks": self.fallbacks,
                 "image": d.image.id if d else None, "previous": d.previous if d else None,
                 "already_current": d.already_current if d else None,
                 "imported": d.imported if d else []}
-
-
-class _BadBytes(Exception):
-    """A source served bytes that do not match the index: try the next one."""
 
 
 # -- the accepted serials -------------------------------------------------------------------
@@ -175,172 +177,37 @@ async def _fetch_index(fetcher: Fetcher, origin: str, name: str) -> tuple[bytes,
     return data, signature
 
 
-# -- one package ---------------------------------------------------------------------------------
-
-class _Downloader:
-    """Fetches packages into ``STORE/downloads/``; attributes as :func:`pull`'s arguments."""
-
-    def __init__(self, store: Store, fetcher: Fetcher, sources: list[str], keyring: Keyring,
-                 allow_unsigned: bool, progress: Progress | None, total: int, total_bytes: int):
-        self.dir = store.downloads_dir
-        self.fetcher, self.sources, self.keyring = fetcher, sources, keyring
-        self.allow_unsigned = allow_unsigned
-        self.progress = progress
-        self.total, self.total_bytes = total, total_bytes
-        self.done = self.done_bytes = 0
-        self.resumed: list[str] = []
-        self.fetched: list[str] = []
-        self.received = 0
-
-    def _tick(self, count: int = 0, packages: int = 0) -> None:
-        self.done_bytes += count
-        self.done += packages
-        if self.progress is not None:
-            self.progress(self.done, self.total, self.done_bytes, self.total_bytes)
-
-    async def get(self, entry: IndexEntry) -> Path:
-        """The path of the verified rpm, fetched unless a pull fetched it before."""
-        final = self.dir / (entry.rpm_sha256 + RPM_SUFFIX)
-        if final.is_file() and final.stat().st_size == entry.size:
-            self._tick(entry.size, 1)
-            return final
-        part = self.dir / (entry.rpm_sha256 + PART_SUFFIX)
-        failures = []
-        for base in self.sources:
-            try:
-                await self._fetch(base, entry, part)
-            except (HttpError, _BadBytes) as e:
-                failures.append(str(e))
-                if base != self.sources[-1]:
-                    log.warning("%s: %s; trying the next source", entry.nevra, e)
-                continue
-            os.rename(part, final)
-            self.fetched.append(entry.nevra)
-            self._tick(packages=1)
-            return final
-        raise HttpError(f"{entry.nevra}: no source served it: {failures[-1]}")
-
-    async def _fetch(self, base: str, entry: IndexEntry, part: Path) -> None:
-        url = join(base, entry.path)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            for fresh in (False, True):
-                have = os.fstat(fd).st_size
-                if fresh or have > entry.size:
-                    os.ftruncate(fd, 0)
-                    have = 0
-                elif have:
-                    self.resumed.append(entry.nevra)
-                try:
-                    if await self._fill(fd, url, entry, have):
-                        return
-                except _BadBytes:
-                    os.ftruncate(fd, 0)  # the next source starts afresh
-                    raise
-                if not have:
-                    break  # a fresh download that does not verify: the next source
-                log.info("%s: resumed download does not verify; fetching it again", entry.nevra)
-            os.ftruncate(fd, 0)
-            raise _BadBytes(f"{url}: the bytes do not match the index's SHA-256")
-        finally:
-            os.close(fd)
-
-    async def _fill(self, fd: int, url: str, entry: IndexEntry, have: int) -> bool:
-        """Complete the partial file ``fd`` (``have`` bytes) from ``url``: True when it verifies."""
-        hasher = hashlib.sha256()
-        os.lseek(fd, 0, os.SEEK_SET)
-        while chunk := os.read(fd, READ_CHUNK):
-            hasher.update(chunk)
-
-        def write(chunk: bytes) -> None:
-            hasher.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            self.received += len(chunk)
-            self._tick(len(chunk))
-
-        os.lseek(fd, have, os.SEEK_SET)
-        if have < entry.header_length:
-            await self.fetcher.fetch(url, have, entry.header_length, write)
-        self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
-        await self.fetcher.fetch(url, max(have, entry.header_length), entry.size, write)
-        if hasher.hexdigest() != entry.rpm_sha256:
-            return False
-        os.fsync(fd)
-        return True
-
-    def _check_header(self, header: bytes, entry: IndexEntry, url: str) -> None:
-        """The header must be the index's, and its signature trusted, before any payload."""
-        try:
-            package = read_package(header, strict=False)
-        except HeaderError as e:
-            raise _BadBytes(f"{url}: not the package's header: {e}") from None
-        if package.header_sha256 != entry.header_sha256 or package.payload_offset != entry.header_length:
-            raise _BadBytes(f"{url}: the header does not match the index")
-        trust = header_trust(sigcheck.check_package(package, self.keyring),
-                             unsigned_allowed=self.allow_unsigned)
-        if not trust.usable:
-            raise PackageRefused(f"{entry.nevra}: signature check: {trust.reason}; nothing of its payload "
-                                 "was fetched")
-
-
 # -- the whole pull ------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _downloads_lock(store: Store):
-    try:
-        store.downloads_dir.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(store.downloads_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise OperationalError(f"cannot use {store.downloads_dir}: {e.strerror or e}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OperationalError(f"another pull is downloading into the store {store.root}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-async def _download(store: Store, origin: str, mirrors: list[str], name: str, keyring: Keyring, *,
-                    ca_file, timeout, retries, backoff, jobs, allow_unsigned, progress, now,
-                    result_box: list) -> dict[str, Path]:
-    fetcher = Fetcher(ca_file=ca_file, timeout=timeout, retries=retries, backoff=backoff)
+async def _prepare(store: Store, origin: str, mirrors: list[str], name: str, keyring: Keyring, *,
+                   fetcher: Fetcher, jobs: int, allow_unsigned: bool, progress: Progress | None,
+                   now: datetime) -> tuple[PullResult, Downloader, list[tuple[IndexEntry, Package]]]:
+    """The checked index, and the checked header of every package the store lacks."""
     try:
         data, signature = await _fetch_index(fetcher, origin, name)
         index = check_index(data, signature, keyring, name=name,
                             accepted=accepted_serial(store, origin, name), now=now)
         result = PullResult(index)
-        result_box.append(result)
         missing = [e for e in index.packages if not store.has(e.pkgid)]
         result.stored = len(index.packages) - len(missing)
-        downloader = _Downloader(store, fetcher, [*mirrors, origin], keyring, allow_unsigned, progress,
-                                 len(missing), sum(e.size for e in missing))
-        paths: dict[str, Path] = {}
+        downloader = Downloader(store, [*mirrors, origin], keyring, allow_unsigned, progress,
+                                len(missing), sum(e.size for e in missing))
+        downloader.fetcher, downloader.heads = fetcher, index.file_objects
+        heads: dict[str, Package] = {}
         limiter = trio.CapacityLimiter(max(1, jobs))
 
         async def one(entry: IndexEntry) -> None:
             async with limiter:
-                paths[entry.pkgid] = await downloader.get(entry)
+                heads[entry.pkgid] = await downloader.head(entry)
 
         async with trio.open_nursery() as nursery:
             for entry in missing:
                 nursery.start_soon(one, entry)
-        result.fetched = sorted(downloader.fetched)
-        result.resumed = sorted(set(downloader.resumed))
-        result.bytes_fetched = downloader.received
-        return paths
+        if index.file_objects is not None and missing:
+            downloader.delta = Delta(store, downloader, index.file_objects)
+        return result, downloader, [(e, heads[e.pkgid]) for e in missing]
     finally:
         await fetcher.aclose()
-
-
-def _unwrap(group: BaseException) -> BaseException:
-    """The first error of a trio task group (one line for the user, not a tree)."""
-    while isinstance(group, BaseExceptionGroup) and group.exceptions:
-        group = group.exceptions[0]
-    return group
 
 
 def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMAGE,
@@ -354,36 +221,61 @@ def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMA
     for m in mirrors:
         check_url(m)
     now = now or datetime.now(UTC)
-    box: list[PullResult] = []
-    kwargs = dict(ca_file=ca_file, timeout=timeout, retries=retries, jobs=jobs, allow_unsigned=allow_unsigned,
-                  progress=progress, now=now, result_box=box,
-                  backoff=DEFAULT_BACKOFF if backoff is None else backoff)
-    with _downloads_lock(store):
+    backoff = DEFAULT_BACKOFF if backoff is None else backoff
+
+    def make_fetcher() -> Fetcher:
+        return Fetcher(ca_file=ca_file, timeout=timeout, retries=retries, backoff=backoff)
+
+    with downloads_lock(store):
         try:
-            paths = trio.run(lambda: _download(store, origin, list(mirrors), name, keyring, **kwargs))
+            result, downloader, pending = trio.run(lambda: _prepare(
+                store, origin, list(mirrors), name, keyring, fetcher=make_fetcher(), jobs=jobs,
+                allow_unsigned=allow_unsigned, progress=progress, now=now))
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise unwrap(group) from None
         except OSError as e:
             raise OperationalError(f"cannot write into {store.downloads_dir}: {e.strerror or e}") from None
-        result = box[0]
-        if not deploy:
-            return result
-        with store.lock():
-            sources = _sources(store, result.index, paths)
-            extra = {} if tries is None else {"tries": tries}
-            result.deploy = deploy_sources(store, sources, keyring, allow_unsigned=allow_unsigned, **extra)
-            _record_serial(store, origin, name, result.index.serial)
-            for path in paths.values():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        pipeline = Pipeline(downloader, pending, make_fetcher, jobs)
+        pipeline.start()
+        try:
+            if deploy:
+                with store.lock():
+                    sources = _sources(store, result.index, downloader, dict((e.pkgid, p) for e, p in pending))
+                    extra = {} if tries is None else {"tries": tries}
+                    result.deploy = deploy_sources(store, sources, keyring, allow_unsigned=allow_unsigned,
+                                                   fetch=lambda s: pipeline.wait(s.pkgid), **extra)
+                    _record_serial(store, origin, name, result.index.serial)
+                    for path in pipeline.ready.values():
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                    pipeline.finish()  # its account of what it fetched
+                    with contextlib.suppress(OSError):  # only what no pull needs: it may stay
+                        clean_downloads(store)
+            else:
+                pipeline.finish()
+        finally:
+            pipeline.stop()
+    result.fetched = sorted(downloader.fetched)
+    result.resumed = sorted(set(downloader.resumed))
+    result.bytes_fetched = downloader.received
+    if downloader.delta is not None:
+        result.assembled = sorted(downloader.delta.assembled)
+        result.file_objects = downloader.delta.fetched
+        result.fallbacks = sorted(downloader.delta.fallbacks)
     return result
 
 
-def _sources(store: Store, index: ImageIndex, paths: dict[str, Path]) -> list[SourcePackage]:
-    """The index's packages as deploy reads them: downloaded rpms, and the stored headers."""
+def _sources(store: Store, index: ImageIndex, downloader: Downloader,
+             headers: dict[str, Package]) -> list[SourcePackage]:
+    """The index's packages as deploy reads them: the stored headers, and the headers of
+    the packages being fetched (what to import comes from the pipeline)."""
     sources = []
     for entry in index.packages:
-        path = paths.get(entry.pkgid) or store.header_path(entry.pkgid)
+        package = headers.get(entry.pkgid)
+        if package is not None:
+            sources.append(SourcePackage(downloader.part(entry), package, entry.pkgid))
+            continue
+        path = store.header_path(entry.pkgid)
         try:
             package = read_package_file(path)
         except (OSError, HeaderError) as e:

@@ -26,13 +26,15 @@
    still read and hashed.  Files below :data:`REFLINK_MIN_SIZE` are written:
    btrfs keeps them inline in metadata, where there is nothing to share.
 5. Packages are committed in batches (:class:`_ImportBatch`, many packages per
-   ``usrview import``): trees, header files and markers are made
-   under ``tmp/``; one ``syncfs(2)`` per batch (instead of an fsync per file
-   or a sync per package: see docs/store-format.md for the measurements);
-   then each tree renamed to ``packages/PKGID`` and set read-only (btrfs
-   cannot move a read-only subvolume between directories), the markers
-   renamed in, and last each header renamed to ``headers/PKGID.rpm`` -- the
+   ``usrview import``): trees, header files and markers are made under ``tmp/``;
+   one ``syncfs(2)`` per batch (instead of an fsync per file or a sync per package:
+   see docs/store-format.md); then each tree renamed to ``packages/PKGID`` and set
+   read-only (btrfs cannot move a read-only subvolume between directories), the
+   markers renamed in, and last each header renamed to ``headers/PKGID.rpm`` -- the
    moment the package exists.
+
+An :class:`~usrview.store.assemble.AssembledPackage` (pull's file-level delta) is
+imported the same way, its members made from its header and fetched or stored files.
 
 Any failure removes the temp tree; a crash leaves it in ``tmp/``, which the
 next writer's :meth:`Store.lock` removes.
@@ -51,10 +53,10 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from usrview import faults
 from usrview.errors import EXIT_FINDINGS, UsrviewError
+from usrview.store.assemble import AssembledPackage
 from usrview.store.commit import PackageBatch, StagedPackage, storage_error
 from usrview.store.payload import CHUNK_SIZE, Member, PayloadError, open_payload
 from usrview.store.store import (
@@ -114,8 +116,7 @@ class ImportResult:
         already_stored: True when it was in the store already (nothing done).
         unsigned: True when it was imported (or is stored) unsigned.
         legacy: True when only the legacy signature policy accepts it (legacy/PKGID).
-        files: entries made from the header: regular files, hardlinks,
-            directories, symlinks.
+        files: entries made from the header: regular files, hardlinks, directories, symlinks.
         reflinked: regular files cloned rather than written.
         bytes_written: file bytes written.
         bytes_reflinked: file bytes cloned.
@@ -503,8 +504,7 @@ def check_header(path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: b
     return check.package, trust.unsigned, check.policy == LEGACY_POLICY
 
 
-def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *,
-                   allow_unsigned: bool = False,
+def import_package(store: Store, path: str | os.PathLike, keyring: Keyring, *, allow_unsigned: bool = False,
                    progress: Callable[[int, int], None] | None = None) -> ImportResult:
     """Import the rpm at ``path`` into ``store`` (a no-op when it is stored already).
 
@@ -565,8 +565,7 @@ def _settle(batch: _ImportBatch, waiting: list) -> Iterator[tuple[str | os.PathL
             if error is not None:
                 outcome = error
             elif not outcome.already_stored:
-                log.info("imported %s: %d files, %d reflinked", outcome.nevra, outcome.files,
-                         outcome.reflinked)
+                log.info("imported %s: %d files, %d reflinked", outcome.nevra, outcome.files, outcome.reflinked)
             if outcome is not error and outcome.unknown_owners and not outcome.already_stored:
                 log.warning("%s: unknown owners made root: %s", outcome.nevra,
                             ", ".join(outcome.unknown_owners))
@@ -577,7 +576,7 @@ def _prepare(store: Store, batch: _ImportBatch, path: str | os.PathLike, keyring
              allow_unsigned: bool, progress: Callable[[int, int], None] | None) -> ImportResult:
     """Check one package and write it into the batch (not committed yet)."""
     package, unsigned, legacy = check_header(path, keyring, allow_unsigned=allow_unsigned)
-    if not package.has_payload:
+    if not (package.has_payload or isinstance(path, AssembledPackage)):
         raise PackageRefused("a header-only rpm has no files to import")
     try:
         pkgid = pkgid_for(package)
@@ -595,7 +594,7 @@ def _prepare(store: Store, batch: _ImportBatch, path: str | os.PathLike, keyring
         return result
     check_file_list(package)
     try:
-        batch.write(Path(path), package, pkgid, result, progress)
+        batch.write(path, package, pkgid, result, progress)
     except PayloadError as e:
         raise PackageRefused(str(e)) from None
     except OSError as e:
@@ -621,7 +620,7 @@ class _ImportBatch(PackageBatch):
     def full(self) -> bool:
         return len(self.pending) >= BATCH_MAX_PACKAGES or self.bytes >= BATCH_MAX_BYTES
 
-    def write(self, path: Path, package: Package, pkgid: str, result: ImportResult,
+    def write(self, path: str | os.PathLike, package: Package, pkgid: str, result: ImportResult,
               progress: Callable[[int, int], None] | None) -> None:
         store, tmp_fd = self.store, self.tmp_fd
         name = header = unsigned = legacy = None
@@ -631,7 +630,8 @@ class _ImportBatch(PackageBatch):
             dir_fds = _PackageDirFds(root_fd)
             try:
                 writer = _Writer(store, package, dir_fds, result, progress, self)
-                with open_payload(path, package) as members:
+                with (path.open_members(store, package) if isinstance(path, AssembledPackage)
+                      else open_payload(path, package)) as members:
                     for member in members:
                         writer.add(member)
                 writer.finish()

@@ -30,7 +30,7 @@ import errno
 import functools
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import pyfuse3
 
@@ -71,19 +71,26 @@ def kernel_cache_features(mode: str = "auto") -> frozenset[str]:
 
 
 def describe_kernel_cache(features: frozenset[str]) -> str:
+    """What ``usrview mount -v`` says of the kernel's caching and of the pyfuse3 that runs."""
+    patched = bool(getattr(pyfuse3, "KERNEL_CACHE_FEATURES", None))
+    which = (f"pyfuse3 {pyfuse3.__version__} {'with' if patched else 'without'} "
+             ".ci/pyfuse3-kernel-cache.patch")
     if not features:
-        return ("none: every open, listing and readlink asks the daemon (pyfuse3 "
-                f"{pyfuse3.__version__} without .ci/pyfuse3-kernel-cache.patch, or --kernel-cache off)")
-    return ", ".join(sorted(features)) + " (files checked at their first read)"
+        return (f"none: every open, listing and readlink asks the daemon ({which}"
+                f"{', --kernel-cache off' if patched else ''})")
+    return ", ".join(sorted(features)) + f" (files checked at their first read; {which})"
 
 
 def _handler(fn):
     """The error boundary every handler goes through."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        self.requests[name] += 1
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except OSError as e:
@@ -118,11 +125,16 @@ class ViewOperations(pyfuse3.Operations):
         attr_cache: inode -> EntryAttributes, built once while kept (at most
             :data:`ATTR_CACHE`): the tree never changes while mounted, and lookup,
             getattr and readdir ask often.
+        requests: handler name -> requests it answered (``usrview mount -v``
+            logs them at SIGUSR2 and at the unmount: what still reaches the daemon).
     """
 
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # FUSE_CAP_POSIX_ACL: the kernel asks for a file's ACL once and caches the
+    # answer (none), where without it every ACL query (``ls -l`` asks one per
+    # file) is a GETXATTR round trip.
+    enable_acl = True
 
     def __init__(self, tree: Tree, guard: Guard, kernel_cache: frozenset[str] = frozenset()):
         super().__init__()
@@ -135,6 +147,7 @@ class ViewOperations(pyfuse3.Operations):
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         self._next_fh = 0
         self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
+        self.requests: Counter[str] = Counter()
 
     # -- helpers -----------------------------------------------------------
 
@@ -346,8 +359,12 @@ class ViewOperations(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         pass
 
+    def describe_requests(self) -> str:
+        return "requests: " + (", ".join(f"{k} {v}" for k, v in sorted(self.requests.items())) or "none")
+
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""
+        log.info("%s", self.describe_requests())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

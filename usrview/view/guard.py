@@ -59,6 +59,7 @@ import os
 import queue
 import stat
 import threading
+from collections.abc import Callable
 
 import trio
 
@@ -230,6 +231,7 @@ class Guard:
         limiter: bounds the hashing threads.
         hashed: how many times a file was actually hashed (for tests and stats),
             hashed_inline of them in the event loop; read_ahead: files read ahead.
+        on_open: None, or called with each node opened for a check.
     """
 
     def __init__(self, tree: Tree, mode: VerifyMode | str = VerifyMode.ENFORCE, *,
@@ -255,6 +257,8 @@ class Guard:
         self._ra_window = READAHEAD_START
         self._ra_thread = _ReadAhead(tree, self.bases)
         self.read_ahead = 0
+        # called with each node opened for a check (usrview.view.prefetch records them)
+        self.on_open: Callable[[Node], None] | None = None
 
     def close(self) -> None:
         """Stop the read-ahead thread; close the cached directory fds."""
@@ -296,6 +300,8 @@ class Guard:
     async def open_checked(self, node: Node) -> tuple[int, tuple]:
         """:meth:`open`, and the identity of the backing file as it was checked,
         for :meth:`still_checked`."""
+        if self.on_open is not None:
+            self.on_open(node)
         base = self.bases[node.backing] if node.backing >= 0 else None
         if base is None:
             self._violation(node, "no backing file (the package's files are not in the store)", fatal=True)
@@ -314,6 +320,23 @@ class Guard:
             os.close(fd)
             raise
         return fd, identity
+
+    @staticmethod
+    def identity(st: os.stat_result, node: Node) -> tuple:
+        """The key checks are cached by: the backing file's identity and the digest algorithm."""
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
+
+    def is_checked(self, key: tuple) -> bool:
+        """Whether the file of identity ``key`` was hashed already."""
+        return key in self._cache
+
+    def checked_ahead(self, node: Node, key: tuple, actual: str) -> None:
+        """A file hashed ahead of its first open (:mod:`usrview.view.prefetch`), by
+        its identity ``key`` before hashing: remembered when ``actual`` is the
+        header's digest, so that its open hashes nothing.  A digest that differs
+        is not remembered: the open hashes the file and refuses it."""
+        if actual == node.digest:
+            self._cache[key] = node.digest
 
     @staticmethod
     def still_checked(fd: int, identity: tuple) -> bool:
@@ -356,7 +379,7 @@ class Guard:
             self._violation(node, f"backing file is not a regular file ({stat.filemode(st.st_mode)})",
                             fatal=True)
             raise OSError(errno.EIO, "backing file is not a regular file")
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, node.algo)
+        key = self.identity(st, node)
         if self.mode is VerifyMode.OFF:
             self._good[node.inode] = key
             return key

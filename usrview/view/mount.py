@@ -9,7 +9,8 @@ mountpoint showing through is worse than an error, and the next
 ``usrview mount`` recovers the dead mount.  ``READY=1`` goes to
 ``$NOTIFY_SOCKET`` once the kernel mount exists, through a socket connected
 before mounting (after switch-root the socket's path may not resolve from this
-process's root); SIGUSR1 dumps every thread's stack (faulthandler).
+process's root); SIGUSR1 dumps every thread's stack (faulthandler), SIGUSR2
+logs the requests answered so far.
 Everything serving and stopping needs is imported at the top of the module:
 nothing is imported once the view serves (docs/boot-core.md).
 """
@@ -27,7 +28,7 @@ import resource
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
@@ -123,9 +124,18 @@ async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
             return
 
 
+async def _log_requests(ops: ViewOperations) -> None:
+    """SIGUSR2: log the requests answered so far (tests/bench_system.py counts them per workload)."""
+    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        async for _ in signals:
+            log.info("%s", ops.describe_requests())
+
+
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
-                on_ready: Callable[[], None] | None = None) -> None:
-    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount."""
+                on_ready: Callable[[], None] | None = None,
+                tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount;
+    ``tasks`` run beside, from the mount on, and are cancelled at the unmount."""
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
@@ -142,6 +152,9 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         stack.callback(close)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals)
+            nursery.start_soon(_log_requests, ops)
+            for task in tasks:
+                nursery.start_soon(task)
             notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
             if on_ready is not None:
                 on_ready()
@@ -152,11 +165,12 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         notifier.send(b"STOPPING=1\n")
 
 
-def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None) -> None:
+def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
+        tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve the view in this process (blocks until unmounted)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready))
+        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks))
     finally:
         faulthandler.unregister(signal.SIGUSR1)
 

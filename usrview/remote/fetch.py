@@ -1,0 +1,275 @@
+"""Fetching one package into ``STORE/downloads/`` (:mod:`usrview.remote.downloads` has the layout).
+
+:meth:`Downloader.head` fetches a package's header: the rpm's bytes before its
+payload, into ``RPM_SHA256.part`` -- with a Range request, or where the
+repository has file objects, its compressed copy (``objects/files/heads/``); its SHA-256 must be the
+index's and its signature must pass the trust gate before a byte of payload is
+asked for.  :meth:`Downloader.get` then fetches the rest: its files the store
+lacks (:mod:`usrview.remote.delta`, when the repository has file objects), or
+the rest of its rpm, resumed (Range) from what a ``.part`` holds.  The whole file
+must have the index's SHA-256; only then is it renamed ``RPM_SHA256.rpm`` (not
+synced: the deploy that follows reads it from the page cache, and a pull that
+finds a ``.rpm`` an earlier one left checks its SHA-256 again; what a crash tore
+in a ``.part`` fails the SHA-256 and is fetched again).  Bytes come from the
+mirrors in order, then the origin: an error or bytes that do not verify fail
+over to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import zstandard
+
+from usrview.remote.http import Fetcher, HttpError, join
+from usrview.remote.index import IndexEntry, head_object_name
+from usrview.store import Store
+from usrview.store.assemble import AssembledPackage
+from usrview.store.importer import PackageRefused
+from usrview.store.trust import header_trust
+from verifier import sigcheck
+from verifier.errors import HeaderError
+from verifier.header import Package, read_package
+from verifier.keyring import Keyring
+
+log = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+RPM_SUFFIX = ".rpm"
+READ_CHUNK = 1 << 20
+
+Progress = Callable[[int, int, int, int], None]
+
+
+class BadBytes(Exception):
+    """A source served bytes that do not match the index: try the next one."""
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class Downloader:
+    """Fetches packages into ``STORE/downloads/``.
+
+    Attributes: dir, fetcher (set by the caller: one per trio run), sources (mirrors,
+    then the origin), keyring, allow_unsigned, progress (``progress(done, total,
+    done_bytes, total_bytes)``), total and total_bytes (packages and bytes to fetch),
+    done and done_bytes, received (package bytes received), fetched (NEVRAs), resumed
+    (NEVRAs continued from a partial download), headed (NEVRAs whose header this pull
+    fetched), delta (the file-level delta, when the repository has file objects)."""
+
+    def __init__(self, store: Store, sources: list[str], keyring: Keyring, allow_unsigned: bool,
+                 progress: Progress | None, total: int, total_bytes: int):
+        self.dir = store.downloads_dir
+        self.fetcher: Fetcher | None = None
+        self.sources, self.keyring = sources, keyring
+        self.allow_unsigned = allow_unsigned
+        self.progress = progress
+        self.total, self.total_bytes = total, total_bytes
+        self.done = self.done_bytes = 0
+        self.resumed: list[str] = []
+        self.headed: set[str] = set()
+        self.fetched: list[str] = []
+        self.received = 0
+        self.delta = None
+        #: the index's file_objects directory, where compressed headers are (None: none)
+        self.heads: str | None = None
+
+    def _tick(self, count: int = 0, packages: int = 0) -> None:
+        self.done_bytes += count
+        self.done += packages
+        if self.progress is not None:
+            self.progress(self.done, self.total, self.done_bytes, self.total_bytes)
+
+    def tick(self, count: int) -> None:
+        """``count`` bytes of a package received."""
+        self.received += count
+        self._tick(count)
+
+    def finished(self, entry: IndexEntry, fetched: int) -> None:
+        """A package fetched otherwise than whole, ``fetched`` bytes for it: one more done,
+        and what was not fetched no longer expected."""
+        self.total_bytes -= max(0, entry.size - fetched)
+        self.fetched.append(entry.nevra)
+        self._tick(packages=1)
+
+    def part(self, entry: IndexEntry) -> Path:
+        return self.dir / (entry.rpm_sha256 + PART_SUFFIX)
+
+    def final(self, entry: IndexEntry) -> Path:
+        return self.dir / (entry.rpm_sha256 + RPM_SUFFIX)
+
+    # -- the header --------------------------------------------------------------------
+
+    async def head(self, entry: IndexEntry) -> Package:
+        """The package's checked header: from the ``.rpm`` an earlier pull fetched whole,
+        else from the ``.part`` (its first bytes fetched first where it lacks them).
+        Raises PackageRefused (the trust gate) or HttpError (no source served it)."""
+        final = self.final(entry)
+        if final.is_file() and final.stat().st_size == entry.size:
+            if _sha256_of(final) == entry.rpm_sha256:
+                return self._check_header(_read_head(final, entry.header_length), entry, str(final))
+            os.unlink(final)
+        failures = []
+        for base in self.sources:
+            fd = os.open(self.part(entry), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                return await self._head_from(fd, base, entry)
+            except (HttpError, BadBytes) as e:
+                os.ftruncate(fd, 0)
+                failures.append(str(e))
+                if base != self.sources[-1]:
+                    log.warning("%s: %s; trying the next source", entry.nevra, e)
+            finally:
+                os.close(fd)
+        raise HttpError(f"{entry.nevra}: no source served it: {failures[-1]}")
+
+    async def _head_object(self, fd: int, base: str, entry: IndexEntry) -> bool:
+        """The header from the repository's compressed copy (``publish --file-objects``),
+        written at the start of ``fd``: True; False when it cannot be had (then the rpm's
+        own bytes are asked for)."""
+        url = join(join(base, self.heads), head_object_name(entry.rpm_sha256))
+        try:
+            data = await self.fetcher.get(url, max_size=entry.header_length + entry.header_length // 128 + 4096)
+            head = zstandard.ZstdDecompressor().decompress(data, max_output_size=entry.header_length)
+        except (HttpError, zstandard.ZstdError) as e:
+            log.info("%s: %s; asking for the rpm's first bytes", entry.nevra, e)
+            return False
+        self.tick(len(data))
+        if len(head) != entry.header_length:
+            log.info("%s: the compressed header is not the index's length", entry.nevra)
+            return False
+        os.pwrite(fd, head, 0)
+        return True
+
+    async def _head_from(self, fd: int, base: str, entry: IndexEntry) -> Package:
+        def write(chunk: bytes) -> None:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            self.tick(len(chunk))
+
+        url = join(base, entry.path)
+        compressed = self.heads is not None  # tried once: its bytes are checked as the rpm's
+        for _ in range(2):
+            have = os.fstat(fd).st_size
+            if have > entry.size:
+                os.ftruncate(fd, 0)
+                have = 0
+            if not have and compressed:
+                compressed = False
+                if await self._head_object(fd, base, entry):
+                    have = entry.header_length
+                    self.headed.add(entry.nevra)
+            if have < entry.header_length:
+                os.lseek(fd, have, os.SEEK_SET)
+                await self.fetcher.fetch(url, have, entry.header_length, write)
+                self.headed.add(entry.nevra)
+            try:
+                return self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
+            except BadBytes:
+                if not have:
+                    raise
+                log.info("%s: the partial download does not verify; fetching it again", entry.nevra)
+                os.ftruncate(fd, 0)
+        raise BadBytes(f"{url}: not the package's header")
+
+    def _check_header(self, header: bytes, entry: IndexEntry, url: str) -> Package:
+        """The header must be the index's, and its signature trusted, before any payload."""
+        try:
+            package = read_package(header, strict=False)
+        except HeaderError as e:
+            raise BadBytes(f"{url}: not the package's header: {e}") from None
+        if package.header_sha256 != entry.header_sha256 or package.payload_offset != entry.header_length:
+            raise BadBytes(f"{url}: the header does not match the index")
+        trust = header_trust(sigcheck.check_package(package, self.keyring),
+                             unsigned_allowed=self.allow_unsigned)
+        if not trust.usable:
+            raise PackageRefused(f"{entry.nevra}: signature check: {trust.reason}; nothing of its payload "
+                                 "was fetched")
+        return package
+
+    # -- the rest ------------------------------------------------------------------------
+
+    async def get(self, entry: IndexEntry, package: Package) -> Path | AssembledPackage:
+        """What to import, once :meth:`head` checked ``package``: the verified rpm, or the
+        package to assemble from its header and files (:mod:`usrview.remote.delta`)."""
+        final, part = self.final(entry), self.part(entry)
+        if final.is_file() and final.stat().st_size == entry.size:  # verified by head()
+            self._tick(entry.size, 1)
+            return final
+        if self.delta is not None and part.stat().st_size <= entry.header_length:
+            assembled = await self.delta.package(entry, part, package)
+            if assembled is not None:
+                return assembled
+        failures = []
+        for base in self.sources:
+            try:
+                await self._fetch(base, entry, part)
+            except (HttpError, BadBytes) as e:
+                failures.append(str(e))
+                if base != self.sources[-1]:
+                    log.warning("%s: %s; trying the next source", entry.nevra, e)
+                continue
+            os.rename(part, final)
+            self.fetched.append(entry.nevra)
+            self._tick(packages=1)
+            return final
+        raise HttpError(f"{entry.nevra}: no source served it: {failures[-1]}")
+
+    async def _fetch(self, base: str, entry: IndexEntry, part: Path) -> None:
+        url = join(base, entry.path)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            for fresh in (False, True):
+                have = os.fstat(fd).st_size
+                if fresh or have > entry.size:
+                    os.ftruncate(fd, 0)
+                    have = 0
+                elif have > entry.header_length or (have and entry.nevra not in self.headed):
+                    self.resumed.append(entry.nevra)
+                try:
+                    if await self._fill(fd, url, entry, have):
+                        return
+                except BadBytes:
+                    os.ftruncate(fd, 0)  # the next source starts afresh
+                    raise
+                if not have:
+                    break  # a fresh download that does not verify: the next source
+                log.info("%s: resumed download does not verify; fetching it again", entry.nevra)
+            os.ftruncate(fd, 0)
+            raise BadBytes(f"{url}: the bytes do not match the index's SHA-256")
+        finally:
+            os.close(fd)
+
+    async def _fill(self, fd: int, url: str, entry: IndexEntry, have: int) -> bool:
+        """Complete the partial file ``fd`` (``have`` bytes) from ``url``: True when it verifies."""
+        hasher = hashlib.sha256()
+        os.lseek(fd, 0, os.SEEK_SET)
+        while chunk := os.read(fd, READ_CHUNK):
+            hasher.update(chunk)
+
+        def write(chunk: bytes) -> None:
+            hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            self.tick(len(chunk))
+
+        os.lseek(fd, have, os.SEEK_SET)
+        if have < entry.header_length:
+            await self.fetcher.fetch(url, have, entry.header_length, write)
+        self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
+        await self.fetcher.fetch(url, max(have, entry.header_length), entry.size, write)
+        return hasher.hexdigest() == entry.rpm_sha256
+
+
+def _read_head(path: Path, length: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(length)

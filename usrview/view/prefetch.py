@@ -1,0 +1,331 @@
+"""Cold starts: the files a mount opened, recorded, and checked ahead at the next mount.
+
+The first open of a file hashes all of it, where a native program reads only
+the pages it touches.  What a system opens after it starts is much the same
+from one boot to the next, so the view remembers it:
+
+- **The record.** Every file the guard opens for a check (:attr:`Guard.on_open`)
+  is noted once, in the order of first opens, up to :data:`RECORD_MAX_PATHS`.
+  The record is written to ``STORE/cache/opened-ID`` (ID: the image's id; the
+  records of images gc deleted are deleted at the next mount) through
+  the store's write path (:meth:`usrview.store.store.Store.write_file`: a temp file
+  in ``tmp/``, fsync, rename) every :data:`SAVE_PERIOD` seconds when it changed,
+  and at unmount.  Format: the line :data:`RECORD_HEADER`, then one view path a
+  line (``bin/ls``); this mount's files first, then the previous record's that
+  this mount did not open (the oldest fall off the end).
+- **Checking ahead.** Right after the next mount of the image, :data:`THREADS`
+  threads of their own, at the lowest CPU priority (nice 19), open the recorded
+  files' backing files (beneath the package directories, as the guard does) and
+  hash them; a file that hashed to its header's digest is handed to the guard
+  (:meth:`Guard.checked_ahead`, in the event loop), whose first open of it then
+  costs no hash.  Unmounting stops them (at the next 1 MiB read) and waits.
+
+The record only steers performance, never trust: it is read under a cap
+(:data:`RECORD_MAX_BYTES`), a path that is not a regular file of this image is
+skipped, and a record that does not parse is ignored with a warning.  Nothing a
+record names is served unless its bytes hash to the signed header's digest, at
+the guard, as without a record: a file whose hash differs is left unchecked
+and refused at its read (EIO and the integrity record, as always), a file
+changed after it was checked ahead has another identity and is hashed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+
+import trio
+
+from usrview.images.records import image_ids
+from usrview.store.store import Store, read_store_file
+from usrview.view.guard import HASH_CHUNK, Guard, _close_all, _open_cached
+from usrview.view.tree import Node, Tree
+from verifier.fileio import hash_fd
+from verifier.files import digest_name
+
+log = logging.getLogger(__name__)
+
+#: The record's first line (its format and version).
+RECORD_HEADER = "usrview-opened 1"
+#: Files a record names at most ...
+RECORD_MAX_PATHS = 8192
+#: ... and the most bytes it may have (longer records are ignored).
+RECORD_MAX_BYTES = 1 << 20
+#: Seconds between writes of a changed record while mounted.
+SAVE_PERIOD = 60.0
+#: Threads checking ahead, at :data:`NICE`.
+THREADS = 2
+NICE = 19
+
+
+#: The records' names in ``STORE/cache/``: the prefix, then the image's id.
+RECORD_PREFIX = "opened-"
+
+
+def opened_record_path(store: Store, image_id: str) -> Path:
+    return store.cache_path(RECORD_PREFIX + image_id)
+
+
+def remove_stale_records(store: Store) -> None:
+    """Delete the records of images gc deleted (hints that nothing will read again)."""
+    try:
+        names = os.listdir(store.cache_path(""))
+    except FileNotFoundError:
+        return
+    alive = set(image_ids(store))
+    for name in names:
+        if name.startswith(RECORD_PREFIX) and name[len(RECORD_PREFIX):] not in alive:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.cache_path(name))
+
+
+class RecordError(ValueError):
+    pass
+
+
+def parse_record(data: bytes) -> list[str]:
+    """The view paths of a record; RecordError when it is not one."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    lines = text.split("\n")
+    if lines[0] != RECORD_HEADER:
+        raise RecordError(f"its first line is not {RECORD_HEADER!r}")
+    if lines[-1] != "":
+        raise RecordError("it does not end with a newline")
+    paths = lines[1:-1]
+    if len(paths) > RECORD_MAX_PATHS:
+        raise RecordError(f"{len(paths)} paths, at most {RECORD_MAX_PATHS}")
+    for path in paths:
+        parts = path.split("/")
+        if "\0" in path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise RecordError(f"not a view path: {path[:80]!r}")
+    return paths
+
+
+def format_record(paths: list[str]) -> bytes:
+    return "".join(f"{p}\n" for p in [RECORD_HEADER, *paths[:RECORD_MAX_PATHS]]).encode()
+
+
+def load_record(store: Store, image_id: str) -> list[str]:
+    """The paths the image's record names (none when there is none; a record
+    that cannot be read or parsed is ignored, with a warning)."""
+    path = opened_record_path(store, image_id)
+    try:
+        return parse_record(read_store_file(path, RECORD_MAX_BYTES))
+    except FileNotFoundError:
+        return []
+    except (OSError, RecordError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        log.warning("ignoring the record of opened files %s: %s", path, reason)
+        return []
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopCheck:
+    """hash_fd's throttle: raises :class:`_Stop` at the next read once ``stop`` is set."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def take(self, n: int) -> None:
+        if self.stop.is_set():
+            raise _Stop
+
+
+class Prefetch:
+    """Records the files a mount opens and checks the previous mount's ahead.
+
+    Attributes:
+        tree, guard: the view's.
+        store, image_id: where the record lives.
+        previous: the paths of the record found at mount.
+        opened: the inodes this mount opened, in order of first open.
+        ahead, refused, skipped: files checked ahead (hashed to their digest),
+            whose hash differed (left to the guard to refuse), left out (not
+            a regular file of the image, already checked, unreadable).
+        done: set when checking ahead ended.
+    """
+
+    def __init__(self, tree: Tree, guard: Guard, store: Store, image_id: str, previous: list[str]):
+        self.tree, self.guard = tree, guard
+        self.store, self.image_id = store, image_id
+        self.previous = previous
+        self.opened: list[int] = []
+        self._seen = bytearray(len(tree.nodes))
+        self._saved = 0
+        self._writable = True
+        self.ahead = self.refused = self.skipped = 0
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._todo: list[Node] = []
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+        guard.on_open = self.note
+
+    def describe(self) -> str:
+        """What ``usrview mount -v`` says of it."""
+        return (f"on: {len(self.previous)} files recorded by the last mount of image {self.image_id} "
+                f"checked ahead by {THREADS} threads at nice {NICE}; this mount's opens recorded in "
+                f"{opened_record_path(self.store, self.image_id)}")
+
+    # -- recording ---------------------------------------------------------
+
+    def note(self, node: Node) -> None:
+        """The guard opens ``node`` for a check (called in the event loop)."""
+        if not self._seen[node.inode] and len(self.opened) < RECORD_MAX_PATHS:
+            self._seen[node.inode] = 1
+            self.opened.append(node.inode)
+
+    def record(self, count: int | None = None) -> list[str]:
+        """The record to write: this mount's (first ``count``) opens, then the previous record's others."""
+        nodes = self.tree.nodes
+        paths = [nodes[i].path for i in self.opened[:count]]
+        mine = set(paths)
+        paths += [p for p in self.previous if p not in mine]
+        return paths[:RECORD_MAX_PATHS]
+
+    def save(self) -> None:
+        """Write the record when this mount opened files not written yet."""
+        if not self._writable or len(self.opened) == self._saved:
+            return
+        count = len(self.opened)
+        path = opened_record_path(self.store, self.image_id)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            self.store.write_file(path, format_record(self.record(count)), mode=0o600)
+        except OSError as e:
+            # Only speed depends on it: say so once, serve on.
+            log.info("cannot write the record of opened files %s: %s (not trying again)", path,
+                     e.strerror or e)
+            self._writable = False
+            return
+        self._saved = count
+
+    # -- checking ahead ------------------------------------------------------
+
+    def _nodes(self) -> list[Node]:
+        nodes = []
+        for path in self.previous:
+            try:
+                node = self.tree.resolve(path)
+            except OSError:  # a compiled tree found not to match its headers: it refuses everything
+                node = None
+            if node is None or not node.is_reg or node.backing < 0 or not node.digest:
+                self.skipped += 1
+                continue
+            nodes.append(node)
+        return nodes
+
+    def start(self, token: trio.lowlevel.TrioToken) -> None:
+        """Start checking the previous record's files ahead (threads of their own)."""
+        self._todo = self._nodes()[::-1]
+        if not self._todo:
+            self.done.set()
+            return
+        self._running = THREADS
+        for n in range(THREADS):
+            t = threading.Thread(target=self._work, args=(token,), name=f"usrview-prefetch-{n}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def stop(self) -> None:
+        """Stop checking ahead (at the next read of each thread) and wait for the threads."""
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+    def _next(self) -> Node | None:
+        with self._lock:
+            return self._todo.pop() if self._todo and not self._stop.is_set() else None
+
+    def _work(self, token: trio.lowlevel.TrioToken) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        except OSError:
+            pass
+        dir_fds: dict = {}
+        buf = bytearray(HASH_CHUNK)
+        check = _StopCheck(self._stop)
+        try:
+            while (node := self._next()) is not None:
+                try:
+                    found = self._hash(dir_fds, node, buf, check)
+                except _Stop:
+                    break
+                except OSError:
+                    found = None
+                if found is None:
+                    self._count("skipped")
+                    continue
+                key, actual = found
+                if actual != node.digest:
+                    # Not marked: the guard hashes it at its first open and refuses it there.
+                    self._count("refused")
+                    continue
+                try:
+                    token.run_sync_soon(self.guard.checked_ahead, node, key, actual)
+                except trio.RunFinishedError:
+                    break
+                self._count("ahead")
+        finally:
+            _close_all(dir_fds)
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                log.info("prefetch: %d recorded files checked ahead, %d differed from their digest, "
+                         "%d left out%s", self.ahead, self.refused, self.skipped,
+                         " (stopped at unmount)" if self._stop.is_set() else "")
+                self.done.set()
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def _hash(self, dir_fds: dict, node: Node, buf: bytearray, check: _StopCheck) -> tuple[tuple, str] | None:
+        base = self.guard.bases[node.backing]
+        algo = digest_name(node.algo)
+        if base is None or algo is None:
+            return None
+        fd = _open_cached(dir_fds, base, node)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+                return None
+            key = Guard.identity(st, node)
+            if self.guard.is_checked(key):
+                return None
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except OSError as e:
+                if e.errno != errno.ESPIPE:
+                    raise
+            return key, hash_fd(fd, algo, buf=buf, size=st.st_size, throttle=check)[0]
+        finally:
+            os.close(fd)
+
+    # -- the mount's task ----------------------------------------------------
+
+    async def run(self) -> None:
+        """Check ahead, save the record every :data:`SAVE_PERIOD` seconds; at
+        cancellation (unmount) stop the threads and save it a last time."""
+        try:
+            self.start(trio.lowlevel.current_trio_token())
+            while True:
+                await trio.sleep(SAVE_PERIOD)
+                await trio.to_thread.run_sync(self.save)
+        finally:
+            self.stop()
+            self.save()
