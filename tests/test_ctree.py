@@ -115,14 +115,11 @@ def _fields(data: bytes):
 def _record_at(data: bytes, pkg: int, rel: str) -> int:
     """Offset of the record of ``rel`` in package ``pkg``'s block."""
     _, block_off, block_len, _, _, _ = PKG.unpack_from(data, HEAD.size + pkg * PKG.size)
-    (count,) = compiled.U32.unpack_from(data, block_off)
+    count, ndirs = compiled.BLOCK_HEAD.unpack_from(data, block_off)
     for i in range(count):
-        (off,) = compiled.U32.unpack_from(data, block_off + 4 + 4 * i)
-        at = block_off + off
-        lengths = RECORD.unpack_from(data, at)[6:]
-        path = data[at + RECORD.size:at + RECORD.size + lengths[0]].decode()
-        if path == rel:
-            return at
+        if compiled.read_record(data, block_off, block_len, i)[0] == rel:
+            (off,) = compiled.U32.unpack_from(data, block_off + 8 + 4 * (ndirs + 1 + i))
+            return block_off + off
     raise KeyError(rel)
 
 
@@ -180,7 +177,7 @@ def test_a_changed_attribute_is_refused_before_it_is_served(world, what, expect_
         elif what == "size":
             _set_field(data, at, RECORD, 1, 7)
         else:  # user name "root" -> "daem" is as long as it is: only the name changes
-            lengths = RECORD.unpack_from(data, at)[6:]
+            lengths = RECORD.unpack_from(data, at)[7:]
             user_at = at + RECORD.size + lengths[0]
             data[user_at:user_at + lengths[1]] = b"x" * lengths[1]
 
@@ -195,7 +192,7 @@ def test_a_changed_link_target_or_digest_is_refused(world, expect_logs):
 
     def target(data, tree):
         at = _record_at(bytes(data), pkg, "share/t/link")
-        lengths = RECORD.unpack_from(data, at)[6:]
+        lengths = RECORD.unpack_from(data, at)[7:]
         t_at = at + RECORD.size + sum(lengths[:3])
         data[t_at] = ord("X")
 
@@ -203,7 +200,7 @@ def test_a_changed_link_target_or_digest_is_refused(world, expect_logs):
 
     def digest(data, tree):
         at = _record_at(bytes(data), pkg, "bin/tool")
-        lengths = RECORD.unpack_from(data, at)[6:]
+        lengths = RECORD.unpack_from(data, at)[7:]
         d_at = at + RECORD.size + sum(lengths[:4])
         data[d_at] = ord("0") if data[d_at] != ord("0") else ord("1")
 

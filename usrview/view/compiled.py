@@ -55,12 +55,17 @@ PKG = struct.Struct("<32sQIIII")
 #: inode, parent, name (names offset, length), kind, 0, package, record, first child, children,
 #: link count, mtime.
 ENTRY = struct.Struct("<IIIHBBIIIIII")
-#: mode, size, mtime, device, hardlink group (0: none), digest algorithm, then the lengths of
-#: path, user, group, link target, digest (its bytes) and capabilities, which follow in that order.
-RECORD = struct.Struct("<IQIIIBHHHHHH")
+#: mode, size, mtime, device, hardlink group (0: none), digest algorithm, the index of its
+#: directory's path in the block's table, then the lengths of its name, user, group, link
+#: target, digest (its bytes) and capabilities, which follow in that order.
+RECORD = struct.Struct("<IQIIIBIHHHHHH")
+#: A block's record count and directory count.
+BLOCK_HEAD = struct.Struct("<II")
+#: Where a directory's path starts and ends in its block.
+U32_PAIR = struct.Struct("<II")
 #: Set in a record's digest algorithm when the digest is kept as text (it is not hex).
 DIGEST_TEXT = 0x80
-#: A block's record count and each record's offset in the block.
+#: An offset in a block's table (from the block's start).
 U32 = struct.Struct("<I")
 
 #: Entry kinds: a directory no package owns; a package's record; an image header file.
@@ -110,12 +115,17 @@ def package_block(package) -> tuple[bytes, dict[str, int]]:
     records: list[bytes] = []
     index: dict[str, int] = {}
     owners: dict[str, bytes] = {}
+    dirs: dict[str, int] = {}  # directory path -> its index in the block's table
     pack = RECORD.pack
     for rel, entry, group in view_entries(package):
         caps = entry.caps
         if caps and parse_text(caps) is None:
             raise TreeError(f"{package.nevra}: {entry.path}: capabilities {caps!r} cannot be parsed")
-        r = _enc(rel)
+        directory, _, name = rel.rpartition("/")
+        d_index = dirs.get(directory)
+        if d_index is None:
+            d_index = dirs[directory] = len(dirs)
+        n = _enc(name)
         u = owners.get(entry.user)
         if u is None:
             u = owners[entry.user] = _enc(entry.user)
@@ -129,33 +139,45 @@ def package_block(package) -> tuple[bytes, dict[str, int]]:
         c = _enc(caps) if caps else b""
         index.setdefault(rel, len(records))
         records.append(b"".join((pack(entry.mode & 0xFFFFFFFF, entry.size, entry.mtime & 0xFFFFFFFF,
-                                      entry.rdev & 0xFFFFFFFF, group[0] + 1 if group else 0, algo,
-                                      len(r), len(u), len(g), len(link), len(d), len(c)), r, u, g, link, d, c)))
+                                      entry.rdev & 0xFFFFFFFF, group[0] + 1 if group else 0, algo, d_index,
+                                      len(n), len(u), len(g), len(link), len(d), len(c)), n, u, g, link, d, c)))
+    names = [_enc(path) for path in dirs]  # in index order (dicts keep it)
     offsets = []
-    offset = 4 + 4 * len(records)
+    offset = 8 + 4 * (len(records) + len(names) + 1)
+    for raw in names:
+        offsets.append(offset)
+        offset += len(raw)
+    offsets.append(offset)  # the end of the last directory's path
     for r in records:
         offsets.append(offset)
         offset += len(r)
-    return b"".join((struct.pack(f"<I{len(offsets)}I", len(records), *offsets), *records)), index
+    table = struct.pack(f"<II{len(offsets)}I", len(records), len(names), *offsets)
+    return b"".join((table, *names, *records)), index
 
 
 def read_record(buf, block_off: int, block_len: int, index: int) -> tuple[str, FileEntry, int]:
     """(path below /usr, the entry, hardlink group or 0) of record ``index`` of the
     block at ``block_off`` in ``buf``.  Raises CompiledTreeError when it lies outside."""
-    (count,) = U32.unpack_from(buf, block_off)
-    if index >= count or 4 + 4 * count > block_len:
+    count, ndirs = BLOCK_HEAD.unpack_from(buf, block_off)
+    table = block_off + 8
+    if index >= count or 8 + 4 * (count + ndirs + 1) > block_len:
         raise CompiledTreeError(f"record {index} outside its block")
-    (offset,) = U32.unpack_from(buf, block_off + 4 + 4 * index)
+    (offset,) = U32.unpack_from(buf, table + 4 * (ndirs + 1 + index))
     if offset + RECORD.size > block_len:
         raise CompiledTreeError(f"record {index} outside its block")
     at = block_off + offset + RECORD.size
-    mode, size, mtime, rdev, group, algo, lr, lu, lg, ll, ld, lc = RECORD.unpack_from(buf, at - RECORD.size)
-    u, g, link, d = at + lr, at + lr + lu, at + lr + lu + lg, at + lr + lu + lg + ll
+    mode, size, mtime, rdev, group, algo, d_index, ln, lu, lg, ll, ld, lc = RECORD.unpack_from(buf, at - RECORD.size)
+    if d_index >= ndirs:
+        raise CompiledTreeError(f"record {index}: directory {d_index} outside its block")
+    d_start, d_end = U32_PAIR.unpack_from(buf, table + 4 * d_index)
+    u, g, link, d = at + ln, at + ln + lu, at + ln + lu + lg, at + ln + lu + lg + ll
     c = d + ld
-    if c + lc - block_off > block_len:
+    if c + lc - block_off > block_len or not d_start <= d_end <= block_len:
         raise CompiledTreeError(f"record {index} outside its block")
     raw = buf[at:c + lc]
-    rel = _dec(raw[:lr])
+    directory = _dec(buf[block_off + d_start:block_off + d_end])
+    name = _dec(raw[:ln])
+    rel = f"{directory}/{name}" if directory else name
     digest = raw[d - at:c - at]
     if algo & DIGEST_TEXT:
         digest, algo = _dec(digest), algo & ~DIGEST_TEXT
