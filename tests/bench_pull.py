@@ -14,9 +14,13 @@ btrfs made for the run on a loop device:
 2. The update (set-v2 published as serial 2), the bytes each way costs:
    - whole rpms: ``usrview pull`` of an index without file objects into store A
      (set-v2 published there as image ``plain``): the changed packages' rpms;
-   - file objects: ``usrview pull`` of serial 2 into store B: each changed
+   - file objects: ``usrview pull`` into a store like B of set-v2 published as
+     image ``files`` (no earlier index, so no header deltas): each changed
      package's header (compressed, ``objects/files/heads/``) and the files the
-     store lacks;
+     store lacks (needs ``--repeat`` 2 or more: the second pull's store);
+   - file objects + deltas: ``usrview pull`` of serial 2 into store B: each changed
+     package's header as a delta from the header of its set-v1 version, which the
+     store holds (``objects/files/heads/deltas/``), and the files the store lacks;
    - rsync of the rpm directory (how the design's author moved images): a copy of
      set-v1 brought to set-v2 by ``rsync -a --delete --no-whole-file --stats``
      over a local pipe -- rsync's delta algorithm runs between its sender and
@@ -90,7 +94,7 @@ class Served:
         reqs = self.server.requests()[self.mark:]
         self.mark += len(reqs)
         out = {"requests": len(reqs), "bytes": 0, "rpm_bytes": 0, "file_object_bytes": 0, "file_objects": 0,
-               "head_bytes": 0, "index_bytes": 0}
+               "head_bytes": 0, "index_bytes": 0, "head_deltas": 0}
         for r in reqs:
             sent = int(r[3]) if r[3].isdigit() else 0
             out["bytes"] += sent
@@ -98,6 +102,7 @@ class Served:
                 out["rpm_bytes"] += sent
             elif "/objects/files/heads/" in r[1]:
                 out["head_bytes"] += sent
+                out["head_deltas"] += "/heads/deltas/" in r[1]
             elif "/objects/files/" in r[1]:
                 out["file_object_bytes"] += sent
                 out["file_objects"] += 1
@@ -243,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             t_delta, r = run([*usrview_cmd(), "pull", "--store", mnt / "pull-0", "--keys", key, "--json",
                               server.url])
             delta = {"json": json.loads(r.stdout), "served": served.since(), "time": t_delta}
+            nodelta = None
+            if args.repeat > 1:
+                publish(key_home, fpr, v2_dir, repo, "--file-objects", "--name", "files")
+                served.since()
+                t_nd, r = run([*usrview_cmd(), "pull", "--store", mnt / "pull-1", "--keys", key, "--json",
+                               "--image", "files", server.url])
+                nodelta = {"json": json.loads(r.stdout), "served": served.since(), "time": t_nd}
         rs_plain = rsync_bytes(v1_dir, v2_dir, work / "rsync-dest")
         rs_fuzzy = rsync_bytes(v1_dir, v2_dir, work / "rsync-dest", "--fuzzy", "--delete-after", "--compress")
         changed = changed_files(v1, v2)
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["gpgconf", "--homedir", str(key_home), "--kill", "gpg-agent"], check=False,
                        capture_output=True)  # publish's gpg started it
 
-    report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy, changed, rpm_total)
+    report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy, changed, rpm_total, nodelta)
     return 0
 
 
@@ -264,7 +276,8 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:9.3f} MB"
 
 
-def report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy, changed, rpm_total) -> None:
+def report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy, changed, rpm_total,
+           nodelta=None) -> None:
     d, p = min(deploys), min(pulls)
     print("\n=== 1. an empty store: pull over loopback vs deploy of a local directory (best of "
           f"{len(deploys)}) ===")
@@ -291,7 +304,10 @@ def report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy,
     w_bytes, d_bytes = ws["bytes"] - ws["index_bytes"], ds["bytes"] - ds["index_bytes"]
     rows = [
         ("whole rpms (pull, index without file objects)", w_bytes, f"{whole['time']:.2f} s"),
-        ("file objects (pull)", d_bytes, f"{delta['time']:.2f} s"),
+        *([("file objects (pull, whole compressed headers)",
+            nodelta["served"]["bytes"] - nodelta["served"]["index_bytes"], f"{nodelta['time']:.2f} s")]
+          if nodelta else []),
+        ("file objects + header deltas (pull)", d_bytes, f"{delta['time']:.2f} s"),
         ("rsync --no-whole-file of the rpm directory", rs_plain[0], f"{rs_plain[2]:.2f} s"),
         ("rsync --no-whole-file --fuzzy --compress", rs_fuzzy[0], f"{rs_fuzzy[2]:.2f} s"),
         ("the changed files themselves (zstd each)", ref, ""),
@@ -303,21 +319,21 @@ def report(deploys, pulls, first_pull, t_pub2, whole, delta, rs_plain, rs_fuzzy,
           f"their packages' rpms {_mb(changed['rpm_bytes'])}, headers {changed['headers']} bytes "
           f"({changed['headers_compressed']} compressed)")
     print(f"  file objects pull: {ds['requests']} requests: {ds['file_objects']} file objects "
-          f"({ds['file_object_bytes']} bytes), compressed headers ({ds['head_bytes']} bytes), rpm bytes "
-          f"({ds['rpm_bytes']}), index ({ds['index_bytes']} bytes); assembled {len(delta['json']['assembled'])} "
-          f"packages, fell back {len(delta['json']['fallbacks'])}")
+          f"({ds['file_object_bytes']} bytes), headers ({ds['head_bytes']} bytes, {ds['head_deltas']} of them "
+          f"deltas), rpm bytes ({ds['rpm_bytes']}), index ({ds['index_bytes']} bytes); assembled "
+          f"{len(delta['json']['assembled'])} packages, fell back {len(delta['json']['fallbacks'])}")
     print(f"  whole rpms pull: {ws['requests']} requests, rpms {ws['rpm_bytes']} bytes, index {ws['index_bytes']}")
     print(f"  rsync literal data: {rs_plain[1]} bytes (plain), {rs_fuzzy[1]} bytes (fuzzy)")
     goal = d_bytes / ref if ref else float("inf")
     print(f"  file objects / changed files: {goal:.2f}x -- {'meets' if goal <= GOAL_BYTES else 'MISSES'} the "
           f"goal (<= {GOAL_BYTES}x)")
     if goal > GOAL_BYTES:
-        floor = changed["headers_compressed"] + ref
-        print(f"  floor: the {changed['packages']} changed packages' signed headers, "
-              f"{changed['headers_compressed']} bytes compressed ({changed['headers']} raw), must be fetched "
-              f"to learn and trust their files' digests; headers + changed files = {floor} bytes = "
-              f"{floor / ref:.2f}x the changed files. The file objects pull fetched {d_bytes / floor:.2f}x "
-              "that floor.")
+        floor = ds["head_bytes"] + ref
+        print(f"  floor: the {changed['packages']} changed packages' signed headers must be fetched to learn "
+              f"and trust their files' digests: {changed['headers_compressed']} bytes compressed each alone "
+              f"({changed['headers']} raw), {ds['head_bytes']} bytes as deltas from the stored versions; "
+              f"header deltas + changed files = {floor} bytes = {floor / ref:.2f}x the changed files. The pull "
+              f"fetched {d_bytes / floor:.2f}x that floor.")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -79,8 +80,9 @@ GOALS = {
     "walk_warm": "usrview within 3x native",
     "read_warm": "usrview within 1.3x native",
     "read_cold": "usrview (verifying) >= 70% of native throughput",
-    "mount": "usrview < 1 s for 300 packages",
+    "mount": "usrview < 1 s for 300 packages; <= 0.3 s for a whole system's 931 (issue 14)",
     "rss": "usrview < 150 MB for 50,000 files",
+    "rss_system": "daemon RSS <= 64 MB at 115k paths, a 300k-path desktop under 128 MB (issue 14)",
 }
 
 
@@ -130,11 +132,18 @@ def count(root: Path) -> tuple[int, int, int, int]:
     return n(""), n("-type f"), n("-type d"), n("-type l")
 
 
-def rss(pid: int) -> int:
+def rss(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` and its reaped children used so far (/proc/PID/stat):
+    what mounting cost, whatever else the machine runs meanwhile."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _serving(mnt: Path) -> bool:
@@ -166,6 +175,7 @@ class Daemon:
                 raise RuntimeError(f"{cmd[0]} did not mount in {MOUNT_TIMEOUT} s")
             time.sleep(0.005)
         self.mount_time = time.monotonic() - t0
+        self.mount_cpu = cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if ((os.path.ismount(self.mnt) or not _serving_or_absent(self.mnt))
@@ -287,6 +297,58 @@ def mount_times(store: Path, key: Path, workdir: Path, runs: int) -> list[float]
     return times
 
 
+#: The full check's line in the daemon's log (usrview/view/ctree.py).
+CHECK_LINE = re.compile(r"compiled tree checked against the headers in ([0-9.]+) s")
+#: Seconds to wait for the full check's line.
+CHECK_TIMEOUT = 120
+
+
+def mount_figures(store: Path, key: Path, workdir: Path, runs: int) -> list[dict]:
+    """Per run of ``usrview mount --foreground -v``: seconds until the view answers
+    statfs ("mount"), the daemon's VmRSS then, after the compiled tree's full check
+    (its seconds, "check", from the daemon's log; None when the log has none: a tree
+    compiled at this mount, or a usrview without compiled trees) and after a warm
+    ``find -ls`` ("walk", the second of two), and how many entries that walk saw."""
+    top = Path(tempfile.mkdtemp(prefix="mount-", dir=workdir))
+    mnt = top / "uv"
+    mnt.mkdir()
+    log = top / "uv.log"
+    figures = []
+    try:
+        for _ in range(runs):
+            d = Daemon([*usrview_cmd(), "mount", "-v", "--foreground", "--store", str(store), "--keys", str(key),
+                        str(mnt)], mnt, log)
+            try:
+                run_figures = {"mount": d.mount_time, "cpu": d.mount_cpu, "rss_mounted": rss(d.proc.pid),
+                               "check": None}
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < CHECK_TIMEOUT:
+                    text = log.read_text(errors="replace")
+                    found = CHECK_LINE.search(text)
+                    # "compiled in": compiled at this mount, nothing to check; no
+                    # "compiled tree" at all: a usrview without compiled trees
+                    if found or "compiled in" in text or (time.monotonic() - t0 > 3 and "compiled tree" not in text):
+                        run_figures["check"] = float(found.group(1)) if found else None
+                        break
+                    time.sleep(0.05)
+                run_figures["rss_checked"] = rss(d.proc.pid)
+                walk(mnt, cold=False)
+                run_figures["walk"] = walk(mnt, cold=False)[0]
+                run_figures["rss_walked"] = rss(d.proc.pid)
+                # of it: the heap (anonymous) and mapped files (the compiled tree, libraries)
+                run_figures["anon_walked"] = rss(d.proc.pid, "RssAnon")
+                run_figures["file_walked"] = rss(d.proc.pid, "RssFile")
+                run_figures["entries"] = count(mnt)[0]
+                figures.append(run_figures)
+            finally:
+                d.stop()
+    finally:
+        mnt.rmdir()
+        log.unlink(missing_ok=True)
+        top.rmdir()
+    return figures
+
+
 #: What --kernel-cache times, in each tree.
 KERNEL_CACHE_MEASURES = ("walk", "readlink", "open_close", "read")
 
@@ -398,9 +460,24 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
         store = args.mount_store.resolve()
         n = len(json.loads((store / "current").read_text())["packages"]) if (store / "current").is_file() else "?"
-        times = mount_times(store, key, args.workdir, args.mount_runs)
+        runs = mount_figures(store, key, args.workdir, args.mount_runs)
+        times = [r["mount"] for r in runs]
         print(f"usrview mount of {store} ({n} packages): " + " ".join(f"{t:.3f}" for t in times)
               + f" s; median {sorted(times)[len(times) // 2]:.3f} s   goal: {GOALS['mount']}")
+        for what, label in (("cpu", "mount CPU (s, with children)"), ("rss_mounted", "daemon VmRSS mounted"), ("rss_checked", "  after the full check"),
+                            ("rss_walked", "  after find -ls"), ("anon_walked", "    of it RssAnon"),
+                            ("file_walked", "    of it RssFile"), ("check", "full check (s)"),
+                            ("walk", "find -ls (s, warm)")):
+            values = sorted(r[what] for r in runs if r[what] is not None)
+            if values:
+                median = values[len(values) // 2]
+                shown = f"{median / 2**20:.1f} MB" if what.startswith(("rss", "anon", "file")) else f"{median:.2f}"
+                print(f"  {label:26} median {shown}")
+        entries = runs[0]["entries"]
+        if entries:
+            per = sorted(r["rss_walked"] for r in runs)[len(runs) // 2] / entries
+            print(f"  {entries} entries: {per:.0f} bytes of daemon RSS per entry after find -ls   "
+                  f"goal: {GOALS['rss_system']}")
         return 0
     if not (setdir / "manifest.json").exists():
         pkgset.build_set(setdir)

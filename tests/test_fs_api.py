@@ -15,6 +15,7 @@ import trio
 from tests.rpmbuild import STAGED_MTIME, FileSpec
 from tests.viewstore import deploy_store
 from usrview.cli._common import load_keyring
+from usrview.view import compiled, ctree
 from usrview.view import fs as fs_module
 from usrview.view import guard as guard_module
 from usrview.view.fs import CACHE_TIMEOUT, ViewOperations
@@ -38,15 +39,30 @@ FILES = [
 ] + [FileSpec(f"/usr/share/many/f{i:03d}", content=b"%d\n" % i) for i in range(40)]
 
 
-@pytest.fixture
-def store(rpm_packages, gpg_key, tmp_path):
+class DeployedStore(tuple):
+    """(store, image), and how the view's tree is made: composed from the headers in
+    memory (build_view) or mapped from the compiled tree (usrview.view.ctree)."""
+
+    tree_kind = "composed"
+
+
+@pytest.fixture(params=["composed", "compiled"])
+def store(rpm_packages, gpg_key, tmp_path, request):
     rpm = rpm_packages("api", files=FILES)
-    return deploy_store(tmp_path / "store", [rpm], gpg_key)
+    deployed = DeployedStore(deploy_store(tmp_path / "store", [rpm], gpg_key))
+    deployed.tree_kind = request.param
+    return deployed
 
 
 def make_ops(store, gpg_key, mode="enforce", kernel_cache=frozenset()):
     st, image = store
-    _, tree = build_view(st, image, load_keyring([gpg_key.public_path]))
+    keyring = load_keyring([gpg_key.public_path])
+    if getattr(store, "tree_kind", "composed") == "compiled":
+        compiled.compile_image(st, image, keyring)
+        tree = ctree.open_view(st, image, keyring)
+        assert not tree.proven  # mapped, checked as it serves
+    else:
+        _, tree = build_view(st, image, keyring)
     return ViewOperations(tree, Guard(tree, mode), kernel_cache)
 
 

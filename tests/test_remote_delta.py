@@ -29,6 +29,7 @@ from usrview.remote.index import (
     FILE_OBJECTS_DIR,
     IndexRefused,
     file_object_name,
+    head_delta_name,
     head_object_name,
     index_path,
     parse_index,
@@ -143,9 +144,11 @@ def test_second_image_fetches_only_the_missing_files(tmp_path, origin, drpms, gp
     assert summary["file_objects"] == 3 and summary["fallbacks"] == []  # b.so, c.dat, README
     served = [r for r in origin.requests()[before:] if r[1].startswith("/objects/")]
     assert not [r for r in served if r[1] == f"/{entry.path}"]  # nothing of the rpm itself
-    head = f"/{FILE_OBJECTS_DIR}/{head_object_name(entry.rpm_sha256)}"
+    old = object_of(origin.repo, "dapp", 1)
+    assert summary["head_deltas"] == [entry.nevra]  # the header as a delta from dapp 1.0's
+    head = f"/{FILE_OBJECTS_DIR}/{head_delta_name(old.header_sha256, entry.rpm_sha256)}"
     objects = {r[1]: int(r[3]) for r in served if r[1].startswith(f"/{FILE_OBJECTS_DIR}/")}
-    assert len(objects) == 4 and set(changed_objects(origin)) | {head} < set(objects) | {head}, objects
+    assert len(objects) == 4 and set(changed_objects(origin)) | {head} < set(objects), objects  # + README
     for path, sent in objects.items():
         assert sent == (origin.repo / path[1:]).stat().st_size
     assert objects[head] < entry.header_length
@@ -287,6 +290,70 @@ def test_kill_9_while_importing_an_assembled_package(tmp_path, origin, drpms, gp
     summary = json.loads(pull(store, origin.url, gpg_key, "--json").stdout)
     assert summary["assembled"] and summary["file_objects"] == 0  # all there from the killed pull
     assert not [r for r in origin.requests()[n:] if r[1].startswith("/objects/")]
+
+
+# -- header deltas --------------------------------------------------------------------------------
+
+def head_requests(origin, since: int) -> tuple[list, list]:
+    """The header deltas and the whole compressed headers served since request ``since``."""
+    served = [r for r in origin.requests()[since:] if f"/{FILE_OBJECTS_DIR}/heads/" in r[1]]
+    return [r for r in served if "/heads/deltas/" in r[1]], [r for r in served if "/heads/deltas/" not in r[1]]
+
+
+def test_header_delta_from_the_stored_version(tmp_path, origin, drpms, gpg_key):
+    store = tmp_path / "store"
+    pull(store, origin.url, gpg_key)
+    publish_v2(tmp_path, origin, drpms, gpg_key)
+    old, new = object_of(origin.repo, "dapp", 1), object_of(origin.repo, "dapp", 2)
+    assert new.head_deltas == (old.header_sha256,)
+    delta = origin.repo / FILE_OBJECTS_DIR / head_delta_name(old.header_sha256, new.rpm_sha256)
+    whole = origin.repo / FILE_OBJECTS_DIR / head_object_name(new.rpm_sha256)
+    assert delta.stat().st_size * 2 < whole.stat().st_size  # most of the header is the old one's
+    n = len(origin.requests())
+    summary = json.loads(pull(store, origin.url, gpg_key, "--json").stdout)
+    assert summary["head_deltas"] == [new.nevra] and summary["assembled"] == [new.nevra]
+    deltas, wholes = head_requests(origin, n)
+    assert [(r[1], r[2]) for r in deltas] == [(f"/{delta.relative_to(origin.repo)}", "200")] and wholes == []
+    assert usrview("verify", "--store", store, "--keys", gpg_key.public_path).returncode == 0
+
+
+def test_header_delta_giving_another_header_is_refused(tmp_path, origin, drpms, gpg_key):
+    store = tmp_path / "store"
+    pull(store, origin.url, gpg_key)
+    publish_v2(tmp_path, origin, drpms, gpg_key)
+    old, new = object_of(origin.repo, "dapp", 1), object_of(origin.repo, "dapp", 2)
+    delta = origin.repo / FILE_OBJECTS_DIR / head_delta_name(old.header_sha256, new.rpm_sha256)
+    v1_head = drpms["v1"].read_bytes()[:old.header_length]  # valid zstd, a header, of the wrong length
+    delta.write_bytes(zstandard.ZstdCompressor().compress(v1_head + bytes(new.header_length - old.header_length)))
+    n = len(origin.requests())
+    r = pull(store, origin.url, gpg_key, "--json")
+    summary = json.loads(r.stdout)
+    assert summary["head_deltas"] == [] and summary["assembled"] == [new.nevra]
+    assert "header delta refused" in r.stderr and "does not match the index" in r.stderr, r.stderr
+    deltas, wholes = head_requests(origin, n)
+    assert len(deltas) == 1 and len(wholes) == 1
+    assert usrview("verify", "--store", store, "--keys", gpg_key.public_path).returncode == 0
+
+
+def test_store_without_the_old_version_fetches_the_whole_header(tmp_path, origin, drpms, gpg_key):
+    publish_v2(tmp_path, origin, drpms, gpg_key)
+    n = len(origin.requests())
+    summary = json.loads(pull(tmp_path / "store", origin.url, gpg_key, "--json").stdout)
+    assert summary["head_deltas"] == []
+    deltas, wholes = head_requests(origin, n)
+    assert deltas == [] and len(wholes) == 1
+
+
+@pytest.mark.parametrize("deltas", [["../../../etc/passwd"], ["A" * 64], ["a" * 63], "a" * 64, [7], None])
+def test_hostile_header_delta_names_are_refused(deltas):
+    package = {"nevra": "dapp-2.0-1.x86_64", "header_sha256": "a" * 64, "rpm_sha256": "b" * 64, "size": 100,
+               "header_length": 50, "path": "objects/sha256/bb/x.rpm", "head_deltas": deltas}
+    doc = {"format": 1, "name": "stable", "serial": 1, "issued": "2026-01-01T00:00:00Z",
+           "expires": "2026-02-01T00:00:00Z", "packages": [package]}
+    with pytest.raises(IndexRefused, match="head_deltas"):
+        parse_index(json.dumps(doc).encode())
+    with pytest.raises(ValueError):
+        head_delta_name("../" + "a" * 61, "b" * 64)
 
 
 # -- hostile names -------------------------------------------------------------------------------

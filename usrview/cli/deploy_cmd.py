@@ -52,6 +52,8 @@ def run(args, cfg) -> int:
     if args.source.startswith(("http://", "https://")):
         args.url = args.source
         return pull_cmd.run(args, cfg)
+    from usrview.view.compiled import compile_deployed  # the view room, only when deploying
+
     keyring = trusted_keys(args, cfg)
     store = open_store(args, cfg, create=True)
     progress = Progress(sys.stderr)
@@ -66,6 +68,7 @@ def run(args, cfg) -> int:
     print_findings(result.findings, sys.stderr)
     out = sys.stdout
     image = result.image
+    compile_deployed(store, image, keyring)
     if result.already_current:
         out.write(f"image {image.id} ({len(image.packages)} packages) is current already; "
                   "nothing changed\n")

@@ -1,8 +1,10 @@
 """``usrview mount`` and ``usrview umount``: serve an image of the store as a read-only /usr.
 
 ``mount`` loads the image (``current`` unless ``--image ID``), checks every
-header file's signature against the trusted keys, composes the tree
-(:mod:`usrview.view.tree`) and serves it (:mod:`usrview.view.mount`).  A header that is
+header file's signature against the trusted keys, maps the image's compiled
+tree (:mod:`usrview.view.ctree`; compiled now when the store has none) and
+serves it (:mod:`usrview.view.mount`), checking it against the headers as it
+serves and in full in a child process right after the mount.  A header that is
 not GOOD refuses the mount, except a package the store records as imported
 unsigned (``STORE/unsigned/PKGID``) whose header is UNSIGNED: it is served,
 with a warning naming it.
@@ -23,7 +25,7 @@ from pathlib import Path
 from usrview import images
 from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store, signature_policy
 from usrview.errors import EXIT_OK, OperationalError
-from usrview.view.loader import build_view, release_free_memory
+from usrview.view.loader import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ def register(sub, common) -> None:
 def run_mount(args, cfg) -> int:
     # Serving needs trio and pyfuse3: imported here, not when the command line
     # is parsed for every other command.
+    from usrview.view.ctree import open_view, start_full_check
     from usrview.view.fs import kernel_cache_features
     from usrview.view.mount import daemonize, serve_tree
     from usrview.view.prefetch import Prefetch, load_record, remove_stale_records
@@ -90,11 +93,11 @@ def run_mount(args, cfg) -> int:
     # The in-use lock is held for the life of the mount (the daemon inherits
     # it): gc keeps the image and its packages meanwhile.
     with images.hold_image(store, image_id) as image:
-        loaded, tree = build_view(store, image, keyring)
-        log.info("image %s: %d packages, %d inodes", image.id, len(loaded.sources), tree.inode_count)
-        # The parsed headers are not needed once the tree exists: do not keep
-        # them alive in this frame for the life of the mount.
-        del loaded
+        # The compiled tree, mapped (compiled now if the store has none); the
+        # headers' signatures checked, their file lists parsed only as needed.
+        tree = open_view(store, image, keyring)
+        log.info("image %s: %d packages, %d inodes", image.id, len(tree.pkgids), tree.inode_count)
+        # The parsed headers are garbage now: give their pages back.
         release_free_memory()
 
         previous = load_record(store, image.id) if args.prefetch == "on" else []
@@ -102,6 +105,9 @@ def run_mount(args, cfg) -> int:
             remove_stale_records(store)
 
         def serve(on_ready=None):
+            # In the daemon, before any thread: the full check forks.
+            start_full_check(tree, store, image, keyring)
+
             def checking_ahead(guard):
                 prefetch = Prefetch(tree, guard, store, image.id, previous)
                 log.info("prefetch: %s", prefetch.describe())

@@ -72,6 +72,7 @@ class PullProgress:
 
 def run(args, cfg) -> int:
     from usrview.remote.pull import pull  # HTTP is imported only by the commands that use it
+    from usrview.view.compiled import compile_deployed
 
     keyring = trusted_keys(args, cfg)
     store = open_store(args, cfg, create=True)
@@ -83,6 +84,8 @@ def run(args, cfg) -> int:
     finally:
         progress.clear()
     deployed = result.deploy
+    if deployed is not None:
+        compile_deployed(store, deployed.image, keyring)
     if getattr(args, "json", False):
         json.dump(result.to_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -93,7 +96,8 @@ def run(args, cfg) -> int:
     out.write(f"index {index.name} serial {index.serial}: {len(index.packages)} packages, "
               f"{result.stored} stored already, {len(result.fetched)} fetched "
               f"({result.bytes_fetched} bytes"
-              + (f"; {len(result.assembled)} file by file" if result.assembled else "") + ")\n")
+              + (f"; {len(result.assembled)} file by file" if result.assembled else "")
+              + (f"; {len(result.head_deltas)} headers as deltas" if result.head_deltas else "") + ")\n")
     image = deployed.image
     if deployed.already_current:
         out.write(f"image {image.id} is current already; nothing changed\n")

@@ -69,6 +69,8 @@ def run(args, cfg) -> int:
                             full=args.full, progress=progress)
     finally:
         progress.close()
+    if not args.targets and report.image:
+        _check_compiled_tree(store, keyring, report)
     out = sys.stdout
     if args.json:
         verify.write_json(report, out)
@@ -79,3 +81,16 @@ def run(args, cfg) -> int:
     for e in report.errors:
         print(f"usrview: error: {e}", file=sys.stderr)
     return report.exit_code
+
+
+def _check_compiled_tree(store, keyring, report) -> None:
+    """The image's compiled tree against its headers: a finding when they differ
+    (the view room checks it; the verify room may not import it)."""
+    from usrview.view import compiled
+    from usrview.view.ctree import compiled_mismatch
+
+    image = images.resolve(store, report.image)
+    reason = compiled_mismatch(store, image, keyring)
+    if reason is not None:
+        report.findings.append(verify.image_finding(compiled.tree_path(store, image.id),
+                                                    f"compiled tree does not match the headers: {reason}"))

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 IMAGE_FORMAT = 1
 IMAGE_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
+#: The image's compiled tree (usrview/view/compiled.py), beside its record.
+TREE_SUFFIX = ".tree"
 CURRENT = "current"
 PREVIOUS = "previous"
 #: Images ``gc`` keeps besides current and previous: the newest ones.
@@ -130,6 +132,10 @@ def image_path(store: Store, image_id: str) -> Path:
 
 def lock_path(store: Store, image_id: str) -> Path:
     return store.root / IMAGES_DIR / (image_id + LOCK_SUFFIX)
+
+
+def tree_path(store: Store, image_id: str) -> Path:
+    return store.root / IMAGES_DIR / (image_id + TREE_SUFFIX)
 
 
 def _link_target(image_id: str) -> str:
@@ -531,11 +537,12 @@ def gc(store: Store, keep: int = DEFAULT_KEEP) -> GcResult:
                     result.in_use.append(image.id)
                     kept.append(image)
                     continue
-                # record first, lock file second: see the module docstring
+                # record first, lock file second: see the module docstring; then the compiled tree
                 os.unlink(image_path(store, image.id))
                 Store.fsync_dir(store.root / IMAGES_DIR)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lock_path(store, image.id))
+                for leftover in (lock_path(store, image.id), tree_path(store, image.id)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(leftover)
             result.deleted_images.append(image.id)
             log.info("deleted image %s", image.id)
         _remove_stale_locks(store, {im.id for im in kept})
@@ -618,32 +625,8 @@ def _nevra_of(pkgid: str) -> str:
 
 
 __all__ = [
-    "CURRENT",
-    "DEFAULT_KEEP",
-    "ID_HASH_DIGITS",
-    "ID_RE",
-    "IMAGE_FORMAT",
-    "PREVIOUS",
-    "DeployRefused",
-    "DeployResult",
-    "GcResult",
-    "Image",
-    "SourcePackage",
-    "deploy",
-    "deploy_sources",
-    "gc",
-    "hold_image",
-    "image_ids",
-    "image_in_use",
-    "image_path",
-    "list_images",
-    "load_image",
-    "lock_path",
-    "make_image_id",
-    "package_set_hash",
-    "pointer",
-    "read_source",
-    "resolve",
-    "rollback",
-    "status",
+    "CURRENT", "DEFAULT_KEEP", "ID_HASH_DIGITS", "ID_RE", "IMAGE_FORMAT", "PREVIOUS", "TREE_SUFFIX", "DeployRefused",
+    "DeployResult", "GcResult", "Image", "SourcePackage", "deploy", "deploy_sources", "gc", "hold_image",
+    "image_ids", "image_in_use", "image_path", "list_images", "load_image", "lock_path", "make_image_id",
+    "package_set_hash", "pointer", "read_source", "resolve", "rollback", "status", "tree_path"
 ]

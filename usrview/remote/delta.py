@@ -91,6 +91,8 @@ def plan(store: Store, package: Package) -> Plan | None:
     whole (a digest no object can be named by, or mostly new bytes)."""
     result = Plan()
     index = store.digest_index()
+    if not index:
+        return None  # nothing stored: every byte is new
     groups = package.hardlink_groups()
     seen: set[tuple[int, str]] = set()
     for i, f in enumerate(package.files):

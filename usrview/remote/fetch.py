@@ -2,7 +2,10 @@
 
 :meth:`Downloader.head` fetches a package's header: the rpm's bytes before its
 payload, into ``RPM_SHA256.part`` -- with a Range request, or where the
-repository has file objects, its compressed copy (``objects/files/heads/``); its SHA-256 must be the
+repository has file objects, its compressed copy (``objects/files/heads/``), or
+where the index lists a header delta from a version the store holds, that delta
+decompressed against the stored header (anything amiss: the compressed header
+instead); its SHA-256 must be the
 index's and its signature must pass the trust gate before a byte of payload is
 asked for.  :meth:`Downloader.get` then fetches the rest: its files the store
 lacks (:mod:`usrview.remote.delta`, when the repository has file objects), or
@@ -26,10 +29,11 @@ from pathlib import Path
 import zstandard
 
 from usrview.remote.http import Fetcher, HttpError, join
-from usrview.remote.index import IndexEntry, head_object_name
+from usrview.remote.index import IndexEntry, head_delta_name, head_object_name
 from usrview.store import Store
 from usrview.store.assemble import AssembledPackage
 from usrview.store.importer import PackageRefused
+from usrview.store.store import PKGID_HASH_DIGITS, StoreError
 from usrview.store.trust import header_trust
 from verifier import sigcheck
 from verifier.errors import HeaderError
@@ -62,11 +66,15 @@ class Downloader:
     done_bytes, total_bytes)``), total and total_bytes (packages and bytes to fetch),
     done and done_bytes, received (package bytes received), fetched (NEVRAs), resumed
     (NEVRAs continued from a partial download), headed (NEVRAs whose header this pull
-    fetched), delta (the file-level delta, when the repository has file objects)."""
+    fetched), delta (the file-level delta, when the repository has file objects),
+    head_deltas (NEVRAs whose header came as a delta from a stored version)."""
 
     def __init__(self, store: Store, sources: list[str], keyring: Keyring, allow_unsigned: bool,
                  progress: Progress | None, total: int, total_bytes: int):
+        self.store = store
         self.dir = store.downloads_dir
+        self.head_deltas: list[str] = []
+        self._stored_by_hash: dict[str, str] | None = None
         self.fetcher: Fetcher | None = None
         self.sources, self.keyring = sources, keyring
         self.allow_unsigned = allow_unsigned
@@ -148,6 +156,48 @@ class Downloader:
         os.pwrite(fd, head, 0)
         return True
 
+    def _stored_version(self, entry: IndexEntry) -> tuple[str, bytes] | None:
+        """A version the repository has a header delta from that the store holds: its
+        header SHA-256 and the header the store keeps of it."""
+        if self._stored_by_hash is None:
+            self._stored_by_hash = {p.rsplit("-", 1)[1]: p for p in self.store.pkgids()}
+        name = entry.nevra.rsplit("-", 2)[0]
+        for old in entry.head_deltas:
+            pkgid = self._stored_by_hash.get(old[:PKGID_HASH_DIGITS])
+            if pkgid is not None and pkgid.rsplit("-", 3)[0] == name:
+                try:
+                    return old, self.store.read_header(pkgid)
+                except (OSError, StoreError) as e:
+                    log.info("%s: cannot read %s: %s", entry.nevra, pkgid, e)
+        return None
+
+    async def _head_delta(self, fd: int, base: str, entry: IndexEntry) -> Package | None:
+        """The header from a delta against a version the store holds, checked, written at
+        the start of ``fd``; None when there is none or it does not give the index's header."""
+        stored = self._stored_version(entry)
+        if stored is None:
+            return None
+        url = join(join(base, self.heads), head_delta_name(stored[0], entry.rpm_sha256))
+        try:
+            data = await self.fetcher.get(url, max_size=entry.header_length + 4096)
+            dictionary = zstandard.ZstdCompressionDict(stored[1], dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            head = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
+                data, max_output_size=entry.header_length)
+        except (HttpError, zstandard.ZstdError) as e:
+            log.info("%s: %s; fetching the whole header", entry.nevra, e)
+            return None
+        self.tick(len(data))
+        try:
+            if len(head) != entry.header_length:
+                raise BadBytes(f"{url}: not the index's header length")
+            package = self._check_header(head, entry, url)
+        except (BadBytes, PackageRefused) as e:
+            log.warning("%s: header delta refused: %s; fetching the whole header", entry.nevra, e)
+            return None
+        os.pwrite(fd, head, 0)
+        self.head_deltas.append(entry.nevra)
+        return package
+
     async def _head_from(self, fd: int, base: str, entry: IndexEntry) -> Package:
         def write(chunk: bytes) -> None:
             view = memoryview(chunk)
@@ -157,6 +207,11 @@ class Downloader:
 
         url = join(base, entry.path)
         compressed = self.heads is not None  # tried once: its bytes are checked as the rpm's
+        if compressed and entry.head_deltas and not os.fstat(fd).st_size:
+            package = await self._head_delta(fd, base, entry)
+            if package is not None:
+                self.headed.add(entry.nevra)
+                return package
         for _ in range(2):
             have = os.fstat(fd).st_size
             if have > entry.size:
@@ -263,9 +318,9 @@ class Downloader:
             self.tick(len(chunk))
 
         os.lseek(fd, have, os.SEEK_SET)
-        if have < entry.header_length:
+        if have < entry.header_length:  # else head() checked these bytes of the .part this pull
             await self.fetcher.fetch(url, have, entry.header_length, write)
-        self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
+            self._check_header(os.pread(fd, entry.header_length, 0), entry, url)
         await self.fetcher.fetch(url, max(have, entry.header_length), entry.size, write)
         return hasher.hexdigest() == entry.rpm_sha256
 

@@ -12,6 +12,13 @@ A repository is a plain directory that any web server or CDN serves as files
     REPO/objects/files/heads/AB/HEX.zst  with ``publish --file-objects``: the bytes before the
                                          payload of the rpm whose SHA-256 is HEX (lead, signature
                                          header, header), compressed with zstd (immutable)
+    REPO/objects/files/heads/deltas/AB/OLD-HEX.zst
+                                         with ``publish --file-objects``, for a package whose
+                                         name an earlier index of the image had at another
+                                         version: the same bytes as ``heads/AB/HEX.zst``,
+                                         compressed with zstd using as a dictionary the header
+                                         the store keeps of that version (OLD: its header
+                                         SHA-256) (immutable)
     REPO/images/NAME/SERIAL.json         image index number SERIAL of the image NAME (immutable)
     REPO/images/NAME/SERIAL.json.sig     its detached OpenPGP signature (immutable)
     REPO/images/NAME/latest              "SERIAL\\n": the newest index (replaced by one rename)
@@ -24,13 +31,20 @@ it names is signed, and pull refuses a serial older than the last it accepted.
 An image index (JSON)::
 
     {"format": 1, "name": NAME, "serial": N, "issued": ISO-8601 UTC, "expires": ISO-8601 UTC,
-     "packages": [{"nevra", "header_sha256", "rpm_sha256", "size", "header_length", "path"}, ...],
+     "packages": [{"nevra", "header_sha256", "rpm_sha256", "size", "header_length", "path",
+                   "head_deltas": [OLD, ...]}, ...],
      "file_objects": "objects/files"}
 
 ``file_objects`` (optional) says that the repository holds every regular file of
 every package of the index as a file object, and under which directory (relative
 to the root): pull may then fetch a package's files one by one, only those the
 store lacks (:mod:`usrview.remote.delta`), instead of its rpm.
+
+``head_deltas`` (optional) lists the header SHA-256s of the earlier versions of
+the package the repository has a header delta from (``heads/deltas/``): a store
+holding one of them fetches the delta, decompresses it against the header it
+keeps, and uses the result only when it is the index's header (else it fetches the
+whole compressed header).
 
 ``header_length`` is the number of bytes before the payload (lead, signature
 header, main header): what a Range request fetches to check a package's
@@ -55,6 +69,7 @@ OBJECTS_DIR = "objects/sha256"
 FILE_OBJECTS_DIR = "objects/files"
 FILE_OBJECT_SUFFIX = ".zst"
 HEADS_DIR = "heads"
+DELTAS_DIR = "deltas"
 #: The file digests file objects are named by: SHA-256 and stronger (a weaker one,
 #: MD5 or SHA-1, does not bind a name to its bytes; such packages come whole).
 FILE_OBJECT_ALGOS = {8: "sha256", 9: "sha384", 10: "sha512"}
@@ -119,6 +134,15 @@ def head_object_name(rpm_sha256: str) -> str:
     return f"{HEADS_DIR}/{rpm_sha256[:2]}/{rpm_sha256}{FILE_OBJECT_SUFFIX}"
 
 
+def head_delta_name(old_header_sha256: str, rpm_sha256: str) -> str:
+    """``heads/deltas/AB/OLD-HEX.zst``: the header of the rpm ``rpm_sha256`` compressed against
+    the stored header (:func:`verifier.headerfile.canonical_header_only`) of the package whose
+    header SHA-256 is ``old_header_sha256``, below the index's ``file_objects`` directory."""
+    if not (_SHA256_RE.match(old_header_sha256) and _SHA256_RE.match(rpm_sha256)):
+        raise ValueError("a header delta is named by two SHA-256s")
+    return f"{HEADS_DIR}/{DELTAS_DIR}/{rpm_sha256[:2]}/{old_header_sha256}-{rpm_sha256}{FILE_OBJECT_SUFFIX}"
+
+
 def index_path(name: str, serial: int) -> str:
     return f"{IMAGES_DIR}/{name}/{serial}{INDEX_SUFFIX}"
 
@@ -144,7 +168,8 @@ class IndexEntry:
 
     Attributes: nevra, header_sha256 (of the signed header region, as the store
     names packages), rpm_sha256 (of the whole file), size (of the whole file),
-    header_length (bytes before the payload), path (relative to the repository root).
+    header_length (bytes before the payload), path (relative to the repository root),
+    head_deltas (header SHA-256s of earlier versions the repository has a header delta from).
     """
 
     nevra: str
@@ -153,14 +178,18 @@ class IndexEntry:
     size: int
     header_length: int
     path: str
+    head_deltas: tuple[str, ...] = ()
 
     @property
     def pkgid(self) -> str:
         return make_pkgid(self.nevra, self.header_sha256)
 
     def to_json(self) -> dict:
-        return {"nevra": self.nevra, "header_sha256": self.header_sha256, "rpm_sha256": self.rpm_sha256,
-                "size": self.size, "header_length": self.header_length, "path": self.path}
+        doc = {"nevra": self.nevra, "header_sha256": self.header_sha256, "rpm_sha256": self.rpm_sha256,
+               "size": self.size, "header_length": self.header_length, "path": self.path}
+        if self.head_deltas:
+            doc["head_deltas"] = list(self.head_deltas)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -210,8 +239,11 @@ def _entry(item) -> IndexEntry:
     if (not all(type(v) is int for v in ints.values()) or not all(isinstance(v, str) for v in strs.values())
             or not 0 < ints["header_length"] <= ints["size"]):
         raise IndexRefused(f"image index: package {strs.get('nevra')!r} is malformed")
+    deltas = item.get("head_deltas", [])
+    if not isinstance(deltas, list) or not all(isinstance(d, str) and _SHA256_RE.match(d) for d in deltas):
+        raise IndexRefused(f"image index: package {strs.get('nevra')!r} has malformed head_deltas")
     entry = IndexEntry(strs["nevra"], strs["header_sha256"], strs["rpm_sha256"], ints["size"],
-                       ints["header_length"], strs["path"])
+                       ints["header_length"], strs["path"], tuple(deltas))
     if not (_SHA256_RE.match(entry.header_sha256) and _SHA256_RE.match(entry.rpm_sha256)):
         raise IndexRefused(f"image index: package {entry.nevra!r} has a malformed SHA-256")
     if not _relative_path(entry.path):

@@ -13,7 +13,11 @@ object (``objects/files/ALGO/AB/HEX.zst``, compressed alone with zstd), and so i
 the header of every rpm (``objects/files/heads/``); the index says so: pull then
 fetches a package's compressed header and only the files a store lacks.  New file
 objects are written under ``.tmp/``, made durable by one ``syncfs`` and then
-renamed in, so a crash never leaves a short object under its final name.  The signature is made by gpg, as rpmsign makes package
+renamed in, so a crash never leaves a short object under its final name.
+A package whose name the image's last :data:`DELTA_HISTORY` indexes had at another
+version also gets a header delta for each such version (``heads/deltas/``): its
+header compressed with the store's copy of the old header as zstd's dictionary,
+listed in its index entry (``head_deltas``).  The signature is made by gpg, as rpmsign makes package
 signatures; pull checks it with the verifier.
 """
 
@@ -45,16 +49,22 @@ from usrview.remote.index import (
     TMP_DIR,
     ImageIndex,
     IndexEntry,
+    IndexRefused,
     check_name,
     file_object_name,
+    head_delta_name,
     head_object_name,
     index_path,
     latest_path,
     object_path,
+    parse_index,
     parse_latest,
 )
 from usrview.store import Store, btrfs
 from usrview.store.payload import PayloadError, open_payload
+from verifier.errors import HeaderError
+from verifier.header import read_package
+from verifier.headerfile import canonical_header_only
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,10 @@ COPY_CHUNK = 1 << 20
 #: zstd level of file objects: written once, fetched by every machine (decompression
 #: costs the same at every level).
 FILE_OBJECT_LEVEL = 12
+#: zstd level of header deltas (a few kB each).
+HEAD_DELTA_LEVEL = 19
+#: How many earlier indexes of an image header deltas are made from.
+DELTA_HISTORY = 3
 
 
 @dataclass
@@ -80,6 +94,7 @@ class PublishResult:
     bytes_added: int = 0
     file_objects_added: int = 0
     file_object_bytes_added: int = 0
+    head_deltas_added: int = 0
 
 
 def _open_repo(repo: Path) -> None:
@@ -139,13 +154,37 @@ class _FileObjects:
         self.repo = repo
         self.compressor = zstandard.ZstdCompressor(level=FILE_OBJECT_LEVEL)
         self.staged: dict[str, Path] = {}  # relative name -> its temp file
-        self.added = self.bytes_added = 0
+        self.added = self.bytes_added = self.deltas_added = 0
 
-    def add_package(self, path: Path, package, rpm_sha256: str) -> None:
+    def add_package(self, path: Path, package, rpm_sha256: str, earlier: list[IndexEntry]) -> list[str]:
+        """Stage the package's header, its header deltas from the ``earlier`` versions and
+        its files; the header SHA-256s of the versions it has a delta from."""
         head = head_object_name(rpm_sha256)
+        with open(path, "rb") as f:
+            head_bytes = f.read(package.payload_offset)
         if not (self.repo / FILE_OBJECTS_DIR / head).is_file():
-            with open(path, "rb") as f:
-                self._stage_bytes(head, f.read(package.payload_offset))
+            self._stage_bytes(head, head_bytes)
+        deltas = [old.header_sha256 for old in earlier if self._add_delta(old, rpm_sha256, head_bytes)]
+        self._add_files(path, package)
+        return deltas
+
+    def _add_delta(self, old: IndexEntry, rpm_sha256: str, head_bytes: bytes) -> bool:
+        rel = head_delta_name(old.header_sha256, rpm_sha256)
+        if rel in self.staged or (self.repo / FILE_OBJECTS_DIR / rel).is_file():
+            return True
+        try:
+            with open(self.repo / old.path, "rb") as f:
+                base = canonical_header_only(read_package(f.read(old.header_length), strict=False))
+        except (OSError, HeaderError) as e:
+            log.info("no header delta from %s: %s", old.nevra, e)
+            return False
+        packer = zstandard.ZstdCompressor(level=HEAD_DELTA_LEVEL, dict_data=zstandard.ZstdCompressionDict(
+            base, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
+        self._stage_bytes(rel, head_bytes, packer)
+        self.deltas_added += 1
+        return True
+
+    def _add_files(self, path: Path, package) -> None:
         try:
             with open_payload(path, package) as members:
                 for member in members:
@@ -159,10 +198,10 @@ class _FileObjects:
         except PayloadError as e:
             raise OperationalError(f"{path}: cannot make its file objects: {e}") from None
 
-    def _stage_bytes(self, rel: str, data: bytes) -> None:
+    def _stage_bytes(self, rel: str, data: bytes, compressor=None) -> None:
         tmp = self.repo / TMP_DIR / f"{len(self.staged)}.{os.getpid()}{Path(rel).suffix}"
         self.staged[rel] = tmp
-        tmp.write_bytes(self.compressor.compress(data))
+        tmp.write_bytes((compressor or self.compressor).compress(data))
 
     def _stage(self, rel: str, member) -> None:
         tmp = self.repo / TMP_DIR / f"{len(self.staged)}.{os.getpid()}{Path(rel).suffix}"
@@ -220,6 +259,20 @@ def _previous_serial(repo: Path, name: str) -> int:
         return 0
 
 
+def _earlier_versions(repo: Path, name: str, serial: int) -> dict[str, list[IndexEntry]]:
+    """Package name -> the distinct versions the image's last DELTA_HISTORY indexes had."""
+    out: dict[str, dict[str, IndexEntry]] = {}
+    for earlier in range(serial, max(0, serial - DELTA_HISTORY), -1):
+        try:
+            index = parse_index((repo / index_path(name, earlier)).read_bytes())
+        except (OSError, IndexRefused) as e:
+            log.info("no header deltas from %s serial %d: %s", name, earlier, e)
+            continue
+        for entry in index.packages:
+            out.setdefault(entry.nevra.rsplit("-", 2)[0], {}).setdefault(entry.header_sha256, entry)
+    return {k: list(v.values()) for k, v in out.items()}
+
+
 def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = None,
             gpg_home: Path | None = None, valid_days: int = DEFAULT_VALID_DAYS,
             now: datetime | None = None, file_objects: bool = False) -> PublishResult:
@@ -241,11 +294,15 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
     with _repo_lock(repo):
         entries, added, reused, added_bytes = [], [], [], 0
         files = _FileObjects(repo) if file_objects else None
+        serial = _previous_serial(repo, name) + 1
+        earlier = _earlier_versions(repo, name, serial - 1) if file_objects else {}
         try:
             for s in sources:
                 digest, size = _sha256(s.path), s.path.stat().st_size
+                deltas = []
                 if files is not None:
-                    files.add_package(s.path, s.package, digest)
+                    olds = [e for e in earlier.get(s.package.name, []) if e.header_sha256 != s.package.header_sha256]
+                    deltas = files.add_package(s.path, s.package, digest, olds)
                 rel = object_path(digest)
                 if _add_object(repo, s.path, rel):
                     added.append(s.package.nevra)
@@ -253,7 +310,7 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
                 else:
                     reused.append(s.package.nevra)
                 entries.append(IndexEntry(s.package.nevra, s.package.header_sha256, digest, size,
-                                          s.package.payload_offset, rel))
+                                          s.package.payload_offset, rel, tuple(deltas)))
             if files is not None:
                 files.commit()
         except OSError as e:
@@ -262,7 +319,6 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
             if files is not None:
                 files.discard()
         when = (now or datetime.now(UTC)).replace(microsecond=0)
-        serial = _previous_serial(repo, name) + 1
         index = ImageIndex(name, serial, when, when + timedelta(days=valid_days),
                            tuple(sorted(entries, key=lambda e: e.nevra)),
                            FILE_OBJECTS_DIR if file_objects else None)
@@ -289,4 +345,5 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
     result = PublishResult(index, rel, added, reused, added_bytes)
     if files is not None:
         result.file_objects_added, result.file_object_bytes_added = files.added, files.bytes_added
+        result.head_deltas_added = files.deltas_added
     return result

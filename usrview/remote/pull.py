@@ -88,7 +88,8 @@ class PullResult:
     bytes_fetched (package bytes received), resumed (NEVRAs continued from a
     partial download), assembled (NEVRAs fetched file by file, not as rpms),
     file_objects (file objects fetched), fallbacks (NEVRAs fetched whole after a
-    file object failed).
+    file object failed), head_deltas (NEVRAs whose header came as a delta from a
+    stored version).
     """
 
     index: ImageIndex
@@ -100,6 +101,7 @@ class PullResult:
     assembled: list[str] = field(default_factory=list)
     file_objects: int = 0
     fallbacks: list[str] = field(default_factory=list)
+    head_deltas: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = self.deploy
@@ -107,7 +109,7 @@ class PullResult:
                 "expires": self.index.to_json()["expires"], "packages": len(self.index.packages),
                 "fetched": self.fetched, "resumed": self.resumed, "already_stored": self.stored,
                 "bytes_fetched": self.bytes_fetched, "assembled": self.assembled,
-                "file_objects": self.file_objects, "fallbacks": self.fallbacks,
+                "file_objects": self.file_objects, "fallbacks": self.fallbacks, "head_deltas": self.head_deltas,
                 "image": d.image.id if d else None, "previous": d.previous if d else None,
                 "already_current": d.already_current if d else None,
                 "imported": d.imported if d else []}
@@ -258,6 +260,7 @@ def pull(store: Store, origin: str, keyring: Keyring, *, name: str = DEFAULT_IMA
     result.fetched = sorted(downloader.fetched)
     result.resumed = sorted(set(downloader.resumed))
     result.bytes_fetched = downloader.received
+    result.head_deltas = sorted(downloader.head_deltas)
     if downloader.delta is not None:
         result.assembled = sorted(downloader.delta.assembled)
         result.file_objects = downloader.delta.fetched

@@ -13,14 +13,18 @@ from usrview.store.store import IMAGES_DIR, Store
 from usrview.verify.report import Finding
 
 
+def image_finding(path, message: str) -> Finding:
+    """A finding about an image's own files (its record, its compiled tree)."""
+    return Finding("image", "", str(path), f"image     {Path(path).name}: {message}", message=message)
+
+
 def check_image(store: Store, ref: str) -> tuple[images.Image | None, list[Finding], list[str]]:
     """Read and check the image record ``ref``: (image or None when unreadable, findings,
     the image's packages that are in the store)."""
     findings: list[Finding] = []
 
     def bad(path, message) -> None:
-        findings.append(Finding("image", "", str(path), f"image     {Path(path).name}: {message}",
-                                message=message))
+        findings.append(image_finding(path, message))
 
     try:
         image = images.resolve(store, ref)

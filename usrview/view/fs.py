@@ -55,6 +55,8 @@ XATTR_DIGEST = b"user.rpm.digest"
 #: The kernel caching the view uses where pyfuse3 offers it: symlink targets
 #: cached; files and directories opened without OPEN/OPENDIR requests.
 KERNEL_CACHE = frozenset({"cache_symlinks", "no_open", "no_opendir"})
+#: EntryAttributes kept built (a daemon's memory should not grow with the paths walked).
+ATTR_CACHE = 8192
 #: Backing fds kept open, one per inode read lately, when files are opened
 #: without OPEN (no RELEASE tells when a file is closed).
 INODE_FDS = 512
@@ -123,8 +125,9 @@ class ViewOperations(pyfuse3.Operations):
         kernel_cache: what the kernel is asked to cache (:data:`KERNEL_CACHE`).
         inode_fds: with "no_open", inode -> (backing fd, identity it was
             checked with), most recently read last, at most :data:`INODE_FDS`.
-        attr_cache: inode -> EntryAttributes, each built once: the tree never
-            changes while mounted, and lookup, getattr and readdir ask often.
+        attr_cache: inode -> EntryAttributes, built once while kept (at most
+            :data:`ATTR_CACHE`): the tree never changes while mounted, and lookup,
+            getattr and readdir ask often.
         requests: handler name -> requests it answered (``usrview mount -v``
             logs them at SIGUSR2 and at the unmount: what still reaches the daemon;
             FORGET and FLUSH, which answer nothing, are not counted).
@@ -147,7 +150,7 @@ class ViewOperations(pyfuse3.Operations):
         self.open_files: dict[int, list] = {}
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         self._next_fh = 0
-        self.attr_cache: dict[int, pyfuse3.EntryAttributes] = {}
+        self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
         self.requests: Counter[str] = Counter()
 
     # -- helpers -----------------------------------------------------------
@@ -162,6 +165,8 @@ class ViewOperations(pyfuse3.Operations):
         attr = self.attr_cache.get(node.inode)
         if attr is None:
             attr = self.attr_cache[node.inode] = self._build_attributes(node)
+            if len(self.attr_cache) > ATTR_CACHE:  # the oldest made goes: the kernel caches them too
+                self.attr_cache.popitem(last=False)
         return attr
 
     @staticmethod

@@ -18,6 +18,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +32,10 @@ from verifier import sigcheck
 from verifier.fileio import OwnerIds
 
 log = logging.getLogger(__name__)
+
+#: Fewest packages whose headers :func:`load_headers` checks in several processes
+#: (below it a fork costs more than it saves).
+PARALLEL_MIN = 128
 
 
 @dataclass
@@ -45,8 +51,12 @@ class LoadedImage:
     legacy: list[str] = field(default_factory=list)
 
 
-def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
-    """Read an image's header files, checking every signature.
+def load_headers(store: Store, image: images.Image, keyring, *, keep_packages: bool = True,
+                 jobs: int = 1) -> LoadedImage:
+    """Read an image's header files, checking every signature.  Without
+    ``keep_packages`` the sources' ``package`` is None: each parsed header is
+    dropped once checked (a mount of a compiled tree needs none of them), and
+    ``jobs`` processes may share the checks (forked: call it before any thread).
 
     Raises OperationalError when the record's id does not match its package list,
     a header is missing, or the trust gate refuses it
@@ -59,36 +69,20 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
         raise OperationalError(f"refusing to mount image {image.id}: its record was changed: {mismatch}")
     loaded = LoadedImage(image, [], {}, [])
     refused = []
-    recorded_unsigned = set(image.unsigned)
-    for pkgid in image.packages:
-        header_path = store.header_path(pkgid)
-        try:
-            data = store.read_header(pkgid)
-        except OSError as e:
-            raise OperationalError(f"image {image.id}: package {pkgid}: {e.strerror or e}") from None
-        result = sigcheck.check_bytes(data, keyring)
-        # unsigned only by the record's own opt-in (deploy --allow-unsigned), and the store's marker
-        trust = header_trust(result, unsigned_allowed=result.verdict is sigcheck.Verdict.UNSIGNED
-                             and pkgid in recorded_unsigned and store.unsigned_path(pkgid).exists(),
-                             stored=True)
-        if not trust.usable:
-            refused.append(f"{pkgid}: {trust.reason}")
+    if jobs > 1 and not keep_packages and len(image.packages) >= PARALLEL_MIN:
+        checked = _check_in_processes(store, image, keyring, jobs)
+    else:
+        checked = _check_headers(store, image, keyring, image.packages, keep_packages)
+    for refusal, unsigned, legacy, source, digest in checked:
+        if refusal is not None:
+            refused.append(refusal)
             continue
-        if trust.unsigned:
-            loaded.unsigned.append(pkgid)
-        if result.policy == LEGACY_POLICY:
-            loaded.legacy.append(pkgid)
-        # The package check_bytes parsed (parsing is most of a header's cost:
-        # do it once; the gate made the import check a strict parse adds).
-        package = result.package
-        expected_id = f"{package.nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
-        if expected_id != pkgid:
-            refused.append(f"{pkgid}: the header is that of {expected_id}")
-            continue
-        package_dir = store.package_dir(pkgid)
-        loaded.sources.append(PackageSource(pkgid, package, package_dir if package_dir.is_dir() else None,
-                                            header_path))
-        loaded.header_digests[pkgid] = hashlib.sha256(data).hexdigest()
+        if unsigned:
+            loaded.unsigned.append(source.pkgid)
+        if legacy:
+            loaded.legacy.append(source.pkgid)
+        loaded.sources.append(source)
+        loaded.header_digests[source.pkgid] = digest
     if refused:
         # One line (a user error is one clear line), however many were refused.
         raise OperationalError(f"refusing to mount image {image.id}: {len(refused)} header(s) not "
@@ -103,6 +97,80 @@ def load_headers(store: Store, image: images.Image, keyring) -> LoadedImage:
     if missing:
         log.warning("packages without files in the store (their files answer EIO): %s", ", ".join(missing))
     return loaded
+
+
+def _check_headers(store: Store, image: images.Image, keyring, pkgids, keep_packages: bool) -> list[tuple]:
+    """Per package: (why it is refused or None, served unsigned, legacy only,
+    its PackageSource, the SHA-256 of its header file)."""
+    recorded_unsigned = set(image.unsigned)
+    checked = []
+    for pkgid in pkgids:
+        header_path = store.header_path(pkgid)
+        try:
+            data = store.read_header(pkgid)
+        except OSError as e:
+            raise OperationalError(f"image {image.id}: package {pkgid}: {e.strerror or e}") from None
+        result = sigcheck.check_bytes(data, keyring)
+        # unsigned only by the record's own opt-in (deploy --allow-unsigned), and the store's marker
+        trust = header_trust(result, unsigned_allowed=result.verdict is sigcheck.Verdict.UNSIGNED
+                             and pkgid in recorded_unsigned and store.unsigned_path(pkgid).exists(),
+                             stored=True)
+        if not trust.usable:
+            checked.append((f"{pkgid}: {trust.reason}", False, False, None, ""))
+            continue
+        # The package check_bytes parsed (parsing is most of a header's cost:
+        # do it once; the gate made the import check a strict parse adds).
+        package = result.package
+        expected_id = f"{package.nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
+        if expected_id != pkgid:
+            checked.append((f"{pkgid}: the header is that of {expected_id}", False, False, None, ""))
+            continue
+        package_dir = store.package_dir(pkgid)
+        source = PackageSource(pkgid, package if keep_packages else None,
+                               package_dir if package_dir.is_dir() else None, header_path)
+        checked.append((None, trust.unsigned, result.policy == LEGACY_POLICY, source,
+                        hashlib.sha256(data).hexdigest()))
+    return checked
+
+
+def _check_in_processes(store: Store, image: images.Image, keyring, jobs: int) -> list[tuple]:
+    """:func:`_check_headers` of the image's packages in ``jobs`` slices, all but the
+    first in forked processes that send their verdicts back (pickled) and exit."""
+    pkgids = image.packages
+    slices = [pkgids[i * len(pkgids) // jobs:(i + 1) * len(pkgids) // jobs] for i in range(jobs)]
+    children = []
+    try:
+        for part in slices[1:]:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: check, answer, exit without the parent's cleanups
+                try:
+                    os.close(r)
+                    answer = ("ok", _check_headers(store, image, keyring, part, False))
+                except OperationalError as e:
+                    answer = ("error", str(e))
+                except BaseException as e:  # noqa: BLE001 -- the parent raises it
+                    answer = ("error", f"image {image.id}: checking headers: {e}")
+                try:
+                    with os.fdopen(w, "wb") as f:
+                        f.write(pickle.dumps(answer))
+                finally:
+                    os._exit(0)
+            os.close(w)
+            children.append((pid, r))
+        checked = _check_headers(store, image, keyring, slices[0], False)
+    finally:
+        answers = []
+        for pid, r in children:
+            with os.fdopen(r, "rb") as f:
+                data = f.read()
+            os.waitpid(pid, 0)
+            answers.append(pickle.loads(data) if data else ("error", f"image {image.id}: a header check died"))
+    for kind, value in answers:
+        if kind != "ok":
+            raise OperationalError(value)
+        checked += value
+    return checked
 
 
 def build_view(store: Store, image: images.Image, keyring, *,

@@ -217,7 +217,10 @@ class Prefetch:
     def _nodes(self) -> list[Node]:
         nodes = []
         for path in self.previous:
-            node = self.tree.resolve(path)
+            try:
+                node = self.tree.resolve(path)
+            except OSError:  # a compiled tree found not to match its headers: it refuses everything
+                node = None
             if node is None or not node.is_reg or node.backing < 0 or not node.digest:
                 self.skipped += 1
                 continue

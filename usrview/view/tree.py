@@ -304,6 +304,71 @@ def _check_components(rel: str, pkg: str, path: str) -> list[str]:
     return parts
 
 
+class OwnerResolver:
+    """(user, group, mode) -> (uid, gid, mode) of an entry, resolved in (users, groups)
+    tables: a handful of combinations cover an image, each is resolved once."""
+
+    def __init__(self, users: OwnerIds, groups: OwnerIds):
+        self.users, self.groups = users, groups
+        self._ids: dict[tuple[str, str, int], tuple[int, int, int]] = {}
+
+    def __call__(self, entry: FileEntry) -> tuple[int, int, int]:
+        key = (entry.user, entry.group, entry.mode)
+        ids = self._ids.get(key)
+        if ids is None:
+            ids = self._ids[key] = expected_ids_and_mode(entry, self.users, self.groups)
+        return ids
+
+
+def node_of(entry: FileEntry, pkg_index: int, rel: str, resolve: OwnerResolver, nevra: str) -> Node:
+    """The node of a package's entry (``rel``: its path below /usr), every
+    attribute taken from the entry; ``nevra`` names the package in errors."""
+    node = Node()
+    node.uid, node.gid, mode = resolve(entry)
+    node.mode = mode
+    node.mtime = entry.mtime
+    node.pkg = pkg_index
+    node.rdev = entry.rdev
+    fmt = mode & _S_IFMT
+    if fmt == _S_IFREG:
+        node.size = entry.size
+        node.backing = pkg_index
+        node.relpath = "usr/" + rel
+        digest = entry.digest
+        # file_entries lowercases digests already: share that string.
+        node.digest = digest if digest.islower() or not digest else digest.lower()
+        node.algo = entry.digest_algo
+    elif fmt == _S_IFLNK:
+        node.relpath = entry.linkto
+        node.size = len(os.fsencode(entry.linkto))
+    if entry.caps:
+        caps = parse_text(entry.caps)
+        if caps is None:
+            raise TreeError(f"{nevra}: {entry.path}: capabilities {entry.caps!r} cannot be parsed")
+        node.caps = caps.to_xattr()
+    return node
+
+
+def view_entries(package: Package):
+    """(path relative to /usr, entry, hardlink group or None) of each of ``package``'s
+    entries the view shows, in header order: "" is /usr itself.  Files elsewhere and
+    %ghost entries (but a %ghost symlink with a target) are left out."""
+    prefix = USR + "/"
+    # Not package.files: that caches the list in the package, and the
+    # list is not needed once this package is composed.
+    files = package.read_files()
+    groups_of = package.hardlink_groups(files)
+    for i, entry in enumerate(files):
+        path = entry.path
+        if not path.startswith(prefix):
+            if path == USR and not int(entry.flags) & _GHOST:
+                yield "", entry, None
+            continue
+        if int(entry.flags) & _GHOST and not entry.is_ghost_symlink:
+            continue
+        yield path[len(prefix):].rstrip("/"), entry, groups_of.get(i) if groups_of else None
+
+
 def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
                header_digests: dict[str, str] | None = None,
                owners: tuple[OwnerIds, OwnerIds] | None = None) -> Tree:
@@ -352,40 +417,10 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
             draft = child
         return draft
 
-    # (user, group, mode) -> (uid, gid, mode): a handful of combinations
-    # cover an image, and the mapping depends on nothing else.
-    ids_and_modes: dict[tuple[str, str, int], tuple[int, int, int]] = {}
+    resolve = OwnerResolver(users, groups)
 
     def make_node(entry: FileEntry, pkg_index: int, rel: str) -> Node:
-        node = Node()
-        key = (entry.user, entry.group, entry.mode)
-        ids = ids_and_modes.get(key)
-        if ids is None:
-            ids = ids_and_modes[key] = expected_ids_and_mode(entry, users, groups)
-        node.uid, node.gid, mode = ids
-        node.mode = mode
-        node.mtime = entry.mtime
-        node.pkg = pkg_index
-        node.rdev = entry.rdev
-        fmt = mode & _S_IFMT
-        if fmt == _S_IFREG:
-            node.size = entry.size
-            node.backing = pkg_index
-            node.relpath = "usr/" + rel
-            digest = entry.digest
-            # file_entries lowercases digests already: share that string.
-            node.digest = digest if digest.islower() or not digest else digest.lower()
-            node.algo = entry.digest_algo
-        elif fmt == _S_IFLNK:
-            node.relpath = entry.linkto
-            node.size = len(os.fsencode(entry.linkto))
-        if entry.caps:
-            caps = parse_text(entry.caps)
-            if caps is None:
-                raise TreeError(f"{packages[pkg_index]}: {entry.path}: capabilities "
-                                f"{entry.caps!r} cannot be parsed")
-            node.caps = caps.to_xattr()
-        return node
+        return node_of(entry, pkg_index, rel, resolve, packages[pkg_index])
 
     def add(rel: str, entry: FileEntry, pkg_index: int, group=None) -> None:
         dirpath, _, name = rel.rpartition("/")
@@ -414,27 +449,12 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
                                f"{stat.filemode(entry.mode)} but it is a directory of {first}")
         _check_shared(existing, entry, pkg_index, packages)
 
-    prefix = USR + "/"
     for pkg_index, source in enumerate(sources):
-        package = source.package
-        # Not package.files: that caches the list in the package, and the
-        # list is not needed once this package is composed.
-        files = package.read_files()
-        groups_of = package.hardlink_groups(files)
-        for i, entry in enumerate(files):
-            path = entry.path
-            if not path.startswith(prefix):
-                if path == USR and not int(entry.flags) & _GHOST:
-                    _add_usr(root, entry, pkg_index, packages, make_node)
-                continue
-            if int(entry.flags) & _GHOST and not entry.is_ghost_symlink:
-                continue
-            rel = path[len(prefix):].rstrip("/")
-            if not rel:  # "/usr/": /usr itself
+        for rel, entry, group in view_entries(source.package):
+            if not rel:  # /usr itself
                 _add_usr(root, entry, pkg_index, packages, make_node)
-                continue
-            group = groups_of.get(i) if groups_of else None
-            add(rel, entry, pkg_index, (pkg_index, group) if group else None)
+            else:
+                add(rel, entry, pkg_index, (pkg_index, group) if group else None)
 
     # The image's header files.
     headers_dir_index = None
