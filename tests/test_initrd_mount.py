@@ -29,9 +29,10 @@ import pytest
 from tests.prereq import require_fuse
 from tests.rpmbuild import FileSpec
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
-from tests.viewstore import deploy_store
+from tests.viewstore import deploy_store, load_keyring
 from usrview.boot.initrd import SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
+from usrview.view.compiled import compile_image
 from usrview.journal import INTEGRITY_MESSAGE_ID
 
 FILES = [
@@ -79,6 +80,7 @@ def sysroot(rpm_packages, gpg_key, tmp_path):
     require_fuse()
     root = tmp_path / "sysroot"
     store, image = deploy_store(root / "var/lib/usrview", [rpm_packages("life", files=FILES)], gpg_key)
+    compile_image(store, image, load_keyring([gpg_key.public_path]))  # as deploy does: the boot maps it
     keys = root / "etc/pki/rpm-gpg"
     keys.mkdir(parents=True)
     keys.joinpath("RPM-GPG-KEY-test").write_bytes(gpg_key.public_path.read_bytes())
@@ -91,6 +93,11 @@ def sysroot(rpm_packages, gpg_key, tmp_path):
 def _mapped_files(pid: int) -> set[str]:
     with open(f"/proc/{pid}/maps") as f:
         return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+
+
+def record_temp(name: str) -> bool:
+    """The temp file of a record of opened files (usrview.view.prefetch.RecordDirs)."""
+    return bool(re.fullmatch(r"\.opened-[\w-]+\.\d+\.tmp", name))
 
 
 def _store_names(store_root: Path) -> set[str]:
@@ -184,7 +191,9 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
             proc.send_signal(signal.SIGUSR1)
             time.sleep(0.5)
             assert proc.poll() is None
-            assert _mapped_files(proc.pid) == maps_at_ready
+            # the same maps (the compiled tree's shows the path it moved to)
+            assert _mapped_files(proc.pid) == {m.replace(str(root / "var/lib/usrview") + "/", str(moved) + "/")
+                                               for m in maps_at_ready}
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
             assert b"STOPPING=1" in notify.recv(4096).split(b"\n")
@@ -207,7 +216,12 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
     assert ready, console
     stages = [part.rsplit(" ", 2)[0] for part in ready.group(1).split(", ")]
     assert stages == ["interpreter and command line", "serving modules", "store and keys", "records and plan",
-                      "headers (1 signatures checked)", f"tree ({stages[5].split('(')[1]}", "mount"], stages
+                      "headers (1 signatures) and compiled tree", "prefetch record",
+                      "mount"], stages
+    # The files opened, recorded at unmount beneath the store's directories
+    # opened before READY (their path had moved): the next boot checks them ahead.
+    record = (moved / "cache" / f"opened-{image.id}").read_text().splitlines()
+    assert record[0] == "usrview-opened 1" and "bin/life" in record[1:], record
 
     # After READY: no import, no exec, no open by path; only opens of names
     # below the package directories opened before READY.
@@ -222,7 +236,11 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
         event, _, args = line.partition(" ")
         if event == "open":
             path = ast.literal_eval(args)[0]  # the recorder's repr of (path, mode, flags)
-            if isinstance(path, str) and not path.startswith("/") and path in names:
+            if isinstance(path, str) and not path.startswith("/") and (path in names or record_temp(path)):
+                continue
+        if event == "os.rename":  # the record of opened files, beneath the fds of tmp/ and cache/
+            src, dst, src_fd, dst_fd = ast.literal_eval(args)
+            if record_temp(src) and dst == f"opened-{image.id}" and src_fd >= 0 and dst_fd >= 0:
                 continue
         wrong.append(line)
     assert wrong == [], "\n".join(wrong)

@@ -72,6 +72,10 @@ MOUNT_POLL_MS = 1000
 #: niced (Nice=10): until the root is mounted its start is not what the boot waits
 #: for, and the initrd's own work (finding and mounting the root) goes first.
 SERVING_NICE = -10
+#: Seconds after READY until this boot's opens are first recorded (then every
+#: ``prefetch.SAVE_PERIOD``): the boot's own files, early, with the root writable
+#: by then (a record that cannot be written yet is tried again at the next save).
+FIRST_SAVE = 20.0
 #: What ``initrd-mount`` imports beyond ``usrview.cli.main`` and its command's
 #: module, for the initrd's runtime (systemd/dracut/90usrview/usrview-runtime.py
 #: takes what importing these imports, tests/test_initrd_mount.py checks that a
@@ -79,7 +83,7 @@ SERVING_NICE = -10
 #: starts, and the standard-library modules imported by functions on paths a
 #: boot need not take (a configuration to read, glibc's malloc_trim).
 RUNTIME_IMPORTS = ("usrview.cli.initrd_mount_cmd", "usrview.view.fs", "usrview.view.loader",
-                   "usrview.view.mount", "tomllib", "ctypes")
+                   "usrview.view.mount", "usrview.view.ctree", "usrview.view.prefetch", "tomllib", "ctypes")
 
 
 def process_start() -> float | None:
@@ -310,7 +314,7 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
     """Steps 3 and 4: the image this boot serves, loaded; (its id, its tree), or
     None when no image loads.  Its in-use lock joins ``serving``; ``stages``
     marks the plan, the headers and the tree."""
-    from usrview.view.loader import build_view  # the tree needs the view room
+    from usrview.view.ctree import open_view  # the tree needs the view room
 
     ids = [im.id for im in recorded_images(store, console)]
     if not ids:
@@ -324,7 +328,13 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
         with contextlib.ExitStack() as attempt:
             try:
                 image = attempt.enter_context(images.hold_image(store, candidate.image))
-                tree = build_view(store, image, keyring, owners=owners, progress=stages and stages.mark)[1]
+                # The compiled tree, mapped (the headers' signatures checked; the
+                # tree composed from them when the store has none or it does not
+                # fit them): written only by deploy and usrview mount.
+                tree = open_view(store, image, keyring, owners=owners, write=False)
+                if stages:
+                    stages.mark(f"headers ({len(image.packages)} signatures) and "
+                                f"{'tree composed' if tree.proven else 'compiled tree'}")
             except (UsrviewError, OSError) as e:
                 failures.append(f"image {candidate.image} cannot be served: {e}")
                 console.say(failures[-1], KERN_ERR)
@@ -342,7 +352,37 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
             record_boot(store, boot_plan, candidate, reason)
         except (UsrviewError, OSError) as e:
             console.say(f"cannot record this boot's image: {getattr(e, 'strerror', None) or e}")
-    return candidate.image, tree
+    return image, tree
+
+
+def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams, console: Console,
+                   serving: contextlib.ExitStack):
+    """The prefetch (:mod:`usrview.view.prefetch`) of this boot, for ``serve_tree``:
+    the files the last boot of the image opened, checked ahead; this boot's
+    opens recorded beneath the store's ``cache/`` and ``tmp/`` opened now.  None
+    with ``usrview.verify=off`` (nothing to check)."""
+    from usrview.view.prefetch import Prefetch, RecordDirs, load_record, remove_stale_records
+
+    if params.verify == "off":
+        return None
+    previous = load_record(store, image_id)
+    with contextlib.suppress(OSError):  # a read-only root: the records stay
+        remove_stale_records(store)
+    try:
+        dirs = RecordDirs(store)
+    except OSError as e:
+        console.say(f"the files this boot opens are not recorded: {store.root}: {e.strerror or e}", KERN_NOTICE)
+        dirs = None
+    else:
+        serving.callback(dirs.close)
+
+    def report(summary: str) -> None:
+        console.say(summary, KERN_NOTICE)
+
+    def make(guard):
+        return Prefetch(tree, guard, store, image_id, previous, record_dirs=dirs, first_save=FIRST_SAVE,
+                        report=report).run
+    return make
 
 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
@@ -353,6 +393,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     SYSROOT is mounted.  The exit status."""
     stages = stages or Stages()
     # Serving needs trio and pyfuse3 (imported here, not for every command line).
+    from usrview.view.ctree import start_full_check
     from usrview.view.fs import kernel_cache_features
     from usrview.view.loader import release_free_memory
     from usrview.view.mount import serve_tree
@@ -378,14 +419,24 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         chosen = choose_and_load(store, params, keyring, console, serving, root_owners(sysroot), stages)
         if chosen is None:
             return EXIT_ERROR
-        image_id, tree = chosen
+        image, tree = chosen
+        image_id = image.id
         release_free_memory()
+        ahead = checking_ahead(store, image_id, tree, params, console, serving)
+        stages.mark("prefetch record")
         mountpoint = sysroot / "usr"
         with contextlib.suppress(OSError):  # then mounting says why
             mountpoint.mkdir(mode=0o755)
         kernel_cache = kernel_cache_features(params.kernel_cache)
         console.say(f"serving image {image_id} on {mountpoint} (verify={params.verify}, kernel cache "
                     f"{', '.join(sorted(kernel_cache)) or 'off'})", KERN_NOTICE)
+        if not tree.proven:
+            # In the daemon, before any thread (it forks): the child reads the
+            # headers beneath the store's fd, past switch-root.
+            def check_failed(reason: str) -> None:
+                console.say(f"{reason}; every file of {mountpoint} answers EIO from now on", KERN_ERR)
+
+            start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed)
         rootdaemon.prepare()
 
         def on_ready() -> None:
@@ -395,7 +446,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
 
         try:
             serve_tree(tree, os.fspath(mountpoint), verify=params.verify, kernel_cache=kernel_cache,
-                       on_ready=on_ready)
+                       on_ready=on_ready, prefetch=ahead)
         except UsrviewError as e:
             console.say(f"cannot serve {mountpoint}: {e}", KERN_ERR)
             return EXIT_ERROR

@@ -45,6 +45,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from usrview.errors import OperationalError
@@ -90,6 +91,19 @@ class _Nodes:
 
     def __getitem__(self, inode: int) -> Node | None:
         return self._tree.node(inode)
+
+
+def _read_beneath(dir_fd: int, name: str) -> bytes:
+    """The bytes of ``name`` beneath ``dir_fd``, read with the fd alone (no file object
+    is made: after switch-root the initrd's daemon opens nothing but names beneath fds)."""
+    fd = os.open(name, FILE_READ_FLAGS, dir_fd=dir_fd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 class CompiledTree(Tree):
@@ -187,9 +201,7 @@ class CompiledTree(Tree):
             digest, block_off, block_len, _, _, _ = self._pkg[pkg]
             pkgid = self.pkgids[pkg]
             try:
-                fd = os.open(pkgid + HEADER_SUFFIX, FILE_READ_FLAGS, dir_fd=self.header_dir_fd)
-                with os.fdopen(fd, "rb") as f:
-                    data = f.read()
+                data = _read_beneath(self.header_dir_fd, pkgid + HEADER_SUFFIX)
             except OSError as e:
                 raise self._refuse(f"header of {pkgid} cannot be read: {e.strerror}") from None
             if hashlib.sha256(data).digest() != digest:
@@ -478,12 +490,21 @@ def part_at(data: bytes, at: int) -> str:
     return "end"
 
 
-def start_full_check(tree: CompiledTree, store: Store, image, keyring) -> threading.Thread | None:
+def start_full_check(tree: CompiledTree, store: Store, image, keyring, *, confined: bool = False,
+                     on_failure: Callable[[str], None] | None = None) -> threading.Thread | None:
     """Start the full check of ``tree`` in a child process (forked: call it before
     any thread or the FUSE session starts); a thread waits for its verdict and
-    fails the tree on a mismatch.  None when the tree needs no check."""
+    fails the tree on a mismatch, then calls ``on_failure`` with why.  None when
+    the tree needs no check.
+
+    ``confined`` (the initrd's daemon, whose paths lead nowhere after switch-root):
+    the child changes its root to the store's directory, through a directory fd
+    opened here, before it reads anything, so that it reads the store by paths
+    within that fd whenever it runs; its modules are imported already (the
+    mount checked the headers' signatures with them)."""
     if tree.proven:
         return None
+    root_fd = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if confined else None
     r, w = os.pipe()
     t0 = time.monotonic()
     pid = os.fork()
@@ -492,6 +513,10 @@ def start_full_check(tree: CompiledTree, store: Store, image, keyring) -> thread
         try:
             os.close(r)
             os.nice(CHECK_NICENESS)
+            if root_fd is not None:
+                os.fchdir(root_fd)
+                os.chroot(".")
+                store = Store(Path("/"))
             # the mount logged the headers' warnings (unsigned, legacy) already
             logging.getLogger(load_headers.__module__).setLevel(logging.ERROR)
             reason = full_check(store, image, keyring, tree.buf)
@@ -502,6 +527,8 @@ def start_full_check(tree: CompiledTree, store: Store, image, keyring) -> thread
         finally:
             os._exit(status)
     os.close(w)
+    if root_fd is not None:
+        os.close(root_fd)
     log.info("image %s: full check of the compiled tree started (process %d)", image.id, pid)
 
     def wait() -> None:
@@ -513,8 +540,10 @@ def start_full_check(tree: CompiledTree, store: Store, image, keyring) -> thread
             log.info("image %s: compiled tree checked against the headers in %.2f s", image.id,
                      time.monotonic() - t0)
         else:
-            tree.fail(f"image {image.id}: the full check of the compiled tree: "
-                      f"{os.fsdecode(answer) or 'no answer'}")
+            reason = f"image {image.id}: the full check of the compiled tree: {os.fsdecode(answer) or 'no answer'}"
+            tree.fail(reason)
+            if on_failure is not None:
+                on_failure(reason)
 
     thread = threading.Thread(target=wait, name="usrview-tree-check", daemon=True)
     thread.start()

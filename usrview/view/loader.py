@@ -205,11 +205,17 @@ def release_free_memory() -> None:
     Header files are read into C-heap buffers, and glibc keeps freed heap
     memory for later: after the tree is built, the parsed headers are garbage,
     and a daemon serving for months should not hold their pages.  Nothing
-    happens on a C library without malloc_trim."""
-    import ctypes
+    happens on a C library without malloc_trim.  The function is looked up at
+    the first call, and kept: later calls (a served compiled tree's package
+    checks) load nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
 
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except AttributeError:
-        return
-    trim(0)
+        _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+#: glibc's malloc_trim once looked up (False: the C library has none).
+_malloc_trim = None

@@ -37,12 +37,13 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from usrview.images.records import image_ids
-from usrview.store.store import Store, read_store_file
+from usrview.store.store import TMP_DIR, Store, read_store_file
 from usrview.view.guard import HASH_CHUNK, Guard, _close_all, _open_cached
 from usrview.view.tree import Node, Tree
 from verifier.fileio import hash_fd
@@ -82,6 +83,48 @@ def remove_stale_records(store: Store) -> None:
         if name.startswith(RECORD_PREFIX) and name[len(RECORD_PREFIX):] not in alive:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(store.cache_path(name))
+
+
+class RecordDirs:
+    """The store's ``cache/`` and ``tmp/``, opened now, to write records beneath
+    them later by name only: the initrd's daemon, whose paths lead nowhere
+    after switch-root (docs/boot.md).  ``cache/`` is made when missing.
+    Raises OSError."""
+
+    def __init__(self, store: Store):
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(store.cache_path(""), 0o700)
+        self.cache_fd = os.open(store.cache_path(""), flags)
+        try:
+            self.tmp_fd = os.open(store.root / TMP_DIR, flags)
+        except BaseException:
+            os.close(self.cache_fd)
+            raise
+
+    def write(self, name: str, data: bytes) -> None:
+        """Replace ``cache/NAME`` with ``data``: a temp file in ``tmp/``, fsync, rename, fsync."""
+        tmp = f".{name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                     dir_fd=self.tmp_fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=self.tmp_fd, dst_dir_fd=self.cache_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.tmp_fd)
+            raise
+        os.fsync(self.cache_fd)
+
+    def close(self) -> None:
+        os.close(self.cache_fd)
+        os.close(self.tmp_fd)
 
 
 class RecordError(ValueError):
@@ -156,10 +199,16 @@ class Prefetch:
         done: set when checking ahead ended.
     """
 
-    def __init__(self, tree: Tree, guard: Guard, store: Store, image_id: str, previous: list[str]):
+    def __init__(self, tree: Tree, guard: Guard, store: Store, image_id: str, previous: list[str], *,
+                 record_dirs: RecordDirs | None = None, first_save: float = SAVE_PERIOD,
+                 report: Callable[[str], None] | None = None):
         self.tree, self.guard = tree, guard
         self.store, self.image_id = store, image_id
         self.previous = previous
+        #: The record is written beneath these fds (opened before READY), not by path.
+        self.record_dirs = record_dirs
+        self.first_save = first_save
+        self._report = report
         self.opened: list[int] = []
         self._seen = bytearray(len(tree.nodes))
         self._saved = 0
@@ -202,9 +251,14 @@ class Prefetch:
         count = len(self.opened)
         path = opened_record_path(self.store, self.image_id)
         try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.store.write_file(path, format_record(self.record(count)), mode=0o600)
+            if self.record_dirs is not None:
+                self.record_dirs.write(RECORD_PREFIX + self.image_id, format_record(self.record(count)))
+            else:
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                self.store.write_file(path, format_record(self.record(count)), mode=0o600)
         except OSError as e:
+            if e.errno == errno.EROFS:  # a root mounted read-only until the system remounts it
+                return
             # Only speed depends on it: say so once, serve on.
             log.info("cannot write the record of opened files %s: %s (not trying again)", path,
                      e.strerror or e)
@@ -285,9 +339,10 @@ class Prefetch:
                 self._running -= 1
                 last = self._running == 0
             if last:
-                log.info("prefetch: %d recorded files checked ahead, %d differed from their digest, "
-                         "%d left out%s", self.ahead, self.refused, self.skipped,
-                         " (stopped at unmount)" if self._stop.is_set() else "")
+                summary = (f"prefetch: {self.ahead} recorded files checked ahead, {self.refused} differed "
+                           f"from their digest, {self.skipped} left out"
+                           f"{' (stopped at unmount)' if self._stop.is_set() else ''}")
+                (self._report or log.info)(summary)
                 self.done.set()
 
     def _count(self, what: str) -> None:
@@ -323,9 +378,10 @@ class Prefetch:
         cancellation (unmount) stop the threads and save it a last time."""
         try:
             self.start(trio.lowlevel.current_trio_token())
+            await trio.sleep(self.first_save)
             while True:
-                await trio.sleep(SAVE_PERIOD)
                 await trio.to_thread.run_sync(self.save)
+                await trio.sleep(SAVE_PERIOD)
         finally:
             self.stop()
             self.save()
