@@ -53,6 +53,8 @@ import json, os, stat, time
 out = {}
 usr_dev = os.stat("/usr").st_dev
 out["usr_dev"] = [os.major(usr_dev), os.minor(usr_dev)]
+root_dev = os.stat("/").st_dev
+out["root_dev"] = [os.major(root_dev), os.minor(root_dev)]
 pid = int(open("/run/vmtest/daemon-pid").read()) if os.path.exists("/run/vmtest/daemon-pid") else 0
 if not pid:
     import subprocess
@@ -122,6 +124,15 @@ out["stress"] = {"files": files, "bytes": nbytes, "seconds": time.monotonic() - 
 out["maps_after_under_usr"] = [l for l in open(f"/proc/{pid}/maps")
                                if l.split()[3] == "%02x:%02x" % (os.major(usr_dev), os.minor(usr_dev))]
 out["alive_after"] = os.path.exists(f"/proc/{pid}")
+# the files this boot opened, recorded beneath fds the daemon opened before READY
+# (usrview.boot.initrd.FIRST_SAVE seconds after it, then every minute)
+import glob
+for _ in range(90):
+    records = glob.glob("/var/lib/usrview/cache/opened-*")
+    if records:
+        break
+    time.sleep(1)
+out["records"] = {os.path.basename(p): len(open(p).read().splitlines()) - 1 for p in records}
 json.dump(out, open("check.json", "w"), indent=1)
 PY
 journalctl -b -o short-monotonic --no-pager > journal 2>&1
@@ -244,10 +255,14 @@ def test_daemon_needs_no_file_gone_or_under_usr(main_boot):
     assert file_maps, "no file-backed maps?"
     under_usr = [m for m in file_maps if m["dev"] == usr_dev]
     assert not under_usr, under_usr
-    # what is mapped from the initrd is gone (deleted), and still mapped: memory
+    # what is mapped from the initrd is gone (deleted), and still mapped: memory;
+    # beside it only the image's compiled tree, on the root's device (opened before switch-root)
     from_initrd = [m for m in file_maps if m["path"].endswith("(deleted)")]
     assert from_initrd, file_maps[:10]
-    assert all(m["path"].endswith("(deleted)") for m in file_maps), \
+    compiled = [m for m in file_maps if m["dev"] == c["root_dev"]
+                and re.fullmatch(rf"/{vm.STORE}/images/[\w-]+\.tree", m["path"])]
+    assert compiled, file_maps
+    assert all(m["path"].endswith("(deleted)") or m in compiled for m in file_maps), \
         [m for m in file_maps if not m["path"].endswith("(deleted)")]
     fds_under_usr = [f for f in c["fds"] if f.get("dev") == usr_dev]
     assert not fds_under_usr, fds_under_usr
@@ -259,6 +274,11 @@ def test_daemon_needs_no_file_gone_or_under_usr(main_boot):
     pid = c["pid"]
     daemon_lines = [line for line in journal.splitlines() if re.search(rf"usrview\[{pid}\]|python3\.\d+\[{pid}\]", line)]
     assert not [line for line in daemon_lines if re.search(r"Traceback|Error|No module", line)], daemon_lines
+    # the initrd mapped the compiled tree, and the full check did not refuse it
+    assert re.search(r"usrview: ready .*headers \(\d+ signatures\) and compiled tree", journal), journal[-3000:]
+    assert "compiled tree refused" not in journal and "full check of the compiled tree" not in journal
+    # the files this boot opened were recorded (the next boot of the image checks them ahead)
+    assert c["records"] and max(c["records"].values()) > 50, c["records"]
 
 
 def test_poweroff_within_limit(main_boot):
@@ -424,6 +444,10 @@ def test_broken_image_falls_back_to_last_good(env, main_boot):
         assert after["boot"]["boot"]["image"] == good_id and after["boot"]["boot"]["fallback"], after["boot"]
         assert after["boot"]["events"] and after["boot"]["events"][-1]["booted"] == good_id, after["boot"]
         assert "bad" in result.text("status"), result.text("status")
+        # the last good image booted again: the files its boot opened at the main boot,
+        # recorded then, are checked ahead this time
+        recorded = re.findall(r"usrview: ready .*prefetch record \((\d+) files\)", result.text("journal"))
+        assert recorded and int(recorded[-1]) > 50, recorded
     finally:
         disk.unlink(missing_ok=True)
         shutil.rmtree(env.work / "broken", ignore_errors=True)

@@ -32,8 +32,8 @@ from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
 from tests.viewstore import deploy_store, load_keyring
 from usrview.boot.initrd import SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
-from usrview.view.compiled import compile_image
 from usrview.journal import INTEGRITY_MESSAGE_ID
+from usrview.view.compiled import compile_image
 
 FILES = [
     FileSpec("/usr/bin", kind="dir"),
@@ -216,7 +216,7 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
     assert ready, console
     stages = [part.rsplit(" ", 2)[0] for part in ready.group(1).split(", ")]
     assert stages == ["interpreter and command line", "serving modules", "store and keys", "records and plan",
-                      "headers (1 signatures) and compiled tree", "prefetch record",
+                      "headers (1 signatures) and compiled tree", "prefetch record (0 files)",
                       "mount"], stages
     # The files opened, recorded at unmount beneath the store's directories
     # opened before READY (their path had moved): the next boot checks them ahead.

@@ -357,14 +357,15 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
 
 def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams, console: Console,
                    serving: contextlib.ExitStack):
-    """The prefetch (:mod:`usrview.view.prefetch`) of this boot, for ``serve_tree``:
-    the files the last boot of the image opened, checked ahead; this boot's
-    opens recorded beneath the store's ``cache/`` and ``tmp/`` opened now.  None
-    with ``usrview.verify=off`` (nothing to check)."""
+    """The prefetch (:mod:`usrview.view.prefetch`) of this boot, for ``serve_tree``
+    (None with ``usrview.verify=off``: nothing to check), and how many files the
+    record names: the files the last boot of the image opened, checked ahead;
+    this boot's opens recorded beneath the store's ``cache/`` and ``tmp/``
+    opened now."""
     from usrview.view.prefetch import Prefetch, RecordDirs, load_record, remove_stale_records
 
     if params.verify == "off":
-        return None
+        return None, 0
     previous = load_record(store, image_id)
     with contextlib.suppress(OSError):  # a read-only root: the records stay
         remove_stale_records(store)
@@ -382,7 +383,7 @@ def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams
     def make(guard):
         return Prefetch(tree, guard, store, image_id, previous, record_dirs=dirs, first_save=FIRST_SAVE,
                         report=report).run
-    return make
+    return make, len(previous)
 
 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
@@ -422,8 +423,8 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         image, tree = chosen
         image_id = image.id
         release_free_memory()
-        ahead = checking_ahead(store, image_id, tree, params, console, serving)
-        stages.mark("prefetch record")
+        ahead, recorded = checking_ahead(store, image_id, tree, params, console, serving)
+        stages.mark(f"prefetch record ({recorded} files)")
         mountpoint = sysroot / "usr"
         with contextlib.suppress(OSError):  # then mounting says why
             mountpoint.mkdir(mode=0o755)

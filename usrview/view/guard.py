@@ -262,12 +262,15 @@ class Guard:
         self._ra_window = READAHEAD_START
         self._ra_thread = _ReadAhead(tree, self.bases)
         self.read_ahead = 0
+        #: Files the prefetch hashed to their digest before their first open.
+        self.ahead = 0
         # called with each node opened for a check (usrview.view.prefetch records them)
         self.on_open: Callable[[Node], None] | None = None
 
     def statistics(self) -> str:
         return (f"files hashed: {self.hashed} ({self.hashed_inline} in the event loop), "
-                f"{self.hashed_bytes / 1e6:.1f} MB in {self.hash_seconds:.2f} s; read ahead: {self.read_ahead}")
+                f"{self.hashed_bytes / 1e6:.1f} MB in {self.hash_seconds:.2f} s; read ahead: {self.read_ahead}; "
+                f"checked ahead: {self.ahead}")
 
     def close(self) -> None:
         """Stop the read-ahead thread; close the cached directory fds."""
@@ -345,6 +348,7 @@ class Guard:
         is not remembered: the open hashes the file and refuses it."""
         if actual == node.digest:
             self._cache[key] = node.digest
+            self.ahead += 1
 
     @staticmethod
     def still_checked(fd: int, identity: tuple) -> bool:

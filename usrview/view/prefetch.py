@@ -43,7 +43,7 @@ from pathlib import Path
 import trio
 
 from usrview.images.records import image_ids
-from usrview.store.store import TMP_DIR, Store, read_store_file
+from usrview.store.store import CACHE_DIR, TMP_DIR, Store, read_store_file
 from usrview.view.guard import HASH_CHUNK, Guard, _close_all, _open_cached
 from usrview.view.tree import Node, Tree
 from verifier.fileio import hash_fd
@@ -86,44 +86,54 @@ def remove_stale_records(store: Store) -> None:
 
 
 class RecordDirs:
-    """The store's ``cache/`` and ``tmp/``, opened now, to write records beneath
-    them later by name only: the initrd's daemon, whose paths lead nowhere
-    after switch-root (docs/boot.md).  ``cache/`` is made when missing.
-    Raises OSError."""
+    """The store's directory and its ``tmp/``, opened now, to write records in
+    ``cache/`` later by names beneath them only: the initrd's daemon, whose paths
+    lead nowhere after switch-root (docs/boot.md).  ``cache/`` is made now when
+    missing, or at the first write when it cannot be yet (a root mounted
+    read-only until the booted system remounts it).  Raises OSError."""
+
+    FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
     def __init__(self, store: Store):
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
-        with contextlib.suppress(FileExistsError):
+        with contextlib.suppress(OSError):
             os.mkdir(store.cache_path(""), 0o700)
-        self.cache_fd = os.open(store.cache_path(""), flags)
+        self.root_fd = os.open(store.root, self.FLAGS)
         try:
-            self.tmp_fd = os.open(store.root / TMP_DIR, flags)
+            self.tmp_fd = os.open(TMP_DIR, self.FLAGS, dir_fd=self.root_fd)
         except BaseException:
-            os.close(self.cache_fd)
+            os.close(self.root_fd)
             raise
 
     def write(self, name: str, data: bytes) -> None:
         """Replace ``cache/NAME`` with ``data``: a temp file in ``tmp/``, fsync, rename, fsync."""
-        tmp = f".{name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
-                     dir_fd=self.tmp_fd)
         try:
+            cache_fd = os.open(CACHE_DIR, self.FLAGS, dir_fd=self.root_fd)
+        except FileNotFoundError:
+            os.mkdir(CACHE_DIR, 0o700, dir_fd=self.root_fd)
+            cache_fd = os.open(CACHE_DIR, self.FLAGS, dir_fd=self.root_fd)
+        try:
+            tmp = f".{name}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
+                         dir_fd=self.tmp_fd)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=self.tmp_fd, dst_dir_fd=self.cache_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.tmp_fd)
-            raise
-        os.fsync(self.cache_fd)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, name, src_dir_fd=self.tmp_fd, dst_dir_fd=cache_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=self.tmp_fd)
+                raise
+            os.fsync(cache_fd)
+        finally:
+            os.close(cache_fd)
 
     def close(self) -> None:
-        os.close(self.cache_fd)
+        os.close(self.root_fd)
         os.close(self.tmp_fd)
 
 
