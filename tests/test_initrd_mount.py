@@ -33,7 +33,7 @@ from tests.viewstore import deploy_store, load_keyring
 from usrview.boot.initrd import SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
 from usrview.journal import INTEGRITY_MESSAGE_ID
-from usrview.view.compiled import compile_image
+from usrview.view.compiled import HEAD, compile_image
 
 FILES = [
     FileSpec("/usr/bin", kind="dir"),
@@ -318,6 +318,53 @@ def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
             unmount(root / "usr")
             if bound:
                 subprocess.run(["umount", str(root)], check=True)
+
+
+def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
+    """A compiled tree changed where no per-package check looks (a link count) but
+    the full check does: the check's child, confined to the store's fd, still reads
+    the headers after the store's path moved away (switch-root); its verdict is
+    one console line, and every request answers EIO from then on."""
+    root, store, image = sysroot
+    tree_file = store.root / "images" / f"{image.id}.tree"
+    data = bytearray(tree_file.read_bytes())
+    entries_off = HEAD.unpack_from(data, 0)[6]
+    nlink_at = entries_off + 32  # the root entry's link count (ENTRY: ..., first, children, nlink, mtime)
+    data[nlink_at] ^= 0x40
+    tree_file.write_bytes(bytes(data))
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda rw usrview.kernel_cache=off\n")
+    kmsg = tmp_path / "kmsg"
+    kmsg.touch()
+    notify_path = tmp_path / "notify"
+    moved = root / "var/lib/usrview-moved"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(MOUNT_TIMEOUT)
+        env = daemon_env(tmp_path, NOTIFY_SOCKET=str(notify_path), USRVIEW_KMSG=str(kmsg))
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log")
+        try:
+            assert b"READY=1" in notify.recv(4096).split(b"\n"), (tmp_path / "daemon.log").read_text()
+            os.rename(store.root, moved)  # as switch-root: the store's path leads nowhere
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while "full check of the compiled tree" not in kmsg.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, kmsg.read_text()
+                time.sleep(0.1)
+            line = next(x for x in kmsg.read_text().splitlines() if "full check" in x)
+            assert line.startswith(f"<3>usrview: image {image.id}: the full check of the compiled tree: differs "
+                                   "from what the headers compile to at byte"), line
+            assert line.endswith(f"every file of {root}/usr answers EIO from now on"), line
+            with pytest.raises(OSError) as e:
+                (root / "usr/share/life/deep/er/file").read_bytes()
+            assert e.value.errno == errno.EIO
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if moved.exists():
+                os.rename(moved, store.root)
 
 
 def test_nothing_to_serve_exits_2_with_one_line(tmp_path, gpg_key):
