@@ -125,7 +125,7 @@ out["maps_after_under_usr"] = [l for l in open(f"/proc/{pid}/maps")
                                if l.split()[3] == "%02x:%02x" % (os.major(usr_dev), os.minor(usr_dev))]
 out["alive_after"] = os.path.exists(f"/proc/{pid}")
 # the files this boot opened, recorded beneath fds the daemon opened before READY
-# (usrview.boot.initrd.FIRST_SAVE seconds after it, then every minute)
+# (usrview.boot.initrd.FIRST_SAVE seconds after it, then every SAVE_PERIOD)
 import glob
 for _ in range(90):
     records = glob.glob("/var/lib/usrview/cache/opened-*")

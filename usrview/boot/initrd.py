@@ -72,10 +72,11 @@ MOUNT_POLL_MS = 1000
 #: niced (Nice=10): until the root is mounted its start is not what the boot waits
 #: for, and the initrd's own work (finding and mounting the root) goes first.
 SERVING_NICE = -10
-#: Seconds after READY until this boot's opens are first recorded (then every
-#: ``prefetch.SAVE_PERIOD``): the boot's own files, early, with the root writable
-#: by then (a record that cannot be written yet is tried again at the next save).
-FIRST_SAVE = 20.0
+#: Seconds after READY until this boot's opens are first recorded, and between
+#: two records when more files were opened (a system may be powered off without
+#: the daemon's unmount, whose save would come last): the boot's own files, soon;
+#: a record that cannot be written yet (a root still read-only) is tried again.
+FIRST_SAVE, SAVE_PERIOD = 15.0, 30.0
 #: What ``initrd-mount`` imports beyond ``usrview.cli.main`` and its command's
 #: module, for the initrd's runtime (systemd/dracut/90usrview/usrview-runtime.py
 #: takes what importing these imports, tests/test_initrd_mount.py checks that a
@@ -382,7 +383,7 @@ def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams
 
     def make(guard):
         return Prefetch(tree, guard, store, image_id, previous, record_dirs=dirs, first_save=FIRST_SAVE,
-                        report=report).run
+                        save_period=SAVE_PERIOD, report=report).run
     return make, len(previous)
 
 

@@ -211,13 +211,13 @@ class Prefetch:
 
     def __init__(self, tree: Tree, guard: Guard, store: Store, image_id: str, previous: list[str], *,
                  record_dirs: RecordDirs | None = None, first_save: float = SAVE_PERIOD,
-                 report: Callable[[str], None] | None = None):
+                 save_period: float = SAVE_PERIOD, report: Callable[[str], None] | None = None):
         self.tree, self.guard = tree, guard
         self.store, self.image_id = store, image_id
         self.previous = previous
         #: The record is written beneath these fds (opened before READY), not by path.
         self.record_dirs = record_dirs
-        self.first_save = first_save
+        self.first_save, self.save_period = first_save, save_period
         self._report = report
         self.opened: list[int] = []
         self._seen = bytearray(len(tree.nodes))
@@ -391,7 +391,7 @@ class Prefetch:
             await trio.sleep(self.first_save)
             while True:
                 await trio.to_thread.run_sync(self.save)
-                await trio.sleep(SAVE_PERIOD)
+                await trio.sleep(self.save_period)
         finally:
             self.stop()
             self.save()
