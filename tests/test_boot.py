@@ -53,8 +53,8 @@ import json, os, stat, time
 out = {}
 usr_dev = os.stat("/usr").st_dev
 out["usr_dev"] = [os.major(usr_dev), os.minor(usr_dev)]
-root_dev = os.stat("/").st_dev
-out["root_dev"] = [os.major(root_dev), os.minor(root_dev)]
+store_dev = os.stat("/var/lib/usrview/images").st_dev  # a btrfs subvolume has a device of its own
+out["store_dev"] = [os.major(store_dev), os.minor(store_dev)]
 pid = int(open("/run/vmtest/daemon-pid").read()) if os.path.exists("/run/vmtest/daemon-pid") else 0
 if not pid:
     import subprocess
@@ -256,10 +256,10 @@ def test_daemon_needs_no_file_gone_or_under_usr(main_boot):
     under_usr = [m for m in file_maps if m["dev"] == usr_dev]
     assert not under_usr, under_usr
     # what is mapped from the initrd is gone (deleted), and still mapped: memory;
-    # beside it only the image's compiled tree, on the root's device (opened before switch-root)
+    # beside it only the image's compiled tree, in the store on the root (opened before switch-root)
     from_initrd = [m for m in file_maps if m["path"].endswith("(deleted)")]
     assert from_initrd, file_maps[:10]
-    compiled = [m for m in file_maps if m["dev"] == c["root_dev"]
+    compiled = [m for m in file_maps if m["dev"] == c["store_dev"]
                 and re.fullmatch(rf"/{vm.STORE}/images/[\w-]+\.tree", m["path"])]
     assert compiled, file_maps
     assert all(m["path"].endswith("(deleted)") or m in compiled for m in file_maps), \

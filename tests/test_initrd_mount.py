@@ -96,8 +96,9 @@ def _mapped_files(pid: int) -> set[str]:
 
 
 def record_temp(name: str) -> bool:
-    """The temp file of a record of opened files (usrview.view.prefetch.RecordDirs)."""
-    return bool(re.fullmatch(r"\.opened-[\w-]+\.\d+\.tmp", name))
+    """The temp file of a record of opened files (usrview.view.prefetch.RecordDirs,
+    by way of Store.atomic_write_beneath)."""
+    return bool(re.fullmatch(r"\.opened-[\w-]+\.usrview-tmp\.\d+\.[0-9a-f]+", name))
 
 
 def _store_names(store_root: Path) -> set[str]:

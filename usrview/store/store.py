@@ -42,6 +42,7 @@ from functools import cached_property
 from pathlib import Path
 
 from usrview.errors import OperationalError
+from usrview.store.atomic import FILE_CREATE_FLAGS, write_and_rename  # noqa: F401 -- FILE_CREATE_FLAGS: for commit, importer
 from verifier import policy as policies
 from verifier.errors import HeaderError
 from verifier.fileio import DIR_FLAGS, FILE_READ_FLAGS
@@ -98,8 +99,6 @@ LOCK_POLL = 0.2
 #: 100,000 packages is about 10 MiB), far below what would exhaust memory.
 JSON_FILE_MAX = 64 << 20
 
-#: A new file, made here and nowhere else: never through a symlink, never an existing one.
-FILE_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 #: Part of the name of every temp file atomic_write and atomic_symlink make.
@@ -574,22 +573,14 @@ class Store:
         """
         path = Path(path)
         tmp_dir = Path(tmp_dir) if tmp_dir is not None else path.parent
-        tmp = tmp_dir / _temp_file_name(path.name)
-        try:
-            fd = os.open(tmp, FILE_CREATE_FLAGS, mode)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_and_rename(tmp_dir / _temp_file_name(path.name), path, data, mode)
         Store.fsync_dir(path.parent)
+
+    @staticmethod
+    def atomic_write_beneath(dir_fd: int, name: str, data: bytes, *, tmp_dir_fd: int, mode: int = 0o644) -> None:
+        """:meth:`atomic_write` by names beneath directory fds only (:mod:`usrview.store.atomic`)."""
+        write_and_rename(_temp_file_name(name), name, data, mode, tmp_dir_fd, dir_fd)
+        os.fsync(dir_fd)
 
     @staticmethod
     def atomic_symlink(target: str, link: str | os.PathLike, *, tmp_dir: str | os.PathLike | None = None) -> None:

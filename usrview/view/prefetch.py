@@ -112,23 +112,7 @@ class RecordDirs:
             os.mkdir(CACHE_DIR, 0o700, dir_fd=self.root_fd)
             cache_fd = os.open(CACHE_DIR, self.FLAGS, dir_fd=self.root_fd)
         try:
-            tmp = f".{name}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600,
-                         dir_fd=self.tmp_fd)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, name, src_dir_fd=self.tmp_fd, dst_dir_fd=cache_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=self.tmp_fd)
-                raise
-            os.fsync(cache_fd)
+            Store.atomic_write_beneath(cache_fd, name, data, tmp_dir_fd=self.tmp_fd, mode=0o600)
         finally:
             os.close(cache_fd)
 
