@@ -53,8 +53,9 @@ import json, os, stat, time
 out = {}
 usr_dev = os.stat("/usr").st_dev
 out["usr_dev"] = [os.major(usr_dev), os.minor(usr_dev)]
-store_dev = os.stat("/var/lib/usrview/images").st_dev  # a btrfs subvolume has a device of its own
-out["store_dev"] = [os.major(store_dev), os.minor(store_dev)]
+# the compiled trees in the store, by inode (the maps name btrfs's device, stat a subvolume's)
+import glob
+out["trees"] = {p: os.stat(p).st_ino for p in glob.glob("/var/lib/usrview/images/*.tree")}
 pid = int(open("/run/vmtest/daemon-pid").read()) if os.path.exists("/run/vmtest/daemon-pid") else 0
 if not pid:
     import subprocess
@@ -69,7 +70,7 @@ for line in open(f"/proc/{pid}/maps"):
     path = fields[5].strip() if len(fields) > 5 else ""
     if inode:
         major, minor = (int(x, 16) for x in dev.split(":"))
-        maps.append({"dev": [major, minor], "path": path})
+        maps.append({"dev": [major, minor], "inode": inode, "path": path})
 out["maps"] = maps
 fds = []
 for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -126,7 +127,6 @@ out["maps_after_under_usr"] = [l for l in open(f"/proc/{pid}/maps")
 out["alive_after"] = os.path.exists(f"/proc/{pid}")
 # the files this boot opened, recorded beneath fds the daemon opened before READY
 # (usrview.boot.initrd.FIRST_SAVE seconds after it, then every SAVE_PERIOD)
-import glob
 for _ in range(90):
     records = glob.glob("/var/lib/usrview/cache/opened-*")
     if records:
@@ -259,8 +259,7 @@ def test_daemon_needs_no_file_gone_or_under_usr(main_boot):
     # beside it only the image's compiled tree, in the store on the root (opened before switch-root)
     from_initrd = [m for m in file_maps if m["path"].endswith("(deleted)")]
     assert from_initrd, file_maps[:10]
-    compiled = [m for m in file_maps if m["dev"] == c["store_dev"]
-                and re.fullmatch(rf"/{vm.STORE}/images/[\w-]+\.tree", m["path"])]
+    compiled = [m for m in file_maps if c["trees"].get(m["path"]) == m["inode"]]
     assert compiled, file_maps
     assert all(m["path"].endswith("(deleted)") or m in compiled for m in file_maps), \
         [m for m in file_maps if not m["path"].endswith("(deleted)")]
