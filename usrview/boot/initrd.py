@@ -17,10 +17,14 @@ on SYSROOT (docs/boot-core.md):
    is about to be served -- written before anything is mounted, so a boot that
    dies later counts.  A store that cannot be written (a read-only root) turns
    counting off for this boot, with a line on the console; the boot goes on.
-4. Load the candidates in order until one loads (signatures checked, tree
-   composed).  Record which image this boot serves, and a fallback event when
-   it is not the one asked for.
-5. Make the daemon independent of every file (:mod:`usrview.boot.rootdaemon`),
+4. Load the candidates in order until one loads (signatures checked, the
+   compiled tree mapped: :func:`usrview.view.ctree.open_view`, nothing written).
+   Record which image this boot serves, and a fallback event when it is not
+   the one asked for.
+5. Read the prefetch's record and open the store's directories it is written
+   beneath (:func:`checking_ahead`); start the compiled tree's full check in a
+   child confined to the store's fd (a failure: a console line, and EIO).
+   Make the daemon independent of every file (:mod:`usrview.boot.rootdaemon`),
    mount the view on SYSROOT/usr (as ``usrview mount`` serves a tree:
    :func:`usrview.view.mount.serve_tree`, the kernel caching
    ``usrview.kernel_cache=`` says) and send READY=1.  Then one console line
