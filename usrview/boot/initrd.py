@@ -316,8 +316,8 @@ def root_owners(sysroot: Path) -> tuple[OwnerIds, OwnerIds]:
 def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, console: Console,
                     serving: contextlib.ExitStack, owners: tuple[OwnerIds, OwnerIds] | None = None,
                     stages: Stages | None = None):
-    """Steps 3 and 4: the image this boot serves, loaded; (its id, its tree), or
-    None when no image loads.  Its in-use lock joins ``serving``; ``stages``
+    """Steps 3 and 4: the image this boot serves, loaded; (its Image record, its tree),
+    or None when no image loads.  Its in-use lock joins ``serving``; ``stages``
     marks the plan, the headers and the tree."""
     from usrview.view.ctree import open_view  # the tree needs the view room
 
@@ -344,7 +344,8 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
                 failures.append(f"image {candidate.image} cannot be served: {e}")
                 console.say(failures[-1], KERN_ERR)
                 continue
-            serving.enter_context(attempt.pop_all())  # the in-use lock, for the mount's life
+            attempt.callback(tree.close)
+            serving.enter_context(attempt.pop_all())  # the in-use lock and the tree, for the mount's life
             break
     else:
         console.say("no image can be served", KERN_ERR)

@@ -144,6 +144,15 @@ class CompiledTree(Tree):
     def nodes(self):
         return self._nodes
 
+    def close(self) -> None:
+        """Unmap the file and close the headers' directory fd (the store can then be
+        unmounted); the tree serves nothing after."""
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+        if self.header_dir_fd >= 0:
+            os.close(self.header_dir_fd)
+            self.header_dir_fd = -1
+
     @property
     def inode_count(self) -> int:
         return self._inodes

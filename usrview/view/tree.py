@@ -207,6 +207,9 @@ class Tree:
         """How many inodes the view has (names of one hardlink group count once)."""
         return sum(1 for n in self.nodes if n is not None)
 
+    def close(self) -> None:
+        """Release what the tree holds of the store (nothing, built in memory)."""
+
     def node(self, inode: int) -> Node | None:
         """The node with this inode number, or None."""
         if 0 < inode < len(self.nodes):
