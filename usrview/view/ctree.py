@@ -51,7 +51,7 @@ from pathlib import Path
 from usrview.errors import OperationalError
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.store import Store
-from usrview.store.store import HEADER_SUFFIX, HEADERS_DIR
+from usrview.store.store import HEADER_SUFFIX, HEADERS_DIR, read_store_file
 from usrview.view import compiled
 from usrview.view.compiled import ENTRY, HEAD, KIND_HEADER, KIND_IMPLICIT, KIND_RECORD, PKG, CompiledTreeError
 from usrview.view.loader import LoadedImage, load_headers, release_free_memory
@@ -66,8 +66,9 @@ from usrview.view.tree import (
     Tree,
     node_of,
 )
-from verifier.fileio import FILE_READ_FLAGS, OwnerIds
+from verifier.fileio import OwnerIds
 from verifier.header import read_package
+from verifier.headerfile import HEADER_FILE_MAX
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +92,6 @@ class _Nodes:
 
     def __getitem__(self, inode: int) -> Node | None:
         return self._tree.node(inode)
-
-
-def _read_beneath(dir_fd: int, name: str) -> bytes:
-    """The bytes of ``name`` beneath ``dir_fd``, read with the fd alone (no file object
-    is made: after switch-root the initrd's daemon opens nothing but names beneath fds)."""
-    fd = os.open(name, FILE_READ_FLAGS, dir_fd=dir_fd)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 class CompiledTree(Tree):
@@ -210,7 +198,8 @@ class CompiledTree(Tree):
             digest, block_off, block_len, _, _, _ = self._pkg[pkg]
             pkgid = self.pkgids[pkg]
             try:
-                data = _read_beneath(self.header_dir_fd, pkgid + HEADER_SUFFIX)
+                # by name beneath the fd (after switch-root the initrd's daemon opens nothing by path)
+                data = read_store_file(pkgid + HEADER_SUFFIX, HEADER_FILE_MAX, dir_fd=self.header_dir_fd)
             except OSError as e:
                 raise self._refuse(f"header of {pkgid} cannot be read: {e.strerror}") from None
             if hashlib.sha256(data).digest() != digest:
