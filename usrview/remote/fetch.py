@@ -29,7 +29,7 @@ from pathlib import Path
 import zstandard
 
 from usrview.remote.http import Fetcher, HttpError, join
-from usrview.remote.index import IndexEntry, head_delta_name, head_object_name
+from usrview.remote.index import ImageIndex, IndexEntry, head_delta_name, head_object_name
 from usrview.store import Store
 from usrview.store.assemble import AssembledPackage
 from usrview.store.importer import PackageRefused
@@ -156,7 +156,7 @@ class Downloader:
         os.pwrite(fd, head, 0)
         return True
 
-    def _stored_version(self, entry: IndexEntry) -> tuple[str, bytes] | None:
+    def stored_version(self, entry: IndexEntry) -> tuple[str, bytes] | None:
         """A version the repository has a header delta from that the store holds: its
         header SHA-256 and the header the store keeps of it."""
         if self._stored_by_hash is None:
@@ -174,7 +174,7 @@ class Downloader:
     async def _head_delta(self, fd: int, base: str, entry: IndexEntry) -> Package | None:
         """The header from a delta against a version the store holds, checked, written at
         the start of ``fd``; None when there is none or it does not give the index's header."""
-        stored = self._stored_version(entry)
+        stored = self.stored_version(entry)
         if stored is None:
             return None
         url = join(join(base, self.heads), head_delta_name(stored[0], entry.rpm_sha256))
@@ -243,11 +243,57 @@ class Downloader:
             raise BadBytes(f"{url}: not the package's header: {e}") from None
         if package.header_sha256 != entry.header_sha256 or package.payload_offset != entry.header_length:
             raise BadBytes(f"{url}: the header does not match the index")
+        if entry.head_sha256 is not None and hashlib.sha256(header).hexdigest() != entry.head_sha256:
+            raise BadBytes(f"{url}: the header's bytes are not the index's (head_sha256: another lead or "
+                           "signature header)")
         trust = header_trust(sigcheck.check_package(package, self.keyring),
                              unsigned_allowed=self.allow_unsigned)
         if not trust.usable:
             raise PackageRefused(f"{entry.nevra}: signature check: {trust.reason}; nothing of its payload "
                                  "was fetched")
+        return package
+
+    # -- the packed heads -------------------------------------------------------------
+
+    def fresh(self, entry: IndexEntry) -> bool:
+        """Whether no earlier pull left anything of the package in ``downloads/``."""
+        return not self.final(entry).exists() and not (self.part(entry).is_file() and self.part(entry).stat().st_size)
+
+    async def packed_heads(self, index: ImageIndex) -> dict[str, bytes]:
+        """The heads of the index's packages from its packed heads object, by pkgid (the
+        object's SHA-256 the index's; each head is checked by :meth:`head_from_pack`); {}
+        when no source serves it right (then each head is fetched alone)."""
+        heads = index.heads
+        total = sum(e.header_length for e in index.packages)
+        for base in self.sources:
+            url = join(base, heads.path)
+            try:
+                data = await self.fetcher.get(url, max_size=heads.size)
+                if hashlib.sha256(data).hexdigest() != heads.sha256:
+                    raise BadBytes(f"{url}: the bytes do not match the index's SHA-256")
+                packed = zstandard.ZstdDecompressor().decompress(data, max_output_size=total)
+                if len(packed) != total:
+                    raise BadBytes(f"{url}: not the index's heads")
+            except (HttpError, BadBytes, zstandard.ZstdError) as e:
+                log.warning("packed heads: %s; fetching each header alone", e)
+                continue
+            self.tick(len(data))
+            out, at = {}, 0
+            for e in index.packages:
+                out[e.pkgid] = packed[at:at + e.header_length]
+                at += e.header_length
+            return out
+        return {}
+
+    def head_from_pack(self, entry: IndexEntry, head: bytes) -> Package:
+        """The package's header from the packed heads: checked, then written to its ``.part``."""
+        package = self._check_header(head, entry, "packed heads")
+        fd = os.open(self.part(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.pwrite(fd, head, 0)
+        finally:
+            os.close(fd)
+        self.headed.add(entry.nevra)
         return package
 
     # -- the rest ------------------------------------------------------------------------
