@@ -275,7 +275,8 @@ class Downloader:
                 if len(packed) != total:
                     raise BadBytes(f"{url}: not the index's heads")
             except (HttpError, BadBytes, zstandard.ZstdError) as e:
-                log.warning("packed heads: %s; fetching each header alone", e)
+                log.warning("packed heads: %s%s; %s", "" if isinstance(e, HttpError | BadBytes) else f"{url}: ", e,
+                            "trying the next source" if base != self.sources[-1] else "fetching each header alone")
                 continue
             self.tick(len(data))
             out, at = {}, 0
