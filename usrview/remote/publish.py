@@ -5,7 +5,10 @@ has the layout): the rpm objects first (each written under ``.tmp/``, synced,
 renamed to its content-addressed name; an object already there is reused), then
 the index and its signature under their immutable serial names, and last
 ``latest`` replaced by one rename.  Publishes of one repository take turns on
-its ``.lock``.
+its ``.lock``.  Every index entry pins the package's head (``head_sha256``: its
+bytes before the payload), and every index names a packed heads object
+(``objects/heads/``: all its heads in one zstd frame) that a store lacking many of
+the packages fetches in one request.
 
 With ``file_objects``, every regular file of every package (its bytes checked
 against the header's digest as the payload is read) is also written as a file
