@@ -68,14 +68,20 @@ def stored_header(store, nevra: str) -> bytes:
     return s.read_header(next(p for p in s.pkgids() if p.startswith(nevra + "-")))
 
 
-def test_head_resigned_by_another_trusted_key_is_refused_and_the_pull_fails_over(
-        tmp_path, origin, drpms, gpg_key, trusted_too):  # noqa: F811
+def v1_pulled_v2_resigned(tmp_path, origin, drpms, gpg_key, trusted_too):  # noqa: F811
+    """A store that pulled dapp 1.0 (trusting both keys), dapp 2.0 published, and dapp 2.0
+    re-signed by the second key: (store, the --keys to pass, the re-signed rpm, its head)."""
     store = tmp_path / "store"
     keys = ("--keys", trusted_too.public_path)
     pull(store, origin.url, gpg_key, *keys)
     publish_v2(tmp_path, origin, drpms, gpg_key)
+    return (store, keys, *resigned_head(tmp_path, drpms["v2"], trusted_too))
+
+
+def test_head_resigned_by_another_trusted_key_is_refused_and_the_pull_fails_over(
+        tmp_path, origin, drpms, gpg_key, trusted_too):  # noqa: F811
+    store, keys, resigned, head = v1_pulled_v2_resigned(tmp_path, origin, drpms, gpg_key, trusted_too)
     entry = object_of(origin.repo, "dapp", 2)
-    resigned, head = resigned_head(tmp_path, drpms["v2"], trusted_too)
     package = read_package(head, strict=False)
     # what the pin alone tells apart: the same main header, the same length, a trusted signature
     assert package.header_sha256 == entry.header_sha256 and len(head) == entry.header_length
@@ -94,11 +100,7 @@ def test_head_resigned_by_another_trusted_key_is_refused_and_the_pull_fails_over
 
 def test_origin_serving_a_resigned_head_leaves_the_store_unchanged(
         tmp_path, origin, drpms, gpg_key, trusted_too):  # noqa: F811
-    store = tmp_path / "store"
-    keys = ("--keys", trusted_too.public_path)
-    pull(store, origin.url, gpg_key, *keys)
-    publish_v2(tmp_path, origin, drpms, gpg_key)
-    resigned, head = resigned_head(tmp_path, drpms["v2"], trusted_too)
+    store, keys, resigned, head = v1_pulled_v2_resigned(tmp_path, origin, drpms, gpg_key, trusted_too)
     substitute_dapp_v2(origin.repo, resigned, head)
     before = snapshot(store)
     r = pull(store, origin.url, gpg_key, *keys, check=2)
