@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 PART_SUFFIX = ".part"
 RPM_SUFFIX = ".rpm"
 READ_CHUNK = 1 << 20
+#: The most bytes of packed heads held in memory (the 250-package set has 5 MB); past it,
+#: each header is fetched alone.
+MAX_PACKED_HEADS = 256 << 20
 
 Progress = Callable[[int, int, int, int], None]
 
@@ -265,6 +268,8 @@ class Downloader:
         when no source serves it right (then each head is fetched alone)."""
         heads = index.heads
         total = sum(e.header_length for e in index.packages)
+        if total > MAX_PACKED_HEADS:
+            return {}
         for base in self.sources:
             url = join(base, heads.path)
             try:
