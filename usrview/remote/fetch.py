@@ -125,7 +125,10 @@ class Downloader:
         final = self.final(entry)
         if final.is_file() and final.stat().st_size == entry.size:
             if _sha256_of(final) == entry.rpm_sha256:
-                return self._check_header(_read_head(final, entry.header_length), entry, str(final))
+                try:
+                    return self._check_header(_read_head(final, entry.header_length), entry, str(final))
+                except BadBytes as e:  # the rpm the index names, not the head it names
+                    raise HttpError(f"{entry.nevra}: {e}") from None
             os.unlink(final)
         failures = []
         for base in self.sources:
