@@ -305,7 +305,7 @@ def test_a_clean_tree_passes_the_full_check(world):
     assert tree.resolve("bin/tool") is not None
 
 
-@pytest.mark.parametrize("what", ["magic", "version", "truncated", "package-digest", "package-order"])
+@pytest.mark.parametrize("what", ["magic", "version", "truncated", "package-size", "package-order"])
 def test_a_damaged_file_or_package_table_is_not_served(world, what, expect_logs):
     """Found at mount: the tree is composed from the headers instead (an ERROR says
     why; a file of another version is compiled again), nothing of the file served."""
@@ -318,8 +318,8 @@ def test_a_damaged_file_or_package_table_is_not_served(world, what, expect_logs)
             data[8] = 99
         elif what == "truncated":
             del data[len(data) - 10:]
-        elif what == "package-digest":
-            data[HEAD.size] ^= 1
+        elif what == "package-size":  # a header file's size
+            _set_pkg_field(data, 0, 3, PKG.unpack_from(data, HEAD.size)[3] + 1)
         else:
             first = bytes(data[HEAD.size:HEAD.size + PKG.size])
             data[HEAD.size:HEAD.size + PKG.size] = data[HEAD.size + PKG.size:HEAD.size + 2 * PKG.size]
@@ -332,6 +332,27 @@ def test_a_damaged_file_or_package_table_is_not_served(world, what, expect_logs)
     assert listing(tree) == listing(built)
 
 
+def _set_pkg_field(data, pkg: int, index: int, value) -> None:
+    values = list(PKG.unpack_from(data, HEAD.size + pkg * PKG.size))
+    values[index] = value
+    PKG.pack_into(data, HEAD.size + pkg * PKG.size, *values)
+
+
+def test_a_changed_package_digest_is_refused_at_the_packages_first_use(world, expect_logs):
+    """The package table's SHA-256 of a header file, changed: the mount cannot see it
+    (it reads no header), the package's check before its first use does."""
+    store, image, keyring = world
+    pkg = _pkg_index(image, "ct-own")
+
+    def change(data, tree):
+        data[HEAD.size + pkg * PKG.size] ^= 1
+
+    tree = _tampered(world, change)
+    assert not tree.proven
+    _refused(tree, "bin/tool", expect_logs)
+    assert "is not the one the compiled tree was made from" in tree.failed
+
+
 def test_a_header_changed_after_the_mount_refuses_its_package(world, expect_logs):
     store, image, keyring = world
     tree = _tampered(world, lambda data, tree: None)
@@ -340,7 +361,64 @@ def test_a_header_changed_after_the_mount_refuses_its_package(world, expect_logs
     header.chmod(0o644)
     header.write_bytes(header.read_bytes() + b"\0")
     _refused(tree, "bin/tool", expect_logs)
-    assert "changed since its signature was checked" in tree.failed
+    assert f"header not trusted: {pkgid}: header file: 1 byte(s) after the header" in tree.failed
+
+
+def _flip_signed_byte(store, pkgid: str) -> None:
+    """One byte of a file name in the main header (which the signature covers) changed,
+    the header file's size kept."""
+    header = store.header_path(pkgid)
+    data = bytearray(header.read_bytes())
+    at = bytes(data).rindex(b"tool\0")
+    data[at] = ord("T")
+    header.chmod(0o644)
+    header.write_bytes(bytes(data))
+
+
+def test_a_tampered_header_is_never_served_and_is_reported(world, expect_logs):
+    """Issue 14: the mount checks no header's signature (it costs the same whatever the
+    image's size); each is checked before its package's first use, and all of them by the
+    full check right after the mount.  A header whose signed bytes were changed offline
+    (same size): the mount goes ahead (its package is not the root's), the first request
+    touching the package answers EIO and an ERROR names it and its verdict; everything
+    answers EIO from then on.  The full check finds it too, on a tree whose requests never
+    touched the package: that tree fails the same way, with the same report."""
+    store, image, keyring = world
+    compiled.compile_image(store, image, keyring)
+    pkgid = next(p for p in image.packages if p.startswith("ct-own-"))
+    _flip_signed_byte(store, pkgid)
+    tree = ctree.open_view(store, image, keyring)  # no signature checked but the root's package's
+    assert not tree.proven and tree.failed is None
+    other = ctree.open_view(store, image, keyring)
+    assert other.resolve("bin/other") is not None  # ct-other's, checked and served
+    _refused(tree, "bin/tool", expect_logs)
+    assert f"header not trusted: {pkgid}: BAD" in tree.failed
+    for what in (lambda: tree.resolve("bin/other"), lambda: tree.node(1)):
+        with pytest.raises(OSError) as e:
+            what()
+        assert e.value.errno == errno.EIO
+    # the background check: every header's signature, whether a request touched it or not
+    assert f"{pkgid}: BAD" in ctree.full_check(store, image, keyring, other.buf)
+    with expect_logs("compiled tree refused, every request answers EIO: .*full check.*"
+                     f"{re.escape(pkgid)}: BAD", level=logging.ERROR):
+        ctree.start_full_check(other, store, image, keyring).join(60)
+    assert other.failed and not other.proven
+    with pytest.raises(OSError):
+        other.resolve("bin/other")
+
+
+def test_a_tampered_header_of_the_roots_package_refuses_the_mount(rpm_packages, gpg_key, tmp_path):
+    """The root's package is checked by the mount itself: refused in one line, as every
+    bad header was before issue 14."""
+    rpms = [rpm_packages("ct-root", files=[FileSpec("/usr", kind="dir"), *OWN])]
+    store, image = deploy_store(tmp_path / "store", rpms, gpg_key)
+    keyring = load_keyring([gpg_key.public_path])
+    compiled.compile_image(store, image, keyring)
+    (pkgid,) = image.packages
+    _flip_signed_byte(store, pkgid)
+    with pytest.raises(OperationalError, match=f"refusing to mount image {image.id}: header not trusted: "
+                       f"{re.escape(pkgid)}: BAD"):
+        ctree.open_view(store, image, keyring)
 
 
 # -- the commands --------------------------------------------------------------------
