@@ -83,7 +83,12 @@ from verifier.headerfile import HEADER_FILE_MAX
 log = logging.getLogger(__name__)
 
 #: Nodes kept decoded (the kernel caches attributes; this spares re-decoding bursts).
-NODE_CACHE = 4096
+NODE_CACHE = 2048
+#: Directories whose view path is kept (a path is made from its parents' otherwise).
+DIR_PATHS = 2048
+#: Nodes decoded between two releases of the mapped file's pages from the daemon's
+#: memory (they stay in the page cache: a later use maps them again, without I/O).
+RELEASE_EVERY = 8192
 #: Package checks between two returns of the C heap's free pages to the system.
 TRIM_EVERY = 32
 #: Niceness of the full check's process: serving comes first.
@@ -117,7 +122,7 @@ class CompiledTree(Tree):
 
     __slots__ = ("buf", "entry_count", "failed", "proven", "checked", "header_dir_fd", "reporting", "_pkg",
                  "_resolve", "_cache", "_dir_paths", "_entries_off", "_names_off", "_inodes", "_lock", "_nodes",
-                 "_checks", "_trust", "legacy")
+                 "_checks", "_trust", "legacy", "_decodes")
 
     def __init__(self, buf, pkgids: list[str], backing_dirs: list[Path | None], header_dir_fd: int, *,
                  owners: tuple[OwnerIds, OwnerIds] | None = None, proven: bool = False,
@@ -137,7 +142,8 @@ class CompiledTree(Tree):
         self.checked = bytearray([1 if proven else 0] * npkgs)
         self.header_dir_fd = header_dir_fd
         self._cache: OrderedDict[int, Node] = OrderedDict()  # first in, first out
-        self._dir_paths: dict[int, str] = {ROOT_INODE: ""}
+        self._dir_paths: dict[int, str] = {}  # directory's entry id -> its path, oldest first
+        self._decodes = 0
         self._lock = threading.Lock()
         self._nodes = _Nodes(self)
         self._checks = 0
@@ -189,11 +195,12 @@ class CompiledTree(Tree):
 
     def _path(self, eid: int, e: tuple) -> str:
         """Entry ``eid``'s view path, from its name and its parents' (directories' paths kept)."""
-        path = self._dir_paths.get(eid)
+        paths = self._dir_paths
+        path = "" if eid == ROOT_INODE else paths.get(eid)
         if path is not None:
             return path
         chain = [self._name(e)]
-        while (path := self._dir_paths.get(e[1])) is None:
+        while (path := "" if e[1] == ROOT_INODE else paths.get(e[1])) is None:
             e = self._entry(e[1])
             chain.append(self._name(e))
             if len(chain) > self.entry_count:
@@ -266,7 +273,19 @@ class CompiledTree(Tree):
         cache[eid] = node
         if len(cache) > NODE_CACHE:  # the oldest decoded goes
             cache.popitem(last=False)
+        self._decodes += 1
+        if self._decodes % RELEASE_EVERY == 0:
+            self.release_pages()
         return node
+
+    def release_pages(self) -> None:
+        """Drop the mapped file's pages from this process's memory: the kernel keeps
+        them in its page cache (clean, shared, reclaimable) and maps them again at
+        the next use without reading the disk.  Without it a daemon that served a
+        walk of everything keeps the whole file resident (about 170 bytes a path)
+        though the kernel answers those requests from its own caches from then on."""
+        if isinstance(self.buf, mmap.mmap) and not self.buf.closed:
+            self.buf.madvise(mmap.MADV_DONTNEED)
 
     def _decode(self, eid: int, e: tuple) -> Node:
         inode, parent, _, _, kind, _, pkg, rec, first, count, nlink, mtime = e
@@ -303,7 +322,10 @@ class CompiledTree(Tree):
             if first + count - 1 > self.entry_count or (count and first <= eid):
                 raise CompiledTreeError(f"/usr/{path}: children out of bounds")
             node.parent, node.ids = parent, range(first, first + count)
-            self._dir_paths[eid] = path
+            paths = self._dir_paths
+            paths[eid] = path
+            if len(paths) > DIR_PATHS:  # the oldest goes
+                del paths[next(iter(paths))]
         return node
 
     def _named(self, eid: int, directory: Node) -> tuple[str, Node]:
