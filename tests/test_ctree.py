@@ -17,6 +17,7 @@ import pytest
 from tests.rpmbuild import FileSpec
 from tests.test_view_lifecycle import (
     Daemon,
+    flip_signed_byte,
     mount_args,
     mountpoint,  # noqa: F401 -- a fixture
     start,
@@ -364,17 +365,6 @@ def test_a_header_changed_after_the_mount_refuses_its_package(world, expect_logs
     assert f"header not trusted: {pkgid}: header file: 1 byte(s) after the header" in tree.failed
 
 
-def _flip_signed_byte(store, pkgid: str) -> None:
-    """One byte of a file name in the main header (which the signature covers) changed,
-    the header file's size kept."""
-    header = store.header_path(pkgid)
-    data = bytearray(header.read_bytes())
-    at = bytes(data).rindex(b"tool\0")
-    data[at] = ord("T")
-    header.chmod(0o644)
-    header.write_bytes(bytes(data))
-
-
 def test_a_tampered_header_is_never_served_and_is_reported(world, expect_logs):
     """Issue 14: the mount checks no header's signature (it costs the same whatever the
     image's size); each is checked before its package's first use, and all of them by the
@@ -386,7 +376,7 @@ def test_a_tampered_header_is_never_served_and_is_reported(world, expect_logs):
     store, image, keyring = world
     compiled.compile_image(store, image, keyring)
     pkgid = next(p for p in image.packages if p.startswith("ct-own-"))
-    _flip_signed_byte(store, pkgid)
+    flip_signed_byte(store, pkgid, "tool")
     tree = ctree.open_view(store, image, keyring)  # no signature checked but the root's package's
     assert not tree.proven and tree.failed is None
     other = ctree.open_view(store, image, keyring)
@@ -415,7 +405,7 @@ def test_a_tampered_header_of_the_roots_package_refuses_the_mount(rpm_packages, 
     keyring = load_keyring([gpg_key.public_path])
     compiled.compile_image(store, image, keyring)
     (pkgid,) = image.packages
-    _flip_signed_byte(store, pkgid)
+    flip_signed_byte(store, pkgid, "tool")
     with pytest.raises(OperationalError, match=f"refusing to mount image {image.id}: header not trusted: "
                        f"{re.escape(pkgid)}: BAD"):
         ctree.open_view(store, image, keyring)

@@ -244,17 +244,22 @@ def test_mount_options(store, gpg_key, mountpoint, tmp_path):
     assert "ro" in super_opts
 
 
+def flip_signed_byte(store, pkgid: str, name: str) -> None:
+    """The first letter of the last file name ``name`` in ``pkgid``'s main header changed:
+    a name lives only there, which the signature covers; the file keeps its size."""
+    header = store.header_path(pkgid)
+    data = bytearray(header.read_bytes())
+    at = bytes(data).rindex(name.encode() + b"\0")
+    data[at] = ord(name[0].upper())
+    header.chmod(0o644)
+    header.write_bytes(bytes(data))
+
+
 def test_bad_header_signature_refuses_mount(store, gpg_key, mountpoint):
     mnt, _ = mountpoint
     image = images.resolve(store, images.CURRENT)
     (pkgid,) = image.packages
-    header = store.header_path(pkgid)
-    data = bytearray(header.read_bytes())
-    # A file name lives only in the main header, which the signature covers.
-    at = bytes(data).rindex(b"life\0")
-    data[at] = ord("L")
-    header.chmod(0o644)
-    header.write_bytes(bytes(data))
+    flip_signed_byte(store, pkgid, "life")
     try:
         r = subprocess.run(mount_args(store, gpg_key, mnt), check=False, capture_output=True, text=True, cwd=REPO,
                            env=ENV, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL)

@@ -98,7 +98,7 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
                 os.fchdir(root_fd)
                 os.chroot(".")
                 store = Store(Path("/"))
-            # the mount logged the headers' warnings (unsigned, legacy) already
+            # the mount logged the unsigned packages already; the legacy ones are answered
             logging.getLogger(load_headers.__module__).setLevel(logging.ERROR)
             reason, legacy = _full_check(store, image, keyring, tree.buf)
             os.write(w, b"\n".join([b"ok", *map(os.fsencode, legacy)]) if reason is None
