@@ -397,6 +397,23 @@ def test_a_tampered_header_is_never_served_and_is_reported(world, expect_logs):
         other.resolve("bin/other")
 
 
+def test_a_listing_checks_every_package_it_shows_before_it_answers(world, expect_logs):
+    """A readdir whose entries come from several packages checks each of them (signature
+    and block) before it answers; one bad header among them, and the listing answers EIO."""
+    store, image, keyring = world
+    compiled.compile_image(store, image, keyring)
+    own, other = _pkg_index(image, "ct-own"), _pkg_index(image, "ct-other")
+    tree = ctree.open_view(store, image, keyring)
+    assert list(tree.checked) == [0, 0]  # /usr is no package's: nothing checked at mount
+    names = [name for name, _, _ in tree.entries_after(tree.resolve("bin"), 0)]
+    assert names == ["capped", "other", "suid", "tool"] and tree.checked[own] and tree.checked[other]
+    flip_signed_byte(store, image.packages[own], "tool")
+    tree = ctree.open_view(store, image, keyring)
+    with expect_logs("compiled tree refused", level=logging.ERROR), pytest.raises(OSError) as e:
+        list(tree.entries_after(tree.resolve("bin"), 0))
+    assert e.value.errno == errno.EIO and "BAD" in tree.failed
+
+
 def test_a_tampered_header_of_the_roots_package_refuses_the_mount(rpm_packages, gpg_key, tmp_path):
     """The root's package is checked by the mount itself: refused in one line, as every
     bad header was before issue 14."""
