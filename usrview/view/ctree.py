@@ -76,8 +76,10 @@ from usrview.view.tree import (
     Node,
     OwnerResolver,
     Tree,
+    TreeError,
     node_of,
 )
+from verifier.errors import HeaderError
 from verifier.fileio import OwnerIds
 from verifier.headerfile import HEADER_FILE_MAX
 
@@ -238,7 +240,10 @@ class CompiledTree(Tree):
                             pkgid)
             if len(data) != size or hashlib.sha256(data).digest() != digest:
                 raise self._refuse(f"header of {pkgid} is not the one the compiled tree was made from")
-            block = compiled.package_block(verdict.package)[0]
+            try:
+                block = compiled.package_block(verdict.package)[0]
+            except (TreeError, HeaderError) as e:  # signed, but not a view (compiling it fails alike)
+                raise self._refuse(f"{pkgid}: {e}") from None
             if self.buf[block_off:block_off + block_len] != block:
                 raise self._refuse(f"the block of {pkgid} does not match its signed header")
             self.checked[pkg] = 1
