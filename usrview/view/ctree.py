@@ -177,7 +177,7 @@ class CompiledTree(Tree):
         if self.failed is None:
             self.failed = reason
             if self.reporting:
-                    log.error("compiled tree refused, every request answers EIO: %s", reason,
+                log.error("compiled tree refused, every request answers EIO: %s", reason,
                           extra={"MESSAGE_ID": INTEGRITY_MESSAGE_ID})
         self._cache.clear()
 
