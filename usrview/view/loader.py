@@ -11,6 +11,11 @@ the mount, its line naming ``--signature-policy legacy``; under ``legacy`` it is
 served, with a warning naming it.  A record whose id does not vouch for its
 package list (:func:`usrview.images.recordcheck.id_mismatch`: edited in place to
 add, drop or downgrade a package) refuses the mount too.
+
+:func:`load_headers` checks every header at once (a tree compiled at mount, the
+full check, verify); a mount of a compiled tree checks each with
+:func:`check_header` at its package's first use instead (:mod:`usrview.view.ctree`),
+where a refusal makes the view answer EIO rather than refuse the mount.
 """
 
 from __future__ import annotations
