@@ -329,7 +329,7 @@ class CompiledTree(Tree):
             paths = self._dir_paths
             paths[eid] = path
             if len(paths) > DIR_PATHS:  # the oldest goes
-                del paths[next(iter(paths))]
+                paths.pop(next(iter(paths)), None)  # (another thread may have taken it)
         return node
 
     def _named(self, eid: int, directory: Node) -> tuple[str, Node]:
