@@ -236,8 +236,9 @@ class CompiledTree(Tree):
                 raise self._refuse(f"header not trusted: {verdict.refusal}")
             if verdict.legacy:
                 self.legacy.append(pkgid)
-                log.warning("package %s is served under the legacy signature policy only (keys bound by SHA-1)",
-                            pkgid)
+                if len(self.legacy) == 1:  # the full check names them all when it ends
+                    log.warning("package %s is served under the legacy signature policy only (keys bound "
+                                "by SHA-1)", pkgid)
             if len(data) != size or hashlib.sha256(data).digest() != digest:
                 raise self._refuse(f"header of {pkgid} is not the one the compiled tree was made from")
             try:

@@ -120,7 +120,7 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
         verdict, *legacy = answer.split(b"\n")
         if verdict == b"ok":
             tree.proven = True
-            legacy = sorted(set(map(os.fsdecode, legacy)) - set(tree.legacy))
+            legacy = sorted(map(os.fsdecode, legacy))
             if legacy:
                 log.warning("image %s serves packages only the legacy signature policy accepts (keys bound "
                             "by SHA-1): %s", image.id, ", ".join(legacy))
