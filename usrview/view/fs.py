@@ -51,6 +51,15 @@ NAME_MAX = 255
 XATTR_CAPS = os.fsencode(filecaps.XATTR_NAME)
 XATTR_PACKAGE = b"user.rpm.package"
 XATTR_DIGEST = b"user.rpm.digest"
+#: The names the view has values for.
+SERVED_XATTRS = frozenset({XATTR_CAPS, XATTR_PACKAGE, XATTR_DIGEST})
+#: Other names of this namespace (security.selinux, security.ima: labels of security
+#: modules the view does not keep) answer EOPNOTSUPP, as a kernel file system without
+#: them does; ``ls -l`` (coreutils' getfilecon_cache) then stops asking for
+#: security.selinux on the device after its first answer, where ENODATA cost a GETXATTR
+#: per listed entry.  Other unknown names answer ENODATA (system.posix_acl_* must: the
+#: kernel caches that as "no ACL", and takes EOPNOTSUPP for an error).
+XATTR_SECURITY_PREFIX = b"security."
 
 #: The kernel caching the view uses where pyfuse3 offers it: symlink targets
 #: cached; files and directories opened without OPEN/OPENDIR requests.
@@ -272,6 +281,13 @@ class ViewOperations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode, name, ctx=None):
+        if name == XATTR_CAPS:  # asked at every exec: answered without building the others
+            caps = self._node(inode).caps
+            if caps is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return caps
+        if name not in SERVED_XATTRS:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if name.startswith(XATTR_SECURITY_PREFIX) else errno.ENODATA)
         value = self._xattrs(self._node(inode)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
