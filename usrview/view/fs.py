@@ -84,6 +84,8 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
     patched = bool(getattr(pyfuse3, "KERNEL_CACHE_FEATURES", None))
     which = (f"pyfuse3 {pyfuse3.__version__} {'with' if patched else 'without'} "
              ".ci/pyfuse3-kernel-cache.patch")
+    if patched and not getattr(pyfuse3, "DISPATCH_FEATURES", None):
+        which += " of before its request dispatch (run .ci/setup again)"
     if not features:
         return (f"none: every open, listing and readlink asks the daemon ({which}"
                 f"{', --kernel-cache off' if patched else ''})")
