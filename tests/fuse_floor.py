@@ -8,6 +8,7 @@ figures, so a reader can tell the view's overhead from the binding's.
 
     .venv/bin/python -m tests.fuse_floor MOUNTPOINT          # serve (foreground)
     .venv/bin/python -m tests.fuse_floor --measure MOUNTPOINT  # latencies, as JSON
+    .venv/bin/python -m tests.fuse_floor --compare [WORKDIR]   # this one and tests/fuse_floor.c's
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,12 +150,31 @@ def view_paths(root: str, count: int = ENTRIES) -> tuple[list[str], list[str]]:
     return links, files
 
 
+class NoCFloor(Exception):
+    """The C floor could not be built (no gcc, pkg-config or libfuse3-dev)."""
+
+
+def build_c_floor(outdir: Path) -> Path:
+    """tests/fuse_floor.c compiled into ``outdir``: the program's path."""
+    exe = Path(outdir) / "fuse_floor_c"
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
+                               check=True).stdout.split()
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(Path(__file__).with_suffix(".c")), *flags],
+                       capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise NoCFloor(getattr(e, "stderr", None) or str(e)) from None
+    return exe
+
+
 @contextlib.contextmanager
-def mounted_floor(mountpoint: Path, timeout: float = 30.0):
-    """Serve the floor file system on ``mountpoint`` in a child process; unmount
-    and end it on the way out, on errors too."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fuse_floor", str(mountpoint)],
-                            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None = None):
+    """Serve the floor file system on ``mountpoint`` in a child process (with
+    ``c_floor``, a directory: tests/fuse_floor.c built there); unmount and end
+    it on the way out, on errors too."""
+    cmd = ([str(build_c_floor(c_floor)), str(mountpoint)] if c_floor is not None
+           else [sys.executable, "-m", "tests.fuse_floor", str(mountpoint)])
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout
@@ -172,10 +193,27 @@ def mounted_floor(mountpoint: Path, timeout: float = 30.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if c_floor is not None:
+            (Path(c_floor) / "fuse_floor_c").unlink(missing_ok=True)
+
+
+def compare(workdir: Path) -> dict:
+    """The same measures in the pyfuse3 floor and the C floor, mounted in turn."""
+    out = {}
+    mnt = Path(tempfile.mkdtemp(prefix="floor-", dir=workdir))
+    try:
+        for name, c_floor in (("pyfuse3", None), ("c", workdir)):
+            with mounted_floor(mnt, c_floor=c_floor):
+                out[name] = measure(*floor_paths(str(mnt)))
+    finally:
+        mnt.rmdir()
+    return out
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure"]:
         print(json.dumps(measure(*floor_paths(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--compare"]:
+        print(json.dumps(compare(Path(sys.argv[2] if len(sys.argv) > 2 else "/var/tmp")), indent=1))
     else:
         serve(sys.argv[1])

@@ -142,6 +142,7 @@ class ViewOperations(pyfuse3.Operations):
         requests: handler name -> requests it answered (``usrview mount -v``
             logs them at SIGUSR2 and at the unmount: what still reaches the daemon;
             FORGET and FLUSH, which answer nothing, are not counted).
+        xattr_names: extended attribute name -> GETXATTR requests for it (logged with them).
     """
 
     supports_dot_lookup = True
@@ -163,6 +164,7 @@ class ViewOperations(pyfuse3.Operations):
         self._next_fh = 0
         self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
         self.requests: Counter[str] = Counter()
+        self.xattr_names: Counter[bytes] = Counter()
 
     # -- helpers -----------------------------------------------------------
 
@@ -283,6 +285,7 @@ class ViewOperations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode, name, ctx=None):
+        self.xattr_names[name] += 1
         if name == XATTR_CAPS:  # asked at every exec: answered without building the others
             caps = self._node(inode).caps
             if caps is None:
@@ -384,9 +387,14 @@ class ViewOperations(pyfuse3.Operations):
     def describe_requests(self) -> str:
         return "requests: " + (", ".join(f"{k} {v}" for k, v in sorted(self.requests.items())) or "none")
 
+    def describe_xattr_names(self) -> str:
+        return "getxattr by name: " + (", ".join(f"{os.fsdecode(k)} {v}" for k, v in
+                                                 sorted(self.xattr_names.items())) or "none")
+
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""
         log.info("%s", self.describe_requests())
+        log.info("%s", self.describe_xattr_names())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

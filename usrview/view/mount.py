@@ -134,6 +134,7 @@ async def _log_requests(ops: ViewOperations) -> None:
     with trio.open_signal_receiver(signal.SIGUSR2) as signals:
         async for _ in signals:
             log.warning("%s", ops.describe_requests())
+            log.warning("%s", ops.describe_xattr_names())
             log.warning("%s", ops.guard.statistics())
 
 
