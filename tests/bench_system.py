@@ -529,15 +529,14 @@ def floors(workdir: Path) -> dict:
     out["interpreter_s"], out["interpreter_rss"] = median(starts), median(rsss)
     mnt = Path(tempfile.mkdtemp(prefix="floor-", dir=workdir))
     try:
-        with fuse_floor.mounted_floor(mnt):
-            out["python"] = fuse_floor.measure(*fuse_floor.floor_paths(str(mnt)))
-        with fuse_floor.mounted_floor(mnt, c_floor=workdir):
-            out["c"] = fuse_floor.measure(*fuse_floor.floor_paths(str(mnt)))
+        for name, c_floor in (("python", None), ("c", workdir)):
+            with fuse_floor.mounted_floor(mnt, c_floor=c_floor) as pid:
+                out[name] = fuse_floor.measure_placed(str(mnt), pid)
     except fuse_floor.NoCFloor as e:
         log(f"bench: no C floor: {e}")
     finally:
         mnt.rmdir()
-    out["request_us"] = out["python"]["readlink_us"]
+    out["request_us"] = out["python"]["same_cpu"]["readlink_us"]
     return out
 
 
@@ -596,9 +595,13 @@ def report(res: dict, fl: dict) -> None:
         print(f"  {name}: {_requests_text(sent) if sent else 'not traced'}"
               + (f"; GETXATTR of {_names_text(names)}" if names else ""))
     if fl.get("python"):
-        print("per-request floor (tests/fuse_floor.py, best of 5, us): "
-              + "; ".join(f"{kind} " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in fl[kind].items())
-                          for kind in ("python", "c") if kind in fl))
+        print("per-request floor (tests/fuse_floor.py and .c, best of 5, us; daemon and caller on one CPU / on two):")
+        for kind, what in (("python", "pyfuse3"), ("c", "C libfuse")):
+            if kind in fl:
+                print(f"  {what:10}" + ", ".join(
+                    f"{k[:-3]} " + " / ".join(f"{fl[kind][p][k]:.1f}" for p in ("same_cpu", "other_cpu")
+                                              if p in fl[kind])
+                    for k in fl[kind]["same_cpu"]))
     mt = res["mount_times"]
     rss_now, rss_peak = res["rss"]
     per_path = (rss_now - fl["interpreter_rss"]) / max(1, eq["paths"])
@@ -637,12 +640,13 @@ def _request_floor(name: str, res: dict, fl: dict) -> str:
     sent = res.get("kernel_requests", {}).get(name) or handled
     sent = {k: n for k, n in sent.items() if k not in ("forget", "batch_forget")}  # answer nothing
     total = sum(sent.values())
-    floors = [f">= {floor_ms(sent, fl['python']):.1f} ms in a do-nothing pyfuse3 file system "
-              f"(GETXATTR {fl['python']['getxattr_us']:.0f} us, IOCTL {fl['python']['ioctl_us']:.0f} us, "
-              f"others {fl['python']['readlink_us']:.0f} us)"]
-    if "c" in fl:
-        floors.append(f">= {floor_ms(sent, fl['c']):.1f} ms in a do-nothing C libfuse one (tests/fuse_floor.c: "
-                      f"{fl['c']['getxattr_us']:.0f}, {fl['c']['ioctl_us']:.0f}, {fl['c']['readlink_us']:.0f} us)")
+    floors = []
+    for kind, what in (("python", "a do-nothing pyfuse3 file system"), ("c", "a do-nothing C libfuse one")):
+        if kind in fl:
+            placed = fl[kind]
+            span = "–".join(f"{floor_ms(sent, placed[p]):.1f}" for p in ("same_cpu", "other_cpu") if p in placed)
+            floors.append(f"{span} ms in {what}")
+    floors[-1] += " (daemon woken on the same CPU – on the other)"
     return (f"{extra_ms:.1f} ms above native; the kernel still sends {total} requests a run "
             f"({_requests_text(sent)}{'; GETXATTR of ' + _names_text(names) if names else ''}): "
             + ", ".join(floors) + "; the rest is the kernel's path for FUSE files and the machine's noise")
@@ -663,7 +667,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-gib", type=float, help="the btrfs file system's size (default: from the set's size)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--build-only", action="store_true", help="build (or find) the package set and stop")
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="print the report of an earlier --json run again, with the floors measured now")
     args = ap.parse_args(argv)
+    if args.report:
+        res = json.loads(args.report.read_text())
+        fl = floors(args.workdir)
+        report(res, fl)
+        return 0
     if os.geteuid() != 0:
         ap.error("needs root (loop device, mounts, chroot, drop_caches)")
     setdir = system_set(args.cache, args.count)

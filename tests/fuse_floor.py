@@ -170,8 +170,8 @@ def build_c_floor(outdir: Path) -> Path:
 @contextlib.contextmanager
 def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None = None):
     """Serve the floor file system on ``mountpoint`` in a child process (with
-    ``c_floor``, a directory: tests/fuse_floor.c built there); unmount and end
-    it on the way out, on errors too."""
+    ``c_floor``, a directory: tests/fuse_floor.c built there), yielding its pid;
+    unmount and end it on the way out, on errors too."""
     cmd = ([str(build_c_floor(c_floor)), str(mountpoint)] if c_floor is not None
            else [sys.executable, "-m", "tests.fuse_floor", str(mountpoint)])
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
@@ -183,7 +183,7 @@ def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None 
                 raise RuntimeError(f"floor file system did not mount: {proc.stderr.read().decode()[-500:]}"
                                    if proc.poll() is not None else "floor file system did not mount")
             time.sleep(0.01)
-        yield mountpoint
+        yield proc.pid
     finally:
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False, stdin=subprocess.DEVNULL,
@@ -197,14 +197,37 @@ def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None 
             (Path(c_floor) / "fuse_floor_c").unlink(missing_ok=True)
 
 
+def measure_placed(mountpoint: str, daemon_pid: int) -> dict:
+    """:func:`measure` with the daemon and this process on one CPU ("same_cpu")
+    and on two ("other_cpu", when there are two): a request whose daemon must
+    be woken on another CPU pays that CPU's wake-up too, which on a virtual
+    machine is most of its cost.  Affinities are restored afterwards."""
+    cpus = sorted(os.sched_getaffinity(0))
+    daemon_cpus = os.sched_getaffinity(daemon_pid)
+    out = {}
+    try:
+        os.sched_setaffinity(daemon_pid, {cpus[0]})
+        for name, cpu in (("same_cpu", cpus[0]), ("other_cpu", cpus[-1])):
+            if name == "other_cpu" and len(cpus) < 2:
+                break
+            os.sched_setaffinity(0, {cpu})
+            out[name] = measure(*floor_paths(mountpoint))
+    finally:
+        os.sched_setaffinity(0, cpus)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(daemon_pid, daemon_cpus)
+    return out
+
+
 def compare(workdir: Path) -> dict:
-    """The same measures in the pyfuse3 floor and the C floor, mounted in turn."""
+    """The same measures in the pyfuse3 floor and the C floor, mounted in turn,
+    unplaced ("any_cpu") and placed (:func:`measure_placed`)."""
     out = {}
     mnt = Path(tempfile.mkdtemp(prefix="floor-", dir=workdir))
     try:
         for name, c_floor in (("pyfuse3", None), ("c", workdir)):
-            with mounted_floor(mnt, c_floor=c_floor):
-                out[name] = measure(*floor_paths(str(mnt)))
+            with mounted_floor(mnt, c_floor=c_floor) as pid:
+                out[name] = {"any_cpu": measure(*floor_paths(str(mnt))), **measure_placed(str(mnt), pid)}
     finally:
         mnt.rmdir()
     return out

@@ -134,8 +134,8 @@ async def _log_requests(ops: ViewOperations) -> None:
     with trio.open_signal_receiver(signal.SIGUSR2) as signals:
         async for _ in signals:
             log.warning("%s", ops.describe_requests())
-            log.warning("%s", ops.describe_xattr_names())
             log.warning("%s", ops.guard.statistics())
+            log.warning("%s", ops.describe_xattr_names())
 
 
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
