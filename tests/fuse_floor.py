@@ -5,6 +5,10 @@ answer a constant, entries and attributes cached for an hour, ``keep_cache``,
 FLUSH answered ENOSYS) measures what a request costs before any handler does
 work.  ``tests/bench_view.py`` prints it beside the view's own per-request
 figures, so a reader can tell the view's overhead from the binding's.
+``tests/fuse_floor.c`` serves the same tree from a libfuse low-level file
+system in C: the kernel's own floor, which ``--compare`` and
+tests/bench_system.py measure beside this one, the daemon woken on the
+caller's CPU and on the other.
 
     .venv/bin/python -m tests.fuse_floor MOUNTPOINT          # serve (foreground)
     .venv/bin/python -m tests.fuse_floor --measure MOUNTPOINT  # latencies, as JSON
