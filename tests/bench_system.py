@@ -309,6 +309,40 @@ def rss(pid: int) -> tuple[int, int]:
     return values.get("VmRSS", 0), values.get("VmHWM", 0)
 
 
+#: Where the kernel's trace events are (tracefs); each traced run makes an instance
+#: of its own there (a private buffer), removed afterwards.
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def traced_requests(mnt: Path, action) -> dict[str, int]:
+    """FUSE requests sent to the connection of the mount at ``mnt`` while
+    ``action()`` runs, by opcode name (the ``fuse:fuse_request_send`` trace event;
+    {} when the kernel has no such event)."""
+    if not (TRACEFS / "events" / "fuse" / "fuse_request_send").is_dir():
+        return {}
+    connection = os.minor(os.stat(mnt).st_dev)  # an anonymous device: major 0
+    inst = TRACEFS / "instances" / f"usrview-bench-{os.getpid()}"
+    inst.mkdir()
+    try:
+        event = inst / "events" / "fuse" / "fuse_request_send"
+        (inst / "buffer_size_kb").write_text("8192\n")
+        (event / "filter").write_text(f"connection == {connection}\n")
+        (event / "enable").write_text("1\n")
+        try:
+            action()
+        finally:
+            (event / "enable").write_text("0\n")
+        text = (inst / "trace").read_text(errors="replace")
+    finally:
+        inst.rmdir()
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.startswith("#") and "(FUSE_" in line:
+            op = line.split("(FUSE_", 1)[1].split(")", 1)[0].lower()
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
 class View:
     """The view's daemon (tests/bench_view.py's Daemon) and the chroot over it."""
 
@@ -344,16 +378,29 @@ class View:
         return self.daemon.mount_time + time.monotonic() - t0
 
     def requests(self) -> dict[str, int]:
-        """The requests the daemon answered so far (it logs them at SIGUSR2)."""
-        before = self.log().count("requests: ")
+        """The requests the daemon answered so far (it logs them at SIGUSR2), and
+        its GETXATTR by name (as "getxattr NAME")."""
+        last = "getxattr by name: "  # logged after the requests
+        before = self.log().count(last)
         self.daemon.proc.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 10
-        while (text := self.log()).count("requests: ") == before:
+        while (text := self.log()).count(last) == before:
             if time.monotonic() > deadline:
                 return {}
             time.sleep(0.01)
-        line = text[text.rindex("requests: ") + len("requests: "):].split("\n", 1)[0]
-        return {k: int(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", ") if item != "none")}
+        counts = {}
+        for head, prefix in (("requests: ", ""), (last, "getxattr ")):
+            line = text[text.rindex(head) + len(head):].split("\n", 1)[0]
+            counts.update({prefix + k: int(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", ")
+                                                           if item != "none")})
+        return counts
+
+    def kernel_requests(self, script: str) -> dict[str, int]:
+        """The FUSE requests the kernel sends this mount in a run of ``script`` in
+        the view's chroot, by opcode (the ``fuse:fuse_request_send`` trace event; IOCTL,
+        FORGET and FLUSH too, which the daemon's handlers never see); {} when the kernel
+        has no such event."""
+        return traced_requests(self.mnt, lambda: self.chroot.time(script))
 
     def unmount(self) -> None:
         if self.chroot is not None:
@@ -439,6 +486,7 @@ def measure(view: View, native: Chroot, args) -> dict:
                     times[name][which].append(c.time(script))
         log(f"bench: warm round {r + 1} of {args.rounds}")
     res["requests"] = requests
+    res["kernel_requests"] = {name: view.kernel_requests(script) for name, (script, _) in WORKLOADS.items()}
     res["rss"] = rss(view.daemon.proc.pid)
     # 3. Cold: each round a fresh mount (the first start after it, checked
     #    ahead when prefetch is on), caches dropped for both.
@@ -481,11 +529,25 @@ def floors(workdir: Path) -> dict:
     out["interpreter_s"], out["interpreter_rss"] = median(starts), median(rsss)
     mnt = Path(tempfile.mkdtemp(prefix="floor-", dir=workdir))
     try:
-        with fuse_floor.mounted_floor(mnt):
-            out["request_us"] = fuse_floor.measure(*fuse_floor.floor_paths(str(mnt)))["readlink_us"]
+        for name, c_floor in (("python", None), ("c", workdir)):
+            with fuse_floor.mounted_floor(mnt, c_floor=c_floor) as pid:
+                out[name] = fuse_floor.measure_placed(str(mnt), pid)
+    except fuse_floor.NoCFloor as e:
+        log(f"bench: no C floor: {e}")
     finally:
         mnt.rmdir()
+    out["request_us"] = out["python"]["same_cpu"]["readlink_us"]
     return out
+
+
+#: Which of tests/fuse_floor.py's figures a request of each kind costs at least.
+FLOOR_OF = {"getxattr": "getxattr_us", "ioctl": "ioctl_us"}
+
+
+def floor_ms(counts: dict[str, int], floor: dict[str, float]) -> float:
+    """The least time ``counts`` requests take in a do-nothing file system whose
+    measured costs are ``floor`` (readlink's for the kinds not measured)."""
+    return sum(n * floor[FLOOR_OF.get(op, "readlink_us")] for op, n in counts.items()) / 1e3
 
 
 # --- the report ----------------------------------------------------------------------
@@ -524,6 +586,22 @@ def report(res: dict, fl: dict) -> None:
         print(f"{name:42}{nat * 1e3:8.1f}ms{mine * 1e3:8.1f}ms{ratio:11.2f}x{goal_text:>8}{mark}")
         if not ok:
             missed.append(name)
+    print("\nrequests the kernel sent the view in one warm run (fuse:fuse_request_send; FORGET left out), "
+          "and the daemon's GETXATTR by name:")
+    for name in WORKLOADS:
+        sent = {k: n for k, n in res.get("kernel_requests", {}).get(name, {}).items()
+                if k not in ("forget", "batch_forget")}
+        names = {k.split(" ", 1)[1]: n for k, n in res["requests"].get(name, {}).items() if k.startswith("getxattr ")}
+        print(f"  {name}: {_requests_text(sent) if sent else 'not traced'}"
+              + (f"; GETXATTR of {_names_text(names)}" if names else ""))
+    if fl.get("python"):
+        print("per-request floor (tests/fuse_floor.py and .c, best of 5, us; daemon and caller on one CPU / on two):")
+        for kind, what in (("python", "pyfuse3"), ("c", "C libfuse")):
+            if kind in fl:
+                print(f"  {what:10}" + ", ".join(
+                    f"{k[:-3]} " + " / ".join(f"{fl[kind][p][k]:.1f}" for p in ("same_cpu", "other_cpu")
+                                              if p in fl[kind])
+                    for k in fl[kind]["same_cpu"]))
     mt = res["mount_times"]
     rss_now, rss_peak = res["rss"]
     per_path = (rss_now - fl["interpreter_rss"]) / max(1, eq["paths"])
@@ -549,14 +627,35 @@ def report(res: dict, fl: dict) -> None:
             elif name.startswith("cold find"):
                 why = f"one LOOKUP or READDIRPLUS round trip of {fl['request_us']:.0f} us or more per entry"
             else:
-                counts = res["requests"].get(name, {})
-                total = sum(counts.values())
-                why = (f"{total} requests still reach the daemon in a warm run ({_requests_text(counts)}): "
-                       f">= {total * fl['request_us'] / 1e3:.1f} ms at {fl['request_us']:.0f} us each "
-                       "(a do-nothing pyfuse3 file system); not counted: an IOCTL (TCGETS) for every file a "
-                       "program asks isatty() of -- Python of every file it opens -- answered ENOSYS by "
-                       "libfuse and asked again each time; the rest is the kernel's path for FUSE files")
+                why = _request_floor(name, res, fl)
             print(f"  {name}: {why}")
+
+
+def _request_floor(name: str, res: dict, fl: dict) -> str:
+    """Why a warm workload misses its goal: the requests still sent, and the
+    least they cost in the do-nothing file systems (pyfuse3's and C's)."""
+    t = res["times"][name]
+    extra_ms = (median(t["view"]) - median(t["native"])) * 1e3
+    handled = res["requests"].get(name, {})
+    names = {k.split(" ", 1)[1]: n for k, n in handled.items() if k.startswith("getxattr ")}
+    handled = {k: n for k, n in handled.items() if " " not in k}
+    sent = res.get("kernel_requests", {}).get(name) or handled
+    sent = {k: n for k, n in sent.items() if k not in ("forget", "batch_forget")}  # answer nothing
+    total = sum(sent.values())
+    floors = []
+    for kind, what in (("python", "a do-nothing pyfuse3 file system"), ("c", "a do-nothing C libfuse one")):
+        if kind in fl:
+            placed = fl[kind]
+            span = "–".join(f"{floor_ms(sent, placed[p]):.1f}" for p in ("same_cpu", "other_cpu") if p in placed)
+            floors.append(f"{span} ms in {what}")
+    floors[-1] += " (daemon woken on the same CPU – on the other)"
+    return (f"{extra_ms:.1f} ms above native; the kernel still sends {total} requests a run "
+            f"({_requests_text(sent)}{'; GETXATTR of ' + _names_text(names) if names else ''}): "
+            + ", ".join(floors) + "; the rest is the kernel's path for FUSE files and the machine's noise")
+
+
+def _names_text(names: dict[str, int]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(names.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -570,7 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-gib", type=float, help="the btrfs file system's size (default: from the set's size)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--build-only", action="store_true", help="build (or find) the package set and stop")
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="print the report of an earlier --json run again, with the floors measured now")
     args = ap.parse_args(argv)
+    if args.report:
+        res = json.loads(args.report.read_text())
+        fl = floors(args.workdir)
+        report(res, fl)
+        return 0
     if os.geteuid() != 0:
         ap.error("needs root (loop device, mounts, chroot, drop_caches)")
     setdir = system_set(args.cache, args.count)

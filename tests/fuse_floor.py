@@ -5,9 +5,14 @@ answer a constant, entries and attributes cached for an hour, ``keep_cache``,
 FLUSH answered ENOSYS) measures what a request costs before any handler does
 work.  ``tests/bench_view.py`` prints it beside the view's own per-request
 figures, so a reader can tell the view's overhead from the binding's.
+``tests/fuse_floor.c`` serves the same tree from a libfuse low-level file
+system in C: the kernel's own floor, which ``--compare`` and
+tests/bench_system.py measure beside this one, the daemon woken on the
+caller's CPU and on the other.
 
     .venv/bin/python -m tests.fuse_floor MOUNTPOINT          # serve (foreground)
     .venv/bin/python -m tests.fuse_floor --measure MOUNTPOINT  # latencies, as JSON
+    .venv/bin/python -m tests.fuse_floor --compare [WORKDIR]   # this one and tests/fuse_floor.c's
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +85,9 @@ def serve(mountpoint: str) -> None:
         async def flush(self, fh):
             raise pyfuse3.FUSEError(errno.ENOSYS)
 
+        async def getxattr(self, inode, name, ctx=None):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+
     async def main() -> None:
         pyfuse3.init(Floor(), mountpoint, {"ro", "fsname=floor", "subtype=floor", "default_permissions"})
         try:
@@ -90,21 +99,37 @@ def serve(mountpoint: str) -> None:
 
 
 def measure(links: list[str], files: list[str], rounds: int = 5) -> dict:
-    """Microseconds per readlink (one request each) and per open+close (OPEN and
-    RELEASE) over warm paths; the best of ``rounds``."""
+    """Microseconds per readlink (one request each), per open+close (OPEN and
+    RELEASE), per getxattr of a name the file has not (one GETXATTR each: the
+    kernel caches no answer) and per ``isatty()`` of an open file (one IOCTL)
+    over warm paths; the best of ``rounds``."""
     for p in links + files:
         os.lstat(p)
-    best = {"readlink_us": float("inf"), "open_close_us": float("inf")}
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for p in links:
-            os.readlink(p)
-        t1 = time.perf_counter()
-        for p in files:
-            os.close(os.open(p, os.O_RDONLY))
-        t2 = time.perf_counter()
-        best["readlink_us"] = min(best["readlink_us"], (t1 - t0) / len(links) * 1e6)
-        best["open_close_us"] = min(best["open_close_us"], (t2 - t1) / len(files) * 1e6)
+    best = dict.fromkeys(("readlink_us", "open_close_us", "getxattr_us", "ioctl_us"), float("inf"))
+    fd = os.open(files[0], os.O_RDONLY)
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for p in links:
+                os.readlink(p)
+            t1 = time.perf_counter()
+            for p in files:
+                os.close(os.open(p, os.O_RDONLY))
+            t2 = time.perf_counter()
+            for p in files:
+                try:
+                    os.getxattr(p, "security.selinux", follow_symlinks=False)
+                except OSError:
+                    pass
+            t3 = time.perf_counter()
+            for _ in files:
+                os.isatty(fd)
+            t4 = time.perf_counter()
+            for key, dt in (("readlink_us", t1 - t0), ("open_close_us", t2 - t1), ("getxattr_us", t3 - t2),
+                            ("ioctl_us", t4 - t3)):
+                best[key] = min(best[key], dt / len(files) * 1e6)
+    finally:
+        os.close(fd)
     return best
 
 
@@ -129,12 +154,31 @@ def view_paths(root: str, count: int = ENTRIES) -> tuple[list[str], list[str]]:
     return links, files
 
 
+class NoCFloor(Exception):
+    """The C floor could not be built (no gcc, pkg-config or libfuse3-dev)."""
+
+
+def build_c_floor(outdir: Path) -> Path:
+    """tests/fuse_floor.c compiled into ``outdir``: the program's path."""
+    exe = Path(outdir) / "fuse_floor_c"
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
+                               check=True).stdout.split()
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(Path(__file__).with_suffix(".c")), *flags],
+                       capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise NoCFloor(getattr(e, "stderr", None) or str(e)) from None
+    return exe
+
+
 @contextlib.contextmanager
-def mounted_floor(mountpoint: Path, timeout: float = 30.0):
-    """Serve the floor file system on ``mountpoint`` in a child process; unmount
-    and end it on the way out, on errors too."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fuse_floor", str(mountpoint)],
-                            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
+def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None = None):
+    """Serve the floor file system on ``mountpoint`` in a child process (with
+    ``c_floor``, a directory: tests/fuse_floor.c built there), yielding its pid;
+    unmount and end it on the way out, on errors too."""
+    cmd = ([str(build_c_floor(c_floor)), str(mountpoint)] if c_floor is not None
+           else [sys.executable, "-m", "tests.fuse_floor", str(mountpoint)])
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout
@@ -143,7 +187,7 @@ def mounted_floor(mountpoint: Path, timeout: float = 30.0):
                 raise RuntimeError(f"floor file system did not mount: {proc.stderr.read().decode()[-500:]}"
                                    if proc.poll() is not None else "floor file system did not mount")
             time.sleep(0.01)
-        yield mountpoint
+        yield proc.pid
     finally:
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False, stdin=subprocess.DEVNULL,
@@ -153,10 +197,50 @@ def mounted_floor(mountpoint: Path, timeout: float = 30.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if c_floor is not None:
+            (Path(c_floor) / "fuse_floor_c").unlink(missing_ok=True)
+
+
+def measure_placed(mountpoint: str, daemon_pid: int) -> dict:
+    """:func:`measure` with the daemon and this process on one CPU ("same_cpu")
+    and on two ("other_cpu", when there are two): a request whose daemon must
+    be woken on another CPU pays that CPU's wake-up too, which on a virtual
+    machine is most of its cost.  Affinities are restored afterwards."""
+    cpus = sorted(os.sched_getaffinity(0))
+    daemon_cpus = os.sched_getaffinity(daemon_pid)
+    out = {}
+    try:
+        os.sched_setaffinity(daemon_pid, {cpus[0]})
+        for name, cpu in (("same_cpu", cpus[0]), ("other_cpu", cpus[-1])):
+            if name == "other_cpu" and len(cpus) < 2:
+                break
+            os.sched_setaffinity(0, {cpu})
+            out[name] = measure(*floor_paths(mountpoint))
+    finally:
+        os.sched_setaffinity(0, cpus)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(daemon_pid, daemon_cpus)
+    return out
+
+
+def compare(workdir: Path) -> dict:
+    """The same measures in the pyfuse3 floor and the C floor, mounted in turn,
+    unplaced ("any_cpu") and placed (:func:`measure_placed`)."""
+    out = {}
+    mnt = Path(tempfile.mkdtemp(prefix="floor-", dir=workdir))
+    try:
+        for name, c_floor in (("pyfuse3", None), ("c", workdir)):
+            with mounted_floor(mnt, c_floor=c_floor) as pid:
+                out[name] = {"any_cpu": measure(*floor_paths(str(mnt))), **measure_placed(str(mnt), pid)}
+    finally:
+        mnt.rmdir()
+    return out
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure"]:
         print(json.dumps(measure(*floor_paths(sys.argv[2]))))
+    elif sys.argv[1:2] == ["--compare"]:
+        print(json.dumps(compare(Path(sys.argv[2] if len(sys.argv) > 2 else "/var/tmp")), indent=1))
     else:
         serve(sys.argv[1])

@@ -402,3 +402,20 @@ def test_acl_queries_are_answered_by_the_kernel_after_the_first(view):
         if _ == 0:
             first = _requests(view)
     assert _requests(view).get("getxattr", 0) == first.get("getxattr", 0)
+
+
+def test_ls_l_asks_the_security_label_once(view):
+    # ls -l asks each entry's security.selinux (a machine without SELinux passes the
+    # query to the file system); the view answers EOPNOTSUPP, and coreutils then stops
+    # asking on that device: one GETXATTR a listing, not one an entry.  (Without
+    # kernel caching each listing asks every entry's ACLs again: up to two GETXATTR an entry.)
+    lib = view.mountpoint / "lib"
+    entries = len(os.listdir(lib))
+    assert entries >= 3
+    with pytest.raises(OSError) as e:
+        os.getxattr(lib / "a", "security.selinux")
+    assert e.value.errno == errno.EOPNOTSUPP
+    subprocess.run(["ls", "-l", str(lib)], check=True, capture_output=True)  # ACLs and entries cached
+    before = _requests(view).get("getxattr", 0)
+    subprocess.run(["ls", "-l", str(lib)], check=True, capture_output=True)
+    assert _requests(view).get("getxattr", 0) - before <= 1 + (0 if view.no_open else 2 * entries)

@@ -51,6 +51,15 @@ NAME_MAX = 255
 XATTR_CAPS = os.fsencode(filecaps.XATTR_NAME)
 XATTR_PACKAGE = b"user.rpm.package"
 XATTR_DIGEST = b"user.rpm.digest"
+#: The names the view has values for.
+SERVED_XATTRS = frozenset({XATTR_CAPS, XATTR_PACKAGE, XATTR_DIGEST})
+#: Other names of this namespace (security.selinux, security.ima: labels of security
+#: modules the view does not keep) answer EOPNOTSUPP, as a kernel file system without
+#: them does; ``ls -l`` (coreutils' getfilecon_cache) then stops asking for
+#: security.selinux on the device after its first answer, where ENODATA cost a GETXATTR
+#: per listed entry.  Other unknown names answer ENODATA (system.posix_acl_* must: the
+#: kernel caches that as "no ACL", and takes EOPNOTSUPP for an error).
+XATTR_SECURITY_PREFIX = b"security."
 
 #: The kernel caching the view uses where pyfuse3 offers it: symlink targets
 #: cached; files and directories opened without OPEN/OPENDIR requests.
@@ -75,6 +84,8 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
     patched = bool(getattr(pyfuse3, "KERNEL_CACHE_FEATURES", None))
     which = (f"pyfuse3 {pyfuse3.__version__} {'with' if patched else 'without'} "
              ".ci/pyfuse3-kernel-cache.patch")
+    if patched and not getattr(pyfuse3, "DISPATCH_FEATURES", None):
+        which += " of before its request dispatch (run .ci/setup again)"
     if not features:
         return (f"none: every open, listing and readlink asks the daemon ({which}"
                 f"{', --kernel-cache off' if patched else ''})")
@@ -131,6 +142,7 @@ class ViewOperations(pyfuse3.Operations):
         requests: handler name -> requests it answered (``usrview mount -v``
             logs them at SIGUSR2 and at the unmount: what still reaches the daemon;
             FORGET and FLUSH, which answer nothing, are not counted).
+        xattr_names: extended attribute name -> GETXATTR requests for it (logged with them).
     """
 
     supports_dot_lookup = True
@@ -152,6 +164,7 @@ class ViewOperations(pyfuse3.Operations):
         self._next_fh = 0
         self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
         self.requests: Counter[str] = Counter()
+        self.xattr_names: Counter[bytes] = Counter()
 
     # -- helpers -----------------------------------------------------------
 
@@ -272,6 +285,14 @@ class ViewOperations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode, name, ctx=None):
+        self.xattr_names[name] += 1
+        if name == XATTR_CAPS:  # asked at every exec: answered without building the others
+            caps = self._node(inode).caps
+            if caps is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return caps
+        if name not in SERVED_XATTRS:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if name.startswith(XATTR_SECURITY_PREFIX) else errno.ENODATA)
         value = self._xattrs(self._node(inode)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -366,9 +387,14 @@ class ViewOperations(pyfuse3.Operations):
     def describe_requests(self) -> str:
         return "requests: " + (", ".join(f"{k} {v}" for k, v in sorted(self.requests.items())) or "none")
 
+    def describe_xattr_names(self) -> str:
+        return "getxattr by name: " + (", ".join(f"{os.fsdecode(k)} {v}" for k, v in
+                                                 sorted(self.xattr_names.items())) or "none")
+
     def close_all(self) -> None:
         """Close the backing fds still open (after the mount ended)."""
         log.info("%s", self.describe_requests())
+        log.info("%s", self.describe_xattr_names())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

@@ -135,6 +135,7 @@ async def _log_requests(ops: ViewOperations) -> None:
         async for _ in signals:
             log.warning("%s", ops.describe_requests())
             log.warning("%s", ops.guard.statistics())
+            log.warning("%s", ops.describe_xattr_names())
 
 
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
