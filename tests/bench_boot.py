@@ -51,6 +51,7 @@ if [ -n "$pid" ] && [ "$pid" != 0 ]; then
     grep VmRSS /proc/$pid/status > rss
     cat /proc/$pid/io > io
     cat /proc/$pid/stat > stat
+    for t in /proc/$pid/task/*; do echo "$(cat $t/comm 2>/dev/null) $(cat $t/stat 2>/dev/null)"; done > threads
     kill -USR2 "$pid"  # the daemon logs the requests it answered by kind, and its checks
     sleep 1
 fi
@@ -59,6 +60,7 @@ fi
 # (systemd-analyze blame refuses while this unit still runs: the units' own times instead)
 systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic '*' > units 2>&1
 journalctl -b -o short-monotonic --no-pager > journal 2>&1
+systemd-analyze critical-chain multi-user.target > critical-chain 2>&1
 dmesg > dmesg 2>&1
 """
 
@@ -84,7 +86,17 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
         row["daemon_reads"] = int(io["syscr"])
         if (result.out / "stat").exists():  # utime + stime: the daemon's CPU during the boot
             fields = result.text("stat").rpartition(")")[2].split()
-            row["daemon_cpu_s"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+            tick = os.sysconf("SC_CLK_TCK")
+            row["daemon_cpu_s"] = round((int(fields[11]) + int(fields[12])) / tick, 2)
+            # cutime + cstime: the children waited for, i.e. the full check of the compiled tree
+            row["full_check_cpu_s"] = round((int(fields[13]) + int(fields[14])) / tick, 2)
+        if (result.out / "threads").exists():  # the daemon's threads' CPU, the main thread (serving) first
+            cpu = []
+            for line in result.text("threads").splitlines():
+                stat = line.rpartition(")")[2].split()
+                if len(stat) > 12:
+                    cpu.append(round((int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), 2))
+            row["thread_cpu_s"] = cpu
     journal = result.text("journal") if (result.out / "journal").exists() else ""
     # the daemon's own account: its stages to READY (a console line), and what it
     # answered and hashed until the end of boot (SIGUSR2)
@@ -99,6 +111,9 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
     hashed = re.findall(r"files hashed: (\d+) .*?, ([\d.]+) MB in ([\d.]+) s", journal)
     if hashed:
         row["files_hashed"], row["hashed_mb"], row["hash_s"] = int(hashed[-1][0]), *map(float, hashed[-1][1:])
+    warm = re.search(r"warm: (\d+) recorded files \(([\d.]+) MB\) read through the mount in ([\d.]+) s", journal)
+    if warm:
+        row["warmed_files"], row["warmed_mb"], row["warm_s"] = int(warm.group(1)), *map(float, warm.group(2, 3))
     ahead = re.findall(r"checked ahead: (\d+)", journal)
     if ahead:
         row["checked_ahead"] = int(ahead[-1])
@@ -171,6 +186,9 @@ def main(argv=None) -> int:
         for r in rows:
             if "daemon_stages" in r:
                 print(f"  daemon ({r['kind']}, {r['target_s']:.1f} s boot): {r['daemon_stages']}")
+                print(f"    CPU {r.get('daemon_cpu_s')} s (threads {r.get('thread_cpu_s')}), full check "
+                      f"{r.get('full_check_cpu_s')} s; warm {r.get('warmed_files')} files, {r.get('warmed_mb')} MB "
+                      f"in {r.get('warm_s')} s; switch-root {r['switch_root_s']:.2f} s")
         size_view, size_plain = initrd_view.stat().st_size, initrd_plain.stat().st_size
         print(f"  initrd: {size_view / 1e6:.1f} MB with usrview's module, {size_plain / 1e6:.1f} MB without "
               f"(+{(size_view - size_plain) / 1e6:.1f} MB)")
