@@ -335,7 +335,7 @@ def _fds_on(pid: int, dev: int) -> list[str]:
 
 
 def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroot, tmp_path):
-    """The last boot's record names four files: from the mount on, a thread of the
+    """The last boot's record names four files: with --warm on, from the mount on, a thread of the
     daemon reads them through SYSROOT/usr (usrview.view.warm), in order, each read
     answered by the guard: the tampered one is refused (EIO, the integrity
     record) and stays refused; the others are served, read before the test reads
@@ -357,7 +357,7 @@ def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroo
         journal.settimeout(MOUNT_TIMEOUT)
         env = daemon_env(tmp_path, USRVIEW_KMSG=str(kmsg), USRVIEW_JOURNAL_SOCKET=str(journal_path),
                          INVOCATION_ID="test")
-        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log")
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log", "--warm", "on")
         try:
             deadline = time.monotonic() + MOUNT_TIMEOUT
             while not (warm := re.search(r"<5>usrview: warm: (.*)", kmsg.read_text())):

@@ -77,9 +77,6 @@ MOUNT_POLL_MS = 1000
 #: niced (Nice=10): until the root is mounted its start is not what the boot waits
 #: for, and the initrd's own work (finding and mounting the root) goes first.
 SERVING_NICE = -10
-#: The full check of the compiled tree's niceness at boot (absolute): the lowest,
-#: so that it takes the CPU the boot leaves (docs/trust-chain.md: the window it bounds).
-FULL_CHECK_NICE = 19
 #: KiB the kernel may read ahead per READ of the view's files at boot
 #: (:func:`usrview.view.mount.set_read_ahead`; a READ carries at most 1 MiB).
 READ_AHEAD_KIB = 1024
@@ -371,13 +368,13 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
 
 
 def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams, console: Console,
-                   serving: contextlib.ExitStack, sysroot: Path, warm: bool = True):
+                   serving: contextlib.ExitStack, sysroot: Path, warm: bool = False):
     """The prefetch (:mod:`usrview.view.prefetch`) of this boot, for ``serve_tree``
     (None with ``usrview.verify=off``: nothing to check), and how many files the
-    record names: the files the last boot of the image opened, checked ahead and
-    read through the mount on SYSROOT/usr from the mount on (:mod:`usrview.view.warm`,
-    beneath a fd of SYSROOT opened now); this boot's opens recorded beneath the
-    store's ``cache/`` and ``tmp/`` opened now."""
+    record names: the files the last boot of the image opened, checked ahead, and
+    with ``warm`` read through the mount on SYSROOT/usr from the mount on
+    (:mod:`usrview.view.warm`, beneath a fd of SYSROOT opened now); this boot's
+    opens recorded beneath the store's ``cache/`` and ``tmp/`` opened now."""
     from usrview.view.prefetch import Prefetch, RecordDirs, load_record, remove_stale_records
     from usrview.view.warm import Warm
 
@@ -450,7 +447,7 @@ def raise_read_ahead(mountpoint: Path, device: str | None, kib: int, console: Co
 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
                  policy: policies.Policy | None = None, *, wait: bool = False,
-                 stages: Stages | None = None, read_ahead: int = READ_AHEAD_KIB, warm: bool = True) -> int:
+                 stages: Stages | None = None, read_ahead: int = READ_AHEAD_KIB, warm: bool = False) -> int:
     """Serve this boot's image on SYSROOT/usr until unmounted, judging signatures
     under ``policy`` (None: SYSROOT's configuration's); with ``wait``, once
     SYSROOT is mounted.  The exit status."""
@@ -500,7 +497,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
                 console.say(f"{reason}; every file of {mountpoint} answers EIO from now on", KERN_ERR)
 
             start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed,
-                             nice=FULL_CHECK_NICE, on_proven=lambda line: console.say(line, KERN_NOTICE))
+                             on_proven=lambda line: console.say(line, KERN_NOTICE))
         rootdaemon.prepare()
 
         def on_ready() -> None:

@@ -42,9 +42,9 @@ def register(sub, common) -> None:
     p.add_argument("--read-ahead", type=int, default=READ_AHEAD_KIB, metavar="KIB",
                    help=f"KiB the kernel may read ahead per READ of a file of the view (default "
                         f"{READ_AHEAD_KIB}; 0 leaves the kernel's)")
-    p.add_argument("--warm", choices=("on", "off"), default="on",
+    p.add_argument("--warm", choices=("on", "off"), default="off",
                    help="read the files the last boot opened through the mount from the mount on "
-                        "(default on)")
+                        "(default off: under qemu's TCG it cost more than it saved, docs/boot.md)")
     add_signature_policy_option(p)
     p.set_defaults(func=run, needs_config=False)
 
