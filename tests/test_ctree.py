@@ -17,6 +17,7 @@ import pytest
 from tests.rpmbuild import FileSpec
 from tests.test_view_lifecycle import (
     Daemon,
+    flip_signed_byte,
     mount_args,
     mountpoint,  # noqa: F401 -- a fixture
     start,
@@ -26,7 +27,7 @@ from usrview import images
 from usrview.cli._common import load_keyring
 from usrview.errors import OperationalError
 from usrview.store import Store
-from usrview.view import compiled, ctree, loader
+from usrview.view import compiled, ctree, fullcheck, loader
 from usrview.view.compiled import ENTRY, HEAD, PKG, RECORD
 from usrview.view.loader import build_view, load_headers
 from usrview.view.tree import digest_label
@@ -311,7 +312,7 @@ def test_the_full_check_runs_at_its_own_niceness_not_the_daemons(world, monkeypa
     boot at nice 0).  The child reports its niceness as its verdict here."""
     store, image, keyring = world
     tree = _tampered(world, lambda data, tree: None)
-    monkeypatch.setattr(ctree, "full_check", lambda *a: f"nice {os.getpriority(os.PRIO_PROCESS, 0)}")
+    monkeypatch.setattr(fullcheck, "_full_check", lambda *a: (f"nice {os.getpriority(os.PRIO_PROCESS, 0)}", []))
     before = os.getpriority(os.PRIO_PROCESS, 0)
     os.setpriority(os.PRIO_PROCESS, 0, -5)  # this thread, whose niceness the fork inherits
     try:
@@ -324,7 +325,7 @@ def test_the_full_check_runs_at_its_own_niceness_not_the_daemons(world, monkeypa
     assert failures and failures[0].endswith(": nice 19"), failures
 
 
-@pytest.mark.parametrize("what", ["magic", "version", "truncated", "package-digest", "package-order"])
+@pytest.mark.parametrize("what", ["magic", "version", "truncated", "package-size", "package-order"])
 def test_a_damaged_file_or_package_table_is_not_served(world, what, expect_logs):
     """Found at mount: the tree is composed from the headers instead (an ERROR says
     why; a file of another version is compiled again), nothing of the file served."""
@@ -337,8 +338,8 @@ def test_a_damaged_file_or_package_table_is_not_served(world, what, expect_logs)
             data[8] = 99
         elif what == "truncated":
             del data[len(data) - 10:]
-        elif what == "package-digest":
-            data[HEAD.size] ^= 1
+        elif what == "package-size":  # a header file's size
+            _set_pkg_field(data, 0, 3, PKG.unpack_from(data, HEAD.size)[3] + 1)
         else:
             first = bytes(data[HEAD.size:HEAD.size + PKG.size])
             data[HEAD.size:HEAD.size + PKG.size] = data[HEAD.size + PKG.size:HEAD.size + 2 * PKG.size]
@@ -351,6 +352,27 @@ def test_a_damaged_file_or_package_table_is_not_served(world, what, expect_logs)
     assert listing(tree) == listing(built)
 
 
+def _set_pkg_field(data, pkg: int, index: int, value) -> None:
+    values = list(PKG.unpack_from(data, HEAD.size + pkg * PKG.size))
+    values[index] = value
+    PKG.pack_into(data, HEAD.size + pkg * PKG.size, *values)
+
+
+def test_a_changed_package_digest_is_refused_at_the_packages_first_use(world, expect_logs):
+    """The package table's SHA-256 of a header file, changed: the mount cannot see it
+    (it reads no header), the package's check before its first use does."""
+    store, image, keyring = world
+    pkg = _pkg_index(image, "ct-own")
+
+    def change(data, tree):
+        data[HEAD.size + pkg * PKG.size] ^= 1
+
+    tree = _tampered(world, change)
+    assert not tree.proven
+    _refused(tree, "bin/tool", expect_logs)
+    assert "is not the one the compiled tree was made from" in tree.failed
+
+
 def test_a_header_changed_after_the_mount_refuses_its_package(world, expect_logs):
     store, image, keyring = world
     tree = _tampered(world, lambda data, tree: None)
@@ -359,7 +381,70 @@ def test_a_header_changed_after_the_mount_refuses_its_package(world, expect_logs
     header.chmod(0o644)
     header.write_bytes(header.read_bytes() + b"\0")
     _refused(tree, "bin/tool", expect_logs)
-    assert "changed since its signature was checked" in tree.failed
+    assert f"header not trusted: {pkgid}: header file: 1 byte(s) after the header" in tree.failed
+
+
+def test_a_tampered_header_is_never_served_and_is_reported(world, expect_logs):
+    """Issue 14: the mount checks no header's signature (it costs the same whatever the
+    image's size); each is checked before its package's first use, and all of them by the
+    full check right after the mount.  A header whose signed bytes were changed offline
+    (same size): the mount goes ahead (its package is not the root's), the first request
+    touching the package answers EIO and an ERROR names it and its verdict; everything
+    answers EIO from then on.  The full check finds it too, on a tree whose requests never
+    touched the package: that tree fails the same way, with the same report."""
+    store, image, keyring = world
+    compiled.compile_image(store, image, keyring)
+    pkgid = next(p for p in image.packages if p.startswith("ct-own-"))
+    flip_signed_byte(store, pkgid, "tool")
+    tree = ctree.open_view(store, image, keyring)  # no signature checked but the root's package's
+    assert not tree.proven and tree.failed is None
+    other = ctree.open_view(store, image, keyring)
+    assert other.resolve("bin/other") is not None  # ct-other's, checked and served
+    _refused(tree, "bin/tool", expect_logs)
+    assert f"header not trusted: {pkgid}: BAD" in tree.failed
+    for what in (lambda: tree.resolve("bin/other"), lambda: tree.node(1)):
+        with pytest.raises(OSError) as e:
+            what()
+        assert e.value.errno == errno.EIO
+    # the background check: every header's signature, whether a request touched it or not
+    assert f"{pkgid}: BAD" in ctree.full_check(store, image, keyring, other.buf)
+    with expect_logs("compiled tree refused, every request answers EIO: .*full check.*"
+                     f"{re.escape(pkgid)}: BAD", level=logging.ERROR):
+        ctree.start_full_check(other, store, image, keyring).join(60)
+    assert other.failed and not other.proven
+    with pytest.raises(OSError):
+        other.resolve("bin/other")
+
+
+def test_a_listing_checks_every_package_it_shows_before_it_answers(world, expect_logs):
+    """A readdir whose entries come from several packages checks each of them (signature
+    and block) before it answers; one bad header among them, and the listing answers EIO."""
+    store, image, keyring = world
+    compiled.compile_image(store, image, keyring)
+    own, other = _pkg_index(image, "ct-own"), _pkg_index(image, "ct-other")
+    tree = ctree.open_view(store, image, keyring)
+    assert list(tree.checked) == [0, 0]  # /usr is no package's: nothing checked at mount
+    names = [name for name, _, _ in tree.entries_after(tree.resolve("bin"), 0)]
+    assert names == ["capped", "other", "suid", "tool"] and tree.checked[own] and tree.checked[other]
+    flip_signed_byte(store, image.packages[own], "tool")
+    tree = ctree.open_view(store, image, keyring)
+    with expect_logs("compiled tree refused", level=logging.ERROR), pytest.raises(OSError) as e:
+        list(tree.entries_after(tree.resolve("bin"), 0))
+    assert e.value.errno == errno.EIO and "BAD" in tree.failed
+
+
+def test_a_tampered_header_of_the_roots_package_refuses_the_mount(rpm_packages, gpg_key, tmp_path):
+    """The root's package is checked by the mount itself: refused in one line, as every
+    bad header was before issue 14."""
+    rpms = [rpm_packages("ct-root", files=[FileSpec("/usr", kind="dir"), *OWN])]
+    store, image = deploy_store(tmp_path / "store", rpms, gpg_key)
+    keyring = load_keyring([gpg_key.public_path])
+    compiled.compile_image(store, image, keyring)
+    (pkgid,) = image.packages
+    flip_signed_byte(store, pkgid, "tool")
+    with pytest.raises(OperationalError, match=f"refusing to mount image {image.id}: header not trusted: "
+                       f"{re.escape(pkgid)}: BAD"):
+        ctree.open_view(store, image, keyring)
 
 
 # -- the commands --------------------------------------------------------------------

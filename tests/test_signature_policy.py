@@ -17,6 +17,7 @@ loader under ``default`` report or refuse it, naming the option.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from tests.rpmbuild import FileSpec, make_gpg_key, sign_rpm, stop_gpg_agent
 from usrview import images
 from usrview.errors import OperationalError
 from usrview.store import Store
+from usrview.view import compiled, ctree
 from usrview.view.loader import load_headers
 from verifier import policy as policies
 from verifier.keyring import Keyring
@@ -205,6 +207,22 @@ def test_import_records_the_policy_and_default_reports_or_refuses_it(signed, tmp
     with expect_logs("serves packages only the legacy signature policy accepts"):
         loaded = load_headers(store, image, Keyring.load([keys], policy=policies.LEGACY))
     assert loaded.legacy == [legacy_id]
+    # a mount of the compiled tree checks the header at its package's first use: refused under
+    # default (every request EIO), served under legacy, named again when the full check ends
+    legacy_ring = Keyring.load([keys], policy=policies.LEGACY)
+    with expect_logs("serves packages only the legacy signature policy accepts"):
+        compiled.compile_image(store, image, legacy_ring)
+    own = f"lib/sysimage/packages/{legacy_id}.rpm"  # the package's alone (others ship hello.txt too)
+    tree = ctree.open_view(store, image, Keyring.load([keys]))
+    with expect_logs("compiled tree refused", level=logging.ERROR), pytest.raises(OSError):
+        tree.resolve(own)
+    assert f"{legacy_id}: NOTTRUSTED" in tree.failed and HINT in tree.failed
+    tree = ctree.open_view(store, image, legacy_ring)
+    with expect_logs(f"package {legacy_id} is served under the legacy signature policy only"):
+        assert tree.resolve(own) is not None
+    with expect_logs(f"serves packages only the legacy signature policy accepts.*{legacy_id}"):
+        ctree.start_full_check(tree, store, image, legacy_ring).join(60)
+    assert tree.proven and tree.failed is None
 
     # deploy under default of the stored package given as a header-only rpm: refused
     headers = tmp_path / "headers"

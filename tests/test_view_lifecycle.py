@@ -27,6 +27,7 @@ from tests.viewstore import deploy_store
 from usrview import images
 from usrview.cli._common import load_keyring
 from usrview.store import Store
+from usrview.view import compiled
 
 FILES = [
     FileSpec("/usr/bin", kind="dir"),
@@ -244,17 +245,22 @@ def test_mount_options(store, gpg_key, mountpoint, tmp_path):
     assert "ro" in super_opts
 
 
+def flip_signed_byte(store, pkgid: str, name: str) -> None:
+    """The first letter of the last file name ``name`` in ``pkgid``'s main header changed:
+    a name lives only there, which the signature covers; the file keeps its size."""
+    header = store.header_path(pkgid)
+    data = bytearray(header.read_bytes())
+    at = bytes(data).rindex(name.encode() + b"\0")
+    data[at] = ord(name[0].upper())
+    header.chmod(0o644)
+    header.write_bytes(bytes(data))
+
+
 def test_bad_header_signature_refuses_mount(store, gpg_key, mountpoint):
     mnt, _ = mountpoint
     image = images.resolve(store, images.CURRENT)
     (pkgid,) = image.packages
-    header = store.header_path(pkgid)
-    data = bytearray(header.read_bytes())
-    # A file name lives only in the main header, which the signature covers.
-    at = bytes(data).rindex(b"life\0")
-    data[at] = ord("L")
-    header.chmod(0o644)
-    header.write_bytes(bytes(data))
+    flip_signed_byte(store, pkgid, "life")
     try:
         r = subprocess.run(mount_args(store, gpg_key, mnt), check=False, capture_output=True, text=True, cwd=REPO,
                            env=ENV, timeout=MOUNT_TIMEOUT, stdin=subprocess.DEVNULL)
@@ -267,6 +273,36 @@ def test_bad_header_signature_refuses_mount(store, gpg_key, mountpoint):
     assert lines[0].startswith("usrview: error: refusing to mount image ")
     assert pkgid in lines[0] and "BAD" in lines[0]
     assert not os.path.ismount(mnt)
+
+
+def test_bad_header_signature_of_a_compiled_tree_answers_eio(store, gpg_key, mountpoint, tmp_path):
+    """Issue 14: with a compiled tree the mount checks no header but the root's package's
+    (here /usr is no package's): it serves, and the first request touching the tampered
+    package -- or any request once the full check found it -- answers EIO, with an ERROR
+    naming the package and its verdict; nothing of it is ever served."""
+    mnt, daemons = mountpoint
+    image = images.resolve(store, images.CURRENT)
+    (pkgid,) = image.packages
+    compiled.compile_image(store, image, load_keyring([gpg_key.public_path]))
+    flip_signed_byte(store, pkgid, "life")
+    d = Daemon(mount_args(store, gpg_key, mnt, "--foreground"), tmp_path / "mount.log")
+    daemons.append(d)
+    # mounted: in the mount table (os.path.ismount stats the root, which may answer EIO already:
+    # for so small an image the full check can end first)
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not any(line.split()[4] == str(mnt) for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+        assert d.proc.poll() is None, f"usrview mount exited {d.proc.returncode}:\n{d.log()}"
+        assert time.monotonic() < deadline, "the view did not mount in time"
+        time.sleep(0.05)
+    for touch in (lambda: os.stat(mnt / "bin/life"), lambda: os.listdir(mnt / "share/life"),
+                  lambda: (mnt / "share/life/data").read_bytes()):
+        with pytest.raises(OSError) as e:
+            touch()
+        assert e.value.errno == errno.EIO
+    assert d.stop() == 0
+    errors = [line for line in d.log().splitlines() if "ERROR" in line]
+    # whichever found it first: the package's check at its first use, or the full check
+    assert errors and f"not trusted: {pkgid}: BAD" in errors[0], d.log()
 
 
 def test_unsigned_package_recorded_unsigned_is_served_with_warning(rpm_packages, gpg_key, mountpoint,

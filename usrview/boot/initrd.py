@@ -17,8 +17,11 @@ on SYSROOT (docs/boot-core.md):
    is about to be served -- written before anything is mounted, so a boot that
    dies later counts.  A store that cannot be written (a read-only root) turns
    counting off for this boot, with a line on the console; the boot goes on.
-4. Load the candidates in order until one loads (signatures checked, the
-   compiled tree mapped: :func:`usrview.view.ctree.open_view`, nothing written).
+4. Load the candidates in order until one loads (the compiled tree mapped and
+   its package table checked against the record and the header files, the
+   root's package's signature checked: :func:`usrview.view.ctree.open_view`,
+   nothing written; the other headers' signatures are checked at their
+   packages' first use and by the full check, whose failure is EIO, no fallback).
    Record which image this boot serves, and a fallback event when it is not
    the one asked for.
 5. Read the prefetch's record and open the store's directories it is written
@@ -339,13 +342,14 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
         with contextlib.ExitStack() as attempt:
             try:
                 image = attempt.enter_context(images.hold_image(store, candidate.image))
-                # The compiled tree, mapped (the headers' signatures checked; the
-                # tree composed from them when the store has none or it does not
-                # fit them): written only by deploy and usrview mount.
+                # The compiled tree, mapped (each header's signature checked at its
+                # package's first use and by the full check; all of them now when
+                # the tree must be composed because the store has none or it does
+                # not fit them): written only by deploy and usrview mount.
                 tree = open_view(store, image, keyring, owners=owners, write=False)
-                if stages:
-                    stages.mark(f"headers ({len(image.packages)} signatures) and "
-                                f"{'tree composed' if tree.proven else 'compiled tree'}")
+                if stages:  # a mapped tree's headers are checked at first use and in the background
+                    stages.mark(f"headers ({len(image.packages) if tree.proven else sum(tree.checked)} "
+                                f"signatures) and {'tree composed' if tree.proven else 'compiled tree'}")
             except (UsrviewError, OSError) as e:
                 failures.append(f"image {candidate.image} cannot be served: {e}")
                 console.say(failures[-1], KERN_ERR)

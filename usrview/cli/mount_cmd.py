@@ -1,11 +1,13 @@
 """``usrview mount`` and ``usrview umount``: serve an image of the store as a read-only /usr.
 
-``mount`` loads the image (``current`` unless ``--image ID``), checks every
-header file's signature against the trusted keys, maps the image's compiled
-tree (:mod:`usrview.view.ctree`; compiled now when the store has none) and
-serves it (:mod:`usrview.view.mount`), checking it against the headers as it
-serves and in full in a child process right after the mount.  A header that is
-not GOOD refuses the mount, except a package the store records as imported
+``mount`` loads the image (``current`` unless ``--image ID``), maps the
+image's compiled tree (:mod:`usrview.view.ctree`; compiled now, every header's
+signature checked first, when the store has none) and serves it
+(:mod:`usrview.view.mount`), checking each package's header signature and its
+part of the tree before its first use, and everything in a child process right
+after the mount.  A header that is not GOOD makes the view answer EIO (it
+refuses the mount when the mount itself checks it: the root's package, or a
+tree compiled at mount), except a package the store records as imported
 unsigned (``STORE/unsigned/PKGID``) whose header is UNSIGNED: it is served,
 with a warning naming it.
 
@@ -49,7 +51,9 @@ whose every file, directory and attribute comes from the image's signed
 headers and whose bytes are checked against the headers' digests before they
 are served (--verify: enforce refuses a file that does not match with EIO,
 warn serves it and logs, off does not check).  Every header's signature is
-checked against the trusted keys first; one that is not GOOD refuses the mount."""
+checked against the trusted keys before anything of its package is served, and
+all of them right after the mount; one that is not GOOD makes every request
+answer EIO (or refuses the mount, when found before it)."""
 
 def register(sub, common) -> None:
     p = sub.add_parser("mount", parents=[common], help=MOUNT_HELP, description=MOUNT_DESCRIPTION)
@@ -94,7 +98,8 @@ def run_mount(args, cfg) -> int:
     # it): gc keeps the image and its packages meanwhile.
     with images.hold_image(store, image_id) as image:
         # The compiled tree, mapped (compiled now if the store has none); the
-        # headers' signatures checked, their file lists parsed only as needed.
+        # headers' signatures checked at their packages' first use and by the
+        # full check (all of them now when the tree is compiled now).
         tree = open_view(store, image, keyring)
         log.info("image %s: %d packages, %d inodes", image.id, len(tree.pkgids), tree.inode_count)
         # The parsed headers are garbage now: give their pages back.

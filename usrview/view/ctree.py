@@ -4,39 +4,42 @@ before it is served (docs/trust-chain.md "The compiled tree").
 
 :func:`open_view` is what a mount calls:
 
-1. Every header of the image is read and its signature checked
-   (:func:`usrview.view.loader.load_headers`: a header that is not trusted
-   refuses the mount, as ever); file lists are not parsed.
-2. The compiled file is mapped; its magic, version and bounds, and its package
-   table (package ids in image order, each header file's SHA-256 and size)
-   are checked against the image and the headers just checked.  A file that is
-   missing or of another version is compiled again from those headers and
-   written to the store (when it can be; else it is served from memory); one
-   that does not match is reported (ERROR) and the tree is composed from the
-   headers instead: nothing of it is served.
-3. :class:`CompiledTree` serves the mapped file.  Before anything of package P
+1. The image record's id is checked against its package list, the compiled
+   file mapped, its magic, version and bounds checked, and its package table
+   against the record (package ids in image order) and the store (each header
+   file there, of the size the table says).  No header is read: a mount costs
+   the same whatever the image's size.  A file that is missing or of another
+   version is compiled again from the headers -- every signature checked first
+   (:func:`usrview.view.loader.load_headers`) -- and written to the store (when
+   it can be; else it is served from memory); one that does not match is
+   reported (ERROR) and compiled again from the headers instead: nothing of it
+   is served.
+2. :class:`CompiledTree` serves the mapped file.  Before anything of package P
    is served (an attribute, a link target, a digest, its header file), P's
-   block is made again from P's header -- read again, its SHA-256 compared with
-   the one whose signature was checked -- and compared byte for byte, once per
-   mount.  Every record names its own path: an entry whose path is not its
-   record's is refused.
-4. What a per-package check cannot prove is *absence* (an entry left out of
+   header file is read, passes the trust gate (its signature checked,
+   :func:`usrview.view.loader.check_header`), must be the one the package
+   table names (SHA-256, size), and P's block is made again from it and
+   compared byte for byte, once per mount.  The root's package is checked by
+   :func:`open_view` itself: a header refused then refuses the mount.  Every
+   record names its own path: an entry whose path is not its record's is
+   refused.
+3. What a per-package check cannot prove is *absence* (an entry left out of
    the entry table answers ENOENT) and what only the merged tree knows (link
    counts, an implicit directory's mtime, which package owns a shared
-   directory).  :func:`start_full_check` proves the whole file right after the
-   mount: a child process compiles the image again from the headers and
-   compares the bytes.  A mismatch, or any failure of that check, makes every
+   directory).  :func:`start_full_check` proves the whole file, and checks
+   every header's signature, right after the mount: a child process compiles
+   the image again from the headers and compares the bytes.  A mismatch, a
+   header the trust gate refuses, or any failure of that check, makes every
    request answer EIO from then on, with an ERROR record.
 
-Any inconsistency found while serving (a block that does not match, a record
-out of bounds, an entry naming another path) does the same: the tree is
+Any inconsistency found while serving (a header refused, a block that does not
+match, a record out of bounds, an entry naming another path) does the same: the tree is
 *failed* and every request answers EIO.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import errno
 import hashlib
 import logging
@@ -49,13 +52,21 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from usrview import images
 from usrview.errors import OperationalError
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.store import Store
 from usrview.store.store import HEADER_SUFFIX, HEADERS_DIR, read_store_file
 from usrview.view import compiled
 from usrview.view.compiled import ENTRY, HEAD, KIND_HEADER, KIND_IMPLICIT, KIND_RECORD, PKG, CompiledTreeError
-from usrview.view.loader import LoadedImage, load_headers, release_free_memory
+from usrview.view.fullcheck import difference, full_check, start_full_check  # noqa: F401 -- what a mount calls
+from usrview.view.loader import (
+    HeaderVerdict,
+    check_header,
+    load_headers,
+    release_free_memory,
+    unsigned_allowed,
+)
 from usrview.view.tree import (
     HEADER_FILE_MODE,
     IMPLICIT_DIR_MODE,
@@ -65,21 +76,24 @@ from usrview.view.tree import (
     Node,
     OwnerResolver,
     Tree,
+    TreeError,
     node_of,
 )
+from verifier.errors import HeaderError
 from verifier.fileio import OwnerIds
-from verifier.header import read_package
 from verifier.headerfile import HEADER_FILE_MAX
 
 log = logging.getLogger(__name__)
 
 #: Nodes kept decoded (the kernel caches attributes; this spares re-decoding bursts).
-NODE_CACHE = 4096
+NODE_CACHE = 2048
+#: Directories whose view path is kept (a path is made from its parents' otherwise).
+DIR_PATHS = 2048
+#: Nodes decoded between two releases of the mapped file's pages from the daemon's
+#: memory (they stay in the page cache: a later use maps them again, without I/O).
+RELEASE_EVERY = 8192
 #: Package checks between two returns of the C heap's free pages to the system.
 TRIM_EVERY = 32
-#: Niceness of the full check's process (absolute, not added to the daemon's own:
-#: the initrd's daemon serves at -10): serving comes first.
-CHECK_NICENESS = 10
 _DECODE_ERRORS = (struct.error, IndexError, ValueError, UnicodeError, CompiledTreeError)
 
 
@@ -101,15 +115,19 @@ class CompiledTree(Tree):
 
     Attributes (besides Tree's): buf (the mapped file), entry_count, failed (why
     the tree refuses everything, or None), proven (the full check passed, or the
-    bytes were compiled by this process), checked (per package: its block matched
-    its header), header_dir_fd (an O_PATH fd of the store's headers directory).
+    bytes were compiled by this process), checked (per package: its header passed
+    the trust gate and its block matched it), header_dir_fd (an O_PATH fd of the
+    store's headers directory), legacy (packages found so far that only the legacy
+    signature policy accepts), reporting (whether :meth:`fail` logs).
     """
 
-    __slots__ = ("buf", "entry_count", "failed", "proven", "checked", "header_dir_fd", "_pkg", "_resolve",
-                 "_cache", "_dir_paths", "_entries_off", "_names_off", "_inodes", "_lock", "_nodes", "_checks")
+    __slots__ = ("buf", "entry_count", "failed", "proven", "checked", "header_dir_fd", "reporting", "_pkg",
+                 "_resolve", "_cache", "_dir_paths", "_entries_off", "_names_off", "_inodes", "_lock", "_nodes",
+                 "_checks", "_trust", "legacy", "_decodes")
 
     def __init__(self, buf, pkgids: list[str], backing_dirs: list[Path | None], header_dir_fd: int, *,
-                 owners: tuple[OwnerIds, OwnerIds] | None = None, proven: bool = False):
+                 owners: tuple[OwnerIds, OwnerIds] | None = None, proven: bool = False,
+                 trust: Callable[[str, bytes], HeaderVerdict] | None = None):
         (_, _, npkgs, self.entry_count, self._inodes, total, self._entries_off, self._names_off,
          _, _) = HEAD.unpack_from(buf, 0)
         users, groups = owners or (OwnerIds.users(), OwnerIds.groups())
@@ -125,10 +143,15 @@ class CompiledTree(Tree):
         self.checked = bytearray([1 if proven else 0] * npkgs)
         self.header_dir_fd = header_dir_fd
         self._cache: OrderedDict[int, Node] = OrderedDict()  # first in, first out
-        self._dir_paths: dict[int, str] = {ROOT_INODE: ""}
+        self._dir_paths: dict[int, str] = {}  # directory's entry id -> its path, oldest first
+        self._decodes = 0
         self._lock = threading.Lock()
         self._nodes = _Nodes(self)
         self._checks = 0
+        # the trust gate a header passes before its package's first use (None: proven already)
+        self._trust = trust
+        self.legacy: list[str] = []  # packages only the legacy signature policy accepts, as found
+        self.reporting = True  # fail() logs (open_view turns it off while it can still refuse the mount)
 
     @property
     def nodes(self):
@@ -153,8 +176,9 @@ class CompiledTree(Tree):
         """Refuse everything from now on (EIO), after an ERROR record saying why."""
         if self.failed is None:
             self.failed = reason
-            log.error("compiled tree refused, every request answers EIO: %s", reason,
-                      extra={"MESSAGE_ID": INTEGRITY_MESSAGE_ID})
+            if self.reporting:
+                log.error("compiled tree refused, every request answers EIO: %s", reason,
+                          extra={"MESSAGE_ID": INTEGRITY_MESSAGE_ID})
         self._cache.clear()
 
     def _refuse(self, reason: str):
@@ -172,11 +196,12 @@ class CompiledTree(Tree):
 
     def _path(self, eid: int, e: tuple) -> str:
         """Entry ``eid``'s view path, from its name and its parents' (directories' paths kept)."""
-        path = self._dir_paths.get(eid)
+        paths = self._dir_paths
+        path = "" if eid == ROOT_INODE else paths.get(eid)
         if path is not None:
             return path
         chain = [self._name(e)]
-        while (path := self._dir_paths.get(e[1])) is None:
+        while (path := "" if e[1] == ROOT_INODE else paths.get(e[1])) is None:
             e = self._entry(e[1])
             chain.append(self._name(e))
             if len(chain) > self.entry_count:
@@ -190,23 +215,36 @@ class CompiledTree(Tree):
         return compiled.read_record(self.buf, block_off, block_len, rec)
 
     def check_package(self, pkg: int) -> None:
-        """Make package ``pkg``'s block again from its header and compare (once; not
-        at all once the full check proved the whole file)."""
+        """Before package ``pkg``'s first use: its header file passes the trust gate
+        (signature, import check, the header its id names), is the one the package
+        table names (SHA-256, size), and makes the block the file holds (once; not at
+        all once the full check proved the whole file and every header)."""
         if self.checked[pkg] or self.proven:
             return
         with self._lock:
-            if self.checked[pkg]:
+            if self.checked[pkg] or self.proven:
                 return
-            digest, block_off, block_len, _, _, _ = self._pkg[pkg]
+            digest, block_off, block_len, size, _, _ = self._pkg[pkg]
             pkgid = self.pkgids[pkg]
             try:
                 # by name beneath the fd (after switch-root the initrd's daemon opens nothing by path)
                 data = read_store_file(pkgid + HEADER_SUFFIX, HEADER_FILE_MAX, dir_fd=self.header_dir_fd)
             except OSError as e:
                 raise self._refuse(f"header of {pkgid} cannot be read: {e.strerror}") from None
-            if hashlib.sha256(data).digest() != digest:
-                raise self._refuse(f"header of {pkgid} changed since its signature was checked")
-            block = compiled.package_block(read_package(data, strict=False))[0]
+            verdict = self._trust(pkgid, data)
+            if verdict.refusal is not None:
+                raise self._refuse(f"header not trusted: {verdict.refusal}")
+            if verdict.legacy:
+                self.legacy.append(pkgid)
+                if len(self.legacy) == 1:  # the full check names them all when it ends
+                    log.warning("package %s is served under the legacy signature policy only (keys bound "
+                                "by SHA-1)", pkgid)
+            if len(data) != size or hashlib.sha256(data).digest() != digest:
+                raise self._refuse(f"header of {pkgid} is not the one the compiled tree was made from")
+            try:
+                block = compiled.package_block(verdict.package)[0]
+            except (TreeError, HeaderError) as e:  # signed, but not a view (compiling it fails alike)
+                raise self._refuse(f"{pkgid}: {e}") from None
             if self.buf[block_off:block_off + block_len] != block:
                 raise self._refuse(f"the block of {pkgid} does not match its signed header")
             self.checked[pkg] = 1
@@ -240,7 +278,19 @@ class CompiledTree(Tree):
         cache[eid] = node
         if len(cache) > NODE_CACHE:  # the oldest decoded goes
             cache.popitem(last=False)
+        self._decodes += 1
+        if self._decodes % RELEASE_EVERY == 0:
+            self.release_pages()
         return node
+
+    def release_pages(self) -> None:
+        """Drop the mapped file's pages from this process's memory: the kernel keeps
+        them in its page cache (clean, shared, reclaimable) and maps them again at
+        the next use without reading the disk.  Without it a daemon that served a
+        walk of everything keeps the whole file resident (about 170 bytes a path)
+        though the kernel answers those requests from its own caches from then on."""
+        if isinstance(self.buf, mmap.mmap) and not self.buf.closed:
+            self.buf.madvise(mmap.MADV_DONTNEED)
 
     def _decode(self, eid: int, e: tuple) -> Node:
         inode, parent, _, _, kind, _, pkg, rec, first, count, nlink, mtime = e
@@ -277,7 +327,10 @@ class CompiledTree(Tree):
             if first + count - 1 > self.entry_count or (count and first <= eid):
                 raise CompiledTreeError(f"/usr/{path}: children out of bounds")
             node.parent, node.ids = parent, range(first, first + count)
-            self._dir_paths[eid] = path
+            paths = self._dir_paths
+            paths[eid] = path
+            if len(paths) > DIR_PATHS:  # the oldest goes
+                paths.pop(next(iter(paths)), None)  # (another thread may have taken it)
         return node
 
     def _named(self, eid: int, directory: Node) -> tuple[str, Node]:
@@ -352,29 +405,34 @@ def _layout_problem(buf) -> str | None:
     return None
 
 
-def _table_mismatch(buf, loaded: LoadedImage) -> str | None:
-    """Why the mapped file does not fit the image and its checked headers, or None."""
+def _table_mismatch(buf, pkgids, header_size: Callable[[str], int], digests: dict[str, str] | None) -> str | None:
+    """Why the mapped file does not fit the image's package list (``pkgids``) and its
+    header files (``header_size``: a header file's size, OSError when it has none;
+    ``digests``: their SHA-256 when already read), or None."""
     problem = _layout_problem(buf)
     if problem is not None:
         return problem
     head = HEAD.unpack_from(buf, 0)
     npkgs, names_off, blocks_off, size = head[2], head[7], head[8], head[9]
-    if npkgs != len(loaded.sources):
-        return f"{npkgs} packages, the image has {len(loaded.sources)}"
+    if npkgs != len(pkgids):
+        return f"{npkgs} packages, the image has {len(pkgids)}"
     at = blocks_off
-    for i, source in enumerate(loaded.sources):
+    for i, expected in enumerate(pkgids):
         digest, block_off, block_len, hsize, p_at, p_len = PKG.unpack_from(buf, HEAD.size + i * PKG.size)
         start = names_off + p_at
         pkgid = os.fsdecode(buf[start:start + p_len]) if start + p_len <= blocks_off else ""
-        if pkgid != source.pkgid:
-            return f"package {i} is {pkgid!r}, the image's is {source.pkgid}"
-        if digest.hex() != loaded.header_digests[source.pkgid]:
+        if pkgid != expected:
+            return f"package {i} is {pkgid!r}, the image's is {expected}"
+        if digests is not None and digest.hex() != digests[pkgid]:
             return f"{pkgid}: header SHA-256 differs from the header file's"
         if block_off != at or block_off + block_len > size:
             return f"{pkgid}: block out of place"
         at += block_len
-        if hsize != source.header_path.stat().st_size:
-            return f"{pkgid}: header size differs"
+        try:
+            if hsize != header_size(pkgid):
+                return f"{pkgid}: header size differs"
+        except OSError as e:
+            return f"{pkgid}: header file: {e.strerror or e}"
     return None if at == size else "bytes after the last block"
 
 
@@ -390,65 +448,90 @@ def _map(path: Path):
 
 def open_view(store: Store, image, keyring, *, owners: tuple[OwnerIds, OwnerIds] | None = None,
               write: bool = True) -> CompiledTree:
-    """The image's compiled tree, ready to serve (see the module docstring); the
-    headers' signatures checked first (OperationalError as :func:`load_headers`).
+    """The image's compiled tree, ready to serve (see the module docstring): its
+    headers' signatures checked at their packages' first use, or all of them now
+    when the tree must be compiled (OperationalError as :func:`load_headers`).
     ``write``: store a (re)compiled tree in the store (errors are logged)."""
+    mismatch = images.id_mismatch(image)
+    if mismatch:
+        raise OperationalError(f"refusing to mount image {image.id}: its record was changed: {mismatch}")
     path = compiled.tree_path(store, image.id)
-    try:
-        buf = _map(path)
-        reason = _layout_problem(buf)
-    except FileNotFoundError:
-        buf, reason = None, "missing"
-    except (OSError, ValueError) as e:
-        buf, reason = None, f"cannot be read: {e}"
-    # The parsed headers are kept only when the tree is to be compiled from them
-    # (a mapped tree needs none: each is dropped once checked, the heap stays small).
-    loaded = load_headers(store, image, keyring, keep_packages=reason is not None, jobs=os.cpu_count() or 1)
-    if reason is None:
-        reason = _table_mismatch(buf, loaded)
-    proven = False
-    if reason is not None:
-        stale = reason == "missing" or reason.startswith("format version")
-        (log.info if stale else log.error)("image %s: compiled tree %s: %s; compiling it from the headers",
-                                           image.id, path, reason)
-        t0 = time.monotonic()
-        if loaded.sources and loaded.sources[0].package is None:  # found only now: read them again
-            loaded = load_headers(store, image, keyring)
-        buf, proven = compiled.compile_loaded(loaded), True
-        log.info("image %s: compiled in %.2f s", image.id, time.monotonic() - t0)
-        if write and stale:
-            try:
-                store.write_file(path, buf)
-            except OSError as e:
-                log.warning("image %s: compiled tree not stored: %s", image.id, e.strerror or e)
-    backing: list[Path | None] = [s.package_dir for s in loaded.sources]
-    backing.append(store.root / HEADERS_DIR)
     header_dir = store.root / HEADERS_DIR
-    tree = CompiledTree(buf, list(image.packages), backing, os.open(header_dir, os.O_PATH | os.O_CLOEXEC),
-                        owners=owners, proven=proven)
-    if tree.entry_count and not proven:
-        tree.node(ROOT_INODE)  # its package (if any) checked before the kernel asks
+    header_dir_fd = os.open(header_dir, os.O_PATH | os.O_CLOEXEC)
+    try:
+        try:
+            buf = _map(path)
+            reason = _layout_problem(buf)
+        except FileNotFoundError:
+            buf, reason = None, "missing"
+        except (OSError, ValueError) as e:
+            buf, reason = None, f"cannot be read: {e}"
+        if reason is None:
+            reason = _table_mismatch(buf, image.packages, lambda pkgid: os.stat(
+                pkgid + HEADER_SUFFIX, dir_fd=header_dir_fd, follow_symlinks=False).st_size, None)
+        if reason is None:
+            tree = _lazy_tree(store, image, keyring, buf, header_dir_fd, owners)
+        else:
+            tree = _compiled_now(store, image, keyring, path, reason, header_dir_fd, owners, write)
+    except BaseException:
+        os.close(header_dir_fd)
+        raise
     return tree
 
 
-def full_check(store: Store, image, keyring, buf) -> str | None:
-    """Compile ``image`` again from its headers and compare with ``buf``: None when
-    equal, else where they differ (the check a mount starts)."""
-    try:
-        return difference(compiled.compile_loaded(load_headers(store, image, keyring)), buf)
-    except OperationalError as e:
-        return str(e)
+def _lazy_tree(store: Store, image, keyring, buf, header_dir_fd: int,
+               owners: tuple[OwnerIds, OwnerIds] | None) -> CompiledTree:
+    """The mapped tree, each header checked at its package's first use (the root's now:
+    a header it refuses refuses the mount)."""
+    allowed = unsigned_allowed(store, image)
+    if allowed:
+        log.warning("image %s serves UNSIGNED packages (imported with --allow-unsigned): %s",
+                    image.id, ", ".join(sorted(allowed)))
+    backing: list[Path | None] = []
+    for pkgid in image.packages:
+        package_dir = store.package_dir(pkgid)
+        backing.append(package_dir if package_dir.is_dir() else None)
+    missing = [p for p, d in zip(image.packages, backing) if d is None]
+    if missing:
+        log.warning("packages without files in the store (their files answer EIO): %s", ", ".join(missing))
+    backing.append(store.root / HEADERS_DIR)
+
+    def trust(pkgid: str, data: bytes) -> HeaderVerdict:
+        return check_header(pkgid, data, keyring, pkgid in allowed)
+
+    tree = CompiledTree(buf, list(image.packages), backing, header_dir_fd, owners=owners, trust=trust)
+    if tree.entry_count:
+        tree.reporting = False  # a refusal now refuses the mount, in one line
+        try:
+            tree.node(ROOT_INODE)  # its package (if any) checked before the kernel asks
+        except OSError:
+            reason = tree.failed
+            tree.header_dir_fd = -1  # closed by the caller
+            tree.close()
+            raise OperationalError(f"refusing to mount image {image.id}: {reason}") from None
+        tree.reporting = True
+    return tree
 
 
-def difference(data: bytes, buf) -> str | None:
-    """Where ``buf`` differs from ``data``, what the headers compile to; None when equal."""
-    with memoryview(buf) as view:
-        if view == data:
-            return None
-    if len(data) != len(buf):
-        return f"{len(buf)} bytes, the headers compile to {len(data)}"
-    at = next(i for i in range(len(data)) if data[i] != buf[i])
-    return f"differs from what the headers compile to at byte {at} ({part_at(data, at)})"
+def _compiled_now(store: Store, image, keyring, path: Path, reason: str, header_dir_fd: int,
+                  owners: tuple[OwnerIds, OwnerIds] | None, write: bool) -> CompiledTree:
+    """The tree compiled from the headers, every signature checked first: the
+    stored file is ``reason`` (missing, another version, or not this image's)."""
+    stale = reason == "missing" or reason.startswith("format version")
+    (log.info if stale else log.error)("image %s: compiled tree %s: %s; compiling it from the headers",
+                                       image.id, path, reason)
+    t0 = time.monotonic()
+    loaded = load_headers(store, image, keyring)
+    buf = compiled.compile_loaded(loaded)
+    log.info("image %s: compiled in %.2f s", image.id, time.monotonic() - t0)
+    if write and stale:
+        try:
+            store.write_file(path, buf)
+        except OSError as e:
+            log.warning("image %s: compiled tree not stored: %s", image.id, e.strerror or e)
+    backing: list[Path | None] = [s.package_dir for s in loaded.sources]
+    backing.append(store.root / HEADERS_DIR)
+    return CompiledTree(buf, list(image.packages), backing, header_dir_fd, owners=owners, proven=True)
 
 
 def compiled_mismatch(store: Store, image, keyring) -> str | None:
@@ -466,94 +549,8 @@ def compiled_mismatch(store: Store, image, keyring) -> str | None:
         loaded = load_headers(store, image, keyring)
     except OperationalError:
         return None
-    reason = _table_mismatch(buf, loaded)
+    reason = _table_mismatch(buf, image.packages, lambda pkgid: store.header_path(pkgid).stat().st_size,
+                             loaded.header_digests)
     if reason is not None:
         return None if reason.startswith("format version") else reason
     return difference(compiled.compile_loaded(loaded), buf)
-
-
-def part_at(data: bytes, at: int) -> str:
-    """Which part of a compiled tree (as the headers compile it) holds byte ``at``."""
-    _, _, npkgs, _, _, _, entries_off, names_off, blocks_off, _ = HEAD.unpack_from(data, 0)
-    if at < HEAD.size:
-        return "file head"
-    if at < entries_off:
-        return f"package table, package {(at - HEAD.size) // PKG.size}"
-    if at < names_off:
-        return f"entry {(at - entries_off) // ENTRY.size + 1}"
-    if at < blocks_off:
-        return "names"
-    for i in range(npkgs):
-        _, block_off, block_len, _, _, _ = PKG.unpack_from(data, HEAD.size + i * PKG.size)
-        if block_off <= at < block_off + block_len:
-            return f"block of package {i}"
-    return "end"
-
-
-def start_full_check(tree: CompiledTree, store: Store, image, keyring, *, confined: bool = False,
-                     on_failure: Callable[[str], None] | None = None,
-                     nice: int = CHECK_NICENESS,
-                     on_proven: Callable[[str], None] | None = None) -> threading.Thread | None:
-    """Start the full check of ``tree`` in a child process (forked: call it before
-    any thread or the FUSE session starts); a thread waits for its verdict and
-    fails the tree on a mismatch, then calls ``on_failure`` with why.  None when
-    the tree needs no check.
-
-    ``confined`` (the initrd's daemon, whose paths lead nowhere after switch-root):
-    the child changes its root to the store's directory, through a directory fd
-    opened here, before it reads anything, so that it reads the store by paths
-    within that fd whenever it runs; its modules are imported already (the
-    mount checked the headers' signatures with them).
-
-    ``nice``: the child's niceness, absolute (never below the daemon's own: a
-    daemon serving at a raised priority does not hand it to the check).
-    ``on_proven`` is called with a line saying how long the check took when it passed."""
-    if tree.proven:
-        return None
-    root_fd = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if confined else None
-    r, w = os.pipe()
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the child: check, answer, exit without running the parent's cleanups
-        status = 0
-        try:
-            os.close(r)
-            with contextlib.suppress(OSError):  # not allowed: checked at the daemon's priority
-                os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
-            if root_fd is not None:
-                os.fchdir(root_fd)
-                os.chroot(".")
-                store = Store(Path("/"))
-            # the mount logged the headers' warnings (unsigned, legacy) already
-            logging.getLogger(load_headers.__module__).setLevel(logging.ERROR)
-            reason = full_check(store, image, keyring, tree.buf)
-            os.write(w, b"ok" if reason is None else os.fsencode(reason)[:4000])
-        except BaseException as e:  # noqa: BLE001 -- reported to the parent, which fails closed
-            os.write(w, os.fsencode(f"the check failed: {e}")[:4000])
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(w)
-    if root_fd is not None:
-        os.close(root_fd)
-    log.info("image %s: full check of the compiled tree started (process %d)", image.id, pid)
-
-    def wait() -> None:
-        with os.fdopen(r, "rb") as f:
-            answer = f.read()
-        os.waitpid(pid, 0)
-        if answer == b"ok":
-            tree.proven = True
-            done = f"image {image.id}: compiled tree checked against the headers in {time.monotonic() - t0:.2f} s"
-            log.info("%s", done)
-            if on_proven is not None:
-                on_proven(f"{done} ({time.monotonic():.2f} s after the kernel started)")
-        else:
-            reason = f"image {image.id}: the full check of the compiled tree: {os.fsdecode(answer) or 'no answer'}"
-            tree.fail(reason)
-            if on_failure is not None:
-                on_failure(reason)
-
-    thread = threading.Thread(target=wait, name="usrview-tree-check", daemon=True)
-    thread.start()
-    return thread

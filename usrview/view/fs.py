@@ -56,7 +56,7 @@ XATTR_DIGEST = b"user.rpm.digest"
 #: cached; files and directories opened without OPEN/OPENDIR requests.
 KERNEL_CACHE = frozenset({"cache_symlinks", "no_open", "no_opendir"})
 #: EntryAttributes kept built (a daemon's memory should not grow with the paths walked).
-ATTR_CACHE = 8192
+ATTR_CACHE = 2048
 #: Backing fds kept open, one per inode read lately, when files are opened
 #: without OPEN (no RELEASE tells when a file is closed).
 INODE_FDS = 512

@@ -11,6 +11,11 @@ the mount, its line naming ``--signature-policy legacy``; under ``legacy`` it is
 served, with a warning naming it.  A record whose id does not vouch for its
 package list (:func:`usrview.images.recordcheck.id_mismatch`: edited in place to
 add, drop or downgrade a package) refuses the mount too.
+
+:func:`load_headers` checks every header at once (a tree compiled at mount, the
+full check, verify); a mount of a compiled tree checks each with
+:func:`check_header` at its package's first use instead (:mod:`usrview.view.ctree`),
+where a refusal makes the view answer EIO rather than refuse the mount.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from usrview.store.trust import header_trust
 from usrview.view.tree import PackageSource, Tree, build_tree
 from verifier import sigcheck
 from verifier.fileio import OwnerIds
+from verifier.header import Package
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +105,49 @@ def load_headers(store: Store, image: images.Image, keyring, *, keep_packages: b
     return loaded
 
 
+@dataclass
+class HeaderVerdict:
+    """What the trust gate says of one header file's bytes.  Attributes: refusal
+    (why it may not be used, or None), unsigned (served unsigned), legacy (only the
+    legacy signature policy accepts it), package (the parsed header, None when refused)."""
+
+    refusal: str | None
+    unsigned: bool = False
+    legacy: bool = False
+    package: Package | None = None
+
+
+def check_header(pkgid: str, data: bytes, keyring, unsigned_allowed: bool) -> HeaderVerdict:
+    """The trust gate (:func:`usrview.store.trust.header_trust`) on the bytes of
+    package ``pkgid``'s header file, and that they are the header its id names.
+    ``unsigned_allowed``: the image record lists the package as unsigned and the
+    store marks it imported unsigned (deploy's opt-in).  What a mount checks of
+    every header: all of them before it serves a composed tree, each before the
+    first use of its package for a compiled one (:mod:`usrview.view.ctree`)."""
+    result = sigcheck.check_bytes(data, keyring)
+    trust = header_trust(result, unsigned_allowed=unsigned_allowed and result.verdict is sigcheck.Verdict.UNSIGNED,
+                         stored=True)
+    if not trust.usable:
+        return HeaderVerdict(f"{pkgid}: {trust.reason}")
+    # The package check_bytes parsed (parsing is most of a header's cost:
+    # do it once; the gate made the import check a strict parse adds).
+    package = result.package
+    expected_id = f"{package.nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
+    if expected_id != pkgid:
+        return HeaderVerdict(f"{pkgid}: the header is that of {expected_id}")
+    return HeaderVerdict(None, trust.unsigned, result.policy == LEGACY_POLICY, package)
+
+
+def unsigned_allowed(store: Store, image: images.Image) -> frozenset[str]:
+    """The packages of ``image`` that may be served UNSIGNED: those the record lists
+    as unsigned (deploy --allow-unsigned) and the store marks as imported unsigned."""
+    return frozenset(p for p in image.unsigned if store.unsigned_path(p).exists())
+
+
 def _check_headers(store: Store, image: images.Image, keyring, pkgids, keep_packages: bool) -> list[tuple]:
     """Per package: (why it is refused or None, served unsigned, legacy only,
     its PackageSource, the SHA-256 of its header file)."""
-    recorded_unsigned = set(image.unsigned)
+    allowed = unsigned_allowed(store, image)
     checked = []
     for pkgid in pkgids:
         header_path = store.header_path(pkgid)
@@ -110,26 +155,14 @@ def _check_headers(store: Store, image: images.Image, keyring, pkgids, keep_pack
             data = store.read_header(pkgid)
         except OSError as e:
             raise OperationalError(f"image {image.id}: package {pkgid}: {e.strerror or e}") from None
-        result = sigcheck.check_bytes(data, keyring)
-        # unsigned only by the record's own opt-in (deploy --allow-unsigned), and the store's marker
-        trust = header_trust(result, unsigned_allowed=result.verdict is sigcheck.Verdict.UNSIGNED
-                             and pkgid in recorded_unsigned and store.unsigned_path(pkgid).exists(),
-                             stored=True)
-        if not trust.usable:
-            checked.append((f"{pkgid}: {trust.reason}", False, False, None, ""))
-            continue
-        # The package check_bytes parsed (parsing is most of a header's cost:
-        # do it once; the gate made the import check a strict parse adds).
-        package = result.package
-        expected_id = f"{package.nevra}-{package.header_sha256[:PKGID_HASH_DIGITS]}"
-        if expected_id != pkgid:
-            checked.append((f"{pkgid}: the header is that of {expected_id}", False, False, None, ""))
+        verdict = check_header(pkgid, data, keyring, pkgid in allowed)
+        if verdict.refusal is not None:
+            checked.append((verdict.refusal, False, False, None, ""))
             continue
         package_dir = store.package_dir(pkgid)
-        source = PackageSource(pkgid, package if keep_packages else None,
+        source = PackageSource(pkgid, verdict.package if keep_packages else None,
                                package_dir if package_dir.is_dir() else None, header_path)
-        checked.append((None, trust.unsigned, result.policy == LEGACY_POLICY, source,
-                        hashlib.sha256(data).hexdigest()))
+        checked.append((None, verdict.unsigned, verdict.legacy, source, hashlib.sha256(data).hexdigest()))
     return checked
 
 

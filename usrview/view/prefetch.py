@@ -215,7 +215,7 @@ class Prefetch:
         self.done = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._todo: list[Node] = []
+        self._todo: list[str] = []  # the record's paths still to check, the next last
         self._threads: list[threading.Thread] = []
         self._running = 0
         guard.on_open = self.note
@@ -266,26 +266,25 @@ class Prefetch:
 
     # -- checking ahead ------------------------------------------------------
 
-    def _nodes(self) -> list[Node]:
-        nodes = []
-        for path in self.previous:
-            try:
-                node = self.tree.resolve(path)
-            except OSError:  # a compiled tree found not to match its headers: it refuses everything
-                node = None
-            if node is None or not node.is_reg or node.backing < 0 or not node.digest:
-                self.skipped += 1
-                continue
-            nodes.append(node)
-        return nodes
+    def _node(self, path: str) -> Node | None:
+        """The node to check ahead at ``path``, or None.  Called in the threads: a
+        compiled tree checks the package before its first node (its header's
+        signature, its block), which the event loop then need not wait for."""
+        try:
+            node = self.tree.resolve(path)
+        except OSError:  # a compiled tree found not to match its headers: it refuses everything
+            return None
+        if node is None or not node.is_reg or node.backing < 0 or not node.digest:
+            return None
+        return node
 
     def start(self, token: trio.lowlevel.TrioToken) -> None:
         """Start checking the previous record's files ahead (threads of their own),
-        and reading them through the mount when told to (``warm``)."""
-        nodes = self._nodes()
+        and reading them through the mount when told to (``warm``: each path as
+        recorded; one that is not a regular file of the view fails to open there)."""
         if self.warm is not None:
-            self.warm.start([node.path for node in nodes])
-        self._todo = nodes[::-1]
+            self.warm.start(self.previous)
+        self._todo = self.previous[::-1]
         if not self._todo:
             self.done.set()
             return
@@ -306,8 +305,15 @@ class Prefetch:
         self._threads.clear()
 
     def _next(self) -> Node | None:
-        with self._lock:
-            return self._todo.pop() if self._todo and not self._stop.is_set() else None
+        while True:
+            with self._lock:
+                if not self._todo or self._stop.is_set():
+                    return None
+                path = self._todo.pop()
+            node = self._node(path)
+            if node is not None:
+                return node
+            self._count("skipped")
 
     def _work(self, token: trio.lowlevel.TrioToken) -> None:
         try:
