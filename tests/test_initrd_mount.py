@@ -68,6 +68,19 @@ def initrd_mount(sysroot: Path, cmdline: Path, env: dict, log_path: Path, *args:
                                 cwd=log_path.parent)
 
 
+def stop(proc: subprocess.Popen, log_path: Path) -> None:
+    """SIGTERM: the daemon unmounts and exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, log_path.read_text()
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """End a daemon a failed test left running (by its pid)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def usrview(*args, env=None, check=0) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, "-m", "usrview.cli", *map(str, args)], capture_output=True,
                        text=True, cwd=REPO, env=env or {**os.environ, "USRVIEW_CONFIG": "/dev/null"},
@@ -196,13 +209,10 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
             # the same maps (the compiled tree's shows the path it moved to)
             assert _mapped_files(proc.pid) == {m.replace(str(root / "var/lib/usrview") + "/", str(moved) + "/")
                                                for m in maps_at_ready}
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
             assert b"STOPPING=1" in notify.recv(4096).split(b"\n")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
     log = (tmp_path / "daemon.log").read_text()
     assert not os.path.ismount(mnt)
     assert "Current thread" in log or "Thread 0x" in log  # the SIGUSR1 dump
@@ -314,12 +324,9 @@ def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
             assert f"<5>usrview: serving image {image.id} on {root}/usr (verify=enforce, kernel cache off)" \
                 in console
             assert re.search(r"waiting for \S+ [\d.]+ s, store and keys", console), console
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
             unmount(root / "usr")
             if bound:
                 subprocess.run(["umount", str(root)], check=True)
@@ -386,12 +393,9 @@ def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroo
                 (root / "usr/share/life/data").read_bytes()
             assert e.value.errno == errno.EIO
             assert (root / "usr/share/life/big").read_bytes() == bytes(range(256)) * 8192
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
 
 
 def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
@@ -431,12 +435,9 @@ def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
             with pytest.raises(OSError) as e:
                 (root / "usr/share/life/deep/er/file").read_bytes()
             assert e.value.errno == errno.EIO
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
             if moved.exists():
                 os.rename(moved, store.root)
 
