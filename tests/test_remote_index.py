@@ -8,13 +8,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from usrview.remote.index import IndexRefused, ImageIndex, IndexEntry, object_path, parse_index
+from usrview.remote.index import (
+    ImageIndex,
+    IndexEntry,
+    IndexRefused,
+    PackedHeads,
+    object_path,
+    packed_heads_path,
+    parse_index,
+)
 from usrview.remote.pull import check_index
 from verifier.keyring import Keyring, Verdict
 from verifier.sigcheck import check_detached
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 H = "a" * 64
+HEADS = {"path": packed_heads_path("e" * 64), "sha256": "e" * 64, "size": 1000}
 
 
 def entry(**changes) -> dict:
@@ -32,6 +41,14 @@ def test_an_index_round_trips():
     parsed = parse_index(index())
     assert parsed.serial == 3 and parsed.packages[0].pkgid == f"tool-1.0-1.noarch-{H[:16]}"
     assert parse_index(parsed.to_bytes()) == parsed
+    assert parsed.heads is None and parsed.packages[0].head_sha256 is None  # an index from before them
+
+
+def test_an_index_with_head_digests_and_packed_heads_round_trips():
+    parsed = parse_index(index([entry(head_sha256="d" * 64)], heads=HEADS))
+    assert parsed.packages[0].head_sha256 == "d" * 64
+    assert parsed.heads == PackedHeads(HEADS["path"], HEADS["sha256"], HEADS["size"])
+    assert parse_index(parsed.to_bytes()) == parsed
 
 
 @pytest.mark.parametrize("data, reason", [
@@ -48,6 +65,13 @@ def test_an_index_round_trips():
     (index([entry(size=True)]), "malformed"),
     (index([entry(nevra="../x")]), "cannot be stored"),
     (index([entry(), entry(rpm_sha256="c" * 64)]), "twice"),
+    (index([entry(head_sha256="C" * 64)]), "malformed SHA-256"),
+    (index([entry(head_sha256=7)]), "malformed SHA-256"),
+    (index(heads=HEADS | {"path": "../heads.zst"}), "heads is malformed"),
+    (index(heads=HEADS | {"sha256": "x"}), "heads is malformed"),
+    (index(heads=HEADS | {"size": 0}), "heads is malformed"),
+    (index(heads=[HEADS]), "heads is not an object"),
+    (index([entry()], heads=HEADS), "without head_sha256"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_malformed_indexes_are_refused(data, reason):
     with pytest.raises(IndexRefused, match=reason):

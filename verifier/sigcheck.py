@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HeaderError, PGPError
-from .header import Package, read_package, read_package_file, sig_digests
 from .fileio import FILE_READ_FLAGS, hash_fd
 from .files import digest_name
+from .header import Package, read_package, read_package_file, sig_digests
 from .keyring import Keyring, Result, Verdict, combine
 from .openpgp import Tag as PacketTag
 from .openpgp import dearmor, is_armored, parse_packets, parse_signature

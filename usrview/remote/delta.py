@@ -7,7 +7,9 @@ its rpm (:meth:`Delta.package`):
 1. The package's header: the rpm's bytes before its payload, fetched with a
    Range request into ``downloads/RPM_SHA256.part`` (the same file a whole
    download would start with), checked against the index and by the trust gate
-   before anything else is fetched (:meth:`usrview.remote.fetch.Downloader.head`).
+   before anything else is fetched (:meth:`usrview.remote.fetch.Downloader.head`):
+   its bytes must be the index's ``head_sha256`` (an index without it, written
+   before it was added, has its packages fetched whole).
 2. The plan (:func:`plan`): each regular file with bytes, by its digest in the
    signed header, is either in the store already (the store's digest index:
    a file of a stored package with that digest and size), or to be fetched
@@ -185,7 +187,10 @@ class Delta:
 
     async def package(self, entry: IndexEntry, part: Path, package: Package) -> AssembledPackage | None:
         """The package assembled from its header (in ``part``, checked: ``package``) and its
-        files, or None: fetch its rpm."""
+        files, or None: fetch its rpm (also when the index does not pin the head's bytes:
+        only the rpm's SHA-256 would, and the stored head must be the published one)."""
+        if entry.head_sha256 is None:
+            return None
         todo = plan(self.store, package)
         if todo is None:
             return None

@@ -29,7 +29,7 @@ from pathlib import Path
 import zstandard
 
 from usrview.remote.http import Fetcher, HttpError, join
-from usrview.remote.index import IndexEntry, head_delta_name, head_object_name
+from usrview.remote.index import ImageIndex, IndexEntry, head_delta_name, head_object_name
 from usrview.store import Store
 from usrview.store.assemble import AssembledPackage
 from usrview.store.importer import PackageRefused
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 PART_SUFFIX = ".part"
 RPM_SUFFIX = ".rpm"
 READ_CHUNK = 1 << 20
+#: The most bytes of packed heads held in memory (the 250-package set has 5 MB); past it,
+#: each header is fetched alone.
+MAX_PACKED_HEADS = 256 << 20
 
 Progress = Callable[[int, int, int, int], None]
 
@@ -122,7 +125,10 @@ class Downloader:
         final = self.final(entry)
         if final.is_file() and final.stat().st_size == entry.size:
             if _sha256_of(final) == entry.rpm_sha256:
-                return self._check_header(_read_head(final, entry.header_length), entry, str(final))
+                try:
+                    return self._check_header(_read_head(final, entry.header_length), entry, str(final))
+                except BadBytes as e:  # the rpm the index names, not the head it names
+                    raise HttpError(f"{entry.nevra}: {e}") from None
             os.unlink(final)
         failures = []
         for base in self.sources:
@@ -156,7 +162,7 @@ class Downloader:
         os.pwrite(fd, head, 0)
         return True
 
-    def _stored_version(self, entry: IndexEntry) -> tuple[str, bytes] | None:
+    def stored_version(self, entry: IndexEntry) -> tuple[str, bytes] | None:
         """A version the repository has a header delta from that the store holds: its
         header SHA-256 and the header the store keeps of it."""
         if self._stored_by_hash is None:
@@ -174,7 +180,7 @@ class Downloader:
     async def _head_delta(self, fd: int, base: str, entry: IndexEntry) -> Package | None:
         """The header from a delta against a version the store holds, checked, written at
         the start of ``fd``; None when there is none or it does not give the index's header."""
-        stored = self._stored_version(entry)
+        stored = self.stored_version(entry)
         if stored is None:
             return None
         url = join(join(base, self.heads), head_delta_name(stored[0], entry.rpm_sha256))
@@ -243,11 +249,60 @@ class Downloader:
             raise BadBytes(f"{url}: not the package's header: {e}") from None
         if package.header_sha256 != entry.header_sha256 or package.payload_offset != entry.header_length:
             raise BadBytes(f"{url}: the header does not match the index")
+        if entry.head_sha256 is not None and hashlib.sha256(header).hexdigest() != entry.head_sha256:
+            raise BadBytes(f"{url}: the header's bytes are not the index's (head_sha256: another lead or "
+                           "signature header)")
         trust = header_trust(sigcheck.check_package(package, self.keyring),
                              unsigned_allowed=self.allow_unsigned)
         if not trust.usable:
             raise PackageRefused(f"{entry.nevra}: signature check: {trust.reason}; nothing of its payload "
                                  "was fetched")
+        return package
+
+    # -- the packed heads -------------------------------------------------------------
+
+    def fresh(self, entry: IndexEntry) -> bool:
+        """Whether no earlier pull left anything of the package in ``downloads/``."""
+        return not self.final(entry).exists() and not (self.part(entry).is_file() and self.part(entry).stat().st_size)
+
+    async def packed_heads(self, index: ImageIndex) -> dict[str, bytes]:
+        """The heads of the index's packages from its packed heads object, by pkgid (the
+        object's SHA-256 the index's; each head is checked by :meth:`head_from_pack`); {}
+        when no source serves it right (then each head is fetched alone)."""
+        heads = index.heads
+        total = sum(e.header_length for e in index.packages)
+        if total > MAX_PACKED_HEADS:
+            return {}
+        for base in self.sources:
+            url = join(base, heads.path)
+            try:
+                data = await self.fetcher.get(url, max_size=heads.size)
+                if hashlib.sha256(data).hexdigest() != heads.sha256:
+                    raise BadBytes(f"{url}: the bytes do not match the index's SHA-256")
+                packed = zstandard.ZstdDecompressor().decompress(data, max_output_size=total)
+                if len(packed) != total:
+                    raise BadBytes(f"{url}: not the index's heads")
+            except (HttpError, BadBytes, zstandard.ZstdError) as e:
+                log.warning("packed heads: %s%s; %s", "" if isinstance(e, HttpError | BadBytes) else f"{url}: ", e,
+                            "trying the next source" if base != self.sources[-1] else "fetching each header alone")
+                continue
+            self.tick(len(data))
+            out, at = {}, 0
+            for e in index.packages:
+                out[e.pkgid] = packed[at:at + e.header_length]
+                at += e.header_length
+            return out
+        return {}
+
+    def head_from_pack(self, entry: IndexEntry, head: bytes) -> Package:
+        """The package's header from the packed heads: checked, then written to its ``.part``."""
+        package = self._check_header(head, entry, "packed heads")
+        fd = os.open(self.part(entry), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.pwrite(fd, head, 0)
+        finally:
+            os.close(fd)
+        self.headed.add(entry.nevra)
         return package
 
     # -- the rest ------------------------------------------------------------------------

@@ -19,6 +19,10 @@ A repository is a plain directory that any web server or CDN serves as files
                                          compressed with zstd using as a dictionary the header
                                          the store keeps of that version (OLD: its header
                                          SHA-256) (immutable)
+    REPO/objects/heads/AB/HEX.zst        the heads of an index's packages (the bytes before each
+                                         rpm's payload, in the index's order, concatenated and
+                                         compressed with zstd as one frame), named by the SHA-256
+                                         of the compressed bytes (immutable)
     REPO/images/NAME/SERIAL.json         image index number SERIAL of the image NAME (immutable)
     REPO/images/NAME/SERIAL.json.sig     its detached OpenPGP signature (immutable)
     REPO/images/NAME/latest              "SERIAL\\n": the newest index (replaced by one rename)
@@ -32,8 +36,23 @@ An image index (JSON)::
 
     {"format": 1, "name": NAME, "serial": N, "issued": ISO-8601 UTC, "expires": ISO-8601 UTC,
      "packages": [{"nevra", "header_sha256", "rpm_sha256", "size", "header_length", "path",
-                   "head_deltas": [OLD, ...]}, ...],
-     "file_objects": "objects/files"}
+                   "head_sha256", "head_deltas": [OLD, ...]}, ...],
+     "file_objects": "objects/files",
+     "heads": {"path": "objects/heads/AB/HEX.zst", "sha256": HEX, "size": N}}
+
+``head_sha256`` is the SHA-256 of the package's *head*: its bytes before the
+payload (lead, signature header, main header), the bytes a store keeps of it.
+Pull checks every head against it before it uses one, wherever the head came
+from (a Range request, ``heads/``, a header delta, the packed heads): a source
+cannot substitute another signature header, even one validly signed by another
+trusted key.  Indexes written before it was added lack it; they are still read,
+and pull then fetches every package of theirs as its whole rpm (whose SHA-256
+pins the head), never file by file.
+
+``heads`` (optional) names the packed heads object: what pull fetches, in one
+request, instead of one request per head when the store lacks many of the
+image's packages.  Its SHA-256 and size are the compressed object's; an index
+with ``heads`` gives every package a ``head_sha256``.
 
 ``file_objects`` (optional) says that the repository holds every regular file of
 every package of the index as a file object, and under which directory (relative
@@ -69,6 +88,8 @@ OBJECTS_DIR = "objects/sha256"
 FILE_OBJECTS_DIR = "objects/files"
 FILE_OBJECT_SUFFIX = ".zst"
 HEADS_DIR = "heads"
+#: Where publish writes an index's packed heads (one object per distinct set of heads).
+PACKED_HEADS_DIR = "objects/heads"
 DELTAS_DIR = "deltas"
 #: The file digests file objects are named by: SHA-256 and stronger (a weaker one,
 #: MD5 or SHA-1, does not bind a name to its bytes; such packages come whole).
@@ -169,7 +190,8 @@ class IndexEntry:
     Attributes: nevra, header_sha256 (of the signed header region, as the store
     names packages), rpm_sha256 (of the whole file), size (of the whole file),
     header_length (bytes before the payload), path (relative to the repository root),
-    head_deltas (header SHA-256s of earlier versions the repository has a header delta from).
+    head_deltas (header SHA-256s of earlier versions the repository has a header delta from),
+    head_sha256 (of the bytes before the payload; None in an index written before it was added).
     """
 
     nevra: str
@@ -179,6 +201,7 @@ class IndexEntry:
     header_length: int
     path: str
     head_deltas: tuple[str, ...] = ()
+    head_sha256: str | None = None
 
     @property
     def pkgid(self) -> str:
@@ -189,13 +212,33 @@ class IndexEntry:
                "size": self.size, "header_length": self.header_length, "path": self.path}
         if self.head_deltas:
             doc["head_deltas"] = list(self.head_deltas)
+        if self.head_sha256 is not None:
+            doc["head_sha256"] = self.head_sha256
         return doc
+
+
+@dataclass(frozen=True)
+class PackedHeads:
+    """The packed heads object of an index: path (relative to the root), sha256 and
+    size (of its compressed bytes)."""
+
+    path: str
+    sha256: str
+    size: int
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+def packed_heads_path(sha256: str) -> str:
+    return f"{PACKED_HEADS_DIR}/{sha256[:2]}/{sha256}{FILE_OBJECT_SUFFIX}"
 
 
 @dataclass(frozen=True)
 class ImageIndex:
     """An image index: attributes name, serial, issued, expires (aware datetimes), packages,
-    file_objects (the directory of the file objects, relative to the root; None: none)."""
+    file_objects (the directory of the file objects, relative to the root; None: none),
+    heads (the packed heads object; None: none)."""
 
     name: str
     serial: int
@@ -203,6 +246,7 @@ class ImageIndex:
     expires: datetime
     packages: tuple[IndexEntry, ...]
     file_objects: str | None = None
+    heads: PackedHeads | None = None
 
     def to_json(self) -> dict:
         doc = {"format": INDEX_FORMAT, "name": self.name, "serial": self.serial,
@@ -210,6 +254,8 @@ class ImageIndex:
                "packages": [p.to_json() for p in self.packages]}
         if self.file_objects is not None:
             doc["file_objects"] = self.file_objects
+        if self.heads is not None:
+            doc["heads"] = self.heads.to_json()
         return doc
 
     def to_bytes(self) -> bytes:
@@ -242,9 +288,11 @@ def _entry(item) -> IndexEntry:
     deltas = item.get("head_deltas", [])
     if not isinstance(deltas, list) or not all(isinstance(d, str) and _SHA256_RE.match(d) for d in deltas):
         raise IndexRefused(f"image index: package {strs.get('nevra')!r} has malformed head_deltas")
+    head = item.get("head_sha256")
     entry = IndexEntry(strs["nevra"], strs["header_sha256"], strs["rpm_sha256"], ints["size"],
-                       ints["header_length"], strs["path"], tuple(deltas))
-    if not (_SHA256_RE.match(entry.header_sha256) and _SHA256_RE.match(entry.rpm_sha256)):
+                       ints["header_length"], strs["path"], tuple(deltas), head)
+    if not (_SHA256_RE.match(entry.header_sha256) and _SHA256_RE.match(entry.rpm_sha256)
+            and (head is None or (isinstance(head, str) and _SHA256_RE.match(head)))):
         raise IndexRefused(f"image index: package {entry.nevra!r} has a malformed SHA-256")
     if not _relative_path(entry.path):
         raise IndexRefused(f"image index: package {entry.nevra!r} has a path outside the repository: "
@@ -276,4 +324,18 @@ def parse_index(data: bytes) -> ImageIndex:
         raise IndexRefused(f"image index: file_objects is not a directory inside the repository: "
                            f"{str(file_objects)[:80]!r}")
     return ImageIndex(name, serial, _time(doc.get("issued"), "issued"), _time(doc.get("expires"), "expires"),
-                      entries, file_objects)
+                      entries, file_objects, _packed_heads(doc.get("heads"), entries))
+
+
+def _packed_heads(item, entries: tuple[IndexEntry, ...]) -> PackedHeads | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise IndexRefused("image index: heads is not an object")
+    heads = PackedHeads(item.get("path"), item.get("sha256"), item.get("size"))
+    if (not isinstance(heads.path, str) or not _relative_path(heads.path) or not isinstance(heads.sha256, str)
+            or not _SHA256_RE.match(heads.sha256) or type(heads.size) is not int or heads.size < 1):
+        raise IndexRefused(f"image index: heads is malformed: {str(item)[:80]!r}")
+    if any(e.head_sha256 is None for e in entries):
+        raise IndexRefused("image index: packed heads, but a package without head_sha256")
+    return heads

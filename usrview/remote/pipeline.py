@@ -98,17 +98,21 @@ class Pipeline:
 
     async def _main(self) -> None:
         fetcher = self.downloader.fetcher = self.make_fetcher()
-        limiter = trio.CapacityLimiter(self.jobs)
+        # In the index's order, as the importer waits for them: ``jobs`` workers each take
+        # the next package.  (Not a task per package behind a limiter: trio starts tasks in
+        # an order of its own, and the importer would wait for the first package while the
+        # last ones were fetched.)
+        work = iter(self.pending)
 
-        async def one(entry: IndexEntry, package: Package) -> None:
-            async with limiter:
+        async def worker() -> None:
+            for entry, package in work:
                 what = await self.downloader.get(entry, package)
-            self._child_conn.send(("ready", entry.pkgid, what))
+                self._child_conn.send(("ready", entry.pkgid, what))
 
         try:
             async with trio.open_nursery() as nursery:
-                for entry, package in self.pending:  # in order: the importer waits in that order
-                    nursery.start_soon(one, entry, package)
+                for _ in range(min(self.jobs, len(self.pending))):
+                    nursery.start_soon(worker)
         finally:
             await fetcher.aclose()
 

@@ -5,7 +5,10 @@ has the layout): the rpm objects first (each written under ``.tmp/``, synced,
 renamed to its content-addressed name; an object already there is reused), then
 the index and its signature under their immutable serial names, and last
 ``latest`` replaced by one rename.  Publishes of one repository take turns on
-its ``.lock``.
+its ``.lock``.  Every index entry pins the package's head (``head_sha256``: its
+bytes before the payload), and every index names a packed heads object
+(``objects/heads/``: all its heads in one zstd frame) that a store lacking many of
+the packages fetches in one request.
 
 With ``file_objects``, every regular file of every package (its bytes checked
 against the header's digest as the payload is read) is also written as a file
@@ -50,6 +53,7 @@ from usrview.remote.index import (
     ImageIndex,
     IndexEntry,
     IndexRefused,
+    PackedHeads,
     check_name,
     file_object_name,
     head_delta_name,
@@ -57,6 +61,7 @@ from usrview.remote.index import (
     index_path,
     latest_path,
     object_path,
+    packed_heads_path,
     parse_index,
     parse_latest,
 )
@@ -127,16 +132,17 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _add_object(repo: Path, source: Path, rel: str) -> bool:
-    """Copy ``source`` to ``rel`` unless it is there; True when copied."""
+def _add_object(repo: Path, rel: str, write) -> bool:
+    """Make ``rel`` with ``write(file)`` (under ``.tmp/``, synced, renamed in) unless it is
+    there; True when made."""
     dest = repo / rel
     if dest.is_file():
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = repo / TMP_DIR / f"{dest.name}.{os.getpid()}"
     try:
-        with open(source, "rb") as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, COPY_CHUNK)
+        with open(tmp, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.rename(tmp, dest)
@@ -145,6 +151,30 @@ def _add_object(repo: Path, source: Path, rel: str) -> bool:
             os.unlink(tmp)
     Store.fsync_dir(dest.parent)
     return True
+
+
+def _copy_from(source: Path):
+    def write(out) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+    return write
+
+
+def _read_head(path: Path, length: int) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(length)
+    if len(head) != length:
+        raise OperationalError(f"{path}: shorter than its header")
+    return head
+
+
+def _add_packed_heads(repo: Path, heads: list[bytes]) -> PackedHeads:
+    """The packed heads object of ``heads`` (in the index's order), made unless it is there."""
+    data = zstandard.ZstdCompressor(level=FILE_OBJECT_LEVEL).compress(b"".join(heads))
+    digest = hashlib.sha256(data).hexdigest()
+    rel = packed_heads_path(digest)
+    _add_object(repo, rel, lambda out: out.write(data))
+    return PackedHeads(rel, digest, len(data))
 
 
 class _FileObjects:
@@ -156,12 +186,11 @@ class _FileObjects:
         self.staged: dict[str, Path] = {}  # relative name -> its temp file
         self.added = self.bytes_added = self.deltas_added = 0
 
-    def add_package(self, path: Path, package, rpm_sha256: str, earlier: list[IndexEntry]) -> list[str]:
-        """Stage the package's header, its header deltas from the ``earlier`` versions and
-        its files; the header SHA-256s of the versions it has a delta from."""
+    def add_package(self, path: Path, package, rpm_sha256: str, head_bytes: bytes,
+                    earlier: list[IndexEntry]) -> list[str]:
+        """Stage the package's header (``head_bytes``), its header deltas from the ``earlier``
+        versions and its files; the header SHA-256s of the versions it has a delta from."""
         head = head_object_name(rpm_sha256)
-        with open(path, "rb") as f:
-            head_bytes = f.read(package.payload_offset)
         if not (self.repo / FILE_OBJECTS_DIR / head).is_file():
             self._stage_bytes(head, head_bytes)
         deltas = [old.header_sha256 for old in earlier if self._add_delta(old, rpm_sha256, head_bytes)]
@@ -292,25 +321,29 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
     repo.mkdir(parents=True, exist_ok=True)
     _open_repo(repo)
     with _repo_lock(repo):
-        entries, added, reused, added_bytes = [], [], [], 0
+        entries, added, reused, added_bytes, heads = [], [], [], 0, {}
         files = _FileObjects(repo) if file_objects else None
         serial = _previous_serial(repo, name) + 1
         earlier = _earlier_versions(repo, name, serial - 1) if file_objects else {}
         try:
             for s in sources:
                 digest, size = _sha256(s.path), s.path.stat().st_size
+                head = heads[s.package.nevra] = _read_head(s.path, s.package.payload_offset)
                 deltas = []
                 if files is not None:
                     olds = [e for e in earlier.get(s.package.name, []) if e.header_sha256 != s.package.header_sha256]
-                    deltas = files.add_package(s.path, s.package, digest, olds)
+                    deltas = files.add_package(s.path, s.package, digest, head, olds)
                 rel = object_path(digest)
-                if _add_object(repo, s.path, rel):
+                if _add_object(repo, rel, _copy_from(s.path)):
                     added.append(s.package.nevra)
                     added_bytes += size
                 else:
                     reused.append(s.package.nevra)
                 entries.append(IndexEntry(s.package.nevra, s.package.header_sha256, digest, size,
-                                          s.package.payload_offset, rel, tuple(deltas)))
+                                          s.package.payload_offset, rel, tuple(deltas),
+                                          hashlib.sha256(head).hexdigest()))
+            entries.sort(key=lambda e: e.nevra)
+            packed = _add_packed_heads(repo, [heads[e.nevra] for e in entries])
             if files is not None:
                 files.commit()
         except OSError as e:
@@ -320,8 +353,7 @@ def publish(image_dir: Path, repo: Path, *, name: str, sign_with: str | None = N
                 files.discard()
         when = (now or datetime.now(UTC)).replace(microsecond=0)
         index = ImageIndex(name, serial, when, when + timedelta(days=valid_days),
-                           tuple(sorted(entries, key=lambda e: e.nevra)),
-                           FILE_OBJECTS_DIR if file_objects else None)
+                           tuple(entries), FILE_OBJECTS_DIR if file_objects else None, packed)
         data = index.to_bytes()
         rel = index_path(name, serial)
         path = repo / rel

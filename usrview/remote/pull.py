@@ -9,7 +9,9 @@ In order:
    this store accepted for that repository and image (``STORE/remote.json``):
    a replayed old index is refused.
 2. The header of each package the store lacks (:meth:`usrview.remote.fetch.Downloader.head`:
-   a Range request up to the payload), its SHA-256 the index's and its signature
+   a Range request up to the payload; or, when the store lacks many of the image's
+   packages (:data:`PACKED_HEADS_SHARE`), all of them in one request, the index's
+   packed heads), its bytes the index's (``head_sha256``) and its signature
    passing the trust gate before a byte of payload is asked for.  A package
    whose header is refused refuses the pull, nothing of its payload fetched.
 3. The set is deployed through :func:`usrview.images.deploy_sources` (lint, then
@@ -46,7 +48,7 @@ from usrview.images import SourcePackage, deploy_sources
 from usrview.images.records import DeployResult
 from usrview.remote.delta import Delta
 from usrview.remote.downloads import clean_downloads, downloads_lock
-from usrview.remote.fetch import Downloader, Progress
+from usrview.remote.fetch import BadBytes, Downloader, Progress
 from usrview.remote.http import DEFAULT_BACKOFF, Fetcher, check_url, join
 from usrview.remote.index import (
     DEFAULT_IMAGE,
@@ -77,6 +79,12 @@ from verifier.keyring import Keyring, Verdict
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+#: The packed heads (one request) are fetched when the store lacks, and has no earlier version
+#: to take a header delta from, at least this share of the image's packages and at least
+#: PACKED_HEADS_MIN of them; else each missing package's header alone (a request each: for a
+#: few packages, or a few changed ones, that is fewer bytes than every header of the image).
+PACKED_HEADS_SHARE = 0.5
+PACKED_HEADS_MIN = 16
 
 
 @dataclass
@@ -197,8 +205,19 @@ async def _prepare(store: Store, origin: str, mirrors: list[str], name: str, key
         downloader.fetcher, downloader.heads = fetcher, index.file_objects
         heads: dict[str, Package] = {}
         limiter = trio.CapacityLimiter(max(1, jobs))
+        packed = {}
+        alone = [e for e in missing if downloader.fresh(e) and not (
+            index.file_objects is not None and e.head_deltas and downloader.stored_version(e))]
+        if index.heads is not None and len(alone) >= max(PACKED_HEADS_MIN, PACKED_HEADS_SHARE * len(index.packages)):
+            packed = await downloader.packed_heads(index)
 
         async def one(entry: IndexEntry) -> None:
+            if entry.pkgid in packed and downloader.fresh(entry):
+                try:
+                    heads[entry.pkgid] = downloader.head_from_pack(entry, packed[entry.pkgid])
+                    return
+                except BadBytes as e:
+                    log.warning("%s: %s; fetching its header alone", entry.nevra, e)
             async with limiter:
                 heads[entry.pkgid] = await downloader.head(entry)
 
