@@ -15,6 +15,8 @@ the files the boot opens, which the measured view boots check ahead (the
 prefetch, docs/boot.md).  A boot's time is the
 guest's own: kernel start to multi-user.target (its ActiveEnterTimestampMonotonic),
 read by a script run after the target, which then powers off.  Also printed: the
+daemon's CPU time by thread and its children's (the forked signature checks and the
+full check of the compiled tree), when the full check passed, what warming read, the
 wall time of each qemu run, the daemon's RSS at the end of boot, the number of
 FUSE requests it answered during boot (estimated: every answer is one write to
 /dev/fuse, so the daemon's write system calls from /proc/PID/io, its few log
@@ -51,6 +53,7 @@ if [ -n "$pid" ] && [ "$pid" != 0 ]; then
     grep VmRSS /proc/$pid/status > rss
     cat /proc/$pid/io > io
     cat /proc/$pid/stat > stat
+    for t in /proc/$pid/task/*; do echo "$(cat $t/comm 2>/dev/null) $(cat $t/stat 2>/dev/null)"; done > threads
     kill -USR2 "$pid"  # the daemon logs the requests it answered by kind, and its checks
     sleep 1
 fi
@@ -59,6 +62,7 @@ fi
 # (systemd-analyze blame refuses while this unit still runs: the units' own times instead)
 systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic '*' > units 2>&1
 journalctl -b -o short-monotonic --no-pager > journal 2>&1
+systemd-analyze critical-chain multi-user.target > critical-chain 2>&1
 dmesg > dmesg 2>&1
 """
 
@@ -84,7 +88,18 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
         row["daemon_reads"] = int(io["syscr"])
         if (result.out / "stat").exists():  # utime + stime: the daemon's CPU during the boot
             fields = result.text("stat").rpartition(")")[2].split()
-            row["daemon_cpu_s"] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+            tick = os.sysconf("SC_CLK_TCK")
+            row["daemon_cpu_s"] = round((int(fields[11]) + int(fields[12])) / tick, 2)
+            # cutime + cstime: the children waited for: the forked signature checks of the
+            # headers (before READY) and the full check of the compiled tree
+            row["children_cpu_s"] = round((int(fields[13]) + int(fields[14])) / tick, 2)
+        if (result.out / "threads").exists():  # the daemon's threads' CPU, the main thread (serving) first
+            cpu = []
+            for line in result.text("threads").splitlines():
+                stat = line.rpartition(")")[2].split()
+                if len(stat) > 12:
+                    cpu.append(round((int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), 2))
+            row["thread_cpu_s"] = cpu
     journal = result.text("journal") if (result.out / "journal").exists() else ""
     # the daemon's own account: its stages to READY (a console line), and what it
     # answered and hashed until the end of boot (SIGUSR2)
@@ -99,6 +114,12 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
     hashed = re.findall(r"files hashed: (\d+) .*?, ([\d.]+) MB in ([\d.]+) s", journal)
     if hashed:
         row["files_hashed"], row["hashed_mb"], row["hash_s"] = int(hashed[-1][0]), *map(float, hashed[-1][1:])
+    proven = re.search(r"compiled tree checked against the headers in ([\d.]+) s \(([\d.]+) s after", journal)
+    if proven:
+        row["full_check_s"], row["full_check_done_s"] = map(float, proven.group(1, 2))
+    warm = re.search(r"warm: (\d+) recorded files \(([\d.]+) MB\) read through the mount in ([\d.]+) s", journal)
+    if warm:
+        row["warmed_files"], row["warmed_mb"], row["warm_s"] = int(warm.group(1)), *map(float, warm.group(2, 3))
     ahead = re.findall(r"checked ahead: (\d+)", journal)
     if ahead:
         row["checked_ahead"] = int(ahead[-1])
@@ -171,6 +192,10 @@ def main(argv=None) -> int:
         for r in rows:
             if "daemon_stages" in r:
                 print(f"  daemon ({r['kind']}, {r['target_s']:.1f} s boot): {r['daemon_stages']}")
+                print(f"    CPU {r.get('daemon_cpu_s')} s (threads {r.get('thread_cpu_s')}), children (signature "
+                      f"checks, full check) {r.get('children_cpu_s')} s; warm {r.get('warmed_files')} files, {r.get('warmed_mb')} MB "
+                      f"in {r.get('warm_s')} s; full check {r.get('full_check_s')} s, passed "
+                      f"{r.get('full_check_done_s')} s after the kernel started; switch-root {r['switch_root_s']:.2f} s")
         size_view, size_plain = initrd_view.stat().st_size, initrd_plain.stat().st_size
         print(f"  initrd: {size_view / 1e6:.1f} MB with usrview's module, {size_plain / 1e6:.1f} MB without "
               f"(+{(size_view - size_plain) / 1e6:.1f} MB)")

@@ -27,7 +27,7 @@ from usrview import images
 from usrview.cli._common import load_keyring
 from usrview.errors import OperationalError
 from usrview.store import Store
-from usrview.view import compiled, ctree, loader
+from usrview.view import compiled, ctree, fullcheck, loader
 from usrview.view.compiled import ENTRY, HEAD, PKG, RECORD
 from usrview.view.loader import build_view, load_headers
 from usrview.view.tree import digest_label
@@ -304,6 +304,25 @@ def test_a_clean_tree_passes_the_full_check(world):
     ctree.start_full_check(tree, store, image, keyring).join(60)
     assert tree.proven and tree.failed is None
     assert tree.resolve("bin/tool") is not None
+
+
+def test_the_full_check_runs_at_its_own_niceness_not_the_daemons(world, monkeypatch, expect_logs):
+    """The initrd's daemon serves at nice -10: the check's child takes the niceness
+    it is given, absolute (it once added 10 to the daemon's and competed with the
+    boot at nice 0).  The child reports its niceness as its verdict here."""
+    store, image, keyring = world
+    tree = _tampered(world, lambda data, tree: None)
+    monkeypatch.setattr(fullcheck, "_full_check", lambda *a: (f"nice {os.getpriority(os.PRIO_PROCESS, 0)}", []))
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, -5)  # this thread, whose niceness the fork inherits
+    try:
+        failures = []
+        thread = ctree.start_full_check(tree, store, image, keyring, nice=19, on_failure=failures.append)
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before)
+    with expect_logs("full check of the compiled tree", level=logging.ERROR):
+        thread.join(60)
+    assert failures and failures[0].endswith(": nice 19"), failures
 
 
 @pytest.mark.parametrize("what", ["magic", "version", "truncated", "package-size", "package-order"])

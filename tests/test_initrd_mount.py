@@ -30,10 +30,11 @@ from tests.prereq import require_fuse
 from tests.rpmbuild import FileSpec
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
 from tests.viewstore import deploy_store, load_keyring
-from usrview.boot.initrd import SERVING_NICE
+from usrview.boot.initrd import READ_AHEAD_KIB, SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.view.compiled import HEAD, compile_image
+from usrview.view.prefetch import format_record, opened_record_path
 
 FILES = [
     FileSpec("/usr/bin", kind="dir"),
@@ -65,6 +66,19 @@ def initrd_mount(sysroot: Path, cmdline: Path, env: dict, log_path: Path, *args:
                                  "--cmdline", str(cmdline), *args], executable=sys.executable, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=log_path.parent)
+
+
+def stop(proc: subprocess.Popen, log_path: Path) -> None:
+    """SIGTERM: the daemon unmounts and exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, log_path.read_text()
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """End a daemon a failed test left running (by its pid)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def usrview(*args, env=None, check=0) -> subprocess.CompletedProcess:
@@ -195,13 +209,10 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
             # the same maps (the compiled tree's shows the path it moved to)
             assert _mapped_files(proc.pid) == {m.replace(str(root / "var/lib/usrview") + "/", str(moved) + "/")
                                                for m in maps_at_ready}
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
             assert b"STOPPING=1" in notify.recv(4096).split(b"\n")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
     log = (tmp_path / "daemon.log").read_text()
     assert not os.path.ismount(mnt)
     assert "Current thread" in log or "Thread 0x" in log  # the SIGUSR1 dump
@@ -212,7 +223,8 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
     assert f"booting image {image.id} instead of nope: no image 'nope'" in console
     assert "usrview.verify=bogus" in log
     # where the time to READY went: one console line, each stage timed
-    ready = re.search(r"<5>usrview: ready [\d.]+ s after the kernel started \(process started [\d.]+\): (.*)",
+    ready = re.search(r"<5>usrview: ready [\d.]+ s after the kernel started \(process started [\d.]+, "
+                      r"CPU [\d.]+ s\): (.*)",
                       console)
     assert ready, console
     stages = [part.rsplit(" ", 2)[0] for part in ready.group(1).split(", ")]
@@ -312,15 +324,78 @@ def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
             assert f"<5>usrview: serving image {image.id} on {root}/usr (verify=enforce, kernel cache off)" \
                 in console
             assert re.search(r"waiting for \S+ [\d.]+ s, store and keys", console), console
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
             unmount(root / "usr")
             if bound:
                 subprocess.run(["umount", str(root)], check=True)
+
+
+def _fds_on(pid: int, dev: int) -> list[str]:
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.stat(f"/proc/{pid}/fd/{fd}").st_dev == dev:
+                found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+
+
+def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroot, tmp_path):
+    """The last boot's record names four files: with --warm on, from the mount on, a thread of the
+    daemon reads them through SYSROOT/usr (usrview.view.warm), in order, each read
+    answered by the guard: the tampered one is refused (EIO, the integrity
+    record) and stays refused; the others are served, read before the test reads
+    anything; then the daemon holds no fd on the view.  The kernel may read 1 MiB
+    ahead per READ of the view's files."""
+    root, store, image = sysroot
+    record = ["bin/life", "share/life/data", "share/life/big", "share/life/deep/er/file"]
+    opened_record_path(store, image.id).parent.mkdir(mode=0o700, exist_ok=True)
+    opened_record_path(store, image.id).write_bytes(format_record(record))
+    data = store.package_dir(image.packages[0]) / "usr/share/life/data"
+    os.chmod(data, 0o644)
+    data.write_bytes(b"evil data\n" * 100)
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda rw\n")
+    kmsg, journal_path = tmp_path / "kmsg", tmp_path / "journal"
+    kmsg.touch()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+        journal.bind(str(journal_path))
+        journal.settimeout(MOUNT_TIMEOUT)
+        env = daemon_env(tmp_path, USRVIEW_KMSG=str(kmsg), USRVIEW_JOURNAL_SOCKET=str(journal_path),
+                         INVOCATION_ID="test")
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log", "--warm", "on")
+        try:
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while not (warm := re.search(r"<5>usrview: warm: (.*)", kmsg.read_text())):
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.1)
+            assert re.fullmatch(r"3 recorded files \(2\.1 MB\) read through the mount in [\d.]+ s, 1 failed",
+                                warm.group(1)), warm.group(1)
+            assert "prefetch record (4 files)" in kmsg.read_text()
+            # the kernel reads ahead up to 1 MiB per READ of the view's files (128 KiB by default)
+            dev = os.stat(root / "usr").st_dev
+            bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+            assert bdi.read_text() == f"{READ_AHEAD_KIB}\n"
+            integrity = journal.recv(65536)
+            assert f"MESSAGE_ID={INTEGRITY_MESSAGE_ID}".encode() in integrity
+            assert b"PATH=/usr/share/life/data" in integrity
+            # the reads were the daemon's own, answered by the guard: the test read nothing yet
+            proc.send_signal(signal.SIGUSR2)
+            while not (answered := re.search(r"MESSAGE=requests: (.*)", journal.recv(65536).decode())):
+                pass
+            kinds = {k: int(v) for k, v in (kind.rsplit(" ", 1) for kind in answered.group(1).split(", "))}
+            assert kinds["read"] >= 3 and kinds["lookup"] >= 4, kinds
+            assert _fds_on(proc.pid, os.stat(root / "usr").st_dev) == []
+            with pytest.raises(OSError) as e:
+                (root / "usr/share/life/data").read_bytes()
+            assert e.value.errno == errno.EIO
+            assert (root / "usr/share/life/big").read_bytes() == bytes(range(256)) * 8192
+            stop(proc, tmp_path / "daemon.log")
+        finally:
+            kill(proc)
 
 
 def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
@@ -360,12 +435,9 @@ def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
             with pytest.raises(OSError) as e:
                 (root / "usr/share/life/deep/er/file").read_bytes()
             assert e.value.errno == errno.EIO
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=MOUNT_TIMEOUT) == 0, (tmp_path / "daemon.log").read_text()
+            stop(proc, tmp_path / "daemon.log")
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill(proc)
             if moved.exists():
                 os.rename(moved, store.root)
 

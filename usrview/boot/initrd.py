@@ -43,6 +43,7 @@ import contextlib
 import os
 import select
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,9 @@ MOUNT_POLL_MS = 1000
 #: niced (Nice=10): until the root is mounted its start is not what the boot waits
 #: for, and the initrd's own work (finding and mounting the root) goes first.
 SERVING_NICE = -10
+#: KiB the kernel may read ahead per READ of the view's files at boot
+#: (:func:`usrview.view.mount.set_read_ahead`; a READ carries at most 1 MiB).
+READ_AHEAD_KIB = 1024
 #: Seconds after READY until this boot's opens are first recorded, and between
 #: two records when more files were opened (a system may be powered off without
 #: the daemon's unmount, whose save would come last): the boot's own files, soon;
@@ -118,13 +122,15 @@ class Stages:
         self.marks.append((stage, time.monotonic()))
 
     def line(self) -> str:
-        """``ready 23.08 s after the kernel started (process started 13.47): STAGE 1.20 s, …``."""
+        """``ready 23.08 s after the kernel started (process started 13.47, CPU 5.10 s):
+        STAGE 1.20 s, …`` (CPU: the daemon's own, its children's not counted)."""
         if not self.marks:
             return "ready"
         parts = [f"{stage} {end - before:.2f} s"
                  for (_, before), (stage, end) in zip(self.marks, self.marks[1:])]
+        times = os.times()
         return (f"ready {self.marks[-1][1]:.2f} s after the kernel started (process started "
-                f"{self.marks[0][1]:.2f}): " + ", ".join(parts))
+                f"{self.marks[0][1]:.2f}, CPU {times.user + times.system:.2f} s): " + ", ".join(parts))
 
 
 def is_mount_point(path: Path) -> bool:
@@ -366,13 +372,15 @@ def choose_and_load(store: Store, params: cmdline.BootParams, keyring: Keyring, 
 
 
 def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams, console: Console,
-                   serving: contextlib.ExitStack):
+                   serving: contextlib.ExitStack, sysroot: Path, warm: bool = False):
     """The prefetch (:mod:`usrview.view.prefetch`) of this boot, for ``serve_tree``
     (None with ``usrview.verify=off``: nothing to check), and how many files the
-    record names: the files the last boot of the image opened, checked ahead;
-    this boot's opens recorded beneath the store's ``cache/`` and ``tmp/``
-    opened now."""
+    record names: the files the last boot of the image opened, checked ahead, and
+    with ``warm`` read through the mount on SYSROOT/usr from the mount on
+    (:mod:`usrview.view.warm`, beneath a fd of SYSROOT opened now); this boot's
+    opens recorded beneath the store's ``cache/`` and ``tmp/`` opened now."""
     from usrview.view.prefetch import Prefetch, RecordDirs, load_record, remove_stale_records
+    from usrview.view.warm import Warm
 
     if params.verify == "off":
         return None, 0
@@ -390,15 +398,60 @@ def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams
     def report(summary: str) -> None:
         console.say(summary, KERN_NOTICE)
 
+    warming = None
+    if previous and warm:
+        try:
+            warming = Warm(os.open(sysroot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), "usr", report=report)
+        except OSError as e:
+            console.say(f"the recorded files are not read ahead through the mount: {sysroot}: {e.strerror or e}",
+                        KERN_NOTICE)
+        else:
+            serving.callback(warming.close)
+
     def make(guard):
         return Prefetch(tree, guard, store, image_id, previous, record_dirs=dirs, first_save=FIRST_SAVE,
-                        save_period=SAVE_PERIOD, report=report).run
+                        save_period=SAVE_PERIOD, report=report, warm=warming).run
     return make, len(previous)
+
+
+def raise_read_ahead(mountpoint: Path, device: str | None, kib: int, console: Console) -> None:
+    """Let the kernel read ``kib`` KiB ahead per READ of the view's files (its
+    device's ``read_ahead_kb``, 128 for a FUSE mount; a READ carries at most 1 MiB):
+    fewer, larger READs of the files the boot reads in full or maps (programs'
+    libraries), each a round trip into the daemon, whose bytes the guard checks
+    whole at the first read anyway.  Called before serving: the sysfs file and
+    the mount's root (``O_PATH``: no request) are opened now, by path; a thread
+    writes the value once the kernel's INIT is answered (it sets the read-ahead
+    too), which a STATFS of the root waits for."""
+    try:
+        if device is None:
+            raise FileNotFoundError(f"{mountpoint} is not in the mount table")
+        sysfs = os.open(f"/sys/class/bdi/{device}/read_ahead_kb", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        console.say(f"{mountpoint}: the kernel's read-ahead is left as it is: {e.strerror or e}", KERN_NOTICE)
+        return
+    try:
+        root = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        os.close(sysfs)
+        raise
+
+    def write() -> None:
+        try:
+            os.fstatvfs(root)
+            os.write(sysfs, b"%d\n" % kib)
+        except OSError as e:
+            console.say(f"{mountpoint}: the kernel's read-ahead is left as it is: {e.strerror or e}", KERN_NOTICE)
+        finally:
+            os.close(root)
+            os.close(sysfs)
+
+    threading.Thread(target=write, name="usrview-read-ahead", daemon=True).start()
 
 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
                  policy: policies.Policy | None = None, *, wait: bool = False,
-                 stages: Stages | None = None) -> int:
+                 stages: Stages | None = None, read_ahead: int = READ_AHEAD_KIB, warm: bool = False) -> int:
     """Serve this boot's image on SYSROOT/usr until unmounted, judging signatures
     under ``policy`` (None: SYSROOT's configuration's); with ``wait``, once
     SYSROOT is mounted.  The exit status."""
@@ -407,7 +460,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     from usrview.view.ctree import start_full_check
     from usrview.view.fs import kernel_cache_features
     from usrview.view.loader import release_free_memory
-    from usrview.view.mount import serve_tree
+    from usrview.view.mount import mount_device, serve_tree
 
     stages.mark("serving modules")
     sysroot = sysroot.absolute()
@@ -433,7 +486,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         image, tree = chosen
         image_id = image.id
         release_free_memory()
-        ahead, recorded = checking_ahead(store, image_id, tree, params, console, serving)
+        ahead, recorded = checking_ahead(store, image_id, tree, params, console, serving, sysroot, warm)
         stages.mark(f"prefetch record ({recorded} files)")
         mountpoint = sysroot / "usr"
         with contextlib.suppress(OSError):  # then mounting says why
@@ -447,11 +500,14 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
             def check_failed(reason: str) -> None:
                 console.say(f"{reason}; every file of {mountpoint} answers EIO from now on", KERN_ERR)
 
-            start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed)
+            start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed,
+                             on_proven=lambda line: console.say(line, KERN_NOTICE))
         rootdaemon.prepare()
 
         def on_ready() -> None:
             stages.mark("mount")
+            if read_ahead:
+                raise_read_ahead(mountpoint, mount_device(os.fspath(mountpoint)), read_ahead, console)
             console.say(stages.line(), KERN_NOTICE)
             rootdaemon.on_ready()
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from usrview.boot import cmdline
-from usrview.boot.initrd import DEFAULT_CONFIG, DEFAULT_KEYS, Console, Stages, initrd_mount
+from usrview.boot.initrd import DEFAULT_CONFIG, DEFAULT_KEYS, READ_AHEAD_KIB, Console, Stages, initrd_mount
 from usrview.cli._common import add_signature_policy_option
+from usrview.errors import UsageError
 from verifier import policy as policies
 
 HELP = "in the initrd: pick this boot's image (boot counting) and serve it on SYSROOT/usr"
@@ -38,6 +39,12 @@ def register(sub, common) -> None:
     p.add_argument("--wait-for-sysroot", action="store_true",
                    help="start at once, then wait until SYSROOT is a mount point (the initrd's unit "
                         "starts before the root file system is mounted)")
+    p.add_argument("--read-ahead", type=int, default=READ_AHEAD_KIB, metavar="KIB",
+                   help=f"KiB the kernel may read ahead per READ of a file of the view (default "
+                        f"{READ_AHEAD_KIB}; 0 leaves the kernel's)")
+    p.add_argument("--warm", choices=("on", "off"), default="off",
+                   help="read the files the last boot opened through the mount from the mount on "
+                        "(default off: under qemu's TCG it cost more than it saved, docs/boot.md)")
     add_signature_policy_option(p)
     p.set_defaults(func=run, needs_config=False)
 
@@ -45,5 +52,7 @@ def register(sub, common) -> None:
 def run(args, cfg) -> int:
     stages = Stages()  # the interpreter's start and the command line ended here
     policy = policies.by_name(args.signature_policy) if args.signature_policy else None
+    if args.read_ahead < 0:
+        raise UsageError(f"--read-ahead {args.read_ahead}: not a number of KiB")
     return initrd_mount(args.sysroot, args.cmdline, args.keys, Console(), policy, wait=args.wait_for_sysroot,
-                        stages=stages)
+                        stages=stages, read_ahead=args.read_ahead, warm=args.warm == "on")

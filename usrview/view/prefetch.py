@@ -46,6 +46,7 @@ from usrview.images.records import image_ids
 from usrview.store.store import CACHE_DIR, TMP_DIR, Store, read_store_file
 from usrview.view.guard import HASH_CHUNK, Guard, _close_all, _open_cached
 from usrview.view.tree import Node, Tree
+from usrview.view.warm import Warm
 from verifier.fileio import hash_fd
 from verifier.files import digest_name
 
@@ -195,8 +196,11 @@ class Prefetch:
 
     def __init__(self, tree: Tree, guard: Guard, store: Store, image_id: str, previous: list[str], *,
                  record_dirs: RecordDirs | None = None, first_save: float = SAVE_PERIOD,
-                 save_period: float = SAVE_PERIOD, report: Callable[[str], None] | None = None):
+                 save_period: float = SAVE_PERIOD, report: Callable[[str], None] | None = None,
+                 warm: Warm | None = None):
         self.tree, self.guard = tree, guard
+        #: None, or what reads the recorded files through the mount (:mod:`usrview.view.warm`).
+        self.warm = warm
         self.store, self.image_id = store, image_id
         self.previous = previous
         #: The record is written beneath these fds (opened before READY), not by path.
@@ -275,7 +279,11 @@ class Prefetch:
         return node
 
     def start(self, token: trio.lowlevel.TrioToken) -> None:
-        """Start checking the previous record's files ahead (threads of their own)."""
+        """Start checking the previous record's files ahead (threads of their own),
+        and reading them through the mount when told to (``warm``: each path as
+        recorded; one that is not a regular file of the view fails to open there)."""
+        if self.warm is not None:
+            self.warm.start(self.previous)
         self._todo = self.previous[::-1]
         if not self._todo:
             self.done.set()
@@ -287,8 +295,11 @@ class Prefetch:
             t.start()
 
     def stop(self) -> None:
-        """Stop checking ahead (at the next read of each thread) and wait for the threads."""
+        """Stop checking ahead (at the next read of each thread) and wait for the
+        threads; stop reading through the mount (not waited for)."""
         self._stop.set()
+        if self.warm is not None:
+            self.warm.stop()
         for t in self._threads:
             t.join()
         self._threads.clear()
