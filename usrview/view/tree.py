@@ -49,6 +49,7 @@ from verifier.filecheck import expected_ids_and_mode
 from verifier.fileio import OwnerIds
 from verifier.files import FileEntry, FileFlag, digest_name
 from verifier.header import Package
+from verifier.tags import Tag
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +480,9 @@ def build_tree(sources: Sequence[PackageSource] | Iterable[PackageSource], *,
         node = Node()
         node.mode = HEADER_FILE_MODE
         node.size = st.st_size
-        node.mtime = int(st.st_mtime)
+        # the build time its signed header names, not the store file's (written at
+        # import): the same headers make the same tree in any store
+        node.mtime = source.package.header.int(Tag.BUILDTIME) or 0
         node.backing = headers_dir_index
         node.relpath = hp.name
         node.digest = digest
