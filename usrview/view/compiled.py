@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 #: The first bytes of a compiled tree.
 MAGIC = b"USRVTREE"
 #: The format version this usrview writes and reads.
-VERSION = 1
+VERSION = 2  # 2: a header file's entry holds its package's build time (1: 0, the store file's)
 #: magic, version, packages, entries, inodes, total size, then the offsets of
 #: the entry table, the names and the blocks, and the file's size.
 HEAD = struct.Struct("<8sIIIIQQQQQ")
@@ -220,7 +220,7 @@ def encode(sources: list[PackageSource], header_digests: dict[str, str], tree: T
         if node.pkg != NO_PACKAGE:
             kind, pkg, rec = KIND_RECORD, node.pkg, indexes[node.pkg][path]
         elif node.backing >= npkgs:
-            kind, pkg = KIND_HEADER, pkg_of_header[node.relpath]
+            kind, pkg, mtime = KIND_HEADER, pkg_of_header[node.relpath], node.mtime
         else:
             mtime = node.mtime
         first, count = 0, 0

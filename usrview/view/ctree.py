@@ -25,7 +25,7 @@ before it is served (docs/trust-chain.md "The compiled tree").
    refused.
 3. What a per-package check cannot prove is *absence* (an entry left out of
    the entry table answers ENOENT) and what only the merged tree knows (link
-   counts, an implicit directory's mtime, which package owns a shared
+   counts, an implicit directory's or a header file's mtime, which package owns a shared
    directory).  :func:`start_full_check` proves the whole file, and checks
    every header's signature, right after the mount: a child process compiles
    the image again from the headers and compares the bytes.  A mismatch, a
@@ -315,7 +315,7 @@ class CompiledTree(Tree):
                 raise CompiledTreeError(f"/usr/{path} names the header file {name}")
             node = Node()
             node.mode, node.size, node.relpath = HEADER_FILE_MODE, size, name
-            node.mtime = int(os.stat(name, dir_fd=self.header_dir_fd, follow_symlinks=False).st_mtime)
+            node.mtime = mtime  # its package's build time (checked with the whole file by the full check)
             node.backing, node.digest, node.algo = len(self._pkg), digest.hex(), SHA256_ALGO
         elif kind == KIND_IMPLICIT:
             node = Node()
