@@ -569,3 +569,41 @@ def test_unknown_owners_lose_set_id_and_are_named_once(rpm_packages, gpg_key, tm
         tree.resolve("bin/also")
     assert (ghostly.uid, ghostly.mode & stat.S_ISUID) == (0, 0)
     assert tree.unknown_owners == {"nosuchuser-ct"}
+
+
+def test_packages_checked_ahead_in_processes_leave_serving_nothing_to_check(world):
+    """The initrd's daemon checks every package before READY, forked over the CPUs
+    (docs/boot.md): afterwards serving reads and checks no header."""
+    store, image, keyring = world
+    compiled.compile_image(store, image, keyring)
+    tree = ctree.open_view(store, image, keyring)
+    assert list(tree.checked) == [0, 0] and not tree.proven
+    assert tree.check_ahead(2) == 2
+    assert list(tree.checked) == [1, 1] and tree.failed is None and not tree.proven
+    tree._trust = None  # a check now would fail: none is made
+    assert tree.resolve("bin/tool") is not None and tree.resolve("bin/other") is not None
+    assert tree.check_ahead(2) == 0
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_tampered_header_checked_ahead_is_refused_as_at_its_first_use(world, expect_logs, jobs):
+    """A header refused by a forked check stays unchecked, and its package's first use
+    refuses it (EIO, ERROR); refused by the daemon's own slice, the tree fails at once."""
+    store, image, keyring = world
+    compiled.compile_image(store, image, keyring)
+    bad = _pkg_index(image, "ct-own")
+    flip_signed_byte(store, image.packages[bad], "tool")
+    tree = ctree.open_view(store, image, keyring)
+    in_daemon = jobs == 1 or bad == 0  # the first slice is checked in this process
+    if in_daemon:
+        with expect_logs("compiled tree refused", level=logging.ERROR):
+            tree.check_ahead(jobs)
+        assert "BAD" in tree.failed
+    else:
+        assert tree.check_ahead(jobs) == 1 and tree.failed is None
+        assert not tree.checked[bad] and tree.checked[1 - bad]
+        _refused(tree, "bin/tool", expect_logs)
+        assert "BAD" in tree.failed
+    with pytest.raises(OSError) as e:
+        tree.resolve("bin/other")
+    assert e.value.errno == errno.EIO

@@ -19,6 +19,8 @@ import time
 
 #: Functions listed per ranking.
 TOP = 30
+#: The module of the request handlers, whose every function's calls are listed.
+HANDLERS = os.path.join("usrview", "view", "fs.py")
 
 
 def _where(code) -> str:
@@ -43,8 +45,9 @@ class ServingProfile:
         self._profiler.disable()
 
     def lines(self, top: int = TOP) -> list[str]:
-        """``profile: …`` lines: the CPU counted, then the ``top`` functions by own
-        CPU and by CPU beneath them (seconds of the thread's CPU clock, calls).
+        """``profile: …`` lines: the CPU counted, the ``top`` functions by own CPU and
+        by CPU beneath them (seconds of the thread's CPU clock, calls), then the
+        request handlers' calls.
         Call it in the profiled thread."""
         self._profiler.disable()
         try:
@@ -57,4 +60,9 @@ class ServingProfile:
                                   ("beneath", lambda e: e.totaltime, lambda e: e.totaltime)):
             for e in sorted(entries, key=key, reverse=True)[:top]:
                 out.append(f"profile {title}: {value(e):.3f} s {e.callcount} calls {_where(e.code)}")
+        # every request handler's calls (those the request count leaves out too: forget)
+        handlers = [e for e in entries if not isinstance(e.code, str) and e.code.co_filename.endswith(HANDLERS)]
+        out.append("profile handlers: " + ", ".join(
+            f"{e.code.co_name} {e.callcount} ({e.totaltime:.2f} s)"
+            for e in sorted(handlers, key=lambda e: -e.callcount) if e.code.co_name != "wrapper"))
         return out
