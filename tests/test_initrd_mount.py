@@ -229,10 +229,10 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
     assert ready, console
     stages = [part.rsplit(" ", 2)[0] for part in ready.group(1).split(", ")]
     assert stages == ["interpreter and command line", "serving modules", "store and keys", "records and plan",
-                      # the root is no package's: no signature checked to load the tree; then
-                      # every package's header before READY (forked), and by the full check after
+                      # no signature before READY: the root is no package's, the package's
+                      # header is checked at its first use (above, after READY) and by the full check
                       "headers (0 signatures) and compiled tree", "prefetch record (0 files)",
-                      f"packages checked ahead ({len(image.packages)})", "mount"], stages
+                      "mount"], stages
     # The files opened, recorded at unmount beneath the store's directories
     # opened before READY (their path had moved): the next boot checks them ahead.
     record = (moved / "cache" / f"opened-{image.id}").read_text().splitlines()

@@ -495,10 +495,6 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         kernel_cache = kernel_cache_features(params.kernel_cache)
         console.say(f"serving image {image_id} on {mountpoint} (verify={params.verify}, kernel cache "
                     f"{', '.join(sorted(kernel_cache)) or 'off'})", KERN_NOTICE)
-        if not tree.proven and hasattr(tree, "check_ahead"):
-            # Every package's header now, forked over the CPUs (before any thread):
-            # serving the boot then checks none on its path (docs/boot.md).
-            stages.mark(f"packages checked ahead ({tree.check_ahead(os.cpu_count() or 1)})")
         if not tree.proven:
             # In the daemon, before any thread (it forks): the child reads the
             # headers beneath the store's fd, past switch-root.

@@ -253,61 +253,6 @@ class CompiledTree(Tree):
                 # a header's file list is garbage once compared: give its pages back
                 release_free_memory()
 
-    def check_ahead(self, jobs: int) -> int:
-        """Check every package not checked yet now, as :meth:`check_package` does at
-        its first use, in ``jobs`` slices, all but the first in forked processes
-        (call it before any thread starts): the initrd's daemon does before READY,
-        so that serving the boot checks nothing.  A package a child did not pass
-        is left unchecked (its first use checks it again, and refuses it there);
-        one this process refuses fails the tree, as at its first use.  How many
-        packages passed."""
-        todo = [p for p in range(len(self._pkg)) if not self.checked[p]]
-        if self.proven or self.failed is not None or not todo:
-            return 0
-        jobs = max(1, min(jobs, len(todo)))
-        slices = [todo[i * len(todo) // jobs:(i + 1) * len(todo) // jobs] for i in range(jobs)]
-        children = []
-        try:
-            for part in slices[1:]:
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:  # the child: check, answer "PKG[ legacy]" lines, exit without cleanups
-                    passed: list[str] = []
-                    try:
-                        os.close(r)
-                        self.reporting = False  # the parent's first use reports a refusal
-                        for pkg in part:
-                            before = len(self.legacy)
-                            self.check_package(pkg)
-                            passed.append(f"{pkg}{' legacy' if len(self.legacy) > before else ''}")
-                    except BaseException:  # noqa: BLE001,S110 -- what passed is answered; the rest waits
-                        pass
-                    finally:
-                        try:
-                            os.write(w, "\n".join(passed).encode())
-                        finally:
-                            os._exit(0)
-                os.close(w)
-                children.append((pid, r))
-            for pkg in slices[0]:
-                self.check_package(pkg)
-        except OSError:
-            pass  # refused here: the tree failed (every request answers EIO), as at first use
-        finally:
-            for pid, r in children:
-                with os.fdopen(r, "rb") as f:
-                    answer = f.read().decode()
-                os.waitpid(pid, 0)
-                for line in answer.split("\n") if answer else ():
-                    pkg, _, legacy = line.partition(" ")
-                    if legacy:
-                        self.legacy.append(self.pkgids[int(pkg)])
-                        if len(self.legacy) == 1:  # as check_package says it
-                            log.warning("package %s is served under the legacy signature policy only (keys "
-                                        "bound by SHA-1)", self.legacy[0])
-                    self.checked[int(pkg)] = 1
-        return sum(self.checked[p] for p in todo)
-
     def node(self, inode: int) -> Node | None:
         """The node with this inode number (None for none, and for the ids of a
         hardlink group's further names), checked; OSError(EIO) when refused."""
