@@ -398,6 +398,42 @@ def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroo
             kill(proc)
 
 
+def test_usrview_profile_logs_where_the_serving_threads_cpu_goes(sysroot, tmp_path):
+    """``usrview.profile`` on the kernel command line: SIGUSR2 logs, beside the requests, the
+    serving thread's profile from READY on: the CPU counted, the top costs, every handler's calls."""
+    root, _, _ = sysroot
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda rw usrview.profile=1\n")
+    kmsg, journal_path = tmp_path / "kmsg", tmp_path / "journal"
+    kmsg.touch()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+        journal.bind(str(journal_path))
+        journal.settimeout(MOUNT_TIMEOUT)
+        env = daemon_env(tmp_path, USRVIEW_KMSG=str(kmsg), USRVIEW_JOURNAL_SOCKET=str(journal_path),
+                         INVOCATION_ID="test")
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log")
+        try:
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while "<5>usrview: ready " not in kmsg.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.1)
+            assert "unknown word" not in kmsg.read_text()
+            assert (root / "usr/bin/life").read_bytes() == b"#!/bin/sh\necho life\n"
+            proc.send_signal(signal.SIGUSR2)
+            messages = []
+            while not any("MESSAGE=profile handlers: " in m for m in messages):
+                messages.append(journal.recv(65536).decode(errors="replace"))
+            text = "\n".join(messages)
+            assert re.search(r"MESSAGE=profile: serving thread [\d.]+ s of CPU counted in \d+ functions", text)
+            assert re.search(r"MESSAGE=profile own: [\d.]+ s \d+ calls ", text)
+            assert re.search(r"MESSAGE=profile beneath: [\d.]+ s \d+ calls ", text)
+            handlers = re.search(r"MESSAGE=profile handlers: (.*)", text).group(1)
+            assert re.search(r"\blookup [1-9]\d* \(", handlers) and re.search(r"\bread [1-9]\d* \(", handlers)
+            stop(proc, tmp_path / "daemon.log")
+        finally:
+            kill(proc)
+
+
 def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
     """A compiled tree changed where no per-package check looks (a link count) but
     the full check does: the check's child, confined to the store's fd, still reads
