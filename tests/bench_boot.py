@@ -67,8 +67,9 @@ dmesg > dmesg 2>&1
 """
 
 
-def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: Path, persist: bool = False) -> dict:
-    result = vm.boot(disk, kernel, initrd, workdir, script=SCRIPT, timeout=600, persist=persist)
+def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: Path, persist: bool = False,
+              cmdline: str = "") -> dict:
+    result = vm.boot(disk, kernel, initrd, workdir, script=SCRIPT, timeout=600, persist=persist, cmdline=cmdline)
     if result.boots != 1:
         raise RuntimeError(result.why())
     row = {"kind": kind, "target_s": result.target_seconds(), "wall_s": result.seconds}
@@ -111,6 +112,9 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
         kinds = {k: int(v) for k, v in (item.rsplit(" ", 1) for item in requests[-1].split(", ") if item != "none")}
         row["fuse_requests"] = sum(kinds.values())
         row["fuse_requests_by_kind"] = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    profile = re.findall(r"usrview\[\d+\]: (profile.*)", journal)
+    if profile:  # usrview.profile=1: the serving thread's profile, logged with the requests
+        row["profile"] = profile
     hashed = re.findall(r"files hashed: (\d+) .*?, ([\d.]+) MB in ([\d.]+) s", journal)
     if hashed:
         row["files_hashed"], row["hashed_mb"], row["hash_s"] = int(hashed[-1][0]), *map(float, hashed[-1][1:])

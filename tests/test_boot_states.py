@@ -91,6 +91,20 @@ def test_cmdline_kernel_cache(text, kernel_cache, problem):
     assert list(p.problems) == ([problem] if problem else [])
 
 
+@pytest.mark.parametrize("text,profile,problem", [
+    ("", False, None),  # a diagnostic: off unless asked for (docs/boot.md)
+    ("usrview.profile", True, None),
+    ("usrview.profile=1", True, None),
+    ("usrview.profile=1 usrview.profile=0", False, None),
+    ("usrview.profile=much", False, "usrview.profile=much: not yes or no; not profiled"),
+    ("usrview.profile usrview.rollback=no", True, None),
+])
+def test_cmdline_profile(text, profile, problem):
+    p = cmdline.parse(text)
+    assert p.profile == profile and p.image == "current"
+    assert list(p.problems) == ([problem] if problem else [])
+
+
 def test_split_words_quotes():
     assert cmdline.split_words(' a="b c"  \'d e\'f\tg\n') == ["a=b c", "d ef", "g"]
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from tests.rpmbuild import FileSpec
 from usrview import images
+from usrview.cli._common import load_keyring
 from usrview.errors import OperationalError
 from usrview.images import bootstate
-from usrview.cli._common import load_keyring
 from usrview.store import Store, pkgid_for
 from usrview.store.store import read_store_file
 from usrview.verify import vcache

@@ -12,6 +12,7 @@ to vanish after READY, as switch-root makes them.  Then boot-complete.
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
 import json
 import os
@@ -343,6 +344,27 @@ def _fds_on(pid: int, dev: int) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def journaled_daemon(root: Path, tmp_path: Path, words: str, *args: str):
+    """initrd-mount on ROOT with the command line ``root=/dev/vda rw WORDS``, its console in
+    tmp_path/kmsg and its journal records on a socket: (process, journal socket, kmsg path);
+    the daemon killed at the end if still running."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"root=/dev/vda rw {words}".rstrip() + "\n")
+    kmsg, journal_path = tmp_path / "kmsg", tmp_path / "journal"
+    kmsg.touch()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
+        journal.bind(str(journal_path))
+        journal.settimeout(MOUNT_TIMEOUT)
+        env = daemon_env(tmp_path, USRVIEW_KMSG=str(kmsg), USRVIEW_JOURNAL_SOCKET=str(journal_path),
+                         INVOCATION_ID="test")
+        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log", *args)
+        try:
+            yield proc, journal, kmsg
+        finally:
+            kill(proc)
+
+
 def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroot, tmp_path):
     """The last boot's record names four files: with --warm on, from the mount on, a thread of the
     daemon reads them through SYSROOT/usr (usrview.view.warm), in order, each read
@@ -357,45 +379,57 @@ def test_the_recorded_files_are_read_through_the_mount_before_anyone_asks(sysroo
     data = store.package_dir(image.packages[0]) / "usr/share/life/data"
     os.chmod(data, 0o644)
     data.write_bytes(b"evil data\n" * 100)
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text("root=/dev/vda rw\n")
-    kmsg, journal_path = tmp_path / "kmsg", tmp_path / "journal"
-    kmsg.touch()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:
-        journal.bind(str(journal_path))
-        journal.settimeout(MOUNT_TIMEOUT)
-        env = daemon_env(tmp_path, USRVIEW_KMSG=str(kmsg), USRVIEW_JOURNAL_SOCKET=str(journal_path),
-                         INVOCATION_ID="test")
-        proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log", "--warm", "on")
-        try:
-            deadline = time.monotonic() + MOUNT_TIMEOUT
-            while not (warm := re.search(r"<5>usrview: warm: (.*)", kmsg.read_text())):
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
-                time.sleep(0.1)
-            assert re.fullmatch(r"3 recorded files \(2\.1 MB\) read through the mount in [\d.]+ s, 1 failed",
-                                warm.group(1)), warm.group(1)
-            assert "prefetch record (4 files)" in kmsg.read_text()
-            # the kernel reads ahead up to 1 MiB per READ of the view's files (128 KiB by default)
-            dev = os.stat(root / "usr").st_dev
-            bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
-            assert bdi.read_text() == f"{READ_AHEAD_KIB}\n"
-            integrity = journal.recv(65536)
-            assert f"MESSAGE_ID={INTEGRITY_MESSAGE_ID}".encode() in integrity
-            assert b"PATH=/usr/share/life/data" in integrity
-            # the reads were the daemon's own, answered by the guard: the test read nothing yet
-            proc.send_signal(signal.SIGUSR2)
-            while not (answered := re.search(r"MESSAGE=requests: (.*)", journal.recv(65536).decode())):
-                pass
-            kinds = {k: int(v) for k, v in (kind.rsplit(" ", 1) for kind in answered.group(1).split(", "))}
-            assert kinds["read"] >= 3 and kinds["lookup"] >= 4, kinds
-            assert _fds_on(proc.pid, os.stat(root / "usr").st_dev) == []
-            with pytest.raises(OSError) as e:
-                (root / "usr/share/life/data").read_bytes()
-            assert e.value.errno == errno.EIO
-            assert (root / "usr/share/life/big").read_bytes() == bytes(range(256)) * 8192
-            stop(proc, tmp_path / "daemon.log")
-        finally:
-            kill(proc)
+    with journaled_daemon(root, tmp_path, "", "--warm", "on") as (proc, journal, kmsg):
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not (warm := re.search(r"<5>usrview: warm: (.*)", kmsg.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
+        assert re.fullmatch(r"3 recorded files \(2\.1 MB\) read through the mount in [\d.]+ s, 1 failed",
+                            warm.group(1)), warm.group(1)
+        assert "prefetch record (4 files)" in kmsg.read_text()
+        # the kernel reads ahead up to 1 MiB per READ of the view's files (128 KiB by default)
+        dev = os.stat(root / "usr").st_dev
+        bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        assert bdi.read_text() == f"{READ_AHEAD_KIB}\n"
+        integrity = journal.recv(65536)
+        assert f"MESSAGE_ID={INTEGRITY_MESSAGE_ID}".encode() in integrity
+        assert b"PATH=/usr/share/life/data" in integrity
+        # the reads were the daemon's own, answered by the guard: the test read nothing yet
+        proc.send_signal(signal.SIGUSR2)
+        while not (answered := re.search(r"MESSAGE=requests: (.*)", journal.recv(65536).decode())):
+            pass
+        kinds = {k: int(v) for k, v in (kind.rsplit(" ", 1) for kind in answered.group(1).split(", "))}
+        assert kinds["read"] >= 3 and kinds["lookup"] >= 4, kinds
+        assert _fds_on(proc.pid, os.stat(root / "usr").st_dev) == []
+        with pytest.raises(OSError) as e:
+            (root / "usr/share/life/data").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (root / "usr/share/life/big").read_bytes() == bytes(range(256)) * 8192
+        stop(proc, tmp_path / "daemon.log")
+
+
+def test_usrview_profile_logs_where_the_serving_threads_cpu_goes(sysroot, tmp_path):
+    """``usrview.profile`` on the kernel command line: SIGUSR2 logs, beside the requests, the
+    serving thread's profile from READY on: the CPU counted, the top costs, every handler's calls."""
+    root, _, _ = sysroot
+    with journaled_daemon(root, tmp_path, "usrview.profile=1") as (proc, journal, kmsg):
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while "<5>usrview: ready " not in kmsg.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
+        assert "unknown word" not in kmsg.read_text()
+        assert (root / "usr/bin/life").read_bytes() == b"#!/bin/sh\necho life\n"
+        proc.send_signal(signal.SIGUSR2)
+        messages = []
+        while not any("MESSAGE=profile handlers: " in m for m in messages):
+            messages.append(journal.recv(65536).decode(errors="replace"))
+        text = "\n".join(messages)
+        assert re.search(r"MESSAGE=profile: serving thread [\d.]+ s of CPU counted in \d+ functions", text)
+        assert re.search(r"MESSAGE=profile own: [\d.]+ s \d+ calls ", text)
+        assert re.search(r"MESSAGE=profile beneath: [\d.]+ s \d+ calls ", text)
+        handlers = re.search(r"MESSAGE=profile handlers: (.*)", text).group(1)
+        assert re.search(r"\blookup [1-9]\d* \(", handlers) and re.search(r"\bread [1-9]\d* \(", handlers)
+        stop(proc, tmp_path / "daemon.log")
 
 
 def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):

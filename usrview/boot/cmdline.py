@@ -8,6 +8,7 @@
     usrview.kernel_cache=MODE  auto (default) | off: let the kernel cache opens,
                           listings and symlinks where pyfuse3 offers it (usrview mount --kernel-cache)
     usrview.rollback      the manual rollback word: the same as usrview.image=previous
+    usrview.profile       diagnostics: profile the serving thread's CPU (docs/boot.md); off by default
 
 Words are split as systemd splits the command line: at white space outside
 double or single quotes, the quotes removed (``usrview.store="/srv/my store"``).
@@ -38,7 +39,9 @@ KERNEL_CACHE_MODES = ("auto", "off")
 ROLLBACK = "rollback"
 _YES = frozenset({"", "1", "yes", "y", "true", "on"})
 _NO = frozenset({"0", "no", "n", "false", "off"})
-_KEYS = ("store", "image", "verify", "kernel_cache", ROLLBACK)
+#: The diagnostic word: profile the serving thread (usrview.view.profile).
+PROFILE = "profile"
+_KEYS = ("store", "image", "verify", "kernel_cache", ROLLBACK, PROFILE)
 #: Longest image reference accepted (an id is 24 characters).
 MAX_REF = 64
 
@@ -55,6 +58,7 @@ class BootParams:
             than ``current``, or the rollback word): boot counting does not apply.
         problems: one line per wrong value (the default was kept).
         kernel_cache: auto or off.
+        profile: whether the serving thread's CPU is profiled (``usrview.profile``).
     """
 
     store: str = DEFAULT_STORE
@@ -63,6 +67,7 @@ class BootParams:
     explicit: bool = False
     problems: tuple[str, ...] = ()
     kernel_cache: str = KERNEL_CACHE_MODES[0]
+    profile: bool = False
 
 
 def split_words(text: str) -> list[str]:
@@ -116,17 +121,17 @@ def parse(text: str) -> BootParams:
     problems: list[str] = []
     store, image, verify, explicit = DEFAULT_STORE, CURRENT, VERIFY_MODES[0], False
     kernel_cache = KERNEL_CACHE_MODES[0]
-    rollback = False
+    rollback = profile = False
     for key, value in usrview_words(text).items():
         word = f"{PREFIX}{key}" + ("" if value is None else f"={value}")
         if key not in _KEYS:
             problems.append(f"unknown word {word} ignored (usrview knows "
                             + ", ".join(PREFIX + k for k in _KEYS) + ")")
-        elif key == ROLLBACK:
+        elif key in (ROLLBACK, PROFILE):
             if (value or "").lower() in _YES:
-                rollback = True
+                rollback, profile = rollback or key == ROLLBACK, profile or key == PROFILE
             elif (value or "").lower() not in _NO:
-                problems.append(f"{word}: not yes or no; no rollback")
+                problems.append(f"{word}: not yes or no; " + ("no rollback" if key == ROLLBACK else "not profiled"))
         elif not value:
             problems.append(f"{word}: no value; default kept")
         elif key == "store":
@@ -148,4 +153,4 @@ def parse(text: str) -> BootParams:
         if explicit and image != PREVIOUS:
             problems.append(f"{PREFIX}{ROLLBACK} overrides {PREFIX}image={image}")
         image, explicit = PREVIOUS, True
-    return BootParams(store, image, verify, explicit, tuple(problems), kernel_cache)
+    return BootParams(store, image, verify, explicit, tuple(problems), kernel_cache, profile)

@@ -461,6 +461,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     from usrview.view.fs import kernel_cache_features
     from usrview.view.loader import release_free_memory
     from usrview.view.mount import mount_device, serve_tree
+    from usrview.view.profile import ServingProfile
 
     stages.mark("serving modules")
     sysroot = sysroot.absolute()
@@ -513,7 +514,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
 
         try:
             serve_tree(tree, os.fspath(mountpoint), verify=params.verify, kernel_cache=kernel_cache,
-                       on_ready=on_ready, prefetch=ahead)
+                       on_ready=on_ready, prefetch=ahead, profile=ServingProfile() if params.profile else None)
         except UsrviewError as e:
             console.say(f"cannot serve {mountpoint}: {e}", KERN_ERR)
             return EXIT_ERROR

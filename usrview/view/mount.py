@@ -36,6 +36,7 @@ import trio
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
 from usrview.view.fs import ViewOperations, describe_kernel_cache
 from usrview.view.guard import Guard
+from usrview.view.profile import ServingProfile
 from usrview.view.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
             return
 
 
-async def _log_requests(ops: ViewOperations) -> None:
+async def _log_requests(ops: ViewOperations, profile: ServingProfile | None = None) -> None:
     """SIGUSR2: log the requests answered so far (tests/bench_system.py counts them
     per workload), and the files the guard hashed (tests/bench_boot.py).  Asked
     for, so logged at the level shown by default: the initrd's daemon logs
@@ -152,13 +153,16 @@ async def _log_requests(ops: ViewOperations) -> None:
             log.warning("%s", ops.describe_requests())
             log.warning("%s", ops.guard.statistics())
             log.warning("%s", ops.describe_xattr_names())
+            for line in profile.lines() if profile is not None else ():
+                log.warning("%s", line)
 
 
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
                 on_ready: Callable[[], None] | None = None,
-                tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+                tasks: Sequence[Callable[[], Awaitable[None]]] = (), profile: ServingProfile | None = None) -> None:
     """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount;
-    ``tasks`` run beside, from the mount on, and are cancelled at the unmount."""
+    ``tasks`` run beside, from the mount on, and are cancelled at the unmount.
+    ``profile``: profile this thread from READY on, logged with the requests."""
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
@@ -175,9 +179,11 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         stack.callback(close)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals)
-            nursery.start_soon(_log_requests, ops)
+            nursery.start_soon(_log_requests, ops, profile)
             for task in tasks:
                 nursery.start_soon(task)
+            if profile is not None:
+                profile.enable()
             notifier.send(b"READY=1\nSTATUS=serving " + mountpoint.encode() + b"\n")
             if on_ready is not None:
                 on_ready()
@@ -190,22 +196,24 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
 
 def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozenset[str],
                on_ready: Callable[[], None] | None = None,
-               prefetch: Callable[[Guard], Callable[[], Awaitable[None]]] | None = None) -> None:
+               prefetch: Callable[[Guard], Callable[[], Awaitable[None]]] | None = None,
+               profile: ServingProfile | None = None) -> None:
     """Serve ``tree`` on ``mountpoint`` (blocks until unmounted): what ``usrview
     mount`` and the initrd's ``initrd-mount`` both run once the tree is built.
     ``prefetch``: None, or made with the guard the task that checks ahead
     (:class:`usrview.view.prefetch.Prefetch`'s ``run``)."""
     guard = Guard(tree, verify)
     ops = ViewOperations(tree, guard, kernel_cache)
-    run(ops, mountpoint, on_ready=on_ready, tasks=[prefetch(guard)] if prefetch is not None else [])
+    run(ops, mountpoint, on_ready=on_ready, tasks=[prefetch(guard)] if prefetch is not None else [],
+        profile=profile)
 
 
 def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
-        tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+        tasks: Sequence[Callable[[], Awaitable[None]]] = (), profile: ServingProfile | None = None) -> None:
     """Serve the view in this process (blocks until unmounted)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks))
+        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks, profile=profile))
     finally:
         faulthandler.unregister(signal.SIGUSR1)
 
