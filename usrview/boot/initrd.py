@@ -135,13 +135,19 @@ class Stages:
 
 def is_mount_point(path: Path) -> bool:
     """Whether ``path`` is where something is mounted (bind mounts too), by the mount table."""
-    target = os.fsencode(os.path.realpath(path))
+    return mounted_device(os.fsencode(os.path.realpath(path))) is not None
+
+
+def mounted_device(target: bytes) -> str | None:
+    """``MAJOR:MINOR`` of the last mount on ``target`` (an absolute path as the mount
+    table writes it, unescaped), by the mount table; None when nothing is mounted there."""
+    found = None
     with open(MOUNTINFO, "rb") as f:
         for line in f:
             fields = line.split(b" ", 5)
             if len(fields) > 4 and _unescape(fields[4]) == target:
-                return True
-    return False
+                found = fields[2].decode()
+    return found
 
 
 def _unescape(field: bytes) -> bytes:
@@ -414,7 +420,7 @@ def checking_ahead(store: Store, image_id: str, tree, params: cmdline.BootParams
     return make, len(previous)
 
 
-def raise_read_ahead(mountpoint: Path, device: str | None, kib: int, console: Console) -> None:
+def raise_read_ahead(mountpoint: Path, kib: int, console: Console) -> None:
     """Let the kernel read ``kib`` KiB ahead per READ of the view's files (its
     device's ``read_ahead_kb``, 128 for a FUSE mount; a READ carries at most 1 MiB):
     fewer, larger READs of the files the boot reads in full or maps (programs'
@@ -424,6 +430,8 @@ def raise_read_ahead(mountpoint: Path, device: str | None, kib: int, console: Co
     writes the value once the kernel's INIT is answered (it sets the read-ahead
     too), which a STATFS of the root waits for."""
     try:
+        # not realpath: that would look up the view's root, which this thread serves
+        device = mounted_device(os.fsencode(os.path.normpath(mountpoint)))
         if device is None:
             raise FileNotFoundError(f"{mountpoint} is not in the mount table")
         sysfs = os.open(f"/sys/class/bdi/{device}/read_ahead_kb", os.O_WRONLY | os.O_CLOEXEC)
@@ -460,7 +468,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     from usrview.view.ctree import start_full_check
     from usrview.view.fs import kernel_cache_features
     from usrview.view.loader import release_free_memory
-    from usrview.view.mount import mount_device, serve_tree
+    from usrview.view.mount import serve_tree
     from usrview.view.profile import ServingProfile
 
     stages.mark("serving modules")
@@ -508,7 +516,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         def on_ready() -> None:
             stages.mark("mount")
             if read_ahead:
-                raise_read_ahead(mountpoint, mount_device(os.fspath(mountpoint)), read_ahead, console)
+                raise_read_ahead(mountpoint, read_ahead, console)
             console.say(stages.line(), KERN_NOTICE)
             rootdaemon.on_ready()
 

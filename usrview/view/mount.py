@@ -111,22 +111,6 @@ def recover_mountpoint(mountpoint: str) -> None:
         raise OperationalError(f"mountpoint {mountpoint} is not a directory")
 
 
-def mount_device(mountpoint: str) -> str | None:
-    """``MAJOR:MINOR`` of the last mount on ``mountpoint`` (an absolute path
-    without escapes), from ``/proc/self/mountinfo``; None when not mounted."""
-    target = os.fsencode(os.path.normpath(mountpoint))
-    found = None
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split(b" ", 5)
-                if len(fields) > 4 and fields[4] == target:
-                    found = fields[2].decode()
-    except OSError:
-        return None
-    return found
-
-
 def raise_fd_limit() -> None:
     """Use the hard limit on open files: every open file of the view holds a backing fd."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
