@@ -98,7 +98,7 @@ def setup_logging(verbose: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # What the imports make lives as long as the process: the cyclic collector's
-    # passes over it would find nothing (about 4 % of a mount's start).  Paused
+    # passes over it would find nothing (8 % of a mount's instructions, docs/view.md).  Paused
     # until the command line is parsed; a command that serves (``serves``) keeps
     # it paused over its own imports until it serves (usrview.view.mount.serve_tree).
     gc.disable()
