@@ -378,15 +378,16 @@ def test_file_changed_after_it_was_served_is_refused_once_caches_are_dropped(vie
     assert "integrity violation: /usr/share/doc/b/README of " in view.log()
 
 
-def _requests(view) -> dict[str, int]:
-    """The requests the daemon answered so far (it logs them at SIGUSR2)."""
-    before = view.log().count("requests: ")
+def _requests(view, head: str = "requests: ") -> dict[str, int]:
+    """The requests the daemon answered so far (it logs them at SIGUSR2); with
+    ``head`` "getxattr by name: ", its GETXATTR by name."""
+    before = view.log().count(head)
     view.proc.send_signal(signal.SIGUSR2)
     deadline = time.monotonic() + MOUNT_TIMEOUT
-    while (log := view.log()).count("requests: ") == before:
-        assert time.monotonic() < deadline, "no requests line after SIGUSR2"
+    while (log := view.log()).count(head) == before:
+        assert time.monotonic() < deadline, f"no {head!r} line after SIGUSR2"
         time.sleep(0.02)
-    line = log[log.rindex("requests: ") + len("requests: "):].split("\n", 1)[0]
+    line = log[log.rindex(head) + len(head):].split("\n", 1)[0]
     return {k: int(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", ") if item != "none")}
 
 
@@ -402,6 +403,32 @@ def test_acl_queries_are_answered_by_the_kernel_after_the_first(view):
         if _ == 0:
             first = _requests(view)
     assert _requests(view).get("getxattr", 0) == first.get("getxattr", 0)
+
+
+def test_another_user_walking_through_the_view_asks_only_the_root_directorys_acl_again(view):
+    # A user other than a directory's owner walking through it makes the kernel check
+    # the directory's ACL.  It keeps the view's answer (no ACL) for every directory but
+    # the root: that inode was made at mount, before FUSE_INIT enabled ACLs, and the
+    # kernel never caches its ACL (docs/view.md, "What a request costs").  The daemon
+    # counts those queries apart: a second walk by another process asks the root's
+    # ACL once a path (none on a kernel that keeps it) and no other directory's.
+    acl = "system.posix_acl_access"
+    root_acl = acl + " (root directory)"
+    fd = os.open(view.mountpoint, os.O_PATH | os.O_DIRECTORY)
+    code = f"import os; os.stat('lib/b/big', dir_fd={fd}); os.stat('share/doc/b/README', dir_fd={fd})"
+    try:
+        counts = []
+        for _ in range(2):
+            r = subprocess.run(["/usr/bin/python3", "-c", code], pass_fds=(fd,), user=65534, group=65534,
+                               extra_groups=[], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            counts.append(_requests(view, "getxattr by name: "))
+    finally:
+        os.close(fd)
+    first, second = counts
+    assert first.get(acl, 0) >= 1  # lib, lib/b, share, share/doc, share/doc/b: asked once
+    assert second.get(acl, 0) == first.get(acl, 0)
+    assert second.get(root_acl, 0) - first.get(root_acl, 0) <= 2
 
 
 def test_ls_l_asks_the_security_label_once(view):

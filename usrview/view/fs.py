@@ -60,6 +60,13 @@ SERVED_XATTRS = frozenset({XATTR_CAPS, XATTR_PACKAGE, XATTR_DIGEST})
 #: per listed entry.  Other unknown names answer ENODATA (system.posix_acl_* must: the
 #: kernel caches that as "no ACL", and takes EOPNOTSUPP for an error).
 XATTR_SECURITY_PREFIX = b"security."
+#: POSIX ACL names.  The kernel keeps the view's answer (no ACL) per inode, except the
+#: root directory's: its inode is made at mount, before FUSE_INIT enables ACLs, and so
+#: is marked never to cache them (fuse_init_inode: ACL_DONT_CACHE, kept for the mount's
+#: life).  Every path walk through the root by a user other than its owner (root) asks
+#: again; those queries are counted apart, under the name with :data:`ROOT_SUFFIX`.
+XATTR_ACL_PREFIX = b"system.posix_acl_"
+ROOT_SUFFIX = b" (root directory)"
 
 #: The kernel caching the view uses where pyfuse3 offers it: symlink targets
 #: cached; files and directories opened without OPEN/OPENDIR requests.
@@ -142,7 +149,8 @@ class ViewOperations(pyfuse3.Operations):
         requests: handler name -> requests it answered (``usrview mount -v``
             logs them at SIGUSR2 and at the unmount: what still reaches the daemon;
             FORGET and FLUSH, which answer nothing, are not counted).
-        xattr_names: extended attribute name -> GETXATTR requests for it (logged with them).
+        xattr_names: extended attribute name -> GETXATTR requests for it (logged with them;
+            the root directory's ACL queries apart, :data:`ROOT_SUFFIX`).
     """
 
     supports_dot_lookup = True
@@ -285,7 +293,10 @@ class ViewOperations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode, name, ctx=None):
-        self.xattr_names[name] += 1
+        if inode == pyfuse3.ROOT_INODE and name.startswith(XATTR_ACL_PREFIX):
+            self.xattr_names[name + ROOT_SUFFIX] += 1
+        else:
+            self.xattr_names[name] += 1
         if name == XATTR_CAPS:  # asked at every exec: answered without building the others
             caps = self._node(inode).caps
             if caps is None:
