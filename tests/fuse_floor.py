@@ -36,6 +36,11 @@ def serve(mountpoint: str) -> None:
     import pyfuse3
     import trio
 
+    # FLOOR_DISPATCH_SPIN / _WAIT: the patched pyfuse3's wait in C, to measure its settings.
+    for knob in ("spin", "wait"):
+        if os.environ.get(f"FLOOR_DISPATCH_{knob.upper()}") and hasattr(pyfuse3, f"dispatch_{knob}"):
+            setattr(pyfuse3, f"dispatch_{knob}", float(os.environ[f"FLOOR_DISPATCH_{knob.upper()}"]))
+
     class Floor(pyfuse3.Operations):
         def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
             a = pyfuse3.EntryAttributes()
