@@ -92,6 +92,24 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
     return ", ".join(sorted(features)) + f" (files checked at their first read; {which})"
 
 
+#: How long the patched pyfuse3's wait for the next request polls /dev/fuse
+#: before it sleeps, in microseconds (``usrview mount --spin-us``): a request
+#: sent from the other CPU then finds this one awake (docs/view.md, "What a
+#: request costs"), at the cost of up to that much CPU after each answer.
+DISPATCH_SPIN_US = 30
+
+
+def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
+    """Set the patched pyfuse3's busy-poll; what ``usrview mount -v`` says of the dispatch."""
+    features = getattr(pyfuse3, "DISPATCH_FEATURES", frozenset())
+    if "c_wait" not in features:
+        return ("every request waited for through trio's event loop (pyfuse3 without the c_wait of "
+                ".ci/pyfuse3-kernel-cache.patch)")
+    pyfuse3.dispatch_spin = spin_us / 1e6
+    return (f"the next request waited for in C while trio is idle ({pyfuse3.dispatch_wait * 1e3:g} ms "
+            f"at most, polled {spin_us:g} µs before sleeping), handlers run inline")
+
+
 def _handler(fn):
     """The error boundary every handler goes through."""
 
