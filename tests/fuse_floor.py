@@ -94,6 +94,8 @@ def serve(mountpoint: str, probe: str | None = None) -> None:
             raise pyfuse3.FUSEError(errno.ENOSYS)
 
         async def getxattr(self, inode, name, ctx=None):
+            if name == b"user.suspend":  # a handler that waits for a thread (tests)
+                await trio.to_thread.run_sync(time.sleep, 0)
             raise pyfuse3.FUSEError(errno.ENODATA)
 
     async def main() -> None:

@@ -23,11 +23,12 @@ from tests.test_view_lifecycle import mountpoint, start, store  # noqa: F401 (fi
 from usrview.cli import mount_cmd
 from usrview.view import fs
 
-#: A client of a mount: isatty (one IOCTL each), readlink and getxattr of
-#: PATHS (one request each) for SECONDS or until the mount goes; prints the count.
+#: A client of a mount: isatty (one IOCTL each) and getxattr ATTR of PATHS
+#: (one GETXATTR each: the kernel caches none) for SECONDS or until the mount
+#: goes; prints the count.
 HAMMER = """
 import os, sys, time
-seconds, paths = float(sys.argv[1]), sys.argv[2:]
+seconds, attr, paths = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
 fd = os.open(paths[0], os.O_RDONLY)
 end, n = time.monotonic() + seconds, 0
 try:
@@ -35,13 +36,13 @@ try:
         for p in paths:
             os.isatty(fd)
             try:
-                os.getxattr(p, "user.none")
+                os.getxattr(p, attr)
             except OSError as e:
                 if e.errno != 61:
                     raise
             n += 2
-except OSError:
-    pass
+except OSError as e:
+    print(e, file=sys.stderr)  # the mount went
 print(n, flush=True)
 """
 
@@ -50,8 +51,8 @@ print(n, flush=True)
 LATE = 0.25
 
 
-def hammer(seconds: float, paths: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HAMMER, str(seconds), *paths], stdout=subprocess.PIPE,
+def hammer(seconds: float, paths: list[str], attr: str = "user.none") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HAMMER, str(seconds), attr, *paths], stdout=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
 
 
@@ -81,13 +82,16 @@ def test_trio_stays_responsive_while_requests_stream(tmp_path):
     clients = []
     try:
         with mounted_floor(mnt, probe=probe):
-            links, files = floor_paths(str(mnt))
-            # Two clients at once (requests queued while another is answered)
-            # and then one alone (each request finds /dev/fuse empty).
-            clients = [hammer(2, [files[0], links[0]]), hammer(2, [files[1], links[1]])]
-            requests = sum(finish(clients))
-            clients = [hammer(1.5, [files[2]])]
-            requests += sum(finish(clients))
+            files = floor_paths(str(mnt))[1]
+            # First a client whose handler waits for a thread (a second task
+            # reads requests meanwhile), then two at once (requests queued
+            # while another is answered), then one alone (each request finds
+            # /dev/fuse empty).
+            requests = 0
+            for phase in ([(0.5, [files[0]], "user.suspend")], [(2, files[1:3]), (2, files[3:5])],
+                          [(1.5, [files[5]])]):
+                clients = [hammer(*args) for args in phase]
+                requests += sum(finish(clients))
     finally:
         finish(clients)
         mnt.rmdir()
