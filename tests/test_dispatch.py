@@ -124,6 +124,7 @@ def test_view_unmounts_right_after_a_request(store, gpg_key, mountpoint, tmp_pat
     assert "the next request waited for in C" in d.log() or "c_wait" not in pyfuse3.DISPATCH_FEATURES
     fd = os.open(mnt / "share/life/data", os.O_RDONLY)
     try:
+        finish([hammer(1, [str(mnt / "share/life/data")])])
         os.isatty(fd)  # answered: the daemon waits for the next request in C now
         _stop_within(d, 5)
     finally:

@@ -110,6 +110,12 @@ def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
             f"at most, polled {spin_us:g} µs before sleeping), handlers run inline")
 
 
+def describe_dispatch() -> str:
+    """How the session loop waited for requests so far (the SIGUSR2 log), where pyfuse3 counts it."""
+    counts = pyfuse3.dispatch_statistics() if hasattr(pyfuse3, "dispatch_statistics") else {}
+    return "dispatch: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "not counted")
+
+
 def _handler(fn):
     """The error boundary every handler goes through."""
 
@@ -413,6 +419,7 @@ class ViewOperations(pyfuse3.Operations):
         """Close the backing fds still open (after the mount ended)."""
         log.info("%s", self.describe_requests())
         log.info("%s", self.describe_xattr_names())
+        log.info("%s", describe_dispatch())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

@@ -34,7 +34,13 @@ import pyfuse3
 import trio
 
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
-from usrview.view.fs import DISPATCH_SPIN_US, ViewOperations, configure_dispatch, describe_kernel_cache
+from usrview.view.fs import (
+    DISPATCH_SPIN_US,
+    ViewOperations,
+    configure_dispatch,
+    describe_dispatch,
+    describe_kernel_cache,
+)
 from usrview.view.guard import Guard
 from usrview.view.profile import ServingProfile
 from usrview.view.tree import Tree
@@ -137,6 +143,7 @@ async def _log_requests(ops: ViewOperations, profile: ServingProfile | None = No
             log.warning("%s", ops.describe_requests())
             log.warning("%s", ops.guard.statistics())
             log.warning("%s", ops.describe_xattr_names())
+            log.warning("%s", describe_dispatch())
             for line in profile.lines() if profile is not None else ():
                 log.warning("%s", line)
 
