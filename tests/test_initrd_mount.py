@@ -31,7 +31,7 @@ from tests.prereq import require_fuse
 from tests.rpmbuild import FileSpec
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
 from tests.viewstore import deploy_store, load_keyring
-from usrview.boot.initrd import READ_AHEAD_KIB, SERVING_NICE
+from usrview.boot.initrd import FUSE_DEVICE_ENV, READ_AHEAD_KIB, SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.view.compiled import HEAD, compile_image
@@ -292,29 +292,41 @@ def assert_in_the_initrd_runtime(modules: dict[str, str], env: dict) -> None:
     assert not [row for row in listing.splitlines() if "/_tests/" in row or "/httpx/" in row]
 
 
+def _wait_for_console(kmsg: Path, line: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while line not in kmsg.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
 def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
     """Started before the root file system is mounted (as the initrd's unit is), the
-    daemon waits until SYSROOT is a mount point, then serves."""
+    daemon waits until SYSROOT is a mount point; started before the fuse module is
+    loaded (the unit does not wait for systemd-modules-load.service), it waits for
+    the FUSE device too; then serves."""
     root, _, image = sysroot
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("root=/dev/vda rw usrview.kernel_cache=off\n")
     kmsg = tmp_path / "kmsg"
     kmsg.touch()
     notify_path = tmp_path / "notify"
+    device = tmp_path / "fuse-device"  # stands for /dev/fuse: the mount opens the real one
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
-        env = daemon_env(tmp_path, NOTIFY_SOCKET=str(notify_path), USRVIEW_KMSG=str(kmsg))
+        env = daemon_env(tmp_path, NOTIFY_SOCKET=str(notify_path), USRVIEW_KMSG=str(kmsg),
+                         **{FUSE_DEVICE_ENV: str(device)})
         proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log", "--wait-for-sysroot")
         bound = False
         try:
-            deadline = time.monotonic() + MOUNT_TIMEOUT
-            while "waiting for the root file system" not in kmsg.read_text():
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
-                time.sleep(0.1)
+            _wait_for_console(kmsg, "waiting for the root file system", proc, tmp_path / "daemon.log")
             time.sleep(0.5)
             assert proc.poll() is None and not os.path.ismount(root / "usr")
             subprocess.run(["mount", "--bind", str(root), str(root)], check=True)  # the root is mounted
             bound = True
+            _wait_for_console(kmsg, f"waiting for {device}", proc, tmp_path / "daemon.log")
+            time.sleep(0.3)
+            assert proc.poll() is None and not os.path.ismount(root / "usr")
+            device.touch()  # the module is loaded
             notify.settimeout(MOUNT_TIMEOUT)
             assert b"READY=1" in notify.recv(4096).split(b"\n"), (tmp_path / "daemon.log").read_text()
             assert (root / "usr/bin/life").read_bytes() == b"#!/bin/sh\necho life\n"
@@ -325,6 +337,7 @@ def test_initrd_mount_waits_for_the_sysroot(sysroot, tmp_path):
             assert f"<5>usrview: serving image {image.id} on {root}/usr (verify=enforce, kernel cache off)" \
                 in console
             assert re.search(r"waiting for \S+ [\d.]+ s, store and keys", console), console
+            assert re.search(r"waiting for the FUSE device [\d.]+ s, mount", console), console
             stop(proc, tmp_path / "daemon.log")
         finally:
             kill(proc)

@@ -13,7 +13,6 @@ Recognised keys (all optional)::
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +48,18 @@ def load(path: Path | None = None) -> Config:
     explicit = path is not None or CONFIG_ENV in os.environ
     path = path or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        f = open(path, "rb")
     except FileNotFoundError:
         if explicit:
             raise UsageError(f"configuration file {path} does not exist") from None
         return Config()
+    except OSError as e:
+        raise UsageError(f"cannot read configuration {path}: {e}") from None
+    import tomllib  # a parser imported only when there is a file to parse (most hosts have none)
+
+    try:
+        with f:
+            data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"cannot read configuration {path}: {e}") from None
     unknown = set(data) - {"keys", "store", "tries", "signature_policy"}

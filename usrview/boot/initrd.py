@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import subprocess
 import sys
 import threading
 import time
@@ -88,6 +89,11 @@ READ_AHEAD_KIB = 1024
 #: the daemon's unmount, whose save would come last): the boot's own files, soon;
 #: a record that cannot be written yet (a root still read-only) is tried again.
 FIRST_SAVE, SAVE_PERIOD = 15.0, 30.0
+#: The FUSE device the mount opens; tests name another path to wait for in FUSE_DEVICE_ENV.
+FUSE_DEVICE, FUSE_DEVICE_ENV = "/dev/fuse", "USRVIEW_FUSE_DEVICE"
+#: Seconds to wait for the FUSE device once the root is mounted (then the mount says why it
+#: cannot), and between two looks.
+FUSE_WAIT, FUSE_POLL = 30.0, 0.02
 #: What ``initrd-mount`` imports beyond ``usrview.cli.main`` and its command's
 #: module, for the initrd's runtime (systemd/dracut/90usrview/usrview-runtime.py
 #: takes what importing these imports, tests/test_initrd_mount.py checks that a
@@ -173,6 +179,30 @@ def wait_for_mount(path: Path, console: "Console") -> None:
             poller.poll(MOUNT_POLL_MS)
     finally:
         os.close(fd)
+
+
+def wait_for_fuse(console: "Console") -> bool:
+    """Return once the FUSE device exists, or after :data:`FUSE_WAIT` seconds;
+    whether it was missing at first.
+
+    The unit starts before ``systemd-modules-load.service`` loads the ``fuse``
+    module (dracut's module lists it in modules-load.d): Python's start and the
+    imports need no FUSE, only the mount does, and by then the module is loaded.
+    If the device is missing when the mount is near, the module is loaded here
+    too (``modprobe``, from the initrd)."""
+    path = os.environ.get(FUSE_DEVICE_ENV, FUSE_DEVICE)
+    if os.path.exists(path):
+        return False
+    console.say(f"waiting for {path}", KERN_NOTICE)
+    try:
+        subprocess.run(["modprobe", "-q", "fuse"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=FUSE_WAIT, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        console.say(f"modprobe fuse: {getattr(e, 'strerror', None) or e}", KERN_NOTICE)
+    deadline = time.monotonic() + FUSE_WAIT
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(FUSE_POLL)
+    return True
 
 
 class Console:
@@ -511,6 +541,8 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
 
             start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed,
                              on_proven=lambda line: console.say(line, KERN_NOTICE))
+        if wait_for_fuse(console):
+            stages.mark("waiting for the FUSE device")
         rootdaemon.prepare()
 
         def on_ready() -> None:

@@ -8,6 +8,7 @@ import sys
 from usrview import images
 from usrview.cli._common import add_store_option, open_store
 from usrview.errors import EXIT_OK
+from usrview.images.diff import diff
 
 HELP = "compare two images"
 DESCRIPTION = """\
@@ -30,7 +31,7 @@ def register(sub, common) -> None:
 def run(args, cfg) -> int:
     store = open_store(args, cfg)
     a, b = images.resolve(store, args.a), images.resolve(store, args.b)
-    d = images.diff(store, a, b)
+    d = diff(store, a, b)
     out = sys.stdout
     if args.json:
         out.write(json.dumps(d.to_json(), indent=1) + "\n")

@@ -46,7 +46,7 @@ def register(sub, common) -> None:
                    help="read the files the last boot opened through the mount from the mount on "
                         "(default off: under qemu's TCG it cost more than it saved, docs/boot.md)")
     add_signature_policy_option(p)
-    p.set_defaults(func=run, needs_config=False)
+    p.set_defaults(func=run, needs_config=False, serves=True)
 
 
 def run(args, cfg) -> int:

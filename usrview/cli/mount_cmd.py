@@ -90,7 +90,7 @@ def register(sub, common) -> None:
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
-    p.set_defaults(func=run_mount)
+    p.set_defaults(func=run_mount, serves=True)
 
     u = sub.add_parser("umount", parents=[common], help=UMOUNT_HELP,
                        description="Unmount a view (fusermount3 -u).")

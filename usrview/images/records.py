@@ -44,16 +44,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from usrview import faults
 from usrview.config import DEFAULT_TRIES
 from usrview.errors import EXIT_FINDINGS, OperationalError, UsrviewError
 from usrview.images import bootstate
-from usrview.images.lint import LintFinding, has_errors, lint
 from usrview.store.store import IMAGES_DIR, JSON_FILE_MAX, Store, StoreError, pkgid_for, read_store_file
 from usrview.store.trust import stored_policy_refusal
 from verifier.errors import HeaderError
 from verifier.header import Package, read_package_file
+
+if TYPE_CHECKING:
+    from usrview.images.lint import LintFinding
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +374,7 @@ def deploy_sources(store: Store, sources: list[SourcePackage], keyring, *, allow
     """:func:`deploy` of packages already read (a SOURCE directory's, or pull's).  ``fetch(s)``
     (pull's), when given, is called for each source not stored, in order, right before it is
     imported, and returns what to import (its bytes may still arrive as the others import)."""
+    from usrview.images.lint import has_errors, lint  # deploy's alone: a mount needs no lint
     from usrview.store.importer import import_packages  # the importer needs the payload machinery
 
     with store.lock():

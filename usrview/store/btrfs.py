@@ -21,7 +21,6 @@ callers turn them into their own error type.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -70,7 +69,9 @@ CLONE_UNSUPPORTED_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDE
 #: Bytes per copy_file_range call in the copy fallback.
 COPY_CHUNK = 64 << 20
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: The C library's functions, among the symbols the process has loaded: no search for its
+#: file (ctypes.util's would import shutil, subprocess and tempfile into every command).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _Statfs(ctypes.Structure):

@@ -9,6 +9,7 @@ what a mount calls; :func:`full_check` is the check itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -100,6 +101,7 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
         status = 0
         try:
             os.close(r)
+            gc.enable()  # the daemon's collector is paused until it serves (usrview.cli.main)
             with contextlib.suppress(OSError):  # not allowed: checked at the daemon's priority
                 os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
             if root_fd is not None:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import faulthandler
 import functools
+import gc
 import logging
 import logging.handlers
 import os
@@ -198,6 +199,11 @@ def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozen
     (:class:`usrview.view.prefetch.Prefetch`'s ``run``)."""
     guard = Guard(tree, verify)
     ops = ViewOperations(tree, guard, kernel_cache)
+    # What was made until now (the modules, the tree) lives as long as the daemon:
+    # frozen, the collector never walks it again; it collects from here on (usrview
+    # mount and initrd-mount paused it from their start: usrview.cli.main).
+    gc.freeze()
+    gc.enable()
     run(ops, mountpoint, on_ready=on_ready, tasks=[prefetch(guard)] if prefetch is not None else [],
         profile=profile, spin_us=spin_us)
 

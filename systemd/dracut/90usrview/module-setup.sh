@@ -97,7 +97,9 @@ install() {
         "$moddir/usrview-sysroot-usr.service" > "$initdir$systemdsystemunitdir/usrview-sysroot-usr.service"
     $SYSTEMCTL -q --root "$initdir" add-wants initrd-usr-fs.target usrview-sysroot-usr.service
 
-    # /dev/fuse: the module is loaded before the daemon starts.
+    # /dev/fuse: the module is loaded by systemd-modules-load.service beside the
+    # daemon's start (the daemon waits for the device before it mounts, and runs
+    # modprobe itself if it is still missing then).
     mkdir -p "$initdir/etc/modules-load.d"
     echo fuse > "$initdir/etc/modules-load.d/usrview.conf"
     inst_multiple -o fusermount3 modprobe
