@@ -14,6 +14,10 @@ caller's CPU and on the other.
     .venv/bin/python -m tests.fuse_floor --measure MOUNTPOINT  # latencies, as JSON
     .venv/bin/python -m tests.fuse_floor --compare [WORKDIR]   # this one and tests/fuse_floor.c's
     .venv/bin/python -m tests.fuse_floor --probe OUT MOUNTPOINT  # serve; OUT: trio's other work (tests)
+
+FLOOR_DISPATCH_SPIN=SECONDS (and FLOOR_DISPATCH_WAIT) in the environment set the
+patched pyfuse3's busy-poll (wait in C) for the pyfuse3 floor: ``FLOOR_DISPATCH_SPIN=0.00003
+... --compare`` measures it as ``usrview mount`` runs (pyfuse3's default is no busy-poll).
 """
 
 from __future__ import annotations
