@@ -112,6 +112,9 @@ def boot_once(kind: str, disk: Path, kernel: vm.Kernel, initrd: Path, workdir: P
         kinds = {k: int(v) for k, v in (item.rsplit(" ", 1) for item in requests[-1].split(", ") if item != "none")}
         row["fuse_requests"] = sum(kinds.values())
         row["fuse_requests_by_kind"] = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    dispatch = re.findall(r"usrview\[\d+\]: dispatch: (.*)", journal)
+    if dispatch:
+        row["dispatch"] = dispatch[-1]
     profile = re.findall(r"usrview\[\d+\]: (profile.*)", journal)
     if profile:  # usrview.profile=1: the serving thread's profile, logged with the requests
         row["profile"] = profile
@@ -200,6 +203,8 @@ def main(argv=None) -> int:
                       f"checks, full check) {r.get('children_cpu_s')} s; warm {r.get('warmed_files')} files, {r.get('warmed_mb')} MB "
                       f"in {r.get('warm_s')} s; full check {r.get('full_check_s')} s, passed "
                       f"{r.get('full_check_done_s')} s after the kernel started; switch-root {r['switch_root_s']:.2f} s")
+                if "dispatch" in r:
+                    print(f"    requests waited for: {r['dispatch']}")
         size_view, size_plain = initrd_view.stat().st_size, initrd_plain.stat().st_size
         print(f"  initrd: {size_view / 1e6:.1f} MB with usrview's module, {size_plain / 1e6:.1f} MB without "
               f"(+{(size_view - size_plain) / 1e6:.1f} MB)")

@@ -13,6 +13,11 @@ caller's CPU and on the other.
     .venv/bin/python -m tests.fuse_floor MOUNTPOINT          # serve (foreground)
     .venv/bin/python -m tests.fuse_floor --measure MOUNTPOINT  # latencies, as JSON
     .venv/bin/python -m tests.fuse_floor --compare [WORKDIR]   # this one and tests/fuse_floor.c's
+    .venv/bin/python -m tests.fuse_floor --probe OUT MOUNTPOINT  # serve; OUT: trio's other work (tests)
+
+FLOOR_DISPATCH_SPIN=SECONDS (and FLOOR_DISPATCH_WAIT) in the environment set the
+patched pyfuse3's busy-poll (wait in C) for the pyfuse3 floor: ``FLOOR_DISPATCH_SPIN=0.00003
+... --compare`` measures it as ``usrview mount`` runs (pyfuse3's default is no busy-poll).
 """
 
 from __future__ import annotations
@@ -32,9 +37,16 @@ from pathlib import Path
 ENTRIES = 1000
 
 
-def serve(mountpoint: str) -> None:
+def serve(mountpoint: str, probe: str | None = None) -> None:
+    """Serve the floor file system until unmounted.  ``probe``: a file that gets,
+    at the unmount, what the event loop's other work saw meanwhile (:func:`_probe`)."""
     import pyfuse3
     import trio
+
+    # FLOOR_DISPATCH_SPIN / _WAIT: the patched pyfuse3's wait in C, to measure its settings.
+    for knob in ("spin", "wait"):
+        if os.environ.get(f"FLOOR_DISPATCH_{knob.upper()}") and hasattr(pyfuse3, f"dispatch_{knob}"):
+            setattr(pyfuse3, f"dispatch_{knob}", float(os.environ[f"FLOOR_DISPATCH_{knob.upper()}"]))
 
     class Floor(pyfuse3.Operations):
         def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
@@ -86,12 +98,22 @@ def serve(mountpoint: str) -> None:
             raise pyfuse3.FUSEError(errno.ENOSYS)
 
         async def getxattr(self, inode, name, ctx=None):
+            if name == b"user.suspend":  # a handler that waits for a thread (tests)
+                await trio.to_thread.run_sync(time.sleep, 0)
             raise pyfuse3.FUSEError(errno.ENODATA)
 
     async def main() -> None:
         pyfuse3.init(Floor(), mountpoint, {"ro", "fsname=floor", "subtype=floor", "default_permissions"})
         try:
-            await pyfuse3.main()
+            if probe is None:
+                await pyfuse3.main()
+                return
+            seen = {"timer_late_s": [], "thread_s": [], "io_waits": 0}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_probe, seen)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+            Path(probe).write_text(json.dumps(seen))
         finally:
             pyfuse3.close()
 
@@ -109,6 +131,36 @@ def _busy(seconds: float) -> None:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         pass
+
+
+async def _probe(seen: dict) -> None:
+    """Beside the file system, in its event loop: a timer of 10 ms (how late each
+    fired, ``timer_late_s``), a thread's result sent back (``thread_s``, the
+    round trip of each) and the event loop's waits for I/O (``io_waits``)."""
+    import trio
+
+    class CountIOWaits(trio.abc.Instrument):
+        def before_io_wait(self, timeout):
+            seen["io_waits"] += 1
+
+    trio.lowlevel.add_instrument(CountIOWaits())
+
+    async def timer():
+        while True:
+            t = time.monotonic()
+            await trio.sleep(0.01)
+            seen["timer_late_s"].append(time.monotonic() - t - 0.01)
+
+    async def thread():
+        while True:
+            t = time.monotonic()
+            await trio.to_thread.run_sync(time.sleep, 0)
+            seen["thread_s"].append(time.monotonic() - t)
+            await trio.sleep(0.005)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(timer)
+        nursery.start_soon(thread)
 
 
 def measure(links: list[str], files: list[str], rounds: int = 5) -> dict:
@@ -199,12 +251,14 @@ def build_c_floor(outdir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None = None):
+def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None = None, probe: Path | None = None):
     """Serve the floor file system on ``mountpoint`` in a child process (with
-    ``c_floor``, a directory: tests/fuse_floor.c built there), yielding its pid;
-    unmount and end it on the way out, on errors too."""
+    ``c_floor``, a directory: tests/fuse_floor.c built there; with ``probe``, a
+    file: :func:`serve`'s), yielding its pid; unmount and end it on the way out,
+    on errors too."""
     cmd = ([str(build_c_floor(c_floor)), str(mountpoint)] if c_floor is not None
-           else [sys.executable, "-m", "tests.fuse_floor", str(mountpoint)])
+           else [sys.executable, "-m", "tests.fuse_floor", *(["--probe", str(probe)] if probe else []),
+                 str(mountpoint)])
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -224,6 +278,7 @@ def mounted_floor(mountpoint: Path, timeout: float = 30.0, c_floor: Path | None 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stderr.close()
         if c_floor is not None:
             (Path(c_floor) / "fuse_floor_c").unlink(missing_ok=True)
 
@@ -269,5 +324,7 @@ if __name__ == "__main__":
         print(json.dumps(measure(*floor_paths(sys.argv[2]))))
     elif sys.argv[1:2] == ["--compare"]:
         print(json.dumps(compare(Path(sys.argv[2] if len(sys.argv) > 2 else "/var/tmp")), indent=1))
+    elif sys.argv[1:2] == ["--probe"]:
+        serve(sys.argv[3], probe=sys.argv[2])
     else:
         serve(sys.argv[1])

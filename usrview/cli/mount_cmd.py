@@ -19,6 +19,7 @@ with ``--foreground`` (``Type=notify``).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -42,6 +43,19 @@ VERIFY_MODES = ("enforce", "warn", "off")
 KERNEL_CACHE_MODES = ("auto", "off")
 #: --prefetch's values, the default first (usrview.view.prefetch).
 PREFETCH_MODES = ("on", "off")
+#: --spin-us's default (usrview.view.fs.DISPATCH_SPIN_US, named here too so that
+#: parsing a command line does not import pyfuse3).
+SPIN_US = 30
+
+
+def spin_us(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"not a number of microseconds from 0 to 1000000: {text!r}")
+    return value
 
 MOUNT_HELP = "serve an image as a read-only /usr (FUSE)"
 UMOUNT_HELP = "unmount a view"
@@ -69,6 +83,10 @@ def register(sub, common) -> None:
     p.add_argument("--prefetch", choices=PREFETCH_MODES, default=PREFETCH_MODES[0],
                    help="record the files this mount opens, and check the last mount's ahead, "
                    "in the background, right after mounting (on, the default; docs/view.md)")
+    p.add_argument("--spin-us", type=spin_us, default=SPIN_US, metavar="MICROSECONDS",
+                   help="after answering a request, poll for the next one this long before sleeping, "
+                   f"where pyfuse3 has the c_wait dispatch (default {SPIN_US}; 0: sleep at once): a request "
+                   "from another CPU then costs less, for up to that much CPU per request")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -126,7 +144,7 @@ def run_mount(args, cfg) -> int:
             else:
                 ahead = checking_ahead
             serve_tree(tree, mountpoint, verify=args.verify, kernel_cache=kernel_cache_features(args.kernel_cache),
-                       on_ready=on_ready, prefetch=ahead)
+                       on_ready=on_ready, prefetch=ahead, spin_us=args.spin_us)
 
         if args.foreground:
             serve()

@@ -99,6 +99,30 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
     return ", ".join(sorted(features)) + f" (files checked at their first read; {which})"
 
 
+#: How long the patched pyfuse3's wait for the next request polls /dev/fuse
+#: before it sleeps, in microseconds (``usrview mount --spin-us``): a request
+#: sent from the other CPU then finds this one awake (docs/view.md, "What a
+#: request costs"), at the cost of up to that much CPU after each answer.
+DISPATCH_SPIN_US = 30
+
+
+def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
+    """Set the patched pyfuse3's busy-poll; what ``usrview mount -v`` says of the dispatch."""
+    features = getattr(pyfuse3, "DISPATCH_FEATURES", frozenset())
+    if "c_wait" not in features:
+        return ("every request waited for through trio's event loop (pyfuse3 without the c_wait of "
+                ".ci/pyfuse3-kernel-cache.patch)")
+    pyfuse3.dispatch_spin = spin_us / 1e6
+    return (f"the next request waited for in C while trio is idle ({pyfuse3.dispatch_wait * 1e3:g} ms "
+            f"at most, polled {spin_us:g} µs before sleeping), handlers run inline")
+
+
+def describe_dispatch() -> str:
+    """How the session loop waited for requests so far (the SIGUSR2 log), where pyfuse3 counts it."""
+    counts = pyfuse3.dispatch_statistics() if hasattr(pyfuse3, "dispatch_statistics") else {}
+    return "dispatch: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "not counted")
+
+
 def _handler(fn):
     """The error boundary every handler goes through."""
 
@@ -406,6 +430,7 @@ class ViewOperations(pyfuse3.Operations):
         """Close the backing fds still open (after the mount ended)."""
         log.info("%s", self.describe_requests())
         log.info("%s", self.describe_xattr_names())
+        log.info("%s", describe_dispatch())
         for fd, _ in self.open_files.values():
             if fd >= 0:
                 os.close(fd)

@@ -35,7 +35,13 @@ import pyfuse3
 import trio
 
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
-from usrview.view.fs import ViewOperations, describe_kernel_cache
+from usrview.view.fs import (
+    DISPATCH_SPIN_US,
+    ViewOperations,
+    configure_dispatch,
+    describe_dispatch,
+    describe_kernel_cache,
+)
 from usrview.view.guard import Guard
 from usrview.view.profile import ServingProfile
 from usrview.view.tree import Tree
@@ -138,22 +144,26 @@ async def _log_requests(ops: ViewOperations, profile: ServingProfile | None = No
             log.warning("%s", ops.describe_requests())
             log.warning("%s", ops.guard.statistics())
             log.warning("%s", ops.describe_xattr_names())
+            log.warning("%s", describe_dispatch())
             for line in profile.lines() if profile is not None else ():
                 log.warning("%s", line)
 
 
 async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | None = None,
                 on_ready: Callable[[], None] | None = None,
-                tasks: Sequence[Callable[[], Awaitable[None]]] = (), profile: ServingProfile | None = None) -> None:
+                tasks: Sequence[Callable[[], Awaitable[None]]] = (), profile: ServingProfile | None = None,
+                spin_us: float = DISPATCH_SPIN_US) -> None:
     """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount;
     ``tasks`` run beside, from the mount on, and are cancelled at the unmount.
-    ``profile``: profile this thread from READY on, logged with the requests."""
+    ``profile``: profile this thread from READY on, logged with the requests.
+    ``spin_us``: the busy-poll before the wait for a request sleeps (fs.DISPATCH_SPIN_US)."""
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
         notifier = SystemdNotifier()
         stack.callback(notifier.close)
         log.info("kernel caching: %s", describe_kernel_cache(ops.kernel_cache))
+        log.info("request dispatch: %s", configure_dispatch(spin_us))
         pyfuse3.init(ops, mountpoint, options if options is not None else mount_options())
         clean = False
 
@@ -182,7 +192,7 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
 def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozenset[str],
                on_ready: Callable[[], None] | None = None,
                prefetch: Callable[[Guard], Callable[[], Awaitable[None]]] | None = None,
-               profile: ServingProfile | None = None) -> None:
+               profile: ServingProfile | None = None, spin_us: float = DISPATCH_SPIN_US) -> None:
     """Serve ``tree`` on ``mountpoint`` (blocks until unmounted): what ``usrview
     mount`` and the initrd's ``initrd-mount`` both run once the tree is built.
     ``prefetch``: None, or made with the guard the task that checks ahead
@@ -195,15 +205,17 @@ def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozen
     gc.freeze()
     gc.enable()
     run(ops, mountpoint, on_ready=on_ready, tasks=[prefetch(guard)] if prefetch is not None else [],
-        profile=profile)
+        profile=profile, spin_us=spin_us)
 
 
 def run(ops: ViewOperations, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
-        tasks: Sequence[Callable[[], Awaitable[None]]] = (), profile: ServingProfile | None = None) -> None:
+        tasks: Sequence[Callable[[], Awaitable[None]]] = (), profile: ServingProfile | None = None,
+        spin_us: float = DISPATCH_SPIN_US) -> None:
     """Serve the view in this process (blocks until unmounted)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks, profile=profile))
+        trio.run(functools.partial(serve, ops, mountpoint, on_ready=on_ready, tasks=tasks, profile=profile,
+                                   spin_us=spin_us))
     finally:
         faulthandler.unregister(signal.SIGUSR1)
 
