@@ -28,6 +28,7 @@ import binascii
 import enum
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -35,6 +36,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, mldsa, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.utils import CryptographyDeprecationWarning
 
 from .errors import PGPError
 
@@ -578,9 +580,21 @@ def _load_rsa(p: tuple) -> Any:
     return rsa.RSAPublicNumbers(_int(p[1]), _int(p[0])).public_key()
 
 
+def _dsa_numbers() -> tuple:
+    """cryptography's DSA number classes.  Its release 51 deprecates DSA (each name of
+    the module warns when looked up); RPM still accepts DSA signatures of v4 keys, and
+    so does this verifier where the policy lets it, so they are looked up once, quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return dsa.DSAParameterNumbers, dsa.DSAPublicNumbers
+
+
+_DSA_PARAMETER_NUMBERS, _DSA_PUBLIC_NUMBERS = _dsa_numbers()
+
+
 def _load_dsa(p: tuple) -> Any:
-    params = dsa.DSAParameterNumbers(_int(p[0]), _int(p[1]), _int(p[2]))
-    return dsa.DSAPublicNumbers(_int(p[3]), params).public_key()
+    params = _DSA_PARAMETER_NUMBERS(_int(p[0]), _int(p[1]), _int(p[2]))
+    return _DSA_PUBLIC_NUMBERS(_int(p[3]), params).public_key()
 
 
 def _load_ecdsa(p: tuple) -> Any:
