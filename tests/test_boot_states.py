@@ -91,6 +91,24 @@ def test_cmdline_kernel_cache(text, kernel_cache, problem):
     assert list(p.problems) == ([problem] if problem else [])
 
 
+@pytest.mark.parametrize("text,delay,problem", [
+    ("", 30.0, None),  # at boot the full check waits until the busiest seconds are over (docs/boot.md)
+    ("usrview.full_check_delay=0", 0.0, None),
+    ("usrview.full_check_delay=2.5", 2.5, None),
+    ("usrview.full_check_delay=0 usrview.full_check_delay=120", 120.0, None),
+    ("usrview.full_check_delay=-1", 30.0, "usrview.full_check_delay=-1: not a number of seconds from 0 to 3600"),
+    ("usrview.full_check_delay=nan", 30.0, "usrview.full_check_delay=nan: not a number of seconds"),
+    ("usrview.full_check_delay=1e9", 30.0, "usrview.full_check_delay=1e9: not a number of seconds"),
+    ("usrview.full_check_delay=soon", 30.0, "usrview.full_check_delay=soon: not a number of seconds"),
+    ("usrview.full_check_delay", 30.0, "usrview.full_check_delay: no value; default kept"),
+])
+def test_cmdline_full_check_delay(text, delay, problem):
+    p = cmdline.parse(text)
+    assert p.full_check_delay == delay
+    assert len(p.problems) == (1 if problem else 0) and (problem is None or p.problems[0].startswith(problem)), \
+        p.problems
+
+
 @pytest.mark.parametrize("text,profile,problem", [
     ("", False, None),  # a diagnostic: off unless asked for (docs/boot.md)
     ("usrview.profile", True, None),

@@ -449,7 +449,9 @@ def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
     """A compiled tree changed where no per-package check looks (a link count) but
     the full check does: the check's child, confined to the store's fd, still reads
     the headers after the store's path moved away (switch-root); its verdict is
-    one console line, and every request answers EIO from then on."""
+    one console line, and every request answers EIO from then on.  The check starts
+    ``usrview.full_check_delay`` seconds after the mount (30 by default at boot), and
+    not before: the path moves away before the child reads anything."""
     root, store, image = sysroot
     tree_file = store.root / "images" / f"{image.id}.tree"
     data = bytearray(tree_file.read_bytes())
@@ -458,7 +460,8 @@ def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
     data[nlink_at] ^= 0x40
     tree_file.write_bytes(bytes(data))
     cmdline = tmp_path / "cmdline"
-    cmdline.write_text("root=/dev/vda rw usrview.kernel_cache=off\n")
+    delay = 3.0
+    cmdline.write_text(f"root=/dev/vda rw usrview.kernel_cache=off usrview.full_check_delay={delay:g}\n")
     kmsg = tmp_path / "kmsg"
     kmsg.touch()
     notify_path = tmp_path / "notify"
@@ -470,11 +473,13 @@ def test_tampered_compiled_tree_says_so_on_the_console(sysroot, tmp_path):
         proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log")
         try:
             assert b"READY=1" in notify.recv(4096).split(b"\n"), (tmp_path / "daemon.log").read_text()
+            ready = time.monotonic()
             os.rename(store.root, moved)  # as switch-root: the store's path leads nowhere
-            deadline = time.monotonic() + MOUNT_TIMEOUT
+            deadline = ready + delay + MOUNT_TIMEOUT
             while "full check of the compiled tree" not in kmsg.read_text():
                 assert proc.poll() is None and time.monotonic() < deadline, kmsg.read_text()
                 time.sleep(0.1)
+            assert time.monotonic() - ready >= delay - 0.5, "the full check did not wait"  # forked before READY
             line = next(x for x in kmsg.read_text().splitlines() if "full check" in x)
             assert line.startswith(f"<3>usrview: image {image.id}: the full check of the compiled tree: differs "
                                    "from what the headers compile to at byte"), line

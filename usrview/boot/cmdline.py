@@ -9,6 +9,8 @@
                           listings and symlinks where pyfuse3 offers it (usrview mount --kernel-cache)
     usrview.rollback      the manual rollback word: the same as usrview.image=previous
     usrview.profile       diagnostics: profile the serving thread's CPU (docs/boot.md); off by default
+    usrview.full_check_delay=SECONDS  when the compiled tree's full check starts after the
+                          mount (default 30: after the boot's busiest seconds; 0 at once)
 
 Words are split as systemd splits the command line: at white space outside
 double or single quotes, the quotes removed (``usrview.store="/srv/my store"``).
@@ -41,7 +43,13 @@ _YES = frozenset({"", "1", "yes", "y", "true", "on"})
 _NO = frozenset({"0", "no", "n", "false", "off"})
 #: The diagnostic word: profile the serving thread (usrview.view.profile).
 PROFILE = "profile"
-_KEYS = ("store", "image", "verify", "kernel_cache", ROLLBACK, PROFILE)
+#: usrview.full_check_delay's default and largest value, in seconds: the full check of
+#: the compiled tree (usrview.view.fullcheck) waits so long after the mount, so that its
+#: CPU does not compete with the boot's (everything served is checked at its package's
+#: first use meanwhile: docs/trust-chain.md).
+FULL_CHECK_DELAY = 30.0
+MAX_FULL_CHECK_DELAY = 3600.0
+_KEYS = ("store", "image", "verify", "kernel_cache", ROLLBACK, PROFILE, "full_check_delay")
 #: Longest image reference accepted (an id is 24 characters).
 MAX_REF = 64
 
@@ -59,6 +67,7 @@ class BootParams:
         problems: one line per wrong value (the default was kept).
         kernel_cache: auto or off.
         profile: whether the serving thread's CPU is profiled (``usrview.profile``).
+        full_check_delay: seconds between the mount and the full check's start.
     """
 
     store: str = DEFAULT_STORE
@@ -68,6 +77,7 @@ class BootParams:
     problems: tuple[str, ...] = ()
     kernel_cache: str = KERNEL_CACHE_MODES[0]
     profile: bool = False
+    full_check_delay: float = FULL_CHECK_DELAY
 
 
 def split_words(text: str) -> list[str]:
@@ -122,6 +132,7 @@ def parse(text: str) -> BootParams:
     store, image, verify, explicit = DEFAULT_STORE, CURRENT, VERIFY_MODES[0], False
     kernel_cache = KERNEL_CACHE_MODES[0]
     rollback = profile = False
+    full_check_delay = FULL_CHECK_DELAY
     for key, value in usrview_words(text).items():
         word = f"{PREFIX}{key}" + ("" if value is None else f"={value}")
         if key not in _KEYS:
@@ -149,8 +160,18 @@ def parse(text: str) -> BootParams:
             verify = _one_of(word, value, VERIFY_MODES, "verifying with", problems)
         elif key == "kernel_cache":
             kernel_cache = _one_of(word, value, KERNEL_CACHE_MODES, "kernel caching", problems)
+        elif key == "full_check_delay":
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if not 0 <= seconds <= MAX_FULL_CHECK_DELAY:  # also NaN
+                problems.append(f"{word}: not a number of seconds from 0 to {MAX_FULL_CHECK_DELAY:g}; "
+                                f"the full check starts {FULL_CHECK_DELAY:g} s after the mount")
+            else:
+                full_check_delay = seconds
     if rollback:
         if explicit and image != PREVIOUS:
             problems.append(f"{PREFIX}{ROLLBACK} overrides {PREFIX}image={image}")
         image, explicit = PREVIOUS, True
-    return BootParams(store, image, verify, explicit, tuple(problems), kernel_cache, profile)
+    return BootParams(store, image, verify, explicit, tuple(problems), kernel_cache, profile, full_check_delay)

@@ -540,7 +540,7 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
                 console.say(f"{reason}; every file of {mountpoint} answers EIO from now on", KERN_ERR)
 
             start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed,
-                             on_proven=lambda line: console.say(line, KERN_NOTICE))
+                             on_proven=lambda line: console.say(line, KERN_NOTICE), delay=params.full_check_delay)
         if wait_for_fuse(console):
             stages.mark("waiting for the FUSE device")
         rootdaemon.prepare()

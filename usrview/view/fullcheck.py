@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -73,10 +74,20 @@ def part_at(data: bytes, at: int) -> str:
     return "end"
 
 
+def _daemon_ends_within(w: int, seconds: float) -> bool:
+    """Wait ``seconds`` on the write end ``w`` of the verdict's pipe; True as soon as
+    its read end is closed (the daemon ended: poll reports POLLERR on a pipe's write
+    end then)."""
+    poller = select.poll()
+    poller.register(w, 0)
+    return bool(poller.poll(seconds * 1000))
+
+
 def start_full_check(tree, store: Store, image, keyring, *, confined: bool = False,
                      on_failure: Callable[[str], None] | None = None,
                      nice: int = CHECK_NICENESS,
-                     on_proven: Callable[[str], None] | None = None) -> threading.Thread | None:
+                     on_proven: Callable[[str], None] | None = None,
+                     delay: float = 0.0) -> threading.Thread | None:
     """Start the full check of ``tree`` in a child process (forked: call it before
     any thread or the FUSE session starts); a thread waits for its verdict and
     fails the tree on a mismatch, then calls ``on_failure`` with why.  None when
@@ -90,7 +101,10 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
 
     ``nice``: the child's niceness, absolute (never below the daemon's own: a
     daemon serving at a raised priority does not hand it to the check).
-    ``on_proven`` is called with a line saying how long the check took when it passed."""
+    ``on_proven`` is called with a line saying how long the check took when it passed.
+    ``delay``: seconds the child waits before it reads anything (at boot: until the
+    boot's busiest seconds are over; what is served meanwhile is checked at its
+    package's first use)."""
     if tree.proven:
         return None
     root_fd = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if confined else None
@@ -102,6 +116,8 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
         try:
             os.close(r)
             gc.enable()  # the daemon's collector is paused until it serves (usrview.cli.main)
+            if delay > 0 and _daemon_ends_within(w, delay):
+                os._exit(0)  # nobody is left to tell, and the store must not stay busy
             with contextlib.suppress(OSError):  # not allowed: checked at the daemon's priority
                 os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
             if root_fd is not None:
@@ -121,7 +137,8 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
     os.close(w)
     if root_fd is not None:
         os.close(root_fd)
-    log.info("image %s: full check of the compiled tree started (process %d)", image.id, pid)
+    log.info("image %s: full check of the compiled tree started (process %d%s)", image.id, pid,
+             f", reading in {delay:g} s" if delay > 0 else "")
 
     def wait() -> None:
         with os.fdopen(r, "rb") as f:
@@ -134,7 +151,8 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
             if legacy:
                 log.warning("image %s serves packages only the legacy signature policy accepts (keys bound "
                             "by SHA-1): %s", image.id, ", ".join(legacy))
-            done = f"image {image.id}: compiled tree checked against the headers in {time.monotonic() - t0:.2f} s"
+            took = time.monotonic() - t0 - max(delay, 0.0)
+            done = f"image {image.id}: compiled tree checked against the headers in {took:.2f} s"
             log.info("%s", done)
             if on_proven is not None:
                 on_proven(f"{done} ({time.monotonic():.2f} s after the kernel started)")
