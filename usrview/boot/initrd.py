@@ -539,8 +539,11 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
             def check_failed(reason: str) -> None:
                 console.say(f"{reason}; every file of {mountpoint} answers EIO from now on", KERN_ERR)
 
-            start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed,
-                             on_proven=lambda line: console.say(line, KERN_NOTICE), delay=params.full_check_delay)
+            check = start_full_check(tree, store, image, keyring, confined=True, on_failure=check_failed,
+                                     on_proven=lambda line: console.say(line, KERN_NOTICE),
+                                     delay=params.full_check_delay)
+            if check is not None:
+                serving.callback(check.stop)  # unmounted: the child, waiting or reading, ends with the daemon
         if wait_for_fuse(console):
             stages.mark("waiting for the FUSE device")
         rootdaemon.prepare()

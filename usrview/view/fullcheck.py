@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
                      on_failure: Callable[[str], None] | None = None,
                      nice: int = CHECK_NICENESS,
                      on_proven: Callable[[str], None] | None = None,
-                     delay: float = 0.0) -> threading.Thread | None:
+                     delay: float = 0.0) -> FullCheck | None:
     """Start the full check of ``tree`` in a child process (forked: call it before
     any thread or the FUSE session starts); a thread waits for its verdict and
     fails the tree on a mismatch, then calls ``on_failure`` with why.  None when
@@ -144,6 +145,8 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
         with os.fdopen(r, "rb") as f:
             answer = f.read()
         os.waitpid(pid, 0)
+        if thread.stopped:  # ended with the view: no verdict
+            return
         verdict, *legacy = answer.split(b"\n")
         if verdict == b"ok":
             tree.proven = True
@@ -162,6 +165,24 @@ def start_full_check(tree, store: Store, image, keyring, *, confined: bool = Fal
             if on_failure is not None:
                 on_failure(reason)
 
-    thread = threading.Thread(target=wait, name="usrview-tree-check", daemon=True)
+    thread = FullCheck(pid, wait)
     thread.start()
     return thread
+
+
+class FullCheck(threading.Thread):
+    """The thread that waits for a full check's child (``pid``) and acts on its verdict."""
+
+    def __init__(self, pid: int, wait: Callable[[], None]):
+        super().__init__(target=wait, name="usrview-tree-check", daemon=True)
+        self.pid = pid
+        self.stopped = False
+
+    def stop(self) -> None:
+        """End the child if it still runs, without a verdict (the view is gone: nobody
+        is left to tell, and a child confined to the store must not keep its file
+        system busy past the daemon), and reap it."""
+        self.stopped = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.join(10)
