@@ -134,12 +134,15 @@ async def _stop_on_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
             return
 
 
-async def _log_requests(ops: ViewOperations, profile: ServingProfile | None = None) -> None:
+async def _log_requests(ops: ViewOperations, profile: ServingProfile | None = None, *,
+                        task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGUSR2: log the requests answered so far (tests/bench_system.py counts them
     per workload), and the files the guard hashed (tests/bench_boot.py).  Asked
     for, so logged at the level shown by default: the initrd's daemon logs
-    warnings only."""
+    warnings only.  Started (the signal caught) before the mount is announced:
+    SIGUSR2's default action ends the process."""
     with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        task_status.started()
         async for _ in signals:
             log.warning("%s", ops.describe_requests())
             log.warning("%s", ops.guard.statistics())
@@ -174,7 +177,7 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
         stack.callback(close)
         async with trio.open_nursery() as nursery:
             await nursery.start(_stop_on_signals)
-            nursery.start_soon(_log_requests, ops, profile)
+            await nursery.start(_log_requests, ops, profile)
             for task in tasks:
                 nursery.start_soon(task)
             if profile is not None:
