@@ -20,8 +20,6 @@ from tests.fuse_floor import floor_paths, mounted_floor
 from tests.prereq import require_fuse
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount
 from tests.test_view_lifecycle import mountpoint, start, store  # noqa: F401 (fixtures)
-from usrview.cli import mount_cmd
-from usrview.view import fs
 
 #: A client of a mount: isatty (one IOCTL each) and getxattr ATTR of PATHS
 #: (one GETXATTR each: the kernel caches none) for SECONDS or until the mount
@@ -67,10 +65,6 @@ def finish(clients: list[subprocess.Popen], timeout: float = 30) -> list[int]:
                 c.wait()
         counts.append(int(out.split()[-1]) if out.split() else 0)
     return counts
-
-
-def test_dispatch_defaults_agree():
-    assert mount_cmd.SPIN_US == fs.DISPATCH_SPIN_US
 
 
 @pytest.mark.parametrize("value", ["-5", "abc", "2e6"])

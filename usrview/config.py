@@ -24,6 +24,11 @@ DEFAULT_KEYS = (Path("/etc/pki/rpm-gpg"),)
 DEFAULT_STORE = Path("/var/lib/usrview")
 #: Boots a newly deployed image is on trial for (docs/images.md, "Boot states").
 DEFAULT_TRIES = 3
+#: How long the patched pyfuse3's wait for the next request polls /dev/fuse
+#: before it sleeps, in microseconds (``usrview mount --spin-us``; usrview.view.fs):
+#: a request sent from the other CPU then finds the daemon awake (docs/view.md,
+#: "What a request costs"), at the cost of up to that much CPU after each answer.
+DISPATCH_SPIN_US = 30
 #: The most tries the setting accepts (a counter, not a duration).
 MAX_TRIES = 100
 #: Setting this variable to a path reads that file instead of DEFAULT_CONFIG.

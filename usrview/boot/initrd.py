@@ -194,12 +194,12 @@ def wait_for_fuse(console: "Console") -> bool:
     if os.path.exists(path):
         return False
     console.say(f"waiting for {path}", KERN_NOTICE)
+    deadline = time.monotonic() + FUSE_WAIT
     try:
         subprocess.run(["modprobe", "-q", "fuse"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=FUSE_WAIT, check=False)
     except (OSError, subprocess.SubprocessError) as e:
         console.say(f"modprobe fuse: {getattr(e, 'strerror', None) or e}", KERN_NOTICE)
-    deadline = time.monotonic() + FUSE_WAIT
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(FUSE_POLL)
     return True

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from usrview import images
 from usrview.cli._common import add_keys_option, add_store_option, load_keyring, open_store, signature_policy
+from usrview.config import DISPATCH_SPIN_US
 from usrview.errors import EXIT_OK, OperationalError
 from usrview.view.loader import release_free_memory
 
@@ -43,9 +44,6 @@ VERIFY_MODES = ("enforce", "warn", "off")
 KERNEL_CACHE_MODES = ("auto", "off")
 #: --prefetch's values, the default first (usrview.view.prefetch).
 PREFETCH_MODES = ("on", "off")
-#: --spin-us's default (usrview.view.fs.DISPATCH_SPIN_US, named here too so that
-#: parsing a command line does not import pyfuse3).
-SPIN_US = 30
 
 
 def spin_us(text: str) -> float:
@@ -83,9 +81,9 @@ def register(sub, common) -> None:
     p.add_argument("--prefetch", choices=PREFETCH_MODES, default=PREFETCH_MODES[0],
                    help="record the files this mount opens, and check the last mount's ahead, "
                    "in the background, right after mounting (on, the default; docs/view.md)")
-    p.add_argument("--spin-us", type=spin_us, default=SPIN_US, metavar="MICROSECONDS",
+    p.add_argument("--spin-us", type=spin_us, default=DISPATCH_SPIN_US, metavar="MICROSECONDS",
                    help="after answering a request, poll for the next one this long before sleeping, "
-                   f"where pyfuse3 has the c_wait dispatch (default {SPIN_US}; 0: sleep at once): a request "
+                   f"where pyfuse3 has the c_wait dispatch (default {DISPATCH_SPIN_US}; 0: sleep at once): a request "
                    "from another CPU then costs less, for up to that much CPU per request")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")

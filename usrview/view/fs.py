@@ -34,6 +34,7 @@ from collections import Counter, OrderedDict
 
 import pyfuse3
 
+from usrview.config import DISPATCH_SPIN_US
 from usrview.view.guard import Guard
 from usrview.view.tree import Node, Tree, digest_label
 from verifier import filecaps
@@ -98,12 +99,6 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
                 f"{', --kernel-cache off' if patched else ''})")
     return ", ".join(sorted(features)) + f" (files checked at their first read; {which})"
 
-
-#: How long the patched pyfuse3's wait for the next request polls /dev/fuse
-#: before it sleeps, in microseconds (``usrview mount --spin-us``): a request
-#: sent from the other CPU then finds this one awake (docs/view.md, "What a
-#: request costs"), at the cost of up to that much CPU after each answer.
-DISPATCH_SPIN_US = 30
 
 
 def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:

@@ -34,14 +34,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import pyfuse3
 import trio
 
+from usrview.config import DISPATCH_SPIN_US
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError
-from usrview.view.fs import (
-    DISPATCH_SPIN_US,
-    ViewOperations,
-    configure_dispatch,
-    describe_dispatch,
-    describe_kernel_cache,
-)
+from usrview.view.fs import ViewOperations, configure_dispatch, describe_dispatch, describe_kernel_cache
 from usrview.view.guard import Guard
 from usrview.view.profile import ServingProfile
 from usrview.view.tree import Tree
@@ -159,7 +154,7 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
     """Mount ``ops`` on ``mountpoint`` and serve until SIGTERM/SIGINT or an unmount;
     ``tasks`` run beside, from the mount on, and are cancelled at the unmount.
     ``profile``: profile this thread from READY on, logged with the requests.
-    ``spin_us``: the busy-poll before the wait for a request sleeps (fs.DISPATCH_SPIN_US)."""
+    ``spin_us``: the busy-poll before the wait for a request sleeps (usrview.config.DISPATCH_SPIN_US)."""
     recover_mountpoint(mountpoint)
     raise_fd_limit()
     async with contextlib.AsyncExitStack() as stack:
