@@ -27,8 +27,12 @@ DEFAULT_TRIES = 3
 #: How long the patched pyfuse3's wait for the next request polls /dev/fuse
 #: before it sleeps, in microseconds (``usrview mount --spin-us``; usrview.view.fs):
 #: a request sent from the other CPU then finds the daemon awake (docs/view.md,
-#: "What a request costs"), at the cost of up to that much CPU after each answer.
-DISPATCH_SPIN_US = 30
+#: "What a request costs"), at the cost of up to that much CPU after an answer.
+#: Only within a burst (the last request came sooner than this after the answer
+#: before it): a request that comes alone costs no spin.  400: a program's
+#: requests come 10-100 µs apart natively, PID 1's 0.1-0.4 ms apart under TCG
+#: while it loads its units at boot (docs/boot.md, "Polling within a burst").
+DISPATCH_SPIN_US = 400
 #: The most tries the setting accepts (a counter, not a duration).
 MAX_TRIES = 100
 #: Setting this variable to a path reads that file instead of DEFAULT_CONFIG.

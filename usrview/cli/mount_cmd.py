@@ -82,9 +82,9 @@ def register(sub, common) -> None:
                    help="record the files this mount opens, and check the last mount's ahead, "
                    "in the background, right after mounting (on, the default; docs/view.md)")
     p.add_argument("--spin-us", type=spin_us, default=DISPATCH_SPIN_US, metavar="MICROSECONDS",
-                   help="after answering a request, poll for the next one this long before sleeping, "
-                   f"where pyfuse3 has the c_wait dispatch (default {DISPATCH_SPIN_US}; 0: sleep at once): a request "
-                   "from another CPU then costs less, for up to that much CPU per request")
+                   help="after answering a request within a burst of them, poll for the next one this long "
+                   f"before sleeping, where pyfuse3 has the c_wait dispatch (default {DISPATCH_SPIN_US}; 0: sleep at "
+                   "once): a request from another CPU then costs less, for up to that much CPU per burst")
     p.add_argument("--foreground", action="store_true",
                    help="do not detach (systemd's Type=notify service uses this)")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
