@@ -70,6 +70,10 @@ BOOT_COMPLETE_UNIT = "usrview-boot-complete.service"
 #: dracut modules of every initrd here: systemd in the initrd, a btrfs root on a block device.
 DRACUT_MODULES = ("systemd", "systemd-initrd", "base", "rootfs-block", "kernel-modules", "btrfs")
 DRACUT_DRIVERS = ("virtio_blk", "virtio_pci", "btrfs", "fuse")
+#: Both initrds (with usrview's module and without) are compressed with zstd, the
+#: compression docs/boot.md recommends for an initrd that carries a Python runtime:
+#: the kernel unpacks it about five times faster than dracut's default gzip.
+DRACUT_COMPRESS = "zstd"
 #: What the guest needs; the package set is these and everything they depend on.
 GUEST_PACKAGES = ("systemd", "systemd-sysv", "udev", "bash", "coreutils", "util-linux", "mount", "python3",
                   "tar", "grep", "libfuse3-3")
@@ -227,6 +231,7 @@ def build_initrd(kernel: Kernel, out: Path, *, usrview: bool = True, keys: Path 
     dracut_log = out.with_suffix(".dracut.log")
     with open(dracut_log, "wb") as f:
         r = subprocess.run(["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
+                            "--compress", DRACUT_COMPRESS,
                             "--kver", kernel.kver, "--kmoddir", str(kernel.moddir), "-m", " ".join(modules),
                             "--add-drivers", " ".join(DRACUT_DRIVERS), str(out)],
                            env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, timeout=900,
