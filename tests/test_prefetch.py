@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +180,42 @@ async def test_recorded_files_are_checked_before_their_first_open(deployed, gpg_
         assert await _open_all(guard, tree, ["share/p/f07"]) == {"share/p/f07": "ok"}
         assert guard.hashed == 1  # one not recorded is hashed at its open
     finally:
+        guard.close()
+
+
+async def test_read_ahead_waits_while_the_record_is_checked(deployed, gpg_key, monkeypatch):
+    # The guard's read-ahead (a guess from inode order) reads nothing while the
+    # record (what this mount will open) is being checked ahead; after, it does.
+    store, image, tree = view_of(deployed, gpg_key)
+    monkeypatch.setattr(prefetch_module, "THREADS", 1)
+    guard = Guard(tree)
+    hold = threading.Event()
+    real_hash = Prefetch._hash
+
+    def held_hash(self, *args):
+        hold.wait(30)
+        return real_hash(self, *args)
+
+    monkeypatch.setattr(Prefetch, "_hash", held_hash)
+    prefetch = Prefetch(tree, guard, store, image.id, ["share/p/f10"])
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prefetch.run)
+            with trio.fail_after(30):
+                while not guard.read_ahead_paused:
+                    await trio.sleep(0.01)
+            assert await _open_all(guard, tree, ["share/p/f01"]) == {"share/p/f01": "ok"}
+            assert guard.read_ahead == 0  # the files after f01 were not read ahead
+            hold.set()
+            with trio.fail_after(30):
+                while not prefetch.done.is_set():
+                    await trio.sleep(0.01)
+            assert not guard.read_ahead_paused
+            assert await _open_all(guard, tree, ["share/p/f03"]) == {"share/p/f03": "ok"}
+            assert guard.read_ahead > 0  # once checked, opens read ahead again
+            nursery.cancel_scope.cancel()
+    finally:
+        hold.set()
         guard.close()
 
 

@@ -36,7 +36,11 @@ metadata reads that asking may wait for do not hold up the event loop).  The
 window works like the kernel's page read-ahead: it starts at :data:`READAHEAD_START` files and doubles, up to
 :data:`READAHEAD_MAX`, while the opens land on files it read ahead; an open
 elsewhere starts a new small window.  Read-ahead only warms the page cache:
-what is verified, logged and refused is decided by each open as before.
+what is verified, logged and refused is decided by each open as before.  It
+pauses while the prefetch checks the last mount's record of opens ahead
+(:attr:`Guard.read_ahead_paused`): the record says what this mount will open,
+the window only guesses, and both read the disk at once — at boot the guess
+read hundreds of files no one opened (docs/boot.md, "The read-ahead paused").
 
 Backing files are opened relative to the package directory, one component at
 a time with ``O_NOFOLLOW`` (:func:`verifier.fileio.open_dir_beneath`), the file
@@ -264,6 +268,9 @@ class Guard:
         self.read_ahead = 0
         #: Files the prefetch hashed to their digest before their first open.
         self.ahead = 0
+        #: Set by the prefetch while it checks its record ahead: opens queue no
+        #: read-ahead meanwhile (see the module docstring).
+        self.read_ahead_paused = False
         # called with each node opened for a check (usrview.view.prefetch records them)
         self.on_open: Callable[[Node], None] | None = None
 
@@ -323,7 +330,7 @@ class Guard:
             self._violation(node, f"backing file cannot be opened: {os.strerror(e.errno or errno.EIO)}",
                             fatal=True)
             raise OSError(errno.EIO, "backing file cannot be opened") from None
-        if self.mode is not VerifyMode.OFF:
+        if self.mode is not VerifyMode.OFF and not self.read_ahead_paused:
             self._read_ahead(node)
         try:
             identity = await self._check(node, fd)

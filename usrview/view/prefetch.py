@@ -19,6 +19,9 @@ from one boot to the next, so the view remembers it:
   hash them; a file that hashed to its header's digest is handed to the guard
   (:meth:`Guard.checked_ahead`, in the event loop), whose first open of it then
   costs no hash.  Unmounting stops them (at the next 1 MiB read) and waits.
+  Meanwhile the guard's verification read-ahead is paused
+  (:attr:`Guard.read_ahead_paused`): the record, not inode order, says what
+  this mount opens next.
 
 The record only steers performance, never trust: it is read under a cap
 (:data:`RECORD_MAX_BYTES`), a path that is not a regular file of this image is
@@ -288,6 +291,9 @@ class Prefetch:
         if not self._todo:
             self.done.set()
             return
+        # The record says what this mount opens: the guard's read-ahead, a guess
+        # from inode order, waits until it was checked (usrview.view.guard).
+        self.guard.read_ahead_paused = True
         self._running = THREADS
         for n in range(THREADS):
             t = threading.Thread(target=self._work, args=(token,), name=f"usrview-prefetch-{n}", daemon=True)
@@ -350,6 +356,7 @@ class Prefetch:
                 self._running -= 1
                 last = self._running == 0
             if last:
+                self.guard.read_ahead_paused = False
                 summary = (f"prefetch: {self.ahead} recorded files checked ahead, {self.refused} differed "
                            f"from their digest, {self.skipped} left out"
                            f"{' (stopped at unmount)' if self._stop.is_set() else ''}")
