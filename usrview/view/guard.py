@@ -40,7 +40,8 @@ what is verified, logged and refused is decided by each open as before.  It
 pauses while the prefetch checks the last mount's record of opens ahead
 (:attr:`Guard.read_ahead_paused`): the record says what this mount will open,
 the window only guesses, and both read the disk at once — at boot the guess
-read hundreds of files no one opened (docs/boot.md, "The read-ahead paused").
+read hundreds of files no one opened (docs/boot.md, "Polling within a burst, nice 0, a zstd initrd, the
+read-ahead paused").
 
 Backing files are opened relative to the package directory, one component at
 a time with ``O_NOFOLLOW`` (:func:`verifier.fileio.open_dir_beneath`), the file
