@@ -30,6 +30,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def serve(mountpoint: str, probe: str | None = None) -> None:
     for knob in ("spin", "wait"):
         if os.environ.get(f"FLOOR_DISPATCH_{knob.upper()}") and hasattr(pyfuse3, f"dispatch_{knob}"):
             setattr(pyfuse3, f"dispatch_{knob}", float(os.environ[f"FLOOR_DISPATCH_{knob.upper()}"]))
+    # FLOOR_GIL_HOG=1: a thread runs Python code all along, holding the GIL but for
+    # the interpreter's forced switches (every 5 ms), as a busy thread of a daemon does.
+    if os.environ.get("FLOOR_GIL_HOG"):
+        def hog() -> None:
+            while True:
+                pass
+
+        threading.Thread(target=hog, name="gil-hog", daemon=True).start()
 
     class Floor(pyfuse3.Operations):
         def _attr(self, inode: int) -> pyfuse3.EntryAttributes:

@@ -109,8 +109,9 @@ def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
                 ".ci/pyfuse3-kernel-cache.patch)")
     pyfuse3.dispatch_spin = spin_us / 1e6
     burst = " within a burst of requests" if "burst_spin" in features else ""
+    ioctls = ", ioctls answered there without the GIL" if "c_ioctl" in features else ""
     return (f"the next request waited for in C while trio is idle ({pyfuse3.dispatch_wait * 1e3:g} ms "
-            f"at most, polled {spin_us:g} µs before sleeping{burst}), handlers run inline")
+            f"at most, polled {spin_us:g} µs before sleeping{burst}{ioctls}), handlers run inline")
 
 
 def describe_dispatch() -> str:
