@@ -20,6 +20,7 @@ from tests.fuse_floor import floor_paths, mounted_floor
 from tests.prereq import require_fuse
 from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, _requests
 from tests.test_view_lifecycle import mountpoint, start, store  # noqa: F401 (fixtures)
+from usrview.config import DISPATCH_SPIN_US
 
 #: A client of a mount: isatty (one IOCTL each) and getxattr ATTR of PATHS
 #: (one GETXATTR each: the kernel caches none) for SECONDS or until the mount
@@ -126,7 +127,8 @@ def test_view_unmounts_right_after_a_request(store, gpg_key, mountpoint, tmp_pat
     mnt, daemons = mountpoint
     d = start(store, gpg_key, mnt, daemons, tmp_path / "mount.log", "-v")
     if "c_wait" in getattr(pyfuse3, "DISPATCH_FEATURES", ()):
-        assert "the next request waited for in C while trio is idle (10 ms at most, polled 400 µs" in d.log()
+        assert ("the next request waited for in C while trio is idle (10 ms at most, "
+                f"polled {DISPATCH_SPIN_US:g} µs") in d.log()
     fd = os.open(mnt / "share/life/data", os.O_RDONLY)
     try:
         finish([hammer(1, [str(mnt / "share/life/data")])])

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyfuse3
 import pytest
 
 from tests.prereq import require_fuse
@@ -33,6 +34,7 @@ from tests.test_mount import MOUNT_TIMEOUT, REPO, _dead_mount, unmount
 from tests.viewstore import deploy_store, load_keyring
 from usrview.boot.initrd import FUSE_DEVICE_ENV, READ_AHEAD_KIB, SERVING_NICE
 from usrview.boot.rootdaemon import AUDIT_ENV
+from usrview.config import BOOT_SPIN_US, DISPATCH_SPIN_US
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.view.compiled import HEAD, compile_image
 from usrview.view.prefetch import format_record, opened_record_path
@@ -443,6 +445,31 @@ def test_usrview_profile_logs_where_the_serving_threads_cpu_goes(sysroot, tmp_pa
         assert re.search(r"MESSAGE=profile beneath: [\d.]+ s \d+ calls ", text)
         handlers = re.search(r"MESSAGE=profile handlers: (.*)", text).group(1)
         assert re.search(r"\blookup [1-9]\d* \(", handlers) and re.search(r"\bread [1-9]\d* \(", handlers)
+        stop(proc, tmp_path / "daemon.log")
+
+
+def _dispatch_line(proc, journal) -> str:
+    proc.send_signal(signal.SIGUSR2)
+    while not (line := re.search(r"MESSAGE=(dispatch: .*)", journal.recv(65536).decode(errors="replace"))):
+        pass
+    return line.group(1)
+
+
+def test_the_boot_polls_longer_then_as_any_mount(sysroot, tmp_path):
+    """While the booted system starts (--boot-spin seconds from the mount) the wait for a
+    request polls up to BOOT_SPIN_US within a burst; then DISPATCH_SPIN_US, as usrview mount."""
+    if "set_spin" not in getattr(pyfuse3, "DISPATCH_FEATURES", ()):
+        pytest.skip("pyfuse3 without set_dispatch_spin (run .ci/setup)")
+    root, _, _ = sysroot
+    with journaled_daemon(root, tmp_path, "", "--boot-spin", "2") as (proc, journal, kmsg):
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while "<5>usrview: ready " not in kmsg.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
+        assert _dispatch_line(proc, journal).endswith(f", spin_us {BOOT_SPIN_US}")
+        time.sleep(2.5)
+        assert _dispatch_line(proc, journal).endswith(f", spin_us {DISPATCH_SPIN_US}")
+        assert (root / "usr/bin/life").read_bytes() == b"#!/bin/sh\necho life\n"
         stop(proc, tmp_path / "daemon.log")
 
 

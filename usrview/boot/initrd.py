@@ -40,6 +40,7 @@ that loads, or the mount itself fails.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import subprocess
@@ -57,6 +58,8 @@ from usrview.store import Store
 from verifier import policy as policies
 from verifier.fileio import OwnerIds
 from verifier.keyring import Keyring
+
+log = logging.getLogger(__name__)
 
 #: The kernel log: what the console shows while booting.
 KMSG = "/dev/kmsg"
@@ -489,14 +492,17 @@ def raise_read_ahead(mountpoint: Path, kib: int, console: Console) -> None:
 
 def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, console: Console,
                  policy: policies.Policy | None = None, *, wait: bool = False,
-                 stages: Stages | None = None, read_ahead: int = READ_AHEAD_KIB, warm: bool = False) -> int:
+                 stages: Stages | None = None, read_ahead: int = READ_AHEAD_KIB, warm: bool = False,
+                 boot_spin: float = config.BOOT_SPIN_SECONDS) -> int:
     """Serve this boot's image on SYSROOT/usr until unmounted, judging signatures
     under ``policy`` (None: SYSROOT's configuration's); with ``wait``, once
-    SYSROOT is mounted.  The exit status."""
+    SYSROOT is mounted.  For ``boot_spin`` seconds from the mount the wait for a
+    request polls up to config.BOOT_SPIN_US within a burst, then
+    config.DISPATCH_SPIN_US.  The exit status."""
     stages = stages or Stages()
     # Serving needs trio and pyfuse3 (imported here, not for every command line).
     from usrview.view.ctree import start_full_check
-    from usrview.view.fs import kernel_cache_features
+    from usrview.view.fs import kernel_cache_features, set_spin
     from usrview.view.loader import release_free_memory
     from usrview.view.mount import serve_tree
     from usrview.view.profile import ServingProfile
@@ -555,9 +561,18 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
             console.say(stages.line(), KERN_NOTICE)
             rootdaemon.on_ready()
 
+        async def end_boot_spin() -> None:
+            import trio
+
+            await trio.sleep(boot_spin)
+            if set_spin(config.DISPATCH_SPIN_US):
+                log.info("the boot's busy-poll of up to %g µs ended: %g µs from now on", config.BOOT_SPIN_US,
+                         config.DISPATCH_SPIN_US)
+
         try:
             serve_tree(tree, os.fspath(mountpoint), verify=params.verify, kernel_cache=kernel_cache,
-                       on_ready=on_ready, prefetch=ahead, profile=ServingProfile() if params.profile else None)
+                       on_ready=on_ready, prefetch=ahead, profile=ServingProfile() if params.profile else None,
+                       spin_us=config.BOOT_SPIN_US, tasks=[end_boot_spin])
         except UsrviewError as e:
             console.say(f"cannot serve {mountpoint}: {e}", KERN_ERR)
             return EXIT_ERROR

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from usrview import config
 from usrview.boot import cmdline
 from usrview.boot.initrd import DEFAULT_CONFIG, DEFAULT_KEYS, READ_AHEAD_KIB, Console, Stages, initrd_mount
 from usrview.cli._common import add_signature_policy_option
@@ -45,6 +46,10 @@ def register(sub, common) -> None:
     p.add_argument("--warm", choices=("on", "off"), default="off",
                    help="read the files the last boot opened through the mount from the mount on "
                         "(default off: under qemu's TCG it cost more than it saved, docs/boot.md)")
+    p.add_argument("--boot-spin", type=float, default=config.BOOT_SPIN_SECONDS, metavar="SECONDS",
+                   help=f"for this long after the mount, poll up to {config.BOOT_SPIN_US:g} µs for the next "
+                        f"request within a burst (the booted system's start), then {config.DISPATCH_SPIN_US:g} µs "
+                        f"(default {config.BOOT_SPIN_SECONDS:g})")
     add_signature_policy_option(p)
     p.set_defaults(func=run, needs_config=False, serves=True)
 
@@ -54,5 +59,7 @@ def run(args, cfg) -> int:
     policy = policies.by_name(args.signature_policy) if args.signature_policy else None
     if args.read_ahead < 0:
         raise UsageError(f"--read-ahead {args.read_ahead}: not a number of KiB")
+    if not 0 <= args.boot_spin <= 86400:
+        raise UsageError(f"--boot-spin {args.boot_spin:g}: not a number of seconds from 0 to 86400")
     return initrd_mount(args.sysroot, args.cmdline, args.keys, Console(), policy, wait=args.wait_for_sysroot,
-                        stages=stages, read_ahead=args.read_ahead, warm=args.warm == "on")
+                        stages=stages, read_ahead=args.read_ahead, warm=args.warm == "on", boot_spin=args.boot_spin)

@@ -117,7 +117,19 @@ def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
 def describe_dispatch() -> str:
     """How the session loop waited for requests so far (the SIGUSR2 log), where pyfuse3 counts it."""
     counts = pyfuse3.dispatch_statistics() if hasattr(pyfuse3, "dispatch_statistics") else {}
+    if counts:  # and the busy-poll's length now, in µs
+        counts = {**counts, "spin_us": round(pyfuse3.dispatch_spin * 1e6)}
     return "dispatch: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "not counted")
+
+
+def set_spin(spin_us: float) -> bool:
+    """Change the busy-poll while serving (the patched pyfuse3's set_spin); False
+    where pyfuse3 cannot."""
+    setter = getattr(pyfuse3, "set_dispatch_spin", None)
+    if setter is None or "c_wait" not in getattr(pyfuse3, "DISPATCH_FEATURES", ()):
+        return False
+    setter(spin_us / 1e6)
+    return True
 
 
 def _handler(fn):

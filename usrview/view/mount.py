@@ -190,11 +190,13 @@ async def serve(ops: ViewOperations, mountpoint: str, *, options: set[str] | Non
 def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozenset[str],
                on_ready: Callable[[], None] | None = None,
                prefetch: Callable[[Guard], Callable[[], Awaitable[None]]] | None = None,
-               profile: ServingProfile | None = None, spin_us: float = DISPATCH_SPIN_US) -> None:
+               profile: ServingProfile | None = None, spin_us: float = DISPATCH_SPIN_US,
+               tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve ``tree`` on ``mountpoint`` (blocks until unmounted): what ``usrview
     mount`` and the initrd's ``initrd-mount`` both run once the tree is built.
     ``prefetch``: None, or made with the guard the task that checks ahead
-    (:class:`usrview.view.prefetch.Prefetch`'s ``run``)."""
+    (:class:`usrview.view.prefetch.Prefetch`'s ``run``).  ``tasks``: run beside
+    from the mount on, as :func:`serve`'s."""
     guard = Guard(tree, verify)
     ops = ViewOperations(tree, guard, kernel_cache)
     # What was made until now (the modules, the tree) lives as long as the daemon:
@@ -202,7 +204,7 @@ def serve_tree(tree: Tree, mountpoint: str, *, verify: str, kernel_cache: frozen
     # mount and initrd-mount paused it from their start: usrview.cli.main).
     gc.freeze()
     gc.enable()
-    run(ops, mountpoint, on_ready=on_ready, tasks=[prefetch(guard)] if prefetch is not None else [],
+    run(ops, mountpoint, on_ready=on_ready, tasks=[*tasks, *([prefetch(guard)] if prefetch is not None else [])],
         profile=profile, spin_us=spin_us)
 
 
