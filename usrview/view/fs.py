@@ -125,10 +125,9 @@ def describe_dispatch() -> str:
 def set_spin(spin_us: float) -> bool:
     """Change the busy-poll while serving (the patched pyfuse3's set_spin); False
     where pyfuse3 cannot."""
-    setter = getattr(pyfuse3, "set_dispatch_spin", None)
-    if setter is None or "c_wait" not in getattr(pyfuse3, "DISPATCH_FEATURES", ()):
+    if "set_spin" not in getattr(pyfuse3, "DISPATCH_FEATURES", ()):
         return False
-    setter(spin_us / 1e6)
+    pyfuse3.set_dispatch_spin(spin_us / 1e6)
     return True
 
 
