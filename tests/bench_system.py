@@ -551,8 +551,8 @@ def floors(workdir: Path) -> dict:
 
 
 #: Which of tests/fuse_floor.py's figures a request of each kind costs at least.  A
-#: GETXATTR comes alone after the caller's own work (an exec's security.capability, a
-#: set-id program's ACL of the root directory), the daemon asleep: its figure after idle.
+#: GETXATTR comes alone after the caller's own work (an exec's security.capability), the
+#: daemon asleep: its figure after idle.
 FLOOR_OF = {"getxattr": "getxattr_idle_us", "ioctl": "ioctl_us"}
 
 
@@ -671,10 +671,6 @@ def _request_floor(name: str, res: dict, fl: dict) -> str:
                 f"{median(n['view']) / median(n['native']):.2f}x native ({rest_ms:.1f} ms above): the rest of "
                 "FUSE's exec path; the capability's GETXATTR, asked at every exec of a file on a suid mount "
                 "and never cached by the kernel, is the difference")
-    if any(k.endswith(" (root directory)") for k in names):
-        why += ("; the root directory's ACL is asked at every path walk of a user other than root (the kernel "
-                "made the root's inode at mount, before FUSE_INIT enabled ACLs, and never caches its ACL: "
-                "docs/view.md)")
     return why + "; the rest is the kernel's path for FUSE files and the machine's noise"
 
 

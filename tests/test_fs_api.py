@@ -193,10 +193,11 @@ async def test_xattrs(store, gpg_key):
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.getxattr(tool.st_ino, b"security.capability", None)
     assert e.value.errno == errno.ENODATA
-    # other names: EOPNOTSUPP for security labels the view keeps none of (ls -l then
-    # stops asking), ENODATA elsewhere (the kernel caches that for ACLs)
+    # other names: EOPNOTSUPP for security labels and ACLs, which the view keeps none of
+    # (ls -l then stops asking), ENODATA elsewhere
     for name, err in ((b"security.selinux", errno.EOPNOTSUPP), (b"user.other", errno.ENODATA),
-                      (b"system.posix_acl_access", errno.ENODATA), (b"trusted.x", errno.ENODATA)):
+                      (b"system.posix_acl_access", errno.EOPNOTSUPP),
+                      (b"system.posix_acl_default", errno.EOPNOTSUPP), (b"trusted.x", errno.ENODATA)):
         with pytest.raises(pyfuse3.FUSEError) as e:
             await ops.getxattr(capped.st_ino, name, None)
         assert e.value.errno == err, name

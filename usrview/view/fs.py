@@ -58,16 +58,15 @@ SERVED_XATTRS = frozenset({XATTR_CAPS, XATTR_PACKAGE, XATTR_DIGEST})
 #: modules the view does not keep) answer EOPNOTSUPP, as a kernel file system without
 #: them does; ``ls -l`` (coreutils' getfilecon_cache) then stops asking for
 #: security.selinux on the device after its first answer, where ENODATA cost a GETXATTR
-#: per listed entry.  Other unknown names answer ENODATA (system.posix_acl_* must: the
-#: kernel caches that as "no ACL", and takes EOPNOTSUPP for an error).
+#: per listed entry.  Other unknown names answer ENODATA.
 XATTR_SECURITY_PREFIX = b"security."
-#: POSIX ACL names.  The kernel keeps the view's answer (no ACL) per inode, except the
-#: root directory's: its inode is made at mount, before FUSE_INIT enables ACLs, and so
-#: is marked never to cache them (fuse_init_inode: ACL_DONT_CACHE, kept for the mount's
-#: life).  Every path walk through the root by a user other than its owner (root) asks
-#: again; those queries are counted apart, under the name with :data:`ROOT_SUFFIX`.
+#: POSIX ACL names answer EOPNOTSUPP too: the view has no ACLs (a package's header
+#: carries none) and does not ask the kernel for ACL support (``enable_acl`` below), so
+#: it says so as a file system mounted ``noacl`` does; ``ls -l`` (file_has_acl_cache)
+#: then stops asking on the device after its first answer.
 XATTR_ACL_PREFIX = b"system.posix_acl_"
-ROOT_SUFFIX = b" (root directory)"
+#: The names answered EOPNOTSUPP.
+UNSUPPORTED_XATTR_PREFIXES = (XATTR_SECURITY_PREFIX, XATTR_ACL_PREFIX)
 
 #: The kernel caching the view uses where pyfuse3 offers it: symlink targets
 #: cached; files and directories opened without OPEN/OPENDIR requests.
@@ -181,16 +180,19 @@ class ViewOperations(pyfuse3.Operations):
         requests: handler name -> requests it answered (``usrview mount -v``
             logs them at SIGUSR2 and at the unmount: what still reaches the daemon;
             FORGET and FLUSH, which answer nothing, are not counted).
-        xattr_names: extended attribute name -> GETXATTR requests for it (logged with them;
-            the root directory's ACL queries apart, :data:`ROOT_SUFFIX`).
+        xattr_names: extended attribute name -> GETXATTR requests for it (logged with them).
     """
 
     supports_dot_lookup = True
     enable_writeback_cache = False
-    # FUSE_CAP_POSIX_ACL: the kernel asks for a file's ACL once and caches the
-    # answer (none), where without it every ACL query (``ls -l`` asks one per
-    # file) is a GETXATTR round trip.
-    enable_acl = True
+    # No FUSE_CAP_POSIX_ACL: the kernel then checks permissions by the mode bits alone
+    # and asks the daemon no ACL at a path walk.  With it, it would cache each inode's
+    # answer (no ACL) but the root directory's: that inode is made at mount, before
+    # FUSE_INIT's answer enables ACLs, and is marked never to cache them
+    # (fuse_init_inode: ACL_DONT_CACHE), so every path walk through /usr by a user
+    # other than root asked the daemon for the root's ACL (docs/view.md, "Execs and
+    # set-id programs").  The view has no ACLs to serve.
+    enable_acl = False
 
     def __init__(self, tree: Tree, guard: Guard, kernel_cache: frozenset[str] = frozenset()):
         super().__init__()
@@ -325,17 +327,14 @@ class ViewOperations(pyfuse3.Operations):
 
     @_handler
     async def getxattr(self, inode, name, ctx=None):
-        if inode == pyfuse3.ROOT_INODE and name.startswith(XATTR_ACL_PREFIX):
-            self.xattr_names[name + ROOT_SUFFIX] += 1
-        else:
-            self.xattr_names[name] += 1
+        self.xattr_names[name] += 1
         if name == XATTR_CAPS:  # asked at every exec: answered without building the others
             caps = self._node(inode).caps
             if caps is None:
                 raise pyfuse3.FUSEError(errno.ENODATA)
             return caps
         if name not in SERVED_XATTRS:
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if name.startswith(XATTR_SECURITY_PREFIX) else errno.ENODATA)
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if name.startswith(UNSUPPORTED_XATTR_PREFIXES) else errno.ENODATA)
         value = self._xattrs(self._node(inode)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
