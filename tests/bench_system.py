@@ -552,8 +552,9 @@ def floors(workdir: Path) -> dict:
 
 #: Which of tests/fuse_floor.py's figures a request of each kind costs at least.  A
 #: GETXATTR comes alone after the caller's own work (an exec's security.capability), the
-#: daemon asleep: its figure after idle.
-FLOOR_OF = {"getxattr": "getxattr_idle_us", "ioctl": "ioctl_us"}
+#: daemon asleep: its figure after idle; so does an IOCTL (Python's isatty() of each file
+#: it imports, after the work on the file before).
+FLOOR_OF = {"getxattr": "getxattr_idle_us", "ioctl": "ioctl_idle_us"}
 
 
 def floor_ms(counts: dict[str, int], floor: dict[str, float]) -> float:

@@ -130,9 +130,10 @@ def serve(mountpoint: str, probe: str | None = None) -> None:
 
 
 #: Seconds the caller works outside the file system before each request of
-#: "getxattr_idle_us" (an exec does about 0.5 ms of work between its requests).
+#: "getxattr_idle_us" and "ioctl_idle_us" (an exec does about 0.5 ms of work between
+#: its requests, Python as much between the files it imports).
 IDLE_GAP = 300e-6
-#: Requests of "getxattr_idle_us" a round.
+#: Requests of "getxattr_idle_us" and of "ioctl_idle_us" a round.
 IDLE_REQUESTS = 200
 
 
@@ -179,11 +180,12 @@ def measure(links: list[str], files: list[str], rounds: int = 5) -> dict:
     over warm paths, back to back; and per getxattr sent after
     :data:`IDLE_GAP` of work outside the file system ("getxattr_idle_us": the
     daemon has gone to sleep and is woken, as for the GETXATTR of
-    ``security.capability`` at every exec); the best of ``rounds``."""
+    ``security.capability`` at every exec), and per ``isatty()`` after as much
+    ("ioctl_idle_us": Python asks it of each file it imports); the best of ``rounds``."""
     for p in links + files:
         os.lstat(p)
-    best = dict.fromkeys(("readlink_us", "open_close_us", "getxattr_us", "ioctl_us", "getxattr_idle_us"),
-                         float("inf"))
+    best = dict.fromkeys(("readlink_us", "open_close_us", "getxattr_us", "ioctl_us", "getxattr_idle_us",
+                          "ioctl_idle_us"), float("inf"))
     fd = os.open(files[0], os.O_RDONLY)
     try:
         for _ in range(rounds):
@@ -212,10 +214,17 @@ def measure(links: list[str], files: list[str], rounds: int = 5) -> dict:
                 except OSError:
                     pass
                 idle += time.perf_counter() - t5
+            idle_ioctl = 0.0
+            for _ in files[:IDLE_REQUESTS]:
+                _busy(IDLE_GAP)
+                t6 = time.perf_counter()
+                os.isatty(fd)
+                idle_ioctl += time.perf_counter() - t6
             for key, dt in (("readlink_us", t1 - t0), ("open_close_us", t2 - t1), ("getxattr_us", t3 - t2),
                             ("ioctl_us", t4 - t3)):
                 best[key] = min(best[key], dt / len(files) * 1e6)
             best["getxattr_idle_us"] = min(best["getxattr_idle_us"], idle / len(files[:IDLE_REQUESTS]) * 1e6)
+            best["ioctl_idle_us"] = min(best["ioctl_idle_us"], idle_ioctl / len(files[:IDLE_REQUESTS]) * 1e6)
     finally:
         os.close(fd)
     return best
