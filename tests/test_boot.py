@@ -275,6 +275,9 @@ def test_daemon_needs_no_file_gone_or_under_usr(main_boot):
     assert not [line for line in daemon_lines if re.search(r"Traceback|Error|No module", line)], daemon_lines
     # the initrd mapped the compiled tree, and the full check did not refuse it
     assert re.search(r"usrview: ready .*headers \(\d+ signatures\) and compiled tree", journal), journal[-3000:]
+    # the code its imports generate came compiled with the initrd (usrview.boot.codecache)
+    cached = re.search(r"usrview: ready .*serving modules \(generated code: (\d+) of (\d+) compiled ahead\)", journal)
+    assert cached and int(cached.group(1)) > 150, journal[-3000:]
     assert "compiled tree refused" not in journal and "full check of the compiled tree" not in journal
     # the files this boot opened were recorded (the next boot of the image checks them ahead)
     assert c["records"] and max(c["records"].values()) > 50, c["records"]

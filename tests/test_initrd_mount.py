@@ -107,6 +107,18 @@ def sysroot(rpm_packages, gpg_key, tmp_path):
     assert not os.path.ismount(root / "usr") and not _dead_mount(root / "usr")
 
 
+@pytest.fixture(scope="module")
+def code_cache(tmp_path_factory) -> Path:
+    """The generated code of the daemon's imports, as the dracut module records it
+    for the initrd (usrview.boot.codecache; the unit names it in USRVIEW_CODE_CACHE)."""
+    out = tmp_path_factory.mktemp("codecache") / "usrview-generated-code"
+    r = subprocess.run([sys.executable, str(REPO / "systemd/dracut/90usrview/usrview-runtime.py"),
+                        f"--code-cache={out}"], capture_output=True, text=True, cwd="/", timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def _mapped_files(pid: int) -> set[str]:
     with open(f"/proc/{pid}/maps") as f:
         return {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
@@ -125,7 +137,7 @@ def _store_names(store_root: Path) -> set[str]:
     return names
 
 
-def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
+def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path, code_cache):
     root, _, image = sysroot
     mnt = root / "usr"
     cmdline = tmp_path / "cmdline"
@@ -142,7 +154,7 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
         journal.settimeout(MOUNT_TIMEOUT)
         env = daemon_env(tmp_path, NOTIFY_SOCKET=str(notify_path), INVOCATION_ID="test",
                          USRVIEW_JOURNAL_SOCKET=str(journal_path), USRVIEW_KMSG=str(kmsg),
-                         **{AUDIT_ENV: str(audit)})
+                         USRVIEW_CODE_CACHE=str(code_cache), **{AUDIT_ENV: str(audit)})
         proc = initrd_mount(root, cmdline, env, tmp_path / "daemon.log")
         try:
             try:
@@ -230,7 +242,10 @@ def test_initrd_mount_opens_and_imports_nothing_after_ready(sysroot, tmp_path):
                       r"CPU [\d.]+ s\): (.*)",
                       console)
     assert ready, console
-    stages = [part.rsplit(" ", 2)[0] for part in ready.group(1).split(", ")]
+    stages = [part.rsplit(" ", 2)[0] for part in re.sub(r" \(generated code[^)]*\)", "", ready.group(1)).split(", ")]
+    # the code its imports generate was read from the cache, not compiled again
+    cached = re.search(r"serving modules \(generated code: (\d+) of (\d+) compiled ahead\)", ready.group(1))
+    assert cached and int(cached.group(1)) > 150, ready.group(1)
     assert stages == ["interpreter and command line", "serving modules", "store and keys", "records and plan",
                       # no signature before READY: the root is no package's, the package's
                       # header is checked at its first use (above, after READY) and by the full check

@@ -5,6 +5,7 @@
   image records, in :mod:`usrview.images.bootstate` (``STORE/boot.json``): deploy,
   rollback, gc, status and the monitor use them, and those rooms may not import this one.
 - :mod:`usrview.boot.select`: which image a boot serves (boot counting and fallback).
+- :mod:`usrview.boot.codecache`: the code its imports generate, compiled with the initrd.
 - :mod:`usrview.boot.rootdaemon`: what the daemon does before READY so that after
   switch-root it never needs a file (systemd's rules for root-storage daemons).
 

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 from usrview import config, images
-from usrview.boot import cmdline, rootdaemon
+from usrview.boot import cmdline, codecache, rootdaemon
 from usrview.boot.select import Candidate, Plan, plan
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError, UsrviewError
 from usrview.images import bootstate
@@ -507,7 +507,10 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
     from usrview.view.mount import serve_tree
     from usrview.view.profile import ServingProfile
 
-    stages.mark("serving modules")
+    if codecache.active is not None or codecache.refused:  # python -m usrview.cli started it
+        stages.mark(f"serving modules ({codecache.summary(codecache.stop())})")
+    else:
+        stages.mark("serving modules")
     sysroot = sysroot.absolute()
     params = cmdline.parse(read_cmdline(cmdline_path, console))
     for problem in params.problems:

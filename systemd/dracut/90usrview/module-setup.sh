@@ -48,8 +48,12 @@ install() {
         derror "usrview: no Python that runs usrview (set usrview_python)"
         return 1
     }
+    # The listing's child also records the code the daemon's imports generate
+    # and compile (dataclasses, attrs, namedtuple): read from the initrd at
+    # boot instead of compiled again (usrview/codecache.py, USRVIEW_CODE_CACHE).
+    mkdir -p "$initdir$site"
     list=$(PYTHONPATH=${usrview_pythonpath:-${USRVIEW_PYTHONPATH:-}} PYTHONDONTWRITEBYTECODE=1 \
-        "$python" "$moddir/usrview-runtime.py") || {
+        "$python" "$moddir/usrview-runtime.py" --code-cache="$initdir$site/usrview-generated-code") || {
         derror "usrview: $python cannot list usrview's runtime"
         return 1
     }

@@ -3,7 +3,10 @@
 Run by the interpreter that runs usrview (module-setup.sh finds it).  A child
 interpreter imports what ``usrview initrd-mount`` imports -- ``usrview.cli.main``
 and ``usrview.boot.initrd.RUNTIME_IMPORTS`` -- and nothing else (this script's
-own imports would add to it), and reports the modules it then holds.  Printed,
+own imports would add to it), and reports the modules it then holds.  With
+``--code-cache=FILE`` it records the code those imports generate and compile
+(dataclasses, attrs, namedtuple, forward references) into FILE, which the
+initrd's daemon reads instead of compiling it again (usrview.boot.codecache).  Printed,
 one line per file the initrd must hold, tab-separated:
 
     python  PATH          the interpreter binary (installed with its libraries)
@@ -46,6 +49,10 @@ NOT_RUNTIME = ("__main__", "__mp_main__", "__editable__", "_distutils_hack")
 #: The child: import what the daemon imports, print {module: file} and the paths.
 CHILD = """
 import sys
+code_cache = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--code-cache=")]
+if code_cache:  # the generated code of the imports below, recorded (usrview.boot.codecache)
+    from usrview.boot import codecache
+    recorder = codecache.start()
 import usrview.cli.main
 from usrview.boot.initrd import RUNTIME_IMPORTS
 for name in RUNTIME_IMPORTS + tuple(a for a in sys.argv[1:] if not a.startswith("-")):
@@ -56,6 +63,9 @@ if "--all-commands" in sys.argv:
         for info in pkgutil.walk_packages(importlib.import_module(package).__path__, prefix=package + "."):
             if not info.name.endswith(".__main__"):
                 importlib.import_module(info.name)
+if code_cache:
+    codecache.stop()
+    recorder.save(code_cache[0])
 import json, sysconfig
 files = {n: m.__file__ for n, m in list(sys.modules.items()) if getattr(m, "__file__", None)}
 print(json.dumps({"files": files, "path": sys.path, "base_prefix": sys.base_prefix,
@@ -65,8 +75,9 @@ print(json.dumps({"files": files, "path": sys.path, "base_prefix": sys.base_pref
 """
 
 
-def daemon_modules(all_commands: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, *ALWAYS, *(["--all-commands"] if all_commands else [])],
+def daemon_modules(all_commands: bool = False, code_cache: str | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, *ALWAYS, *(["--all-commands"] if all_commands else []),
+                          *([f"--code-cache={code_cache}"] if code_cache else [])],
                          check=True, capture_output=True, text=True, cwd="/").stdout
     return json.loads(out)
 
@@ -90,7 +101,8 @@ def files_under(top: str, loaded: set[str]):
 
 
 def main(argv: list[str]) -> int:
-    child = daemon_modules(all_commands="--all-commands" in argv)
+    code_cache = next((a.split("=", 1)[1] for a in argv if a.startswith("--code-cache=")), None)
+    child = daemon_modules(all_commands="--all-commands" in argv, code_cache=code_cache)
     stdlib = os.path.realpath(child["stdlib"])
     dynload = os.path.join(stdlib, "lib-dynload")
     here = os.path.dirname(os.path.realpath(__file__))
