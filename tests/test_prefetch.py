@@ -219,6 +219,29 @@ async def test_read_ahead_waits_while_the_record_is_checked(deployed, gpg_key, m
         guard.close()
 
 
+async def test_the_threads_checking_ahead_run_only_when_nothing_else_wants_the_cpu(deployed, gpg_key, monkeypatch):
+    # SCHED_IDLE (and nice 19): under a booting system's load nice 19 alone still took
+    # time from PID 1 (docs/boot.md); the event loop's own thread keeps its policy.
+    store, image, tree = view_of(deployed, gpg_key)
+    seen = []
+    real_hash = Prefetch._hash
+
+    def noting_hash(self, *args):
+        seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return real_hash(self, *args)
+
+    monkeypatch.setattr(Prefetch, "_hash", noting_hash)
+    guard = Guard(tree)
+    prefetch = Prefetch(tree, guard, store, image.id, READ)
+    try:
+        await check_ahead(prefetch)
+        assert prefetch.ahead == len(READ)
+    finally:
+        guard.close()
+    assert seen and set(seen) == {(os.SCHED_IDLE, prefetch_module.NICE)}, seen
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 async def test_checking_ahead_never_makes_a_bad_file_good(deployed, gpg_key, expect_logs):
     store, image, tree = view_of(deployed, gpg_key)
     tamper(store, image, "lib/p/big")

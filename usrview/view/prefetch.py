@@ -14,7 +14,7 @@ from one boot to the next, so the view remembers it:
   line (``bin/ls``); this mount's files first, then the previous record's that
   this mount did not open (the oldest fall off the end).
 - **Checking ahead.** Right after the next mount of the image, :data:`THREADS`
-  threads of their own, at the lowest CPU priority (nice 19), open the recorded
+  threads of their own, at the lowest CPU priority (``SCHED_IDLE``, nice 19), open the recorded
   files' backing files (beneath the package directories, as the guard does) and
   hash them; a file that hashed to its header's digest is handed to the guard
   (:meth:`Guard.checked_ahead`, in the event loop), whose first open of it then
@@ -63,7 +63,9 @@ RECORD_MAX_PATHS = 8192
 RECORD_MAX_BYTES = 1 << 20
 #: Seconds between writes of a changed record while mounted.
 SAVE_PERIOD = 60.0
-#: Threads checking ahead, at :data:`NICE`.
+#: Threads checking ahead, scheduled SCHED_IDLE (they run when nothing else wants the
+#: CPU: under a booting system's load, nice 19 still took time from PID 1; lab boots,
+#: docs/boot.md) at :data:`NICE` (what is left of it where SCHED_IDLE is refused).
 THREADS = 2
 NICE = 19
 
@@ -226,7 +228,7 @@ class Prefetch:
     def describe(self) -> str:
         """What ``usrview mount -v`` says of it."""
         return (f"on: {len(self.previous)} files recorded by the last mount of image {self.image_id} "
-                f"checked ahead by {THREADS} threads at nice {NICE}; this mount's opens recorded in "
+                f"checked ahead by {THREADS} threads at SCHED_IDLE; this mount's opens recorded in "
                 f"{opened_record_path(self.store, self.image_id)}")
 
     # -- recording ---------------------------------------------------------
@@ -324,6 +326,10 @@ class Prefetch:
     def _work(self, token: trio.lowlevel.TrioToken) -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        except OSError:
+            pass
+        try:  # this thread only (Linux schedules threads apart)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except OSError:
             pass
         dir_fds: dict = {}
