@@ -56,6 +56,15 @@ def _inherited(depth):
     return sys._getframe(depth + 1).f_code.co_flags & FUTURE_FLAGS
 
 
+def _namespaces(globals, locals):
+    """exec's and eval's namespaces as the built-ins take them: the caller's (two
+    frames up, past the wrapper) when ``globals`` is None."""
+    if globals is None:
+        caller = sys._getframe(2)
+        return caller.f_globals, caller.f_locals if locals is None else locals
+    return globals, locals
+
+
 class CodeCache:
     """Code objects by (source, file name, mode, flags); ``recording`` adds what it
     compiles.  hits: compilations answered from it; misses: compiled."""
@@ -91,18 +100,12 @@ class CodeCache:
         """exec of the modules given :func:`start`'s shadows; they pass their globals."""
         if isinstance(source, str):
             source = self.lookup(source, "<string>", "exec", _inherited(1))
-        if globals is None:
-            caller = sys._getframe(1)
-            globals, locals = caller.f_globals, caller.f_locals if locals is None else locals
-        return _real_exec(source, globals, locals, **kwargs)
+        return _real_exec(source, *_namespaces(globals, locals), **kwargs)
 
     def eval(self, source, globals=None, locals=None, /):
-        if isinstance(source, str):
+        if isinstance(source, str):  # eval strips leading blanks before compiling
             source = self.lookup(source.lstrip(" \t"), "<string>", "eval", _inherited(1))
-        if globals is None:
-            caller = sys._getframe(1)
-            globals, locals = caller.f_globals, caller.f_locals if locals is None else locals
-        return _real_eval(source, globals, locals)
+        return _real_eval(source, *_namespaces(globals, locals))
 
     def save(self, path):
         """Write the recorded code objects to ``path`` (a temporary file, then renamed)."""
