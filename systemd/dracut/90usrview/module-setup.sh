@@ -61,6 +61,7 @@ install() {
         case $kind in
             python) exe=$src ;;
             home) home=$src ;;
+            stdlibdir) stdlibdir=$src ;;
             stdlib)
                 if [[ $src == *.so ]]; then
                     inst_library "$src"
@@ -78,13 +79,22 @@ install() {
         esac
     done <<< "$list"
     inst_binary "$exe"
+    # The libraries the interpreter and the compiled modules need (libpython,
+    # libffi for _ctypes, ...), installed now: dracut resolves dependencies at
+    # the end, and only of executable files -- a distribution's compiled modules
+    # are not (Debian's are 0644).
+    find "$initdir$stdlibdir" "$initdir$site" -type f -name '*.so' -print0 \
+        | xargs -r -0 "$DRACUT_INSTALL" ${initdir:+-D "$initdir"} -R -- "$initdir$exe" || {
+        derror "usrview: the libraries of $exe and its compiled modules cannot be installed"
+        return 1
+    }
     # Bytecode for every module, so that nothing is compiled at boot (the daemon
     # writes none: -B).  Unchecked hash-based .pyc: the initrd never changes, and
     # a timestamp-based one would be recompiled at every boot by a kernel that
     # does not keep the archive's mtimes (CONFIG_INITRAMFS_PRESERVE_MTIME).  The
     # .pyc name the path the module has in the initrd.
     "$python" -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$initdir" -p / \
-        "$initdir$home/lib" "$initdir$site" > /dev/null || {
+        "$initdir$stdlibdir" "$initdir$site" > /dev/null || {
         derror "usrview: compiling the runtime's modules failed"
         return 1
     }
@@ -92,7 +102,9 @@ install() {
     # not needed to run them (dracut's own strip keeps them): a smaller initrd
     # is unpacked sooner.
     if [[ $do_strip == yes ]] && command -v strip > /dev/null; then
-        find "$initdir$home" "$initdir$site" -type f \( -name '*.so' -o -name '*.so.*' \) \
+        find "$initdir$stdlibdir" "$initdir$site" -type f -name '*.so' \
+            -exec strip --strip-unneeded {} + 2> /dev/null
+        find "$initdir$home/lib" -maxdepth 1 -type f -name 'libpython*.so*' \
             -exec strip --strip-unneeded {} + 2> /dev/null
     fi
 

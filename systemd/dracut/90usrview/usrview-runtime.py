@@ -151,6 +151,7 @@ def main(argv: list[str]) -> int:
             out.add(("stdlib", os.path.join(stdlib, f)))
     print(f"python\t{os.path.realpath(child['executable'])}")
     print(f"home\t{child['base_prefix']}")
+    print(f"stdlibdir\t{stdlib}")
     for row in sorted(out):
         print("\t".join(row))
     return 0
