@@ -214,6 +214,46 @@ def store_ids(disk: Path, work: Path) -> dict:
     return {"ids": ids, "boot": boot, "current": current}
 
 
+def _unit_environment(unit: str) -> dict[str, str]:
+    """The Environment= assignments of a unit file (no quoting in ours)."""
+    env = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            env.update(word.split("=", 1) for word in line[len("Environment="):].split())
+    return env
+
+
+def test_initrd_runtime_runs_from_the_initrd_alone(env, tmp_path):
+    """The daemon's runtime in the initrd, as the unit starts it: its modules are
+    sourceless bytecode (no .py of usrview or its packages), the libraries its
+    compiled modules link are there (a distribution's are 0644, which dracut's own
+    resolution skips: Debian's _ctypes needs libffi), and every module the daemon
+    imports, the rarely used ones too, imports from the initrd with nothing else."""
+    root = tmp_path / "initrd"
+    root.mkdir()
+    unpack = subprocess.run(f"zstd -dc {env.initrd} | cpio -idm --quiet", shell=True, cwd=root,
+                            capture_output=True, text=True, check=False)
+    assert unpack.returncode == 0, unpack.stderr
+    unit = (root / "usr/lib/systemd/system/usrview-sysroot-usr.service").read_text()
+    python = re.search(r"^ExecStart=@(\S+) @usrview", unit, re.M).group(1)
+    unit_env = _unit_environment(unit)
+    site = root / unit_env["PYTHONPATH"].lstrip("/")
+    sources = [p for p in site.rglob("*.py") if p.is_file() and not p.is_symlink()]
+    assert not sources, sources[:10]
+    assert (site / "usrview/cli/main.pyc").is_file() and (site / "trio/__init__.pyc").is_file()
+    from usrview.boot.initrd import RUNTIME_IMPORTS
+    code = f"import usrview.cli.main\nfor name in {RUNTIME_IMPORTS!r}: __import__(name)\n"
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    run = subprocess.run([chroot, str(root), python, "-S", "-c", code], env=unit_env, capture_output=True,
+                         text=True, check=False, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the command itself, as far as it goes without a root file system: one line, exit 2
+    run = subprocess.run([chroot, str(root), python, "-S", "-m", "usrview.cli", "initrd-mount", "--sysroot",
+                          "/nonexistent", "--keys", "/etc/usrview/keys"], env=unit_env, capture_output=True,
+                         text=True, check=False, timeout=120)
+    assert run.returncode == 2 and "nothing to serve" in run.stderr, (run.returncode, run.stderr[-3000:])
+
+
 def test_usr_is_the_view(main_boot):
     mounts = [line.split() for line in main_boot.result.text("mountinfo").splitlines()]
     usr = [m for m in mounts if m[4] == "/usr"]
