@@ -102,7 +102,7 @@ install() {
         return 1
     }
     find "$initdir$stdlibdir" "$initdir$site" -type f -name '*.py' \
-        -exec sh -c 'for f; do [ -f "${f}c" ] && rm -f "$f"; done' sh {} +
+        -exec sh -c 'for f; do if [ -f "${f}c" ]; then rm -f "$f"; fi; done' sh {} +
     # Symbol tables of the interpreter's libraries and the compiled modules are
     # not needed to run them (dracut's own strip keeps them): a smaller initrd
     # is unpacked sooner.
