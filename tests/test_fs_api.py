@@ -12,6 +12,7 @@ import pyfuse3
 import pytest
 import trio
 
+from tests.prereq import require
 from tests.rpmbuild import STAGED_MTIME, FileSpec
 from tests.viewstore import deploy_store
 from usrview.cli._common import load_keyring
@@ -534,3 +535,64 @@ async def test_no_open_keeps_a_bounded_number_of_backing_fds(store, gpg_key, mon
     assert await ops.read(many[0], 0, 100) == b"0\n"
     assert list(ops.inode_fds) == many[-3:] + many[:1]
     ops.close_all()
+
+
+# -- READs answered in C (the patched pyfuse3's c_read) ----------------------------
+
+def require_c_read() -> None:
+    require("c_read" in getattr(pyfuse3, "DISPATCH_FEATURES", ()), "pyfuse3 without c_read (run .ci/setup)")
+
+
+async def test_kept_fds_answer_reads_in_c_as_long_as_python_keeps_them(store, gpg_key, monkeypatch):
+    require_c_read()
+    monkeypatch.setattr(fs_module, "INODE_FDS", 4)
+    ops = make_ops(store, gpg_key, kernel_cache=fs_module.KERNEL_CACHE)
+    assert ops.c_read
+    many = [(await lookup_path(ops, f"share/many/f{i:03d}")).st_ino for i in range(6)]
+    for inode in many:
+        await ops.read(inode, 0, 100)
+    # the C side holds what Python holds, no more: a fd Python let go is never read in C
+    assert pyfuse3.kept_read_fds() == len(ops.inode_fds) == 4
+    ops.close_all()
+    assert pyfuse3.kept_read_fds() == 0
+
+
+@pytest.mark.parametrize("store", ["compiled"], indirect=True)  # only a compiled tree is refused after its mount
+async def test_a_refused_compiled_tree_stops_reads_from_kept_fds(store, gpg_key, expect_logs):
+    require_c_read()
+    ops = make_ops(store, gpg_key, kernel_cache=fs_module.KERNEL_CACHE)
+    tool = (await lookup_path(ops, "bin/tool")).st_ino
+    assert await ops.read(tool, 0, 4096) == TOOL
+    assert pyfuse3.kept_read_fds() == 1
+    with expect_logs("compiled tree refused", level=logging.ERROR):
+        ops.tree.fail("the full check found a difference (test)")
+    assert pyfuse3.kept_read_fds() == 0  # at once, from the failing thread
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(tool, 0, 4096)
+    assert e.value.errno == errno.EIO
+    ops.close_all()
+
+
+async def test_a_file_checked_ahead_is_adopted_and_noted_at_its_first_read(store, gpg_key):
+    require_c_read()
+    ops = make_ops(store, gpg_key, kernel_cache=fs_module.KERNEL_CACHE)
+    opened = []
+    ops.guard.on_open = lambda node: opened.append(node.path)
+    node = ops.tree.resolve("bin/tool")
+    fd = os.open(backing(store, "usr/bin/tool"), os.O_RDONLY | os.O_CLOEXEC)
+    key = Guard.identity(os.fstat(fd), node)
+    ops.guard.checked_ahead(node, key, hashlib.sha256(TOOL).hexdigest(), fd)
+    assert ops.inode_fds[node.inode][0] == fd and pyfuse3.kept_read_fds() == 1
+    assert opened == []  # checked ahead is not opened: noted at the first read
+    assert await ops.read(node.inode, 0, 4096) == TOOL
+    assert await ops.read(node.inode, 0, 4096) == TOOL
+    assert opened == ["bin/tool"] and ops.guard.hashed == 0
+    # a digest that differs is not adopted: its fd is closed
+    other = ops.tree.resolve("share/many/f001")
+    fd2 = os.open(backing(store, "usr/share/many/f001"), os.O_RDONLY | os.O_CLOEXEC)
+    ops.guard.checked_ahead(other, Guard.identity(os.fstat(fd2), other), "0" * 64, fd2)
+    assert other.inode not in ops.inode_fds
+    with pytest.raises(OSError):
+        os.fstat(fd2)
+    ops.close_all()
+    assert pyfuse3.kept_read_fds() == 0

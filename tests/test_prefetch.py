@@ -16,9 +16,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyfuse3
 import pytest
 import trio
 
+from tests.prereq import require
 from tests.rpmbuild import FileSpec
 from tests.test_mount import MOUNT_TIMEOUT, running_view
 from tests.viewstore import deploy_store
@@ -369,3 +371,52 @@ def test_unmount_while_checking_ahead_is_clean(deployed, gpg_key, tmp_path):
     text = log.read_text()
     assert "prefetch: " in text and "Traceback" not in text
     assert load_record(store, image.id) == ["lib/p/big"] * 4000  # nothing opened: the record stays
+
+
+def _counts(log: str, prefix: str) -> dict[str, int]:
+    """The last ``requests: read 3, lookup 5`` (or ``dispatch: ...``) line of a mount's log, as a dict."""
+    line = [ln for ln in log.splitlines() if f"{prefix}: " in ln][-1].split(f"{prefix}: ", 1)[1]
+    return {k: int(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", ")) if v.isdigit()}
+
+
+def test_files_checked_ahead_are_read_in_c_and_still_recorded(deployed, gpg_key, tmp_path):
+    """The fds the prefetch hashed are kept: their READs (the first one too) are answered
+    in C, byte for byte, and the record written at the unmount still lists them, in the
+    order they were first read."""
+    require("c_read" in getattr(pyfuse3, "DISPATCH_FEATURES", ()), "pyfuse3 without c_read (run .ci/setup)")
+    store, image = deployed
+    store.cache_path("x").parent.mkdir(exist_ok=True)
+    recorded = ["share/p/f10", *READ, "share/p/f11"]
+    store.write_file(opened_record_path(store, image.id), format_record(recorded))
+    mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
+    with mounted(store, gpg_key, mnt, log):
+        _wait_for(log, "prefetch: 6 recorded files checked ahead, 0 differed")
+        order = ["lib/p/big", "share/p/f03", "bin/tool"]
+        assert (mnt / "lib/p/big").read_bytes() == BIG
+        assert (mnt / "share/p/f03").read_bytes() == b"file 3\n"
+        assert (mnt / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+        assert (mnt / "share/p/f05").read_bytes() == b"file 5\n"  # not recorded: hashed at its read
+    text = log.read_text()
+    assert "files hashed: 1 " in text
+    # the recorded files' READs never reached a handler: the one READ there is f05's
+    assert _counts(text, "requests").get("read") == 1, text
+    assert _counts(text, "dispatch")["c_reads"] >= 6, text  # big alone is 4 READs of 1 MiB
+    assert load_record(store, image.id) == [*order, "share/p/f05", "share/p/f10", "share/p/f01", "share/p/f11"]
+
+
+def test_a_file_changed_after_its_fd_was_kept_is_refused_at_its_read(deployed, gpg_key, tmp_path):
+    require("c_read" in getattr(pyfuse3, "DISPATCH_FEATURES", ()), "pyfuse3 without c_read (run .ci/setup)")
+    store, image = deployed
+    store.cache_path("x").parent.mkdir(exist_ok=True)
+    store.write_file(opened_record_path(store, image.id), format_record(READ))
+    mnt, log = tmp_path / "mnt", tmp_path / "mount.log"
+    with mounted(store, gpg_key, mnt, log):
+        _wait_for(log, "prefetch: 4 recorded files checked ahead, 0 differed")
+        tamper(store, image, "share/p/f03")  # its kept fd now has another ctime: not read in C
+        with pytest.raises(OSError) as e:
+            (mnt / "share/p/f03").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert (mnt / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+    text = log.read_text()
+    assert "integrity violation: /usr/share/p/f03 of pf-" in text
+    assert _counts(text, "dispatch")["c_reads"] >= 1

@@ -121,7 +121,7 @@ class CompiledTree(Tree):
     signature policy accepts), reporting (whether :meth:`fail` logs).
     """
 
-    __slots__ = ("buf", "entry_count", "failed", "proven", "checked", "header_dir_fd", "reporting", "_pkg",
+    __slots__ = ("buf", "entry_count", "failed", "proven", "checked", "header_dir_fd", "reporting", "on_fail", "_pkg",
                  "_resolve", "_cache", "_dir_paths", "_entries_off", "_names_off", "_inodes", "_lock", "_nodes",
                  "_checks", "_trust", "legacy", "_decodes")
 
@@ -152,6 +152,9 @@ class CompiledTree(Tree):
         self._trust = trust
         self.legacy: list[str] = []  # packages only the legacy signature policy accepts, as found
         self.reporting = True  # fail() logs (open_view turns it off while it can still refuse the mount)
+        #: Called (from the failing thread) once, when the tree is refused: what serves
+        #: bytes without asking the tree (usrview.view.fs's READs answered in C) stops.
+        self.on_fail: list[Callable[[], None]] = []
 
     @property
     def nodes(self):
@@ -176,6 +179,8 @@ class CompiledTree(Tree):
         """Refuse everything from now on (EIO), after an ERROR record saying why."""
         if self.failed is None:
             self.failed = reason
+            for stop in self.on_fail:
+                stop()
             if self.reporting:
                 log.error("compiled tree refused, every request answers EIO: %s", reason,
                           extra={"MESSAGE_ID": INTEGRITY_MESSAGE_ID})

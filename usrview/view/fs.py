@@ -22,6 +22,15 @@ Everything the view shows comes from the tree; bytes come through the
   OPEN, through the same guard, and its backing fd is kept (at most
   :data:`INODE_FDS`), checked by identity (one ``fstat``) at every READ.
   With a stock pyfuse3 nothing changes: every open asks, as before.
+- READs answered in C: where the patched pyfuse3 offers it (``c_read`` in
+  ``DISPATCH_FEATURES``) each kept fd is handed to it with the identity it was
+  checked with, and a READ of that inode is answered there (an ``fstat`` for
+  the identity, a ``pread``) without a handler and without the GIL; a fd whose
+  identity changed, or an inode without one, still comes here.  The prefetch's
+  threads hand over the fds of the files they checked ahead (:meth:`adopt`), so
+  that even their first READ need not reach Python: those files' opens are
+  noted for the prefetch's record when it is written (:meth:`collect_opens`).
+  A compiled tree refused by its full check stops this at once (``on_fail``).
 """
 
 from __future__ import annotations
@@ -109,8 +118,9 @@ def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
     pyfuse3.dispatch_spin = spin_us / 1e6
     burst = " within a burst of requests" if "burst_spin" in features else ""
     ioctls = ", ioctls answered there without the GIL" if "c_ioctl" in features else ""
+    reads = "; READs of kept checked fds answered in C" if "c_read" in features else ""
     return (f"the next request waited for in C while trio is idle ({pyfuse3.dispatch_wait * 1e3:g} ms "
-            f"at most, polled {spin_us:g} µs before sleeping{burst}{ioctls}), handlers run inline")
+            f"at most, polled {spin_us:g} µs before sleeping{burst}{ioctls}), handlers run inline{reads}")
 
 
 def describe_dispatch() -> str:
@@ -203,6 +213,16 @@ class ViewOperations(pyfuse3.Operations):
         self.enable_symlink_caching = "cache_symlinks" in kernel_cache
         self.open_files: dict[int, list] = {}
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
+        # READs of the kept fds answered in C (the patched pyfuse3's c_read), and the
+        # inodes adopted from the prefetch whose first open is not noted yet
+        self.c_read = "no_open" in kernel_cache and "c_read" in getattr(pyfuse3, "DISPATCH_FEATURES", ())
+        self._unnoted: set[int] = set()
+        if self.c_read:
+            pyfuse3.drop_read_fds()  # what an earlier mount of this process kept
+            guard.adopt = self.adopt
+            guard.collect_opens = self.collect_opens
+            if hasattr(tree, "on_fail"):
+                tree.on_fail.append(pyfuse3.drop_read_fds)
         self._next_fh = 0
         self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
         self.requests: Counter[str] = Counter()
@@ -392,23 +412,67 @@ class ViewOperations(pyfuse3.Operations):
         """A READ without an OPEN: the inode's checked backing fd, kept while
         its file keeps the identity it was checked with, else checked now."""
         kept = self.inode_fds.get(inode)
-        if kept is not None and self.guard.still_checked(*kept):
+        if kept is not None and getattr(self.tree, "failed", None) is None and self.guard.still_checked(*kept):
             self.inode_fds.move_to_end(inode)
+            if inode in self._unnoted:
+                self._note(inode)
             return os.pread(kept[0], size, off)
         node = self._node(inode)
         if not node.is_reg:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        self._unnoted.discard(inode)  # open_checked notes it
         fd, identity = await self.guard.open_checked(node)
         # A READ of the same inode may have kept a fd meanwhile (or found the
         # kept one changed): keep ours.  No await between a lookup and its pread,
         # so a fd closed here is never in use.
+        self._keep(inode, fd, identity)
+        return os.pread(fd, size, off)
+
+    def _keep(self, inode: int, fd: int, identity: tuple) -> None:
+        """Keep ``fd`` as ``inode``'s backing fd checked with ``identity`` (the one it
+        had closed, the least recently read closed beyond :data:`INODE_FDS`), and
+        have its READs answered in C where pyfuse3 can."""
         stale = self.inode_fds.pop(inode, None)
         if stale is not None:
-            os.close(stale[0])
+            self._release(inode, stale[0])
         self.inode_fds[inode] = (fd, identity)
+        if self.c_read:
+            pyfuse3.keep_read_fd(inode, fd, *identity[:5])
         if len(self.inode_fds) > INODE_FDS:
-            os.close(self.inode_fds.popitem(last=False)[1][0])
-        return os.pread(fd, size, off)
+            old, (old_fd, _) = self.inode_fds.popitem(last=False)
+            self._release(old, old_fd)
+
+    def _release(self, inode: int, fd: int) -> None:
+        if self.c_read:
+            pyfuse3.drop_read_fd(inode)  # returns once no READ in C uses it
+        self._unnoted.discard(inode)
+        os.close(fd)
+
+    def adopt(self, node: Node, fd: int, identity: tuple) -> bool:
+        """Keep a fd the prefetch checked ahead (:attr:`Guard.adopt`, in the event
+        loop), unless the inode has one already or the tree was refused."""
+        if node.inode in self.inode_fds or getattr(self.tree, "failed", None) is not None:
+            return False
+        self._keep(node.inode, fd, identity)
+        self._unnoted.add(node.inode)
+        return True
+
+    def collect_opens(self) -> None:
+        """Note the first open of each adopted file first read in C since the last
+        call (:attr:`Guard.collect_opens`, before the prefetch writes its record)."""
+        for inode in pyfuse3.served_read_fds():
+            if inode in self._unnoted:
+                self._note(inode)
+
+    def _note(self, inode: int) -> None:
+        self._unnoted.discard(inode)
+        if self.guard.on_open is not None:
+            try:
+                node = self.tree.node(inode)
+            except OSError:  # a compiled tree refused meanwhile
+                return
+            if node is not None:
+                self.guard.on_open(node)
 
     @_handler
     async def release(self, fh):
@@ -442,9 +506,12 @@ class ViewOperations(pyfuse3.Operations):
             if fd >= 0:
                 os.close(fd)
         self.open_files.clear()
+        if self.c_read:
+            pyfuse3.drop_read_fds()
         for fd, _ in self.inode_fds.values():
             os.close(fd)
         self.inode_fds.clear()
+        self._unnoted.clear()
         self.guard.close()
 
     # -- everything that would modify the view ---------------------------

@@ -274,6 +274,12 @@ class Guard:
         self.read_ahead_paused = False
         # called with each node opened for a check (usrview.view.prefetch records them)
         self.on_open: Callable[[Node], None] | None = None
+        #: Given a file the prefetch checked ahead, its backing fd still open and the
+        #: identity it was checked with (in the event loop): True when it keeps the fd
+        #: to answer the file's READs from (usrview.view.fs), else the fd is closed.
+        self.adopt: Callable[[Node, int, tuple], bool] | None = None
+        #: Notes (through on_open) the kept files first read since it was last called.
+        self.collect_opens: Callable[[], None] | None = None
 
     def statistics(self) -> str:
         return (f"files hashed: {self.hashed} ({self.hashed_inline} in the event loop), "
@@ -349,14 +355,21 @@ class Guard:
         """Whether the file of identity ``key`` was hashed already."""
         return key in self._cache
 
-    def checked_ahead(self, node: Node, key: tuple, actual: str) -> None:
+    def checked_ahead(self, node: Node, key: tuple, actual: str, fd: int = -1) -> None:
         """A file hashed ahead of its first open (:mod:`usrview.view.prefetch`), by
         its identity ``key`` before hashing: remembered when ``actual`` is the
         header's digest, so that its open hashes nothing.  A digest that differs
-        is not remembered: the open hashes the file and refuses it."""
-        if actual == node.digest:
-            self._cache[key] = node.digest
-            self.ahead += 1
+        is not remembered: the open hashes the file and refuses it.  ``fd``: the
+        backing fd it was hashed from, handed to :attr:`adopt` when it matched
+        (and closed here when nobody keeps it)."""
+        if actual != node.digest:
+            if fd >= 0:
+                os.close(fd)
+            return
+        self._cache[key] = node.digest
+        self.ahead += 1
+        if fd >= 0 and (self.adopt is None or self.mode is VerifyMode.OFF or not self.adopt(node, fd, key)):
+            os.close(fd)
 
     @staticmethod
     def still_checked(fd: int, identity: tuple) -> bool:

@@ -214,6 +214,7 @@ class Prefetch:
         self._report = report
         self.opened: list[int] = []
         self._seen = bytearray(len(tree.nodes))
+        self._collecting = False
         self._saved = 0
         self._writable = True
         self.ahead = self.refused = self.skipped = 0
@@ -235,6 +236,7 @@ class Prefetch:
 
     def note(self, node: Node) -> None:
         """The guard opens ``node`` for a check (called in the event loop)."""
+        self._collect()  # the files first read in C before it come before it
         if not self._seen[node.inode] and len(self.opened) < RECORD_MAX_PATHS:
             self._seen[node.inode] = 1
             self.opened.append(node.inode)
@@ -346,14 +348,17 @@ class Prefetch:
                 if found is None:
                     self._count("skipped")
                     continue
-                key, actual = found
+                key, actual, fd = found
                 if actual != node.digest:
                     # Not marked: the guard hashes it at its first open and refuses it there.
+                    os.close(fd)
                     self._count("refused")
                     continue
+                # The fd goes along: the view may answer the file's READs from it.
                 try:
-                    token.run_sync_soon(self.guard.checked_ahead, node, key, actual)
+                    token.run_sync_soon(self.guard.checked_ahead, node, key, actual, fd)
                 except trio.RunFinishedError:
+                    os.close(fd)
                     break
                 self._count("ahead")
         finally:
@@ -373,7 +378,10 @@ class Prefetch:
         with self._lock:
             setattr(self, what, getattr(self, what) + 1)
 
-    def _hash(self, dir_fds: dict, node: Node, buf: bytearray, check: _StopCheck) -> tuple[tuple, str] | None:
+    def _hash(self, dir_fds: dict, node: Node, buf: bytearray,
+              check: _StopCheck) -> tuple[tuple, str, int] | None:
+        """(identity, digest, fd) of ``node``'s backing file, the fd still open
+        (the caller's); None when it is not to be checked ahead."""
         base = self.guard.bases[node.backing]
         algo = digest_name(node.algo)
         if base is None or algo is None:
@@ -382,18 +390,21 @@ class Prefetch:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+                os.close(fd)
                 return None
             key = Guard.identity(st, node)
             if self.guard.is_checked(key):
+                os.close(fd)
                 return None
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             except OSError as e:
                 if e.errno != errno.ESPIPE:
                     raise
-            return key, hash_fd(fd, algo, buf=buf, size=st.st_size, throttle=check)[0]
-        finally:
+            return key, hash_fd(fd, algo, buf=buf, size=st.st_size, throttle=check)[0], fd
+        except BaseException:
             os.close(fd)
+            raise
 
     # -- the mount's task ----------------------------------------------------
 
@@ -404,8 +415,21 @@ class Prefetch:
             self.start(trio.lowlevel.current_trio_token())
             await trio.sleep(self.first_save)
             while True:
+                self._collect()
                 await trio.to_thread.run_sync(self.save)
                 await trio.sleep(self.save_period)
         finally:
             self.stop()
+            self._collect()
             self.save()
+
+    def _collect(self) -> None:
+        """Note the opens the view answered without the guard (READs in C of
+        files checked ahead): before the record is written and before an open
+        through the guard, so that the record keeps the order of first reads."""
+        if self.guard.collect_opens is not None and not self._collecting:
+            self._collecting = True  # its notes come back through note()
+            try:
+                self.guard.collect_opens()
+            finally:
+                self._collecting = False
