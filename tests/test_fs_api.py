@@ -594,5 +594,15 @@ async def test_a_file_checked_ahead_is_adopted_and_noted_at_its_first_read(store
     assert other.inode not in ops.inode_fds
     with pytest.raises(OSError):
         os.fstat(fd2)
+    # never at the cost of a fd the view keeps: with as many kept as may be, none is adopted
+    ops.inode_fds.update((-i, ops.inode_fds[node.inode]) for i in range(1, fs_module.INODE_FDS))
+    other = ops.tree.resolve("share/many/f002")
+    fd3 = os.open(backing(store, "usr/share/many/f002"), os.O_RDONLY | os.O_CLOEXEC)
+    ops.guard.checked_ahead(other, Guard.identity(os.fstat(fd3), other), hashlib.sha256(b"2\n").hexdigest(), fd3)
+    assert other.inode not in ops.inode_fds and len(ops.inode_fds) == fs_module.INODE_FDS
+    with pytest.raises(OSError):
+        os.fstat(fd3)
+    for i in range(1, fs_module.INODE_FDS):
+        del ops.inode_fds[-i]
     ops.close_all()
     assert pyfuse3.kept_read_fds() == 0

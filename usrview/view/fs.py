@@ -450,8 +450,11 @@ class ViewOperations(pyfuse3.Operations):
 
     def adopt(self, node: Node, fd: int, identity: tuple) -> bool:
         """Keep a fd the prefetch checked ahead (:attr:`Guard.adopt`, in the event
-        loop), unless the inode has one already or the tree was refused."""
-        if node.inode in self.inode_fds or getattr(self.tree, "failed", None) is not None:
+        loop), unless the inode has one already, the tree was refused, or as many
+        fds are kept as may be: one the view reads is never closed for one that
+        may be read."""
+        if (node.inode in self.inode_fds or len(self.inode_fds) >= INODE_FDS
+                or getattr(self.tree, "failed", None) is not None):
             return False
         self._keep(node.inode, fd, identity)
         self._unnoted.add(node.inode)
