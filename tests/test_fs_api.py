@@ -567,6 +567,8 @@ async def test_a_refused_compiled_tree_stops_reads_from_kept_fds(store, gpg_key,
     with expect_logs("compiled tree refused", level=logging.ERROR):
         ops.tree.fail("the full check found a difference (test)")
     assert pyfuse3.kept_read_fds() == 0  # at once, from the failing thread
+    # and the capability answers in C are forgotten with them
+    assert {pyfuse3.drop_read_fds, pyfuse3.forget_no_capability} <= set(ops.tree.on_fail)
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.read(tool, 0, 4096)
     assert e.value.errno == errno.EIO

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prereq import require_fuse
+from tests.prereq import require, require_fuse
 from tests.rpmbuild import STAGED_MTIME, FileSpec, rpm_root_install
 from tests.viewstore import deploy_store
 from usrview.view.fs import describe_kernel_cache, kernel_cache_features
@@ -451,3 +451,28 @@ def test_ls_l_asks_the_security_label_and_the_acl_once(view):
     # device), then nothing more for any entry
     assert asked.get("security.selinux", 0) <= 1 and asked.get("system.posix_acl_access", 0) <= 1, asked
     assert sum(asked.values()) <= 2, asked
+
+
+def test_an_exec_s_capability_query_of_a_file_without_one_is_answered_in_c(view):
+    # The kernel asks security.capability at every exec (and never caches the answer):
+    # the first query of a file without one reaches the handler, the next ones are
+    # answered ENODATA by the patched pyfuse3 (c_no_capability) without it; a file that
+    # has capabilities is always answered by the handler, with them.
+    import pyfuse3
+
+    require("c_no_capability" in getattr(pyfuse3, "DISPATCH_FEATURES", ()), "pyfuse3 without c_no_capability (run .ci/setup)")
+    true, capped = view.mountpoint / "bin/true", view.mountpoint / "bin/capped"
+    before, names_before = _requests(view, "dispatch: "), _requests(view, "getxattr by name: ")
+    for _ in range(5):
+        with pytest.raises(OSError) as e:
+            os.getxattr(true, "security.capability")
+        assert e.value.errno == errno.ENODATA
+        subprocess.run([true], check=True)
+    for _ in range(3):
+        assert parse_xattr(os.getxattr(capped, "security.capability")).permitted
+    after, names_after = _requests(view, "dispatch: "), _requests(view, "getxattr by name: ")
+    handled = names_after.get("security.capability", 0) - names_before.get("security.capability", 0)
+    in_c = after["c_no_capability"] - before.get("c_no_capability", 0)
+    # true: 5 queries and 5 execs, the first by the handler; capped: 3 queries, all by it,
+    # each two requests (the kernel's cap_inode_getsecurity asks the size, then the value)
+    assert (handled, in_c) == (1 + 2 * 3, 4 + 5), (names_before, names_after, before, after)

@@ -31,6 +31,10 @@ Everything the view shows comes from the tree; bytes come through the
   that even their first READ need not reach Python: those files' opens are
   noted for the prefetch's record when it is written (:meth:`collect_opens`).
   A compiled tree refused by its full check stops this at once (``on_fail``).
+- GETXATTR of ``security.capability`` (the kernel asks at every exec and never
+  caches the answer): once a file was found to have none, the patched pyfuse3
+  (``c_no_capability``) answers ENODATA for it in C from then on; a refused
+  compiled tree stops this too.
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
     burst = " within a burst of requests" if "burst_spin" in features else ""
     ioctls = ", ioctls answered there without the GIL" if "c_ioctl" in features else ""
     reads = "; READs of kept checked fds answered in C" if "c_read" in features else ""
+    reads += ("; GETXATTRs of security.capability of files without one answered in C"
+              if "c_no_capability" in features else "")
     return (f"the next request waited for in C while trio is idle ({pyfuse3.dispatch_wait * 1e3:g} ms "
             f"at most, polled {spin_us:g} µs before sleeping{burst}{ioctls}), handlers run inline{reads}")
 
@@ -223,6 +229,12 @@ class ViewOperations(pyfuse3.Operations):
             guard.collect_opens = self.collect_opens
             if hasattr(tree, "on_fail"):
                 tree.on_fail.append(pyfuse3.drop_read_fds)
+        # GETXATTRs of security.capability answered ENODATA in C (c_no_capability)
+        self.c_no_capability = "c_no_capability" in getattr(pyfuse3, "DISPATCH_FEATURES", ())
+        if self.c_no_capability:
+            pyfuse3.forget_no_capability()
+            if hasattr(tree, "on_fail"):
+                tree.on_fail.append(pyfuse3.forget_no_capability)
         self._next_fh = 0
         self.attr_cache: OrderedDict[int, pyfuse3.EntryAttributes] = OrderedDict()
         self.requests: Counter[str] = Counter()
@@ -351,6 +363,8 @@ class ViewOperations(pyfuse3.Operations):
         if name == XATTR_CAPS:  # asked at every exec: answered without building the others
             caps = self._node(inode).caps
             if caps is None:
+                if self.c_no_capability:  # the next ones in C
+                    pyfuse3.cache_no_capability(inode)
                 raise pyfuse3.FUSEError(errno.ENODATA)
             return caps
         if name not in SERVED_XATTRS:
@@ -511,6 +525,8 @@ class ViewOperations(pyfuse3.Operations):
         self.open_files.clear()
         if self.c_read:
             pyfuse3.drop_read_fds()
+        if self.c_no_capability:
+            pyfuse3.forget_no_capability()
         for fd, _ in self.inode_fds.values():
             os.close(fd)
         self.inode_fds.clear()
