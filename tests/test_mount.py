@@ -455,9 +455,9 @@ def test_ls_l_asks_the_security_label_and_the_acl_once(view):
 
 def test_an_exec_s_capability_query_of_a_file_without_one_is_answered_in_c(view):
     # The kernel asks security.capability at every exec (and never caches the answer):
-    # the first query of a file without one reaches the handler, the next ones are
-    # answered ENODATA by the patched pyfuse3 (c_no_capability) without it; a file that
-    # has capabilities is always answered by the handler, with them.
+    # a file without one, noted when its lookup built its attributes, is answered
+    # ENODATA by the patched pyfuse3 (c_no_capability) without a handler, its first
+    # query too; a file that has capabilities is always answered by the handler, with them.
     import pyfuse3
 
     require("c_no_capability" in getattr(pyfuse3, "DISPATCH_FEATURES", ()), "pyfuse3 without c_no_capability (run .ci/setup)")
@@ -473,6 +473,6 @@ def test_an_exec_s_capability_query_of_a_file_without_one_is_answered_in_c(view)
     after, names_after = _requests(view, "dispatch: "), _requests(view, "getxattr by name: ")
     handled = names_after.get("security.capability", 0) - names_before.get("security.capability", 0)
     in_c = after["c_no_capability"] - before.get("c_no_capability", 0)
-    # true: 5 queries and 5 execs, the first by the handler; capped: 3 queries, all by it,
-    # each two requests (the kernel's cap_inode_getsecurity asks the size, then the value)
-    assert (handled, in_c) == (1 + 2 * 3, 4 + 5), (names_before, names_after, before, after)
+    # true: 5 queries and 5 execs, all in C; capped: 3 queries, all by the handler, each
+    # two requests (the kernel's cap_inode_getsecurity asks the size, then the value)
+    assert (handled, in_c) == (2 * 3, 5 + 5), (names_before, names_after, before, after)

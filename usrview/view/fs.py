@@ -32,9 +32,10 @@ Everything the view shows comes from the tree; bytes come through the
   noted for the prefetch's record when it is written (:meth:`collect_opens`).
   A compiled tree refused by its full check stops this at once (``on_fail``).
 - GETXATTR of ``security.capability`` (the kernel asks at every exec and never
-  caches the answer): once a file was found to have none, the patched pyfuse3
-  (``c_no_capability``) answers ENODATA for it in C from then on; a refused
-  compiled tree stops this too.
+  caches the answer): a file without one is noted when its attributes are first
+  built (a lookup, a listing) or its capability first asked, and the patched
+  pyfuse3 (``c_no_capability``) answers ENODATA for it in C from then on; a
+  refused compiled tree stops this too.
 """
 
 from __future__ import annotations
@@ -252,6 +253,9 @@ class ViewOperations(pyfuse3.Operations):
         attr = self.attr_cache.get(node.inode)
         if attr is None:
             attr = self.attr_cache[node.inode] = self._build_attributes(node)
+            if self.c_no_capability and node.caps is None:
+                # the kernel learns of the file here: its exec's capability query is answered in C
+                pyfuse3.cache_no_capability(node.inode)
             if len(self.attr_cache) > ATTR_CACHE:  # the oldest made goes: the kernel caches them too
                 self.attr_cache.popitem(last=False)
         return attr
