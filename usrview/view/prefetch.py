@@ -371,7 +371,13 @@ class Prefetch:
                 summary = (f"prefetch: {self.ahead} recorded files checked ahead, {self.refused} differed "
                            f"from their digest, {self.skipped} left out"
                            f"{' (stopped at unmount)' if self._stop.is_set() else ''}")
-                (self._report or log.info)(summary)
+                report = self._report or log.info
+                try:  # said in the event loop, after the hand-overs queued before it ran
+                    if self._stop.is_set():  # the event loop waits for this thread: say it now
+                        raise trio.RunFinishedError
+                    token.run_sync_soon(report, summary)
+                except trio.RunFinishedError:
+                    report(summary)
                 self.done.set()
 
     def _count(self, what: str) -> None:
