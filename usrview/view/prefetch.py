@@ -372,12 +372,13 @@ class Prefetch:
                            f"from their digest, {self.skipped} left out"
                            f"{' (stopped at unmount)' if self._stop.is_set() else ''}")
                 report = self._report or log.info
-                try:  # said in the event loop, after the hand-overs queued before it ran
-                    if self._stop.is_set():  # the event loop waits for this thread: say it now
-                        raise trio.RunFinishedError
-                    token.run_sync_soon(report, summary)
-                except trio.RunFinishedError:
+                if self._stop.is_set():  # the event loop waits for this thread: said now
                     report(summary)
+                else:  # said in the event loop, after the hand-overs queued before it ran
+                    try:
+                        token.run_sync_soon(report, summary)
+                    except trio.RunFinishedError:
+                        report(summary)
                 self.done.set()
 
     def _count(self, what: str) -> None:
