@@ -100,6 +100,12 @@ def kernel_cache_features(mode: str = "auto") -> frozenset[str]:
     return KERNEL_CACHE & getattr(pyfuse3, "KERNEL_CACHE_FEATURES", frozenset())
 
 
+def dispatch_features() -> frozenset[str]:
+    """How the installed pyfuse3's session loop differs from a stock one
+    (``pyfuse3.DISPATCH_FEATURES`` of the patch; nothing for a stock pyfuse3)."""
+    return getattr(pyfuse3, "DISPATCH_FEATURES", frozenset())
+
+
 def describe_kernel_cache(features: frozenset[str]) -> str:
     """What ``usrview mount -v`` says of the kernel's caching and of the pyfuse3 that runs."""
     patched = bool(getattr(pyfuse3, "KERNEL_CACHE_FEATURES", None))
@@ -116,7 +122,7 @@ def describe_kernel_cache(features: frozenset[str]) -> str:
 
 def configure_dispatch(spin_us: float = DISPATCH_SPIN_US) -> str:
     """Set the patched pyfuse3's busy-poll; what ``usrview mount -v`` says of the dispatch."""
-    features = getattr(pyfuse3, "DISPATCH_FEATURES", frozenset())
+    features = dispatch_features()
     if "c_wait" not in features:
         return ("every request waited for through trio's event loop (pyfuse3 without the c_wait of "
                 ".ci/pyfuse3-kernel-cache.patch)")
@@ -141,7 +147,7 @@ def describe_dispatch() -> str:
 def set_spin(spin_us: float) -> bool:
     """Change the busy-poll while serving (the patched pyfuse3's set_spin); False
     where pyfuse3 cannot."""
-    if "set_spin" not in getattr(pyfuse3, "DISPATCH_FEATURES", ()):
+    if "set_spin" not in dispatch_features():
         return False
     pyfuse3.set_dispatch_spin(spin_us / 1e6)
     return True
@@ -222,7 +228,7 @@ class ViewOperations(pyfuse3.Operations):
         self.inode_fds: OrderedDict[int, tuple[int, tuple]] = OrderedDict()
         # READs of the kept fds answered in C (the patched pyfuse3's c_read), and the
         # inodes adopted from the prefetch whose first open is not noted yet
-        self.c_read = "no_open" in kernel_cache and "c_read" in getattr(pyfuse3, "DISPATCH_FEATURES", ())
+        self.c_read = "no_open" in kernel_cache and "c_read" in dispatch_features()
         self._unnoted: set[int] = set()
         if self.c_read:
             pyfuse3.drop_read_fds()  # what an earlier mount of this process kept
@@ -231,7 +237,7 @@ class ViewOperations(pyfuse3.Operations):
             if hasattr(tree, "on_fail"):
                 tree.on_fail.append(pyfuse3.drop_read_fds)
         # GETXATTRs of security.capability answered ENODATA in C (c_no_capability)
-        self.c_no_capability = "c_no_capability" in getattr(pyfuse3, "DISPATCH_FEATURES", ())
+        self.c_no_capability = "c_no_capability" in dispatch_features()
         if self.c_no_capability:
             pyfuse3.forget_no_capability()
             if hasattr(tree, "on_fail"):
@@ -430,7 +436,7 @@ class ViewOperations(pyfuse3.Operations):
         """A READ without an OPEN: the inode's checked backing fd, kept while
         its file keeps the identity it was checked with, else checked now."""
         kept = self.inode_fds.get(inode)
-        if kept is not None and getattr(self.tree, "failed", None) is None and self.guard.still_checked(*kept):
+        if kept is not None and not self._refused() and self.guard.still_checked(*kept):
             self.inode_fds.move_to_end(inode)
             if inode in self._unnoted:
                 self._note(inode)
@@ -460,6 +466,11 @@ class ViewOperations(pyfuse3.Operations):
             old, (old_fd, _) = self.inode_fds.popitem(last=False)
             self._release(old, old_fd)
 
+    def _refused(self) -> bool:
+        """Whether the tree was refused (a compiled tree failing its full check):
+        then no kept fd is read any more."""
+        return getattr(self.tree, "failed", None) is not None
+
     def _release(self, inode: int, fd: int) -> None:
         if self.c_read:
             pyfuse3.drop_read_fd(inode)  # returns once no READ in C uses it
@@ -471,8 +482,7 @@ class ViewOperations(pyfuse3.Operations):
         loop), unless the inode has one already, the tree was refused, or as many
         fds are kept as may be: one the view reads is never closed for one that
         may be read."""
-        if (node.inode in self.inode_fds or len(self.inode_fds) >= INODE_FDS
-                or getattr(self.tree, "failed", None) is not None):
+        if node.inode in self.inode_fds or len(self.inode_fds) >= INODE_FDS or self._refused():
             return False
         self._keep(node.inode, fd, identity)
         self._unnoted.add(node.inode)
