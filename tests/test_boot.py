@@ -267,6 +267,23 @@ def test_usr_is_the_view(main_boot):
         (bc, main_boot.result.text("journal")[-3000:])
 
 
+def test_switch_root_waits_for_the_view(main_boot):
+    """The initrd reads the root's fstab beside the daemon's start (the unit is not
+    ordered before initrd-parse-etc.service), but it cleans up and switches root only
+    once the view is mounted (READY=1: the unit started)."""
+    journal = main_boot.result.text("journal")
+
+    def when(pattern: str) -> float:
+        found = re.findall(r"^\[\s*(\d+\.\d+)\] \S+ systemd\[1\]: " + pattern, journal, re.M)
+        assert found, (pattern, journal[-3000:])
+        return float(found[0])
+
+    ready = when(r"Started usrview-sysroot-usr\.service")  # READY=1
+    assert ready <= when(r"Reached target initrd-usr-fs\.target")
+    assert ready <= when(r"Reached target initrd-fs\.target") <= when(r"Starting initrd-cleanup\.service")
+    assert when(r"Starting initrd-cleanup\.service") <= when(r"Switching root\.")
+
+
 def test_programs_run(main_boot):
     programs = main_boot.check["programs"]
     assert programs["bash"]["rc"] == 0 and "hello from 5." in programs["bash"]["out"], programs["bash"]
