@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from tests import hdrbuild
 from tests.rpmbuild import FileSpec
 from usrview.store import FORMAT_LINE, LAYOUT_DIRS, Store, StoreError, btrfs, pkgid_for
+from usrview.store import atomic
 from usrview.store.importer import import_package
 from verifier.header import read_package
 from verifier.keyring import Keyring
@@ -149,4 +151,37 @@ def test_atomic_write_and_symlink(tmp_path):
     Store.atomic_symlink("images/two.json", store.root / "current")
     assert os.readlink(store.root / "current") == "images/two.json"
     assert sorted(os.listdir(store.root / "images")) == ["one.json"]
+    assert os.listdir(store.root / "tmp") == []
+
+
+def test_writes_never_wait_for_the_kernels_entropy(tmp_path, monkeypatch):
+    """The daemon writes the boot state in the initrd, before the kernel's random pool
+    is seeded: the temp names ask getrandom(2) with GRND_INSECURE, never os.urandom (which
+    waits for the pool, and has the kernel generate entropy meanwhile), and stay unique;
+    a kernel without GRND_INSECURE (before 5.6) still gets unique names."""
+    def no_urandom(n):
+        raise AssertionError("os.urandom waits for the kernel's random pool")
+
+    flags_seen = []
+    real_getrandom = os.getrandom
+
+    def getrandom(size, flags=0):
+        flags_seen.append(flags)
+        return real_getrandom(size, flags)
+
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    monkeypatch.setattr(os, "getrandom", getrandom)
+    store = Store.open(tmp_path / "s", create=True)
+    for i in range(20):
+        store.write_file(store.root / "images" / f"r{i}.json", b"{}")
+        Store.atomic_symlink(f"images/r{i}.json", store.root / "current")
+    assert flags_seen and all(f & atomic.GRND_INSECURE and not f & os.GRND_RANDOM for f in flags_seen)
+    assert len({store.temp_name("import") for _ in range(2000)}) == 2000
+
+    def old_kernel(size, flags=0):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "getrandom", old_kernel)
+    store.write_file(store.root / "images" / "old.json", b"{}")
+    assert (store.root / "images" / "old.json").read_bytes() == b"{}"
     assert os.listdir(store.root / "tmp") == []

@@ -33,7 +33,6 @@ import errno
 import fcntl
 import logging
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -42,7 +41,7 @@ from functools import cached_property
 from pathlib import Path
 
 from usrview.errors import OperationalError
-from usrview.store.atomic import FILE_CREATE_FLAGS, write_and_rename  # noqa: F401 -- FILE_CREATE_FLAGS: for commit, importer
+from usrview.store.atomic import FILE_CREATE_FLAGS, temp_token, write_and_rename  # noqa: F401 -- FILE_CREATE_FLAGS: for commit, importer
 from verifier import policy as policies
 from verifier.errors import HeaderError
 from verifier.fileio import DIR_FLAGS, FILE_READ_FLAGS
@@ -106,7 +105,7 @@ TEMP_MARK = ".usrview-tmp."
 
 
 def _temp_file_name(name: str) -> str:
-    return f".{name}{TEMP_MARK}{os.getpid()}.{secrets.token_hex(4)}"
+    return f".{name}{TEMP_MARK}{os.getpid()}.{temp_token()}"
 
 
 class StoreError(OperationalError):
@@ -542,7 +541,7 @@ class Store:
 
     def temp_name(self, what: str) -> str:
         """A fresh name for work in ``tmp/``."""
-        return f"{what}.{os.getpid()}.{secrets.token_hex(4)}"
+        return f"{what}.{os.getpid()}.{temp_token()}"
 
     def _dir_fd(self, sub: str) -> int:
         return os.open(self.root / sub, DIR_FLAGS)

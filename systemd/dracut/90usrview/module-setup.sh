@@ -42,7 +42,7 @@ _usrview_python() {
 }
 
 install() {
-    local python list kind src rel home exe keys
+    local python list kind src rel home exe keys seed
     local site=/usr/lib/usrview/site
     python=$(_usrview_python) || {
         derror "usrview: no Python that runs usrview (set usrview_python)"
@@ -52,7 +52,21 @@ install() {
     # and compile (dataclasses, attrs, namedtuple): read from the initrd at
     # boot instead of compiled again (usrview/codecache.py, USRVIEW_CODE_CACHE).
     mkdir -p "$initdir$site"
-    list=$(PYTHONPATH=${usrview_pythonpath:-${USRVIEW_PYTHONPATH:-}} PYTHONDONTWRITEBYTECODE=1 \
+    # The daemon's hash seed, drawn once for this initrd and kept in a file only root
+    # reads (the unit's EnvironmentFile=; an Environment= line would be shown to every
+    # user by systemctl show).  With no seed Python's start reads /dev/urandom, and
+    # early in boot, before the kernel's random pool is seeded, the kernel then spends
+    # about a second of CPU generating entropy, on the boot's critical path
+    # (docs/boot.md, "The kernel's entropy").  The listing's child runs with the same
+    # seed, so that the code it records is the code the daemon generates: attrs puts
+    # the hash of a name into its __hash__.
+    seed=$(od -An -N4 -tu4 /dev/urandom) && seed=${seed//[[:space:]]/} && [[ $seed =~ ^[0-9]+$ ]] || {
+        derror "usrview: cannot draw the daemon's hash seed from /dev/urandom"
+        return 1
+    }
+    mkdir -p "$initdir/etc/usrview"
+    (umask 077 && echo "PYTHONHASHSEED=$seed" > "$initdir/etc/usrview/initrd.env")
+    list=$(PYTHONHASHSEED=$seed PYTHONPATH=${usrview_pythonpath:-${USRVIEW_PYTHONPATH:-}} PYTHONDONTWRITEBYTECODE=1 \
         "$python" "$moddir/usrview-runtime.py" --code-cache="$initdir$site/usrview-generated-code") || {
         derror "usrview: $python cannot list usrview's runtime"
         return 1
