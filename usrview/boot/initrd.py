@@ -81,7 +81,7 @@ MOUNTINFO = "/proc/self/mountinfo"
 MOUNT_POLL_MS = 1000
 #: The daemon's nice value once the root is mounted: from then on the boot waits
 #: for it (the headers, the tree, then every access to /usr).  The unit starts it
-#: at nice 0: until the root is mounted it shares the CPUs with the initrd's own
+#: at nice 5: until the root is mounted it shares the CPUs with the initrd's own
 #: work (finding and mounting the root), which -10 would starve.
 SERVING_NICE = -10
 #: KiB the kernel may read ahead per READ of the view's files at boot

@@ -14,7 +14,7 @@ from one boot to the next, so the view remembers it:
   line (``bin/ls``); this mount's files first, then the previous record's that
   this mount did not open (the oldest fall off the end).
 - **Checking ahead.** Right after the next mount of the image, :data:`THREADS`
-  threads of their own, at the lowest CPU priority (``SCHED_IDLE``, nice 19), open the recorded
+  thread(s) of its own, at the lowest CPU priority (``SCHED_IDLE``, nice 19), open the recorded
   files' backing files (beneath the package directories, as the guard does) and
   hash them; a file that hashed to its header's digest is handed to the guard
   (:meth:`Guard.checked_ahead`, in the event loop), whose first open of it then
@@ -65,8 +65,11 @@ RECORD_MAX_BYTES = 1 << 20
 SAVE_PERIOD = 60.0
 #: Threads checking ahead, scheduled SCHED_IDLE (they run when nothing else wants the
 #: CPU: under a booting system's load, nice 19 still took time from PID 1; lab boots,
-#: docs/boot.md) at :data:`NICE` (what is left of it where SCHED_IDLE is refused).
-THREADS = 2
+#: docs/boot.md) at :data:`NICE` (what is left of it where SCHED_IDLE is refused).  One:
+#: a second kept the boot's other virtual CPU busy too, and its booted system started
+#: 0.2-0.3 s later under TCG (docs/boot.md, "One thread checking ahead"); natively one
+#: hashes a boot's record in a fraction of a second.
+THREADS = 1
 NICE = 19
 
 
@@ -229,7 +232,7 @@ class Prefetch:
     def describe(self) -> str:
         """What ``usrview mount -v`` says of it."""
         return (f"on: {len(self.previous)} files recorded by the last mount of image {self.image_id} "
-                f"checked ahead by {THREADS} threads at SCHED_IDLE; this mount's opens recorded in "
+                f"checked ahead by {THREADS} thread(s) at SCHED_IDLE; this mount's opens recorded in "
                 f"{opened_record_path(self.store, self.image_id)}")
 
     # -- recording ---------------------------------------------------------
