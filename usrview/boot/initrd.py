@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -50,7 +49,8 @@ import time
 from pathlib import Path
 
 from usrview import config, images
-from usrview.boot import cmdline, codecache, rootdaemon
+from usrview.boot import cmdline, codecache, rootdaemon, rootwatch
+from usrview.boot.rootwatch import SERVING_NICE, is_mount_point, mounted_device, wait_until_mounted
 from usrview.boot.select import Candidate, Plan, plan
 from usrview.errors import EXIT_ERROR, EXIT_OK, OperationalError, UsrviewError
 from usrview.images import bootstate
@@ -75,15 +75,6 @@ DEFAULT_KEYS = "etc/pki/rpm-gpg"
 DEFAULT_CONFIG = "etc/usrview/usrview.toml"
 #: Seconds to wait for the store lock at boot (nothing else should hold it).
 BOOT_LOCK_TIMEOUT = 10.0
-#: The mount table: readable for what is mounted, pollable for changes.
-MOUNTINFO = "/proc/self/mountinfo"
-#: Milliseconds between looks at the mount table when no change was signalled.
-MOUNT_POLL_MS = 1000
-#: The daemon's nice value once the root is mounted: from then on the boot waits
-#: for it (the headers, the tree, then every access to /usr).  The unit starts it
-#: at nice 5: until the root is mounted it shares the CPUs with the initrd's own
-#: work (finding and mounting the root), which -10 would starve.
-SERVING_NICE = -10
 #: KiB the kernel may read ahead per READ of the view's files at boot
 #: (:func:`usrview.view.mount.set_read_ahead`; a READ carries at most 1 MiB).
 READ_AHEAD_KIB = 1024
@@ -142,46 +133,13 @@ class Stages:
                 f"{self.marks[0][1]:.2f}, CPU {times.user + times.system:.2f} s): " + ", ".join(parts))
 
 
-def is_mount_point(path: Path) -> bool:
-    """Whether ``path`` is where something is mounted (bind mounts too), by the mount table."""
-    return mounted_device(os.fsencode(os.path.realpath(path))) is not None
-
-
-def mounted_device(target: bytes) -> str | None:
-    """``MAJOR:MINOR`` of the last mount on ``target`` (an absolute path as the mount
-    table writes it, unescaped), by the mount table; None when nothing is mounted there."""
-    found = None
-    with open(MOUNTINFO, "rb") as f:
-        for line in f:
-            fields = line.split(b" ", 5)
-            if len(fields) > 4 and _unescape(fields[4]) == target:
-                found = fields[2].decode()
-    return found
-
-
-def _unescape(field: bytes) -> bytes:
-    """A mount table path: space, tab, newline and backslash written as octal escapes."""
-    if b"\\" not in field:
-        return field
-    return (field.replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(b"\\012", b"\n")
-            .replace(b"\\134", b"\\"))
-
-
 def wait_for_mount(path: Path, console: "Console") -> None:
-    """Return once ``path`` is a mount point: the mount table is polled (the kernel
-    signals every change), and looked at every :data:`MOUNT_POLL_MS` regardless.
+    """Return once ``path`` is a mount point (:func:`usrview.boot.rootwatch.wait_until_mounted`).
     The unit's start timeout ends a wait that never ends."""
     if is_mount_point(path):
         return
     console.say(f"waiting for the root file system on {path}", KERN_NOTICE)
-    fd = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI | select.POLLERR)
-        while not is_mount_point(path):
-            poller.poll(MOUNT_POLL_MS)
-    finally:
-        os.close(fd)
+    wait_until_mounted(path)
 
 
 def wait_for_fuse(console: "Console") -> bool:
@@ -517,7 +475,13 @@ def initrd_mount(sysroot: Path, cmdline_path: Path, keys: list[Path] | None, con
         console.say(problem)
     if wait:
         wait_for_mount(sysroot, console)
-        stages.mark(f"waiting for {sysroot}")
+    # The watch python -m usrview.cli started (USRVIEW_ROOT_WATCH) ends before any other
+    # thread starts or the daemon forks; it raised this thread's priority at the root's
+    # mount, while the imports above ran if they still did then (the stage says by how much).
+    raised = rootwatch.stop()
+    if wait:
+        late = stages.marks[-1][1] - raised if raised is not None else 0.0
+        stages.mark(f"waiting for {sysroot}" + (f" (mounted {late:.2f} s before)" if late > 0 else ""))
         with contextlib.suppress(OSError):  # not allowed: served at the priority it has
             os.setpriority(os.PRIO_PROCESS, 0, SERVING_NICE)  # this thread, and those it starts
     store = open_store(sysroot, params, console)

@@ -2,6 +2,11 @@
 
 import os
 
+if os.environ.get("USRVIEW_ROOT_WATCH"):  # the initrd's daemon: its priority raised at the root's mount
+    from usrview.boot import rootwatch
+
+    rootwatch.start(os.environ["USRVIEW_ROOT_WATCH"])
+
 if os.environ.get("USRVIEW_CODE_CACHE"):  # the initrd's daemon: generated code compiled ahead
     from usrview.boot import codecache
 
