@@ -1,8 +1,10 @@
 """``python -m usrview.cli``: the ``usrview`` command."""
 
 import os
+import sys
 
-if os.environ.get("USRVIEW_ROOT_WATCH"):  # the initrd's daemon: its priority raised at the root's mount
+if os.environ.get("USRVIEW_ROOT_WATCH") and "initrd-mount" in sys.argv[1:]:
+    # the initrd's daemon: its priority raised at the root's mount (initrd-mount stops the watch)
     from usrview.boot import rootwatch
 
     rootwatch.start(os.environ["USRVIEW_ROOT_WATCH"])
