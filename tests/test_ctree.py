@@ -569,3 +569,24 @@ def test_unknown_owners_lose_set_id_and_are_named_once(rpm_packages, gpg_key, tm
         tree.resolve("bin/also")
     assert (ghostly.uid, ghostly.mode & stat.S_ISUID) == (0, 0)
     assert tree.unknown_owners == {"nosuchuser-ct"}
+
+
+def test_a_package_without_its_files_answers_eio_and_is_named(world, expect_logs):
+    """The mapped tree finds the packages' directories by one listing of packages/: a
+    package whose directory is gone (a file in its place) is named once and gets no
+    backing directory (its files answer EIO, docs/view.md); the others keep theirs."""
+    store, image, keyring = world
+    ctree.open_view(store, image, keyring).close()  # the compiled tree, stored
+    own = next(p for p in image.packages if p.startswith("ct-own"))
+    shutil.move(store.package_dir(own), store.root / "moved-away")
+    store.package_dir(own).write_bytes(b"not a directory")
+    with expect_logs(rf"packages without files in the store \(their files answer EIO\): {re.escape(own)}$",
+                     level=logging.WARNING):
+        tree = ctree.open_view(store, image, keyring)
+    try:
+        own_index = image.packages.index(own)
+        assert tree.backing_dirs[own_index] is None
+        assert all(d is not None and d.is_dir() for i, d in enumerate(tree.backing_dirs) if i != own_index)
+        assert tree.resolve("bin/tool") is not None and tree.resolve("bin/other") is not None
+    finally:
+        tree.close()

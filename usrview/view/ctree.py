@@ -56,7 +56,7 @@ from usrview import images
 from usrview.errors import OperationalError
 from usrview.journal import INTEGRITY_MESSAGE_ID
 from usrview.store import Store
-from usrview.store.store import HEADER_SUFFIX, HEADERS_DIR, read_store_file
+from usrview.store.store import HEADER_SUFFIX, HEADERS_DIR, PACKAGES_DIR, read_store_file
 from usrview.view import compiled
 from usrview.view.compiled import ENTRY, HEAD, KIND_HEADER, KIND_IMPLICIT, KIND_RECORD, PKG, CompiledTreeError
 from usrview.view.fullcheck import difference, full_check, start_full_check  # noqa: F401 -- what a mount calls
@@ -492,10 +492,15 @@ def _lazy_tree(store: Store, image, keyring, buf, header_dir_fd: int,
     if allowed:
         log.warning("image %s serves UNSIGNED packages (imported with --allow-unsigned): %s",
                     image.id, ", ".join(sorted(allowed)))
-    backing: list[Path | None] = []
-    for pkgid in image.packages:
-        package_dir = store.package_dir(pkgid)
-        backing.append(package_dir if package_dir.is_dir() else None)
+    # one listing of packages/, not a stat per package (a few hundredths of a second of
+    # an emulated CPU before READY at boot); a symlink counts as what it points at
+    packages = store.root / PACKAGES_DIR
+    try:
+        with os.scandir(packages) as entries:
+            present = {e.name for e in entries if e.is_dir()}
+    except FileNotFoundError:
+        present = set()
+    backing: list[Path | None] = [packages / pkgid if pkgid in present else None for pkgid in image.packages]
     missing = [p for p, d in zip(image.packages, backing) if d is None]
     if missing:
         log.warning("packages without files in the store (their files answer EIO): %s", ", ".join(missing))
