@@ -571,7 +571,7 @@ def test_unknown_owners_lose_set_id_and_are_named_once(rpm_packages, gpg_key, tm
     assert tree.unknown_owners == {"nosuchuser-ct"}
 
 
-def test_a_package_without_its_files_answers_eio_and_is_named(world, expect_logs):
+def test_a_package_without_its_directory_is_named_and_gets_no_backing(world, expect_logs):
     """The mapped tree finds the packages' directories by one listing of packages/: a
     package whose directory is gone (a file in its place) is named once and gets no
     backing directory (its files answer EIO, docs/view.md); the others keep theirs."""
