@@ -30,8 +30,6 @@ MOUNT_POLL_MS = 1000
 #: at nice 5: until the root is mounted it shares the CPUs with the initrd's own
 #: work (finding and mounting the root), which -10 would starve.
 SERVING_NICE = -10
-#: The environment variable naming the mount point to watch.
-ENV = "USRVIEW_ROOT_WATCH"
 
 
 def mounted_device(target: bytes) -> str | None:

@@ -494,13 +494,13 @@ def _lazy_tree(store: Store, image, keyring, buf, header_dir_fd: int,
                     image.id, ", ".join(sorted(allowed)))
     # one listing of packages/, not a stat per package (a few hundredths of a second of
     # an emulated CPU before READY at boot); a symlink counts as what it points at
-    packages = store.root / PACKAGES_DIR
     try:
-        with os.scandir(packages) as entries:
+        with os.scandir(store.root / PACKAGES_DIR) as entries:
             present = {e.name for e in entries if e.is_dir()}
     except FileNotFoundError:
         present = set()
-    backing: list[Path | None] = [packages / pkgid if pkgid in present else None for pkgid in image.packages]
+    backing: list[Path | None] = [store.package_dir(pkgid) if pkgid in present else None
+                                  for pkgid in image.packages]
     missing = [p for p, d in zip(image.packages, backing) if d is None]
     if missing:
         log.warning("packages without files in the store (their files answer EIO): %s", ", ".join(missing))

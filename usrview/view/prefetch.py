@@ -67,7 +67,7 @@ SAVE_PERIOD = 60.0
 #: CPU: under a booting system's load, nice 19 still took time from PID 1; lab boots,
 #: docs/boot.md) at :data:`NICE` (what is left of it where SCHED_IDLE is refused).  One:
 #: a second kept the boot's other virtual CPU busy too, and its booted system started
-#: 0.2-0.3 s later under TCG (docs/boot.md, "One thread checking ahead"); natively one
+#: 0.2-0.3 s later under TCG (docs/boot.md, "Nice 5 until the root, one thread checking ahead"); natively one
 #: hashes a boot's record in a fraction of a second.
 THREADS = 1
 NICE = 19
